@@ -1,0 +1,99 @@
+"""Meta's Llama 2 chat format, token for token, for training and for inference.
+
+Meta's reference (`llama/generation.py`, `chat_completion`) encodes each `[INST] user [/INST] answer` turn on its
+own with SentencePiece and adds BOS and EOS as ids; the system prompt goes inside `<<SYS>>` at the start of the
+first user turn. Gluing the dialog into one string and tokenizing it gives different ids (the text "<s>" is not
+the BOS id, and the pieces at turn boundaries change), and the Hugging Face fast tokenizer itself differs from
+SentencePiece on runs of spaces (93 of the 1,175 bundled OpenAssistant messages), so we encode with
+SentencePiece. Base (non-chat) Llama 2 models have no chat format of their own; we train them on this one
+so that a fine-tuned base model and a -chat model are prompted the same way.
+
+`encode_dialog` (training) and `encode_prompt` (inference) share `_turn`, so they cannot drift.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import sentencepiece as spm
+
+B_INST, E_INST = "[INST]", "[/INST]"
+B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
+BOS_ID, EOS_ID = 1, 2
+
+
+class DialogError(ValueError):
+    """A conversation that is not system? (user, assistant)* [user]."""
+
+
+def _fold_system(messages: Sequence[dict]) -> list[dict]:
+    msgs = [dict(m) for m in messages]
+    if msgs and msgs[0]["role"] == "system":
+        if len(msgs) < 2:
+            raise DialogError("a system message must be followed by a user message")
+        system = msgs.pop(0)["content"]
+        msgs[0]["content"] = B_SYS + system + E_SYS + msgs[0]["content"]
+    for i, m in enumerate(msgs):
+        want = "user" if i % 2 == 0 else "assistant"
+        if m["role"] != want:
+            raise DialogError(f"message {i} has role '{m['role']}', expected '{want}' "
+                              "(roles must alternate user/assistant, after an optional system message)")
+    return msgs
+
+
+def _turn(sp: spm.SentencePieceProcessor, user: str, answer: str | None) -> tuple[list[int], int]:
+    """(ids, prompt_len) of one turn: BOS [INST] user [/INST] answer EOS; prompt_len counts BOS..[/INST]."""
+    prompt = [BOS_ID] + sp.encode(f"{B_INST} {user.strip()} {E_INST}")
+    if answer is None:
+        return prompt, len(prompt)
+    full = [BOS_ID] + sp.encode(f"{B_INST} {user.strip()} {E_INST} {answer.strip()}") + [EOS_ID]
+    n = 0  # the prompt is a token prefix of the turn unless a piece spans the boundary; train after the common part
+    while n < len(prompt) and full[n] == prompt[n]:
+        n += 1
+    return full, n
+
+
+def encode_dialog(sp: spm.SentencePieceProcessor, messages: Sequence[dict],
+                  train_on: str = "all") -> tuple[list[int], list[int]]:
+    """Token ids and a 0/1 mask (1 = trained: assistant tokens and each turn's EOS) of a finished dialog.
+
+    `train_on="last"` trains only the final answer. The dialog must end with an assistant message.
+    """
+    msgs = _fold_system(messages)
+    if not msgs or msgs[-1]["role"] != "assistant":
+        raise DialogError("a training conversation must end with an assistant message")
+    ids: list[int] = []
+    mask: list[int] = []
+    pairs = list(zip(msgs[::2], msgs[1::2]))
+    for k, (user, answer) in enumerate(pairs):
+        turn, n = _turn(sp, user["content"], answer["content"])
+        trained = train_on == "all" or k == len(pairs) - 1
+        ids += turn
+        mask += [0] * n + [int(trained)] * (len(turn) - n)
+    return ids, mask
+
+
+def encode_prompt(sp: spm.SentencePieceProcessor, messages: Sequence[dict]) -> list[int]:
+    """Token ids Meta's `chat_completion` feeds the model for a dialog ending with a user message."""
+    msgs = _fold_system(messages)
+    if not msgs or msgs[-1]["role"] != "user":
+        raise DialogError("a prompt must end with a user message")
+    ids: list[int] = []
+    for user, answer in zip(msgs[::2], msgs[1::2]):
+        ids += _turn(sp, user["content"], answer["content"])[0]
+    return ids + _turn(sp, msgs[-1]["content"], None)[0]
+
+
+# The same format as a Jinja chat template, saved with every tokenizer we write so that stock
+# `tokenizer.apply_chat_template` users get the right text (Meta's -chat models ship the same template).
+CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + content.strip() + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}"
+)

@@ -1,0 +1,52 @@
+"""Fine-tune Llama 2 with LoRA/QLoRA: `accelerate launch finetune/train.py recipe=qlora_13b [key=value ...]`.
+
+`python finetune/train.py recipe=qlora_13b --cfg job` prints the composed config and loads nothing.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import the package, never sibling files as top-level modules
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from finetune import checkpoints, config, data, console, model, trainers
+
+config.register()
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@console.exit_cleanly
+def main(dict_cfg: DictConfig) -> None:
+    # Check everything that needs no weights: config, tokenizer, data
+    cfg = config.load(dict_cfg)
+    tokenizer = model.load_tokenizer(cfg.model)
+    train_ds, eval_ds, stats = data.load(cfg.data, tokenizer)
+
+    # One run directory for every rank; resume from its latest complete checkpoint
+    recipe = HydraConfig.get().runtime.choices.get("recipe", "run")
+    run_dir = checkpoints.run_dir(cfg.output_dir, f"{recipe}-{cfg.data.name}")
+    resume = None if cfg.overwrite else checkpoints.latest(run_dir)
+    checkpoints.prepare(run_dir, dict_cfg)
+
+    # Load the base model (quantized for QLoRA) and add LoRA
+    model.prepare_path(cfg.model, tokenizer)
+    base = model.load_base(cfg.model, cfg.quant, trainers.gradient_checkpointing(cfg))
+    peft_model = model.apply_lora(base, cfg.lora, cfg.init_adapter)
+
+    # Train with TRL
+    trainer = trainers.build(cfg, peft_model, tokenizer, train_ds, eval_ds, run_dir)
+    console.report_start(trainer, cfg, stats, run_dir, resume)
+    trainer.train(resume_from_checkpoint=resume)
+
+    # Save the adapter (+ tokenizer) beside the checkpoints
+    adapter_dir = checkpoints.save(trainer, tokenizer, run_dir)
+    console.info(f"adapter: {adapter_dir}\nmetrics: {run_dir / 'metrics.jsonl'}\nloss curve: {run_dir / 'loss.png'}")
+
+
+if __name__ == "__main__":
+    main()
