@@ -14,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from finetune import checkpoints, config, data, console, model, trainers
+from finetune import config, console
 
 config.register()
 
@@ -22,6 +22,8 @@ config.register()
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
+    from finetune import checkpoints, data, model, trainers  # heavy imports after `--cfg job` has returned
+
     # Check everything that needs no weights: config, tokenizer, data
     cfg = config.load(dict_cfg)
     tokenizer = model.load_tokenizer(cfg.model)

@@ -1,0 +1,56 @@
+"""Shared test setup: offline, deterministic, and one tiny trained run reused by the tests that need one."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# An accidental hub download fails at once instead of after 46 s of retries; wandb never goes online.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+# The tiny random base model is written once per test session, shared by every run.
+os.environ.setdefault("FINETUNE_CACHE", str(ROOT / ".cache" / "test"))
+
+# Small and fast, but the real code path: real tokenizer, real bundled data, real TRL loop.
+FAST = ["data.max_samples=16", "data.max_length=256", "data.too_long=truncate", "data.eval_fraction=0.25",
+        "trainer.max_steps=4", "trainer.micro_batch_size=2", "trainer.logging_steps=1", "trainer.save_steps=2"]
+
+
+def run_entry(script: str, *overrides: str, launcher: str = "python", check: bool = True,
+              timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a finetune/ entry point the way a user does; `launcher="accelerate"` goes through accelerate launch."""
+    if launcher == "accelerate":
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "finetune" / script)]
+    else:
+        cmd = [sys.executable, str(ROOT / "finetune" / script)]
+    proc = subprocess.run(cmd + list(overrides), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd[-1:] + list(overrides))} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_sft_run(tmp_path_factory) -> Path:
+    """A finished tiny QLoRA SFT run directory (adapter/, checkpoints/, metrics.jsonl, config.yaml)."""
+    out = tmp_path_factory.mktemp("runs") / "tiny_qlora"
+    run_entry("train.py", "recipe=tiny_qlora", f"output_dir={out}", *FAST)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_run(tmp_path_factory) -> Path:
+    """A finished tiny 16-bit LoRA SFT run directory."""
+    out = tmp_path_factory.mktemp("runs") / "tiny_lora"
+    run_entry("train.py", "recipe=tiny_lora", f"output_dir={out}", *FAST)
+    return out
