@@ -54,3 +54,15 @@ def tiny_lora_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny_lora"
     run_entry("train.py", "recipe=tiny_lora", f"output_dir={out}", *FAST)
     return out
+
+
+def compose(*overrides: str):
+    """The composed train config (a DictConfig), as the entry points see it, without running anything."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from finetune import config
+
+    config.register()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=list(overrides))
