@@ -63,6 +63,8 @@ class QuantConfig:
     mode: str = "none"  # none | nf4 (QLoRA) | fp4 | int8
     double_quant: bool = True  # quantize the 4-bit scales too: ~0.37 bit/param saved
     storage_dtype: Optional[str] = None  # 4-bit storage dtype; FSDP needs it equal to the compute dtype
+    upcast_fp32: bool = True  # peft casts embeddings, norms, lm_head to float32 (steadier in fp16); false
+    #                           keeps model.dtype: ~0.5 GB less (7B), a bf16 residual stream, faster
 
 
 @dataclass
@@ -107,6 +109,10 @@ class TrainerConfig:
     grad_accum: int = 16
     gradient_checkpointing: Optional[bool] = None  # None: on with CUDA, off on CPU
     packing: bool = False
+    liger: bool = False  # Liger Triton kernels (RMSNorm, RoPE, SwiGLU): faster, less activation memory;
+    #                      CUDA only (ignored on a CPU); needs `pip install liger-kernel`
+    activation_offloading: bool = False  # saved activations wait in pinned CPU memory (TRL): less GPU
+    #                                      memory for PCIe traffic; pays off without checkpointing
     logging_steps: int = 10
     save_steps: int = 200
     save_total_limit: int = 2
@@ -184,6 +190,9 @@ def check(cfg: DictConfig) -> list[str]:
     if cfg.output_dir and finished(Path(cfg.output_dir)) and not cfg.overwrite:
         problems.append(f"output_dir={cfg.output_dir} already holds a finished run (adapter/ exists); "
                         "choose a new output_dir= or pass overwrite=true")
+    if t.liger and (err := liger_problem()):
+        problems.append(f"trainer.liger=true needs liger-kernel: {err}; install it with `pip install liger-kernel` "
+                        "or set trainer.liger=false")
     from finetune import data  # data checks need no weights either
 
     problems += data.check(cfg.data)
@@ -203,6 +212,19 @@ def bitsandbytes_problem() -> Optional[str]:
     try:
         import bitsandbytes  # noqa: F401
     except Exception as exc:  # ImportError, or a broken binary raising at import
+        return f"import failed ({type(exc).__name__}: {exc})"
+    return None
+
+
+def liger_problem() -> Optional[str]:
+    """Why Liger's kernels cannot run here, or None; on a CPU they are not used, so nothing is missing."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    try:
+        import liger_kernel  # noqa: F401
+    except Exception as exc:
         return f"import failed ({type(exc).__name__}: {exc})"
     return None
 

@@ -121,9 +121,10 @@ def load_base(mcfg: ModelConfig, qcfg: QuantConfig, gradient_checkpointing: bool
     model = AutoModelForCausalLM.from_pretrained(mcfg.path, **kwargs)
     model.config.use_cache = False
     if qcfg.mode != "none":
+        disable_cpu_weight_repacking(model)
+    if qcfg.mode != "none" and qcfg.upcast_fp32:
         from peft import prepare_model_for_kbit_training
 
-        disable_cpu_weight_repacking(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -15,6 +15,11 @@ def gradient_checkpointing(cfg: TrainConfig) -> bool:
     return torch.cuda.is_available() if gc is None else gc
 
 
+def liger(cfg: TrainConfig) -> bool:
+    """`trainer.liger` where its Triton kernels can run (CUDA); a CPU trains without them."""
+    return cfg.trainer.liger and torch.cuda.is_available()
+
+
 def common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool) -> dict:
     """TrainingArguments shared by SFT and DPO, from the `trainer` sub-config."""
     t, cuda = cfg.trainer, torch.cuda.is_available()
@@ -62,6 +67,8 @@ def build_sft(cfg: TrainConfig, model, tokenizer, train_ds, eval_ds, run_dir: Pa
         max_length=cfg.data.max_length,
         packing=cfg.trainer.packing,
         padding_free=cfg.trainer.packing,
+        use_liger_kernel=liger(cfg),
+        activation_offloading=cfg.trainer.activation_offloading,
     )
     return SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                       processing_class=tokenizer.hf, callbacks=[MetricsCallback(run_dir)])
