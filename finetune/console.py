@@ -20,8 +20,10 @@ def info(msg: str) -> None:
 def user_errors() -> tuple[type[Exception], ...]:
     from finetune.chat_format import DialogError
     from finetune.data import DataError
+    from finetune.hub import PublishError
+    from finetune.merge import MergeError
 
-    return (ConfigError, DataError, DialogError)
+    return (ConfigError, DataError, DialogError, MergeError, PublishError)
 
 
 def exit_cleanly(fn):

@@ -1,0 +1,176 @@
+"""Export a run: `python finetune/export.py run=outputs/<run> [merge=true] [dtype=bfloat16] [merge_base=original]`.
+
+Always: <run>/adapter/README.md, a model card from the run's config and metrics. With merge=true: <run>/merged/
+(config, sharded safetensors + index, tokenizer, licence files, card), merged shard by shard in bounded memory
+(finetune/merge.py), then checked against the adapter model on prompts from the run's data; above the
+tolerance the export fails with the numbers and no merged/ is left behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+if __package__ in (None, ""):  # run as a script: import the package, never sibling files as top-level modules
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from finetune import config, console
+
+
+@dataclass
+class VerifyConfig:
+    prompts: int = 4
+    max_prompt_tokens: int = 256
+    max_new_tokens: int = 16
+    tolerance: Optional[float] = None
+
+
+@dataclass
+class ExportConfig:
+    run: str = MISSING
+    merge: bool = False
+    merge_base: str = "auto"
+    dtype: Optional[str] = None
+    max_shard_size: str = "2GB"
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+
+
+config.register()
+ConfigStore.instance().store(name="export_schema", node=ExportConfig)
+
+
+def check(cfg: ExportConfig, run: Path) -> list[str]:
+    problems = []
+    if not (run / "adapter" / "adapter_config.json").is_file():
+        problems.append(f"run={cfg.run}: no adapter/adapter_config.json there; point run= at a finished training "
+                        "run (outputs/<run>), or finish it (training writes adapter/ at the end)")
+    if cfg.merge_base not in ("auto", "dequantized", "original"):
+        problems.append(f"merge_base={cfg.merge_base}: use auto, dequantized or original")
+    if cfg.dtype is not None and cfg.dtype not in config.DTYPES:
+        problems.append(f"dtype={cfg.dtype}: use one of {', '.join(config.DTYPES)} (or leave it out)")
+    if cfg.verify.prompts < 1:
+        problems.append("verify.prompts must be >= 1: every merge is verified")
+    return problems
+
+
+def base_dir(train_cfg, adapter_dir: Path, tokenizer) -> Path:
+    """The base checkpoint folder the adapter was trained on: local, re-created (random init) or downloaded."""
+    from finetune import model
+    from finetune.merge import MergeError
+
+    where = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    mcfg = train_cfg.model
+    mcfg.path = where or mcfg.path
+    if mcfg.random_init:
+        model.prepare_path(mcfg, tokenizer)  # seeded: the same weights as at training time
+        return Path(mcfg.path)
+    if config.looks_local(mcfg.path):
+        if not Path(mcfg.path).is_dir():
+            raise MergeError(f"the base model folder {mcfg.path} (adapter_config.json: base_model_name_or_path) "
+                             "is gone; put the base checkpoint back there to merge")
+        return Path(mcfg.path)
+    from huggingface_hub import snapshot_download  # the weights are read shard by shard from the local cache
+
+    return Path(snapshot_download(mcfg.path, revision=mcfg.revision,
+                                  allow_patterns=["*.json", "*.safetensors", "tokenizer.model"]))
+
+
+def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path):
+    """Write <run>/merged.partial, verify it, rename it to <run>/merged; (folder, drift)."""
+    import torch
+
+    from finetune import merge, model, modelcard, verify
+
+    adapter_dir = run / "adapter"
+    train_cfg.model.tokenizer = str(adapter_dir)  # the tokenizer as trained, with its licence files
+    tokenizer = model.load_tokenizer(train_cfg.model)
+    base = base_dir(train_cfg, adapter_dir, tokenizer)
+    four_bit = train_cfg.quant.mode in ("nf4", "fp4")
+    merge_base = cfg.merge_base if cfg.merge_base != "auto" else ("dequantized" if four_bit else "original")
+    if merge_base == "dequantized" and not four_bit:
+        raise merge.MergeError(f"merge_base=dequantized reproduces a 4-bit (QLoRA) base, but this run used "
+                         f"quant.mode={train_cfg.quant.mode}; use merge_base=original")
+    quant = merge.Quant(train_cfg.quant.mode, train_cfg.quant.double_quant, model.compute_dtype(train_cfg.model)) \
+        if merge_base == "dequantized" else None
+    out_dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
+    partial, final = run / "merged.partial", run / "merged"
+    shutil.rmtree(partial, ignore_errors=True)
+    stats = merge.merge(base, merge.read_adapter(adapter_dir), partial, quant, out_dtype,
+                        merge.parse_size(cfg.max_shard_size))
+    tokenizer.save(partial)
+    console.info(f"merged {stats.merged} LoRA weights into {merge_base} base weights "
+                 f"({stats.dequantized} quantize-dequantized), {stats.shards} shards, {stats.total_bytes / 1e9:.2f} GB")
+
+    # Verify: the adapter model on the base it was trained on (and, for original, on that base too)
+    stored = out_dtype or getattr(torch, json.loads((partial / "config.json").read_text()).get("dtype", "float32"))
+    tolerance = cfg.verify.tolerance or verify.default_tolerance(stored)
+    prompts, source = verify.sample_prompts(train_cfg, tokenizer.sp, cfg.verify.prompts, cfg.verify.max_prompt_tokens)
+    merged_out = verify.merged_outputs(partial, prompts, cfg.verify.max_new_tokens)
+    refs = [("the adapter model as trained", four_bit)]
+    if merge_base == "original" and train_cfg.quant.mode != "none":  # check the arithmetic, report the drift
+        refs.insert(0, ("the adapter on the original 16-bit base", False))
+    drifts = [verify.compare(name, verify.adapter_outputs(train_cfg, base, adapter_dir, q, prompts,
+                                                          cfg.verify.max_new_tokens),
+                             merged_out, tolerance, tokenizer.sp.decode, prompts) for name, q in refs]
+    if not drifts[0].ok:
+        shutil.rmtree(partial)
+        raise merge.MergeError(f"merged model failed verification on {len(prompts)} prompts from {source}: "
+                         f"{drifts[0].summary()}. Nothing was written to {final}. If this drift is acceptable for "
+                         f"{stored} weights, pass verify.tolerance={drifts[0].relative * 2:.0e}")
+    (partial / "verification.json").write_text(json.dumps(
+        {"merge_base": merge_base, "dtype": str(stored).removeprefix("torch."), "prompt_source": source,
+         "checks": [dataclasses.asdict(d) for d in drifts]}, indent=2))
+    modelcard.write(partial, run, "merged", merge_section(merge_base, stored, stats, source, drifts))
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    return final, drifts[0]
+
+
+def merge_section(merge_base: str, dtype, stats, source: str, drifts) -> str:
+    """The model card's account of how the weights were merged and how far they drift."""
+    into = ("the NF4 quantize-then-dequantize of the base weights (what QLoRA trained against)"
+            if merge_base == "dequantized" else "the original base weights")
+    lines = [f"\n## Merge\n\nThe LoRA adapter was merged into {into} (`merge_base={merge_base}`), stored as "
+             f"{str(dtype).removeprefix('torch.')} in {stats.shards} safetensors shards.\n",
+             f"Verified on {drifts[0].prompts} prompts from {source}:\n",
+             "| compared with | max \\|Δlogits\\| | relative to max \\|logits\\| | tolerance | identical greedy "
+             "generations |", "| --- | --- | --- | --- | --- |"]
+    for d in drifts:
+        lines.append(f"| {d.reference} | {d.max_abs:.2e} | {d.relative:.2e} | "
+                     f"{d.tolerance:.0e}{'' if d is drifts[0] else ' (reported only)'} | "
+                     f"{d.same_generations}/{d.prompts} |")
+    return "\n".join(lines) + "\n"
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="export")
+@console.exit_cleanly
+def main(dict_cfg: DictConfig) -> None:
+    cfg: ExportConfig = OmegaConf.to_object(dict_cfg)  # type: ignore[assignment]
+    run = Path(cfg.run).expanduser().resolve()
+    if problems := check(cfg, run):
+        raise config.ConfigError(problems)
+    from finetune import modelcard
+
+    # The adapter folder, with a card built from the run's config and metrics
+    train_cfg = modelcard.run_config(run)
+    adapter_dir = run / "adapter"
+    modelcard.write(adapter_dir, run, "adapter")
+    console.info(f"adapter: {adapter_dir} ({', '.join(sorted(p.name for p in adapter_dir.iterdir()))})")
+    if not cfg.merge:
+        return
+
+    # Merge shard by shard, verify against the adapter model, then publish the folder as merged/
+    out, drift = merge_and_verify(cfg, train_cfg, run)
+    console.info(f"merged: {out}\nverified {drift.summary()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Publish a run: `python finetune/publish.py run=outputs/<run> repo_id=me/name [what=merged] [private=true]`.
+
+`dry_run=true` prints what would be uploaded and sends nothing. The work is in finetune/hub.py.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+if __package__ in (None, ""):  # run as a script: import the package, never sibling files as top-level modules
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from finetune import config, console
+
+
+@dataclass
+class PublishConfig:
+    run: str = MISSING
+    repo_id: str = MISSING
+    what: str = "adapter"
+    private: bool = False
+    revision: Optional[str] = None
+    commit_message: Optional[str] = None
+    dry_run: bool = False
+
+
+config.register()
+ConfigStore.instance().store(name="publish_schema", node=PublishConfig)
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="publish")
+@console.exit_cleanly
+def main(dict_cfg: DictConfig) -> None:
+    from finetune import hub
+
+    cfg: PublishConfig = OmegaConf.to_object(dict_cfg)  # type: ignore[assignment]
+    if cfg.what not in ("adapter", "merged"):
+        raise config.ConfigError([f"what={cfg.what}: use adapter or merged"])
+    folder = Path(cfg.run).expanduser().resolve() / cfg.what
+    if not folder.is_dir():
+        fix = "python finetune/export.py run=<run> merge=true" if cfg.what == "merged" else "finish training first"
+        raise hub.PublishError(f"{folder}: no such folder; {fix}")
+
+    # What goes out, and whether any of it looks like a secret (checked before any network call)
+    plan = hub.plan(folder, cfg.repo_id, cfg.private, cfg.revision, cfg.commit_message)
+    token = hub.token_or_none()
+    if leaks := hub.token_findings(folder, token):
+        raise hub.PublishError(f"{folder} holds token-like strings, refusing to publish: {'; '.join(leaks)}. "
+                               "Remove them (and revoke the token if it was real)")
+    console.info(plan.describe())
+    if cfg.dry_run:
+        console.info(f"dry run: nothing sent ({'a token is set' if token else 'no token found: set HF_TOKEN or '
+                                                 'run `hf auth login` before publishing'})")
+        return
+    if not token:
+        raise hub.PublishError("no Hugging Face token: set HF_TOKEN=<a write token> or run `hf auth login` "
+                               "(the token is never written to the run or the repo)")
+
+    # One commit to the Hub
+    url = hub.publish(plan, token)
+    console.info(f"published: {url}")
+
+
+if __name__ == "__main__":
+    main()
