@@ -88,10 +88,12 @@ class DataConfig:
     max_samples: Optional[int] = None
     seed: int = 0  # shuffle seed (deterministic)
     max_length: int = 1024
-    too_long: str = "drop"  # drop | truncate (truncation keeps the prompt and cuts the answer, counted)
+    too_long: str = "drop"  # drop | truncate (keep whole turns that fit; cut the answer only if one turn is too long; counted)
     system_prompt: Optional[str] = None
     train_on: str = "all"  # all assistant turns, or `last` only
-    fields: dict[str, str] = field(default_factory=dict)  # generic adapter: our field -> your field
+    fields: dict[str, str] = field(default_factory=dict)  # our field name -> yours (data.fields.prompt=question)
+    invalid: str = "error"  # error | skip: records that break the format (roles out of order...) stop or are counted
+    cache: bool = True  # reuse tokenized data from $FINETUNE_CACHE/data when nothing that changes the tokens changed
 
 
 @dataclass
@@ -237,8 +239,7 @@ def to_yaml(dict_cfg: DictConfig) -> str:
 
 def redact(node: Any) -> Any:
     if isinstance(node, dict):
-        # whole words only: `hf_token` is a secret, `model.tokenizer` (a path export needs) is not
-        return {k: "***" if set(str(k).lower().split("_")) & {"token", "key", "password", "secret"}
+        return {k: "***" if any(s in str(k).lower() for s in ("token", "api_key", "password", "secret"))
                 and node[k] else redact(v) for k, v in node.items()}
     if isinstance(node, list):
         return [redact(v) for v in node]

@@ -22,12 +22,14 @@ config.register()
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
-    from finetune import checkpoints, data, model, trainers  # heavy imports after `--cfg job` has returned
+    from finetune import checkpoints, data, model, preflight, trainers  # heavy imports after `--cfg job` has returned
 
     # Check everything that needs no weights: config, tokenizer, data
     cfg = config.load(dict_cfg)
     tokenizer = model.load_tokenizer(cfg.model)
     train_ds, eval_ds, stats = data.load(cfg.data, tokenizer)
+    if cfg.trainer.kind == "sft":  # pad != EOS, EOS trained, one BOS per turn, no empty mask, prompt = prefix
+        console.info(preflight.require(tokenizer, train_ds, stats, cfg.data).report())
 
     # One run directory for every rank; resume from its latest complete checkpoint
     recipe = HydraConfig.get().runtime.choices.get("recipe", "run")
