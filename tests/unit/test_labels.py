@@ -53,7 +53,7 @@ def test_trained_tokens_are_exactly_the_answers_plus_eos(batch_and_examples):
         assert len(runs) == len(answers)
         for run, answer in zip(runs, answers):
             assert run[-1] == 2, "each trained answer ends with the EOS id"
-            assert sp.decode(run[:-1]) == answer
+            assert run[-2] == 29871 and sp.decode(run[:-2]) == answer  # Meta: "{answer} " + EOS; " " is piece 29871
         assert ids.count(1) == len(answers) and ids[0] == 1, "one BOS per turn, no double BOS"
         multi_turn += len(answers) > 1
     assert multi_turn >= 1, "the sample must include a multi-turn conversation"
