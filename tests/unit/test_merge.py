@@ -1,0 +1,146 @@
+"""The streaming merge against peft's own merge_and_unload, on a small random Llama saved in several shards."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from finetune import merge
+
+TARGETS = ["q_proj", "v_proj", "down_proj"]  # a subset: the QLoRA path must still dequantize k/o/gate/up
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """(base dir in 4+ shards, adapter dir with random nonzero A and B)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("merge")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False)
+    base = LlamaForCausalLM(cfg)
+    base.save_pretrained(root / "base", max_shard_size="100KB")
+    pm = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False,
+                                         task_type="CAUSAL_LM"))
+    pm.save_pretrained(root / "adapter")
+    return root / "base", root / "adapter"
+
+
+def merged_tensors(out_dir):
+    index = json.loads((out_dir / "model.safetensors.index.json").read_text())
+    tensors = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        tensors.update(load_file(out_dir / shard))
+    assert set(tensors) == set(index["weight_map"])
+    return tensors
+
+
+def peft_merged(base_model, adapter_dir):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload().state_dict()
+
+
+def test_streaming_merge_equals_merge_and_unload(checkpoint, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    base_dir, adapter_dir = checkpoint
+    assert len(merge.base_files(base_dir)) >= 4
+    stats = merge.merge(base_dir, merge.read_adapter(adapter_dir), tmp_path, max_shard_bytes=150_000)
+    assert stats.shards >= 4 and stats.merged == 2 * len(TARGETS) and stats.dequantized == 0
+    ours = merged_tensors(tmp_path)
+    theirs = peft_merged(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir)
+    assert set(ours) == set(theirs)
+    worst = max(float((ours[k] - theirs[k]).abs().max()) for k in ours)
+    assert worst < 1e-6, worst
+    changed = [k for k in ours if not torch.equal(ours[k], load_base_tensor(base_dir, k))]
+    assert sorted(changed) == sorted(merge.read_adapter(adapter_dir).pairs)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)  # stock loading of the sharded output
+    assert torch.equal(reloaded.state_dict()["model.layers.1.mlp.down_proj.weight"],
+                       ours["model.layers.1.mlp.down_proj.weight"])
+
+
+def load_base_tensor(base_dir, name):
+    for f in merge.base_files(base_dir):
+        tensors = load_file(f)
+        if name in tensors:
+            return tensors[name]
+    raise KeyError(name)
+
+
+def test_dequantized_merge_reproduces_the_qlora_model(checkpoint, tmp_path):
+    """Merge into bitsandbytes' NF4 roundtrip of every projection == dequantize the 4-bit model, then merge;
+    and the merged model's logits equal the QLoRA adapter model's."""
+    import bitsandbytes as bnb
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    base_dir, adapter_dir = checkpoint
+    quant = merge.Quant("nf4", True, torch.float32)
+    stats = merge.merge(base_dir, merge.read_adapter(adapter_dir), tmp_path, quant=quant)
+    assert stats.dequantized == 2 * 7  # every projection of both layers, targeted or not
+    bnb_cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=torch.float32)
+
+    def load_4bit():
+        m = AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=bnb_cfg, dtype=torch.float32,
+                                                 device_map="cpu")
+        for mod in m.modules():
+            if isinstance(mod, bnb.nn.Linear4bit):
+                mod.support_avx512bf16_for_cpu = False
+        return m
+
+    ours = merged_tensors(tmp_path)
+    theirs = peft_merged(load_4bit().dequantize(), adapter_dir)
+    assert max(float((ours[k] - theirs[k]).abs().max()) for k in ours) < 1e-6
+
+    qlora = PeftModel.from_pretrained(load_4bit(), str(adapter_dir)).eval()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(3, 512, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        diff = (qlora(input_ids=ids).logits - merged(input_ids=ids).logits).abs().max()
+    assert diff < 1e-5, diff
+
+
+def test_output_dtype_and_config(checkpoint, tmp_path):
+    base_dir, adapter_dir = checkpoint
+    merge.merge(base_dir, merge.read_adapter(adapter_dir), tmp_path, out_dtype=torch.bfloat16)
+    assert {t.dtype for t in merged_tensors(tmp_path).values()} == {torch.bfloat16}
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["dtype"] == "bfloat16" and "quantization_config" not in cfg
+    assert (tmp_path / "generation_config.json").is_file()
+
+
+def test_unsupported_adapters_are_refused(checkpoint, tmp_path):
+    import shutil
+
+    _, adapter_dir = checkpoint
+    dora = tmp_path / "dora"
+    shutil.copytree(adapter_dir, dora)
+    cfg = json.loads((dora / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True, "rank_pattern": {"q": 8}}))
+    with pytest.raises(merge.MergeError, match=r"\['use_dora', 'rank_pattern'\].*merge_and_unload"):
+        merge.read_adapter(dora)
+
+
+def test_adapter_for_another_base_is_refused(checkpoint, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, adapter_dir = checkpoint
+    other = tmp_path / "one_layer"
+    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=512)).save_pretrained(other)
+    with pytest.raises(merge.MergeError, match=r"targets 3 weights the base .* does not have"):
+        merge.merge(other, merge.read_adapter(adapter_dir), tmp_path / "out")
+
+
+def test_parse_size():
+    assert merge.parse_size("2GB") == 2_000_000_000
+    assert merge.parse_size("1.5GiB") == int(1.5 * 2**30)
+    assert merge.parse_size("500mb") == 500_000_000
+    with pytest.raises(merge.MergeError, match="write it like 2GB"):
+        merge.parse_size("lots")
