@@ -1,0 +1,70 @@
+"""Model cards: Hub metadata that huggingface_hub's ModelCard parses, right for local and Hub bases."""
+from __future__ import annotations
+
+import json
+
+from huggingface_hub import ModelCard
+
+from finetune import config, modelcard
+from tests.conftest import compose
+
+METRICS = [{"step": 5, "loss": 2.5, "learning_rate": 2e-4}, {"step": 10, "loss": 1.75, "eval_loss": 1.9},
+           {"step": 10, "train_runtime": 42.0, "train_loss": 2.1}]
+
+
+def make_run(tmp_path, *overrides):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(config.to_yaml(compose(*overrides)))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in METRICS))
+    return run
+
+
+def test_local_copy_of_a_hub_model(tmp_path):
+    """model.path is a local folder (peers crash here): metadata names the Hub id the model config points at."""
+    run = make_run(tmp_path, "recipe=qlora_13b", "model.path=/models/Llama-2-13b-hf")
+    card = ModelCard(modelcard.render(run, "adapter"))
+    meta = card.data.to_dict()
+    assert meta["base_model"] == "meta-llama/Llama-2-13b-hf"
+    assert meta["library_name"] == "peft" and meta["license"] == "llama2"
+    assert meta["pipeline_tag"] == "text-generation"
+    assert {"qlora", "sft", "peft", "base_model:adapter:meta-llama/Llama-2-13b-hf"} <= set(meta["tags"])
+    text = card.text
+    assert "loaded from the local copy `/models/Llama-2-13b-hf`" in text
+    assert "LoRA r=64" in text and "4-bit nf4 base with double quantization (QLoRA)" in text
+    assert "| final train loss | 1.75 |" in text and "| final eval loss | 1.9 |" in text
+    assert "<s>[INST] What is the capital of France? [/INST]" in text
+    assert 'AutoModelForCausalLM.from_pretrained("meta-llama/Llama-2-13b-hf"' in text
+    assert "path: /models/Llama-2-13b-hf" in text  # the resolved config
+
+
+def test_random_tiny_base_has_no_hub_id(tmp_path):
+    run = make_run(tmp_path, "recipe=tiny_lora")
+    card = ModelCard(modelcard.render(run, "adapter"))
+    assert "base_model" not in card.data.to_dict()
+    assert not any(t.startswith("base_model:") for t in card.data.tags)
+    assert "randomly initialised Llama 2 architecture" in card.text
+    assert "none (16-bit LoRA)" in card.text and "lora" in card.data.tags
+
+
+def test_hub_base_and_hub_dataset(tmp_path):
+    run = make_run(tmp_path, "recipe=lora_7b", "data.path=OpenAssistant/oasst1")
+    meta = ModelCard(modelcard.render(run, "merged")).data.to_dict()
+    assert meta["base_model"] == "meta-llama/Llama-2-7b-hf"
+    assert meta["datasets"] == ["OpenAssistant/oasst1"]
+    assert meta["library_name"] == "transformers" and "peft" not in meta["tags"]
+
+
+def test_unknown_local_base(tmp_path):
+    run = make_run(tmp_path, "recipe=tiny_lora", "model.random_init=false", "model.name=mine",
+                   "model.path=/models/my-llama")
+    card = ModelCard(modelcard.render(run, "adapter"))
+    assert "base_model" not in card.data.to_dict()
+    assert "the local checkpoint `/models/my-llama` (no Hub id known)" in card.text
+
+
+def test_config_keeps_tokenizer_path_and_hides_secrets():
+    redacted = config.redact({"model": {"tokenizer": "data/llama2-tokenizer"}, "hf_token": "hf_x", "api_key": "k",
+                              "max_new_tokens": 16})
+    assert redacted == {"model": {"tokenizer": "data/llama2-tokenizer"}, "hf_token": "***", "api_key": "***",
+                        "max_new_tokens": 16}
