@@ -1,0 +1,274 @@
+"""Training throughput: plain Hugging Face (transformers Trainer + peft + bitsandbytes) against this toolkit's training
+path, in one process on one card, on the same examples in the same order with the same LoRA and tokens per step.
+
+  python bench/train_throughput.py --model 7b --quant nf4 --arms baseline,ours,ours_nogc
+  python bench/train_throughput.py --model 7b --quant nf4 --data oasst --arms pad_to_max,ours
+  python bench/train_throughput.py --smoke          # tiny model on a CPU in seconds (tests/integration/test_bench.py)
+
+The base model is the real Llama 2 architecture with random weights, written once and loaded with from_pretrained,
+so the 4-bit path is a user's. "ours" is the shipped recipe (recipes/<q>lora_<size>.yaml); other arms add overrides.
+Reports real (non-pad) tokens/s, peak allocated/reserved GPU memory, MFU against a matmul peak measured in this run,
+and a gate: every arm's loss and grad norm at the same steps agree with the baseline's. Results are appended to
+<results>/throughput.{md,jsonl}.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+import perf  # noqa: E402
+from finetune import config, data, model, trainers  # noqa: E402
+
+RECIPES = {("tiny", "nf4"): "tiny_qlora", ("tiny", "none"): "tiny_lora", ("7b", "nf4"): "qlora_7b",
+           ("7b", "none"): "lora_7b", ("13b", "nf4"): "qlora_13b", ("13b", "none"): "lora_13b",
+           ("70b", "nf4"): "qlora_70b"}
+# Our arms: the recipe as shipped plus these overrides. `baseline`/`pad_to_max` are plain HF (see plain_hf).
+OURS = {
+    "ours": [],
+    "ours_gc": ["trainer.gradient_checkpointing=true"],
+    "ours_nogc": ["trainer.gradient_checkpointing=false"],
+    "ours_offload": ["trainer.gradient_checkpointing=false", "trainer.activation_offloading=true"],
+    "ours_nopack": ["trainer.packing=false"],
+    "ours_noliger": ["trainer.liger=false"],
+    "ours_upcast": ["quant.upcast_fp32=true"],
+}
+LORA = dict(r=16, alpha=16, dropout=0.0)  # both arms: r=16 on all 7 linear layers, no dropout
+
+
+def compose(recipe: str, overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    config.register()
+    with initialize_config_dir(config_dir=str(config.CONFIGS_DIR), version_base="1.3"):
+        return config.load(hydra_compose(config_name="train", overrides=[f"recipe={recipe}", *overrides]))
+
+
+def shared_overrides(a, model_dir: str, run_dir: Path) -> list[str]:
+    """What every one of our arms shares with the baseline: model, LoRA, batch, steps, optimizer schedule."""
+    return [f"model.path={model_dir}", "model.random_init=false", f"lora.r={LORA['r']}", f"lora.alpha={LORA['alpha']}",
+            f"lora.dropout={LORA['dropout']}", f"data.max_length={a.seq_len}", "data.eval_fraction=0",
+            f"trainer.micro_batch_size={a.micro_batch}", f"trainer.grad_accum={a.grad_accum}",
+            f"trainer.max_steps={a.warmup + a.steps}", "trainer.learning_rate=2e-4", "trainer.lr_scheduler=constant",
+            "trainer.warmup_ratio=0", "trainer.max_grad_norm=1e9", "trainer.logging_steps=1",
+            "trainer.save_steps=1000000", "seed=42", f"output_dir={run_dir}"]
+
+
+def materialize(a, recipe: str) -> tuple[str, object]:
+    """Random weights of the recipe's architecture, written once under $FINETUNE_CACHE (initialised on the GPU)."""
+    cfg = compose(recipe, ["model.random_init=true", f"model.tokenizer={ROOT / 'data' / 'llama2-tokenizer'}"])
+    tok = model.load_tokenizer(cfg.model)
+    t0 = time.perf_counter()
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model.prepare_path(cfg.model, tok)
+    print(f"model ready at {cfg.model.path} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return cfg.model.path, cfg
+
+
+def datasets(a, cfg, tok):
+    """(ours, plain HF) datasets with the same examples in the same order.
+
+    random: every example exactly seq_len random tokens, all trained. oasst: the bundled conversations through
+    finetune.data (assistant tokens trained), repeated to last the run; plain HF pads each one to seq_len."""
+    from datasets import Dataset
+
+    n = a.micro_batch * a.grad_accum * (a.warmup + a.steps)
+    if a.data == "random":
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(3, cfg.model.arch.vocab_size, (n, a.seq_len), generator=g).tolist()
+        masks = [[1] * a.seq_len for _ in ids]
+    else:
+        train, _, _ = data.load(cfg.data, tok)
+        reps = -(-n * a.seq_len // sum(len(x) for x in train["input_ids"])) + 1  # enough for packed arms too
+        ids, masks = list(train["input_ids"]) * reps, list(train["assistant_masks"]) * reps
+    pad = a.seq_len if a.data == "oasst" else None
+    plain = {"input_ids": [], "attention_mask": [], "labels": []}
+    for x, m in zip(ids, masks):
+        fill = (pad or len(x)) - len(x)
+        plain["input_ids"].append(x + [tok.pad_id] * fill)
+        plain["attention_mask"].append([1] * len(x) + [0] * fill)
+        plain["labels"].append([t if k else -100 for t, k in zip(x, m)] + [-100] * fill)
+    lengths = [len(x) for x in ids]
+    attn_len = sum(x * x for x in lengths) / sum(lengths)
+    return Dataset.from_dict({"input_ids": ids, "assistant_masks": masks}), Dataset.from_dict(plain), attn_len
+
+
+def plain_hf(a, cfg, model_dir: str, ds, run_dir: Path):
+    """The baseline: AutoModelForCausalLM (SDPA) + bitsandbytes NF4 + peft's prepare_model_for_kbit_training +
+    get_peft_model + transformers Trainer with activation checkpointing, hyperparameters as in our arms."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import (AutoModelForCausalLM, BitsAndBytesConfig, Trainer, TrainingArguments,
+                              default_data_collator)
+
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda else torch.float32
+    kwargs = dict(dtype=dtype, attn_implementation="sdpa")
+    if cfg.quant.mode != "none":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = {"": 0} if cuda else "cpu"
+    base = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    if cfg.quant.mode != "none":
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=True)
+    lora = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                      target_modules=list(config.LLAMA_LINEARS), task_type="CAUSAL_LM")
+    args = TrainingArguments(
+        output_dir=str(run_dir), per_device_train_batch_size=a.micro_batch, gradient_accumulation_steps=a.grad_accum,
+        max_steps=a.warmup + a.steps, learning_rate=2e-4, lr_scheduler_type="constant", warmup_steps=0,
+        max_grad_norm=1e9, optim="adamw_torch", bf16=cuda, use_cpu=not cuda, gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1, save_strategy="no",
+        report_to="none", seed=42, data_seed=42, include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False)
+    torch.manual_seed(0)  # the same LoRA A matrices in every arm, so grad norms compare step by step
+    return Trainer(model=get_peft_model(base, lora), args=args, train_dataset=ds, data_collator=default_data_collator)
+
+
+def ours(a, recipe: str, overrides: list[str], model_dir: str, ds, run_dir: Path):
+    """This toolkit's path, as finetune/train.py runs it: load_base -> apply_lora -> trainers.build_sft."""
+    cfg = compose(recipe, shared_overrides(a, model_dir, run_dir) + overrides)
+    tok = model.load_tokenizer(cfg.model)
+    base = model.load_base(cfg.model, cfg.quant, trainers.gradient_checkpointing(cfg))
+    torch.manual_seed(0)  # the same LoRA A matrices as the baseline's
+    trainer = trainers.build_sft(cfg, model.apply_lora(base, cfg.lora), tok, ds, None, run_dir)
+    for cb in list(trainer.callback_handler.callbacks):  # no metrics.jsonl, loss.png or samples in a benchmark
+        if type(cb).__module__.startswith("finetune."):
+            trainer.remove_callback(cb)
+    return trainer
+
+
+class StepTimer(TrainerCallback):
+    """Wall time per optimizer step (device synchronised), and the loss, grad norm and real tokens logged at it."""
+
+    def __init__(self):
+        self.begin, self.end, self.logs, self.grad_norm = {}, {}, {}, {}
+
+    def on_step_begin(self, args, state, control, **kw):
+        perf.sync()
+        self.begin[state.global_step + 1] = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        perf.sync()
+        self.end[state.global_step] = time.perf_counter()
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+        # our own norm of the (clipped: max_grad_norm is large in the benchmark) LoRA gradients, in float32
+        grads = [p.grad.detach().float() for p in model.parameters() if p.grad is not None]
+        self.grad_norm[state.global_step + 1] = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(g) for g in grads])).item() if grads else 0.0
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "loss" in logs:
+            self.logs[state.global_step] = logs
+
+
+def run_arm(a, name: str, recipe: str, cfg, model_dir: str, dsets, attn_len: float, flops) -> perf.ArmResult:
+    ours_ds, plain_ds = dsets
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        if name in ("baseline", "pad_to_max"):
+            trainer, overrides = plain_hf(a, cfg, model_dir, plain_ds, Path(tmp)), []
+        else:
+            overrides = OURS[name] + list(a.override)
+            trainer = ours(a, recipe, overrides, model_dir, ours_ds, Path(tmp))
+        load_s = time.perf_counter() - t0
+        timer = StepTimer()
+        trainer.add_callback(timer)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        trainer.train()
+        peak = (torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30) \
+            if torch.cuda.is_available() else (None, None)
+        del trainer
+    last, first = a.warmup + a.steps, a.warmup + 1
+    seen = {s: float(lg.get("num_tokens", lg.get("num_input_tokens_seen", 0))) for s, lg in timer.logs.items()}
+    tokens = seen[last] - seen[a.warmup] if a.warmup else seen[last]
+    wall = timer.end[last] - timer.begin[first]
+    tps = tokens / wall
+    steps = sorted(timer.logs)
+    return perf.ArmResult(
+        arm=name, tokens_per_s=tps, step_s_median=statistics.median(timer.end[s] - timer.begin[s]
+                                                                    for s in range(first, last + 1)),
+        tokens_per_step=tokens / a.steps, mfu=tps * flops(attn_len) / a.peak, peak_alloc_gib=peak[0],
+        peak_reserved_gib=peak[1], load_s=load_s, losses=[timer.logs[s]["loss"] for s in steps],
+        grad_norms=[timer.grad_norm[s] for s in steps], overrides=overrides)
+
+
+def ordered(arms: list[str]) -> list[str]:
+    """Baselines first, Liger arms last: Liger replaces transformers' Llama classes for the rest of the process."""
+    def key(name):
+        if name in ("baseline", "pad_to_max"):
+            return 0
+        return 2 if "trainer.liger=false" not in OURS[name] else 1
+    return sorted(arms, key=key)
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="7b", choices=sorted({m for m, _ in RECIPES}))
+    p.add_argument("--quant", default="nf4", choices=["nf4", "none"])
+    p.add_argument("--data", default="random", choices=["random", "oasst"])
+    p.add_argument("--arms", default="baseline,ours", help=f"baseline, pad_to_max, {', '.join(OURS)}")
+    p.add_argument("--override", action="append", default=[], help="extra key=value for our arms (repeatable)")
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--micro-batch", type=int, default=2)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--smoke", action="store_true", help="tiny model, CPU, seconds: checks the benchmark itself")
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.model, a.seq_len, a.warmup, a.steps = "tiny", 512 if a.data == "oasst" else 64, 1, 2
+    unknown = [x for x in a.arms.split(",") if x not in OURS and x not in ("baseline", "pad_to_max")]
+    if unknown or (a.model, a.quant) not in RECIPES:
+        p.error(f"unknown arms {unknown} (use baseline, pad_to_max, {', '.join(OURS)})" if unknown
+                else f"no recipe for --model {a.model} --quant {a.quant}")
+    return a
+
+
+def main(argv=None) -> list[perf.ArmResult]:
+    a = parse(argv)
+    recipe = RECIPES[(a.model, a.quant)]
+    a.peak, peak_what = perf.matmul_peak()
+    model_dir, cfg = materialize(a, recipe)
+    cfg.data.max_length, cfg.data.eval_fraction = a.seq_len, 0.0
+    tok = model.load_tokenizer(compose(recipe, [f"model.path={model_dir}", "model.random_init=false"]).model)
+    ours_ds, plain_ds, attn_len = datasets(a, cfg, tok)
+    flops = lambda L: perf.llama_flops_per_token(cfg.model.arch, LORA["r"], config.LLAMA_LINEARS, L)  # noqa: E731
+    results = []
+    for name in ordered(a.arms.split(",")):
+        r = run_arm(a, name, recipe, cfg, model_dir, (ours_ds, plain_ds), attn_len, flops)
+        print(f"{name}: {r.tokens_per_s:,.0f} tokens/s, peak {r.peak_alloc_gib} GiB, losses {r.losses}", flush=True)
+        results.append(r)
+    cuda = torch.cuda.is_available()
+    gates = {}
+    if a.data == "random" and results[0].arm == "baseline":  # same batches at every step: compare step by step
+        for r in results[1:]:
+            ok, why = perf.gate(results[0], r, 5e-3 if cuda else 1e-4, 5e-2 if cuda else 1e-3)
+            gates[r.arm] = ("pass: " if ok else "FAIL: ") + why
+    run = {"title": f"{a.model} {'QLoRA' if a.quant == 'nf4' else 'LoRA ' + str(cfg.model.dtype)}, {a.data} data, "
+                    f"micro-batch {a.micro_batch} x {a.seq_len}, grad accum {a.grad_accum}, LoRA r={LORA['r']}",
+           "env": perf.environment(), "peak_tflops": a.peak / 1e12, "peak_what": peak_what, "data": a.data,
+           "steps": a.steps, "warmup": a.warmup, "recipe": recipe,
+           "command": "python bench/train_throughput.py " + shlex.join(sys.argv[1:] if argv is None else argv)}
+    print(perf.record(Path(a.results), run, results, gates), flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
