@@ -122,12 +122,25 @@ class TrainerConfig:
 
 
 @dataclass
+class PlanConfig:
+    """The memory/speed plan (finetune/planner.py): `finetune/plan.py`, and the check before training loads weights."""
+
+    strict: bool = True  # training stops when the plan does not fit the GPUs; false: a warning, and it goes on
+    gpus: Optional[int] = None  # GPUs (ranks) to plan for; null: the launched processes (none on a CPU: no check)
+    gpu_memory: Optional[str] = None  # per GPU, e.g. 24GB or 80GiB (both 2**30 B); null: the card's own
+    gpu: Optional[str] = None  # a name in finetune.planner.GPUS (peak FLOP/s, memory); null: the card present, else h100
+    sharding: Optional[str] = None  # ddp | fsdp | zero2 | zero3; null: what accelerate launch set up (else ddp)
+    utilization: float = 0.30  # share of the GPU's bf16 peak reached (plain HF stack, H100: bench/plan_calibration.md)
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     output_dir: Optional[str] = None  # default: outputs/<recipe>-<data>-<time>
     overwrite: bool = False  # allow writing into an output_dir that holds a finished run
     init_adapter: Optional[str] = None  # start from a trained adapter folder
@@ -195,6 +208,11 @@ def check(cfg: DictConfig) -> list[str]:
     if t.liger and (err := liger_problem()):
         problems.append(f"trainer.liger=true needs liger-kernel: {err}; install it with `pip install liger-kernel` "
                         "or set trainer.liger=false")
+    pl = cfg.plan
+    if pl.sharding is not None and pl.sharding not in ("ddp", "fsdp", "zero2", "zero3"):
+        problems.append(f"plan.sharding={pl.sharding}: use ddp, fsdp, zero2 or zero3")
+    if (pl.gpus is not None and pl.gpus < 1) or not 0 < pl.utilization <= 1:
+        problems.append("plan.gpus must be >= 1 and plan.utilization in (0, 1]")
     from finetune import data  # data checks need no weights either
 
     problems += data.check(cfg.data)

@@ -22,8 +22,9 @@ def user_errors() -> tuple[type[Exception], ...]:
     from finetune.data import DataError
     from finetune.hub import PublishError
     from finetune.merge import MergeError
+    from finetune.plan_report import PlanError
 
-    return (ConfigError, DataError, DialogError, MergeError, PublishError)
+    return (ConfigError, DataError, DialogError, MergeError, PlanError, PublishError)
 
 
 def exit_cleanly(fn):

@@ -23,9 +23,11 @@ config.register()
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
     from finetune import checkpoints, data, model, preflight, trainers  # heavy imports after `--cfg job` has returned
+    from finetune import plan_report
 
     # Check everything that needs no weights: config, tokenizer, data
     cfg = config.load(dict_cfg)
+    console.info(plan_report.check_before_training(cfg))  # memory plan for these GPUs; stops here if it cannot fit
     tokenizer = model.load_tokenizer(cfg.model)
     train_ds, eval_ds, stats = data.load(cfg.data, tokenizer)
     if cfg.trainer.kind == "sft":  # pad != EOS, EOS trained, one BOS per turn, no empty mask, prompt = prefix

@@ -1,0 +1,205 @@
+"""Will this config fit these GPUs, how fast, and what to change: the planner applied to a composed config.
+
+Used by `finetune/plan.py` (the report) and by `finetune/train.py` (the same check, before weights load).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from finetune import planner
+from finetune.config import ConfigError, TrainConfig
+from finetune.planner import GiB, Setup
+
+MEMORY = re.compile(r"^\s*([0-9.]+)\s*(GB|GiB|G|MB|MiB|M|TB|TiB)?\s*$", re.IGNORECASE)
+
+
+class PlanError(RuntimeError):
+    """The recipe cannot fit the GPUs: the message is the breakdown and the changes that would fit."""
+
+
+@dataclass
+class Card:
+    name: str  # a key of planner.GPUS
+    peak_flops: float
+    memory: float  # bytes per GPU
+    source: str  # where the numbers came from, said in the report
+
+
+def parse_memory(text: str) -> float:
+    """'24GB', '80GiB', '24' -> bytes. GB and GiB both mean 2**30 bytes, as GPU makers size cards."""
+    m = MEMORY.match(str(text))
+    if not m:
+        raise ConfigError([f"plan.gpu_memory={text}: write the memory per GPU like 24GB or 80GiB"])
+    unit = (m.group(2) or "GB").upper()[0]
+    return float(m.group(1)) * {"M": 2**20, "G": 2**30, "T": 2**40}[unit]
+
+
+def card(plan, cuda: bool) -> Card:
+    """The card to plan for: `plan.gpu`/`plan.gpu_memory` where given, else the GPU present, else an H100."""
+    import torch
+
+    name, source = plan.gpu, "plan.gpu"
+    if name is not None and name not in planner.GPUS:
+        raise ConfigError([f"plan.gpu={name}: use one of {', '.join(planner.GPUS)}"])
+    present = torch.cuda.get_device_name(0).lower().replace(" ", "") if cuda else ""
+    if name is None:
+        found = [g for g in planner.GPUS if g.split("-")[0] in present]
+        name, source = (found[0], f"the {present} present") if found else ("h100", "an H100 80GB, set gpu=")
+    peak, mem = planner.GPUS[name][0], planner.GPUS[name][1] * GiB
+    if plan.gpu_memory is not None:
+        mem, source = parse_memory(plan.gpu_memory), f"plan.gpu_memory; speed for {source}"
+    elif cuda and plan.gpu is None:
+        mem = torch.cuda.get_device_properties(0).total_memory
+    return Card(name, peak, mem, source)
+
+
+def sharding_from_launcher() -> str:
+    """What `accelerate launch` set up: FSDP, DeepSpeed ZeRO-2/3, or plain data parallel."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "fsdp"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return "zero3" if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3" else "zero2"
+    return "ddp"
+
+
+def setup(cfg: TrainConfig, gpus: int, sharding: str) -> Setup:
+    a, t, q = cfg.model.arch, cfg.trainer, cfg.quant
+    return Setup(hidden=a.hidden_size, ffn=a.intermediate_size, layers=a.num_layers, heads=a.num_heads,
+                 kv_heads=a.num_kv_heads, vocab=a.vocab_size, quant=q.mode, double_quant=q.double_quant,
+                 upcast_fp32=getattr(q, "upcast_fp32", True), dtype_bytes=4 if cfg.model.dtype == "float32" else 2,
+                 lora_r=cfg.lora.r, lora_modules=tuple(cfg.lora.target_modules), lora_dropout=cfg.lora.dropout,
+                 optim=t.optim, micro_batch=t.micro_batch_size, max_length=cfg.data.max_length,
+                 checkpointing=t.gradient_checkpointing is not False,  # None: on with CUDA, and this is a GPU plan
+                 packing=t.packing, liger=getattr(t, "liger", False),
+                 offload_activations=getattr(t, "activation_offloading", False),
+                 eager_attention=cfg.model.attn_implementation == "eager", kind=t.kind,
+                 precompute_ref=getattr(t, "precompute_ref", False), gpus=gpus, sharding=sharding)
+
+
+def load(dict_cfg) -> TrainConfig:
+    """The composed config for planning: only what the arithmetic needs is checked, so a plan works on a machine
+    without the model, the data or bitsandbytes (training checks those before it loads anything)."""
+    from omegaconf import OmegaConf
+
+    from finetune.config import DTYPES, QUANT_MODES
+
+    c = dict_cfg
+    problems = [f"{k}: required, no value given (set {k}=...)" for k in sorted(OmegaConf.missing_keys(c))
+                if k.startswith(("model.arch", "lora", "trainer", "quant", "plan"))]
+    if c.quant.mode not in QUANT_MODES:
+        problems.append(f"quant.mode={c.quant.mode}: use one of {', '.join(QUANT_MODES)}")
+    if c.model.dtype not in DTYPES:
+        problems.append(f"model.dtype={c.model.dtype}: use one of {', '.join(DTYPES)}")
+    if c.trainer.kind not in ("sft", "dpo"):
+        problems.append(f"trainer.kind={c.trainer.kind}: use sft or dpo")
+    if c.lora.r <= 0 or c.trainer.micro_batch_size < 1 or c.data.max_length < 1:
+        problems.append("lora.r, trainer.micro_batch_size and data.max_length must be positive")
+    if c.plan.sharding is not None and c.plan.sharding not in planner.SHARDINGS:
+        problems.append(f"plan.sharding={c.plan.sharding}: use one of {', '.join(planner.SHARDINGS)}")
+    if problems:
+        raise ConfigError(problems)
+    return OmegaConf.to_object(c)
+
+
+def fits(s: Setup, c: Card) -> bool:
+    return planner.memory(s).need <= c.memory
+
+
+def suggestions(s: Setup, c: Card, grad_accum: int) -> list[tuple[str, Setup]]:
+    """Changes that make `s` fit `c`, each checked by its own estimate; single changes first, then together."""
+    out: list[tuple[str, Setup]] = []
+    if s.quant == "none":
+        out.append(("quant.mode=nf4 quant.double_quant=true  (QLoRA)", s.but(quant="nf4", double_quant=True)))
+    if not s.checkpointing:
+        out.append(("trainer.gradient_checkpointing=true", s.but(checkpointing=True)))
+    for mb in range(s.micro_batch - 1, 0, -1):
+        accum = -(-grad_accum * s.micro_batch // mb)  # same effective batch (rounded up)
+        if fits(s.but(micro_batch=mb), c) or mb == 1:
+            out.append((f"trainer.micro_batch_size={mb} trainer.grad_accum={accum}", s.but(micro_batch=mb)))
+            break
+    if planner.optimizer_bytes(s.optim) > 2:
+        out.append(("trainer.optim=paged_adamw_8bit", s.but(optim="paged_adamw_8bit")))
+    for length in range((s.max_length - 1) // 256 * 256, 255, -256):
+        if fits(s.but(max_length=length), c) or length == 256:
+            out.append((f"data.max_length={length}", s.but(max_length=length)))
+            break
+    for n in (2, 4, 8, 16, 32):
+        if n > s.gpus and (fits(s.but(gpus=n, sharding="fsdp"), c) or n == 32):
+            out.append((f"{n} GPUs with FSDP: accelerate launch --config_file launch/accelerate/fsdp_qlora.yaml "
+                        f"--num_processes {n} finetune/train.py ...", s.but(gpus=n, sharding="fsdp")))
+            break
+    single = [(label, new) for label, new in out if fits(new, c)]
+    if single:
+        return single
+    combined, labels = s, []
+    for label, new in out:  # nothing fits alone: apply every change, in order, until it fits
+        combined = dataclasses_merge(combined, s, new)
+        labels.append(label.split("  (")[0])
+        if fits(combined, c):
+            return [(" ".join(labels), combined)]
+    return []
+
+
+def dataclasses_merge(acc: Setup, base: Setup, new: Setup) -> Setup:
+    """`acc` with the fields that `new` changed relative to `base`."""
+    changed = {k: v for k, v in vars(new).items() if getattr(base, k) != v}
+    return acc.but(**changed)
+
+
+def report(cfg: TrainConfig, s: Setup, c: Card, utilization: float) -> tuple[bool, str]:
+    """(fits, the printed plan): breakdown, verdict with margin, speed, and changes that fit."""
+    est = planner.memory(s)
+    ok = est.need <= c.memory
+    base = "16-bit base" if s.quant == "none" else f"{s.quant.upper()} base"
+    lines = [f"plan: {cfg.model.name}, LoRA r={s.lora_r} ({base}), {s.kind}, micro-batch {s.micro_batch} x "
+             f"{s.max_length} tokens, checkpointing {'on' if s.checkpointing else 'off'}, "
+             f"{s.gpus} GPU{'s' if s.gpus > 1 else ''} ({s.sharding})",
+             f"GPU: {c.memory / GiB:.1f} GiB each ({c.source})", "", "memory per GPU".ljust(70) + "GiB"]
+    lines += [f"  {label}".ljust(70) + f"{b / GiB:6.2f}" for label, b in est.parts.items()]
+    lines += ["  total".ljust(70) + f"{est.need / GiB:6.2f}",
+              f"  (peak allocated by PyTorch: {est.allocated / GiB:.2f} GiB)", ""]
+    margin = c.memory - est.need
+    if ok:
+        lines.append(f"verdict: FITS, {est.need / GiB:.1f} of {c.memory / GiB:.1f} GiB per GPU "
+                     f"(margin {margin / GiB:.1f} GiB, {margin / c.memory:.0%})")
+    else:
+        lines.append(f"verdict: DOES NOT FIT, needs {est.need / GiB:.1f} GiB per GPU, has {c.memory / GiB:.1f} "
+                     f"(short by {-margin / GiB:.1f} GiB)")
+    tps = planner.tokens_per_second(s, c.peak_flops, utilization)
+    lines.append(f"speed: ~{tps:,.0f} tokens/s per GPU, ~{tps * s.gpus:,.0f} in all ({est.flops_per_token / 1e9:.1f} "
+                 f"GFLOP/token at {utilization:.0%} of {c.peak_flops / 1e12:.0f} TFLOP/s, {c.name})")
+    lines += [f"note: {n}" for n in est.notes]
+    if not ok:
+        found = suggestions(s, c, cfg.trainer.grad_accum)
+        lines.append("changes that fit (each estimated):" if found else "no change the planner knows makes it fit")
+        for label, new in found:
+            e = planner.memory(new)
+            lines.append(f"  {label}\n      -> {e.need / GiB:.1f} GiB (margin {(c.memory - e.need) / GiB:.1f} GiB), "
+                         f"~{planner.tokens_per_second(new, c.peak_flops, utilization):,.0f} tokens/s per GPU")
+    elif s.checkpointing and fits(s.but(checkpointing=False), c):
+        faster = s.but(checkpointing=False)
+        lines.append(f"also fits: trainer.gradient_checkpointing=false -> {planner.memory(faster).need / GiB:.1f} "
+                     f"GiB, ~{planner.tokens_per_second(faster, c.peak_flops, utilization):,.0f} tokens/s per GPU")
+    return ok, "\n".join(lines)
+
+
+def check_before_training(cfg: TrainConfig) -> Optional[str]:
+    """Training's preflight: the plan for the GPUs present (or `plan.gpus`/`plan.gpu_memory`). Raises PlanError
+    when it cannot fit and `plan.strict`; returns the one line to print otherwise."""
+    import torch
+
+    p, cuda = cfg.plan, torch.cuda.is_available()
+    if p.gpus is None and not cuda:
+        return "plan: no GPU present, memory check skipped (plan.gpus=1 plan.gpu_memory=24GB checks a GPU you name)"
+    gpus = p.gpus or int(os.environ.get("WORLD_SIZE", "1"))
+    s = setup(cfg, gpus, p.sharding or sharding_from_launcher())
+    c = card(p, cuda)
+    ok, text = report(cfg, s, c, p.utilization)
+    if ok:
+        return text.splitlines()[[i for i, line in enumerate(text.splitlines()) if line.startswith("verdict")][0]]
+    if p.strict:
+        raise PlanError(f"this run cannot fit the GPU memory (plan.strict=false runs it anyway):\n{text}")
+    return f"warning: the plan says this run does not fit (plan.strict=false, going on):\n{text}"

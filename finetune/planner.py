@@ -1,0 +1,221 @@
+"""Peak GPU memory per rank and tokens/s for a training setup, from the architecture alone (no weights load).
+
+The memory model counts what PyTorch's allocator holds at the peak of a training step (what
+`torch.cuda.max_memory_allocated` reports) for the Hugging Face Llama + peft LoRA + bitsandbytes path we run:
+tensors saved for backward are counted module by module (docs: bench/plan_calibration.md), then CUDA context
+and allocator reserve are added for what the card must hold. Calibrated against GPU measurements (±15%).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+GiB = 2**30
+CUDA_CONTEXT = 0.6 * GiB  # CUDA context, cuBLAS/cuDNN workspaces: outside torch's allocator, on every card
+ALLOCATOR_RESERVE = 0.05  # cached but unusable blocks (fragmentation), as a fraction of the allocated peak
+
+# Optimizer state bytes per trainable parameter (trainer.optim names as transformers spells them).
+OPTIMIZER_BYTES = {
+    "adamw_torch": 8, "adamw_torch_fused": 8, "adamw_torch_4bit": 1, "adamw_torch_8bit": 2, "adamw_hf": 8,
+    "adamw_apex_fused": 8, "adamw_bnb_8bit": 2, "adamw_8bit": 2, "paged_adamw_32bit": 8, "paged_adamw_8bit": 2,
+    "paged_adamw": 8, "lion_32bit": 4, "lion_8bit": 1, "paged_lion_32bit": 4, "paged_lion_8bit": 1,
+    "adafactor": 0, "sgd": 0, "adagrad": 4, "rmsprop": 4,
+}
+SHARDINGS = ("ddp", "fsdp", "zero2", "zero3")  # ddp: every rank holds everything; fsdp/zero3 shard weights too
+
+
+@dataclass
+class Setup:
+    """One training configuration, as the planner sees it. Sizes are per rank (micro-batch per device)."""
+
+    hidden: int
+    ffn: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int = 32000
+    quant: str = "none"  # none | nf4 | fp4 | int8
+    double_quant: bool = True
+    upcast_fp32: bool = True  # peft's prepare_model_for_kbit_training: embeddings, norms, lm_head in float32
+    dtype_bytes: int = 2  # model.dtype: 2 (bf16/fp16) or 4 (float32)
+    lora_r: int = 16
+    lora_modules: tuple = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lora_dropout: float = 0.0
+    optim: str = "adamw_torch"
+    micro_batch: int = 1
+    max_length: int = 2048
+    checkpointing: bool = True
+    packing: bool = False
+    liger: bool = False
+    offload_activations: bool = False
+    eager_attention: bool = False
+    kind: str = "sft"  # sft | dpo
+    precompute_ref: bool = False
+    gpus: int = 1
+    sharding: str = "ddp"
+
+    def but(self, **changes) -> "Setup":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class Estimate:
+    parts: dict[str, float]  # label -> bytes; they add up to `allocated`
+    allocated: float  # peak bytes in torch's allocator on one rank
+    need: float  # what the card must hold: allocated + allocator reserve + CUDA context
+    flops_per_token: float  # hardware FLOPs per trained token (recompute included)
+    notes: list[str] = field(default_factory=list)
+
+
+def linear_params(s: Setup) -> dict[str, tuple[int, int]]:
+    """(in, out) of each linear layer in one decoder layer; k/v are narrower with grouped-query attention."""
+    d, kv = s.hidden, s.hidden * s.kv_heads // s.heads
+    return {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (d, d),
+            "gate_proj": (d, s.ffn), "up_proj": (d, s.ffn), "down_proj": (s.ffn, d)}
+
+
+def param_counts(s: Setup) -> dict[str, int]:
+    lin = linear_params(s)
+    return {"layers": s.layers * sum(i * o for i, o in lin.values()),
+            "embed_head": 2 * s.vocab * s.hidden,  # Llama 2 does not tie embeddings and lm_head
+            "norms": (2 * s.layers + 1) * s.hidden,
+            "lora": s.layers * s.lora_r * sum(i + o for m, (i, o) in lin.items() if m in s.lora_modules)}
+
+
+def weight_bits(s: Setup) -> float:
+    """Bits per linear-layer weight: 4-bit NF4/FP4 blocks of 64 with an absmax each (fp32, or with double
+    quantization 8-bit plus an fp32 constant per 256 blocks: 4 + 0.127 bits); int8: 8 + a float per row."""
+    if s.quant in ("nf4", "fp4"):
+        return 4 + (8 / 64 + 32 / (64 * 256) if s.double_quant else 32 / 64)
+    if s.quant == "int8":
+        return 8 + 32 / s.hidden
+    return 8 * s.dtype_bytes
+
+
+def layer_activation_bytes(s: Setup) -> float:
+    """Bytes saved for backward per token in one decoder layer (HF Llama modules, SDPA, autocast, peft LoRA).
+
+    res: the residual stream (float32 when peft upcasts the embeddings for k-bit training); c: compute dtype;
+    o: what a quantized linear returns (its input's dtype). Each term names the tensor autograd keeps."""
+    d, f, c = s.hidden, s.ffn, s.dtype_bytes
+    res = 4 if (s.quant != "none" and s.upcast_fp32) else c
+    o = res if s.quant != "none" else c
+    norm = (res if s.liger else 4) * d  # RMSNorm keeps a float32 copy of its input (Liger: the input)
+    h = res  # norm output dtype: weight (res) x input
+    lin = linear_params(s)
+    total = 2 * norm
+    for group in (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")):
+        total += c * d * (1 if h == c else len(group))  # base linear input: shared, or a cast copy each
+    lora_in = {m: lin[m][0] for m in s.lora_modules}
+    for m, width in lora_in.items():
+        x_dtype = c if m in ("o_proj", "down_proj") else h
+        if not (c == 4 and x_dtype == 4):  # LoRA weights are float32: autocast makes a compute-dtype copy
+            total += c * width
+        if s.lora_dropout > 0:
+            total += width * (5 if c == 4 else 1)  # mask (+ the dropped-out input in float32)
+    total += 5 * c * d  # SDPA keeps q, k, v (k/v repeated to all heads), out; o_proj's reshaped input
+    if s.eager_attention:
+        total += 2 * c * s.heads * s.max_length  # eager attention: scores and probabilities, s x s per head
+    total += (2 if s.liger else 3) * o * f + c * f  # gate, up, silu(gate) (Liger: recomputed); down's input
+    return total
+
+
+def logits_bytes(s: Setup, tokens: int) -> float:
+    """The loss buffer: logits in compute dtype, float32 log-softmax, its gradient and the logits' gradient
+    (transformers upcasts logits to float32 for the loss). Liger's fused linear cross-entropy never
+    materialises full logits: chunks of ~1024 tokens."""
+    if s.liger:
+        return min(tokens, 1024) * s.vocab * 8
+    return tokens * s.vocab * (s.dtype_bytes + 12)
+
+
+def optimizer_bytes(optim: str) -> int:
+    return OPTIMIZER_BYTES.get(optim, 8)
+
+
+def memory(s: Setup) -> Estimate:
+    n = param_counts(s)
+    notes: list[str] = []
+    shard_w = s.gpus if s.sharding in ("fsdp", "zero3") else 1
+    shard_state = s.gpus if s.sharding in ("fsdp", "zero2", "zero3") else 1
+    other_bytes = 4 if (s.quant != "none" and s.upcast_fp32) else s.dtype_bytes
+    parts: dict[str, float] = {}
+    kind = {"nf4": "NF4", "fp4": "FP4", "int8": "int8", "none": f"{8 * s.dtype_bytes}-bit"}[s.quant]
+    dq = " + double quant" if s.quant in ("nf4", "fp4") and s.double_quant else ""
+    parts[f"base weights ({kind}{dq}, {weight_bits(s):.3f} bits)"] = n["layers"] * weight_bits(s) / 8 / shard_w
+    parts[f"embeddings + lm_head + norms ({8 * other_bytes}-bit)"] = \
+        (n["embed_head"] + n["norms"]) * other_bytes / shard_w
+    if shard_w > 1:  # FSDP/ZeRO-3 gathers one decoder layer at a time, and prefetches the next
+        parts["gathered layers (FSDP: current + prefetched)"] = 2 * n["layers"] / s.layers * weight_bits(s) / 8
+    parts[f"LoRA parameters (r={s.lora_r}, {n['lora'] / 1e6:.1f}M, float32)"] = n["lora"] * 4 / shard_state
+    parts["LoRA gradients (float32)"] = n["lora"] * 4 / shard_state
+    if s.sharding == "ddp" and s.gpus > 1:
+        parts["DDP gradient buckets"] = n["lora"] * 4
+    ob = optimizer_bytes(s.optim)
+    parts[f"optimizer states ({s.optim}, {ob} B/param)"] = n["lora"] * ob / shard_state
+    if s.optim not in OPTIMIZER_BYTES:
+        notes.append(f"optimizer {s.optim} unknown to the planner: counted as AdamW 32-bit (8 B/param)")
+    if s.optim.startswith("paged_"):
+        notes.append("paged optimizer: its states can move to CPU memory under pressure")
+    seqs = 2 * s.micro_batch if s.kind == "dpo" else s.micro_batch  # DPO: chosen + rejected in one batch
+    tokens = seqs * s.max_length
+    layer = layer_activation_bytes(s) * tokens
+    logits = logits_bytes(s, tokens)
+    res = 4 if (s.quant != "none" and s.upcast_fp32) else s.dtype_bytes
+    transients = {f"loss buffer ({tokens} tokens x {s.vocab} vocab)": logits}
+    if s.offload_activations:
+        parts["activations (offloaded to CPU: two layers in flight)"] = 2 * layer
+    elif s.checkpointing:
+        parts[f"checkpointed layer inputs ({s.layers} layers x {tokens} tokens)"] = s.layers * tokens * res * s.hidden
+        transients["one recomputed layer (checkpointing)"] = layer
+    else:
+        parts[f"activations ({s.layers} layers x {tokens} tokens, no checkpointing)"] = s.layers * layer
+    if s.kind == "dpo" and not s.precompute_ref:  # reference forward (adapter off, no grad) before the policy's
+        transients["reference forward (DPO, no grad): logits + one layer"] = \
+            tokens * s.vocab * (s.dtype_bytes + 4) + layer / 2
+    label, peak = max(transients.items(), key=lambda kv: kv[1])
+    parts[f"peak transient: {label}"] = peak
+    allocated = sum(parts.values())
+    parts[f"allocator reserve ({ALLOCATOR_RESERVE:.0%})"] = ALLOCATOR_RESERVE * allocated
+    parts["CUDA context and workspaces"] = CUDA_CONTEXT
+    if s.packing:
+        notes.append("packing: every micro-batch is full, so this peak is reached every step")
+    else:
+        notes.append("padding: the peak is reached by the longest micro-batches (max_length)")
+    return Estimate(parts, allocated, sum(parts.values()), flops_per_token(s), notes)
+
+
+def flops_per_token(s: Setup) -> float:
+    """Hardware FLOPs per trained token: frozen-base forward + input-gradient backward (4 N), LoRA forward and
+    both gradients (6 N_lora), causal attention (3 x fwd), + a recomputed forward with checkpointing,
+    + DPO's reference forward (2 N + attention) unless precomputed."""
+    n = param_counts(s)
+    n_mat = n["layers"] + s.vocab * s.hidden
+    attn = 2 * s.layers * s.hidden * s.max_length
+    f = 4 * n_mat + 3 * attn + 6 * n["lora"]
+    if s.checkpointing:
+        f += 2 * n["layers"] + attn + 2 * n["lora"]
+    if s.kind == "dpo" and not s.precompute_ref:
+        f += 2 * n_mat + attn
+    return f
+
+
+# Dense bf16 tensor-core peak (spec, FLOP/s) and memory (GiB, as torch reports it) of common cards.
+GPUS = {
+    "h100": (989.4e12, 79.6), "h100-pcie": (756e12, 79.6), "h200": (989.4e12, 139.8), "a100-80gb": (312e12, 79.3),
+    "a100-40gb": (312e12, 39.4), "l40s": (362e12, 44.4), "a6000": (154.8e12, 47.5), "a10": (125e12, 22.1),
+    "l4": (121e12, 22.0), "rtx4090": (165.2e12, 23.6), "rtx3090": (71e12, 23.6), "t4": (65e12, 14.6),
+}
+UTILIZATION = 0.30  # fraction of the peak the plain HF + peft stack reaches, recompute counted (H100, fitted)
+DEQUANT_S_PER_PARAM = 7.5e-12  # bitsandbytes 4-bit dequantization per weight per pass (H100, fitted)
+
+
+def tokens_per_second(s: Setup, peak_flops: float, utilization: float = UTILIZATION) -> float:
+    """Trained tokens/s on one GPU: FLOPs per token at `utilization` of the card's peak, plus, for a k-bit
+    base, one dequantization of every frozen weight per pass (forward, backward, recompute, reference)."""
+    t = flops_per_token(s) / (utilization * peak_flops)
+    if s.quant != "none":
+        passes = 2 + s.checkpointing + (s.kind == "dpo" and not s.precompute_ref)
+        seqs = 2 * s.micro_batch if s.kind == "dpo" else s.micro_batch
+        t += passes * param_counts(s)["layers"] * DEQUANT_S_PER_PARAM / (seqs * s.max_length)
+    return 1 / t
