@@ -1,0 +1,74 @@
+"""The preflight passes the real pipeline's data and blocks each planted failure with its reason."""
+from __future__ import annotations
+
+import pytest
+from datasets import Dataset
+from omegaconf import OmegaConf
+
+from finetune import data, model, preflight
+from finetune.config import DataConfig, ModelConfig
+from tests.conftest import ROOT
+
+
+def cfg(**overrides) -> DataConfig:
+    base = {"name": "oasst", "adapter": "oasst", "path": str(ROOT / "data/sft/oasst-en100/en_100_tree.jsonl"),
+            "max_samples": 24, "cache": False}
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), {**base, **overrides}))
+
+
+def tokenizer():
+    return model.load_tokenizer(ModelConfig(name="llama2", path=str(ROOT / "data/llama2-tokenizer")))
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    tok = tokenizer()
+    dcfg = cfg()
+    train, _, stats = data.load(dcfg, tok)
+    return tok, train, stats, data.examples(dcfg), dcfg
+
+
+def test_the_real_pipeline_passes(loaded):
+    tok, train, stats, exs, dcfg = loaded
+    verdict = preflight.run(tok, train, stats, exs, dcfg)
+    assert verdict.ok and verdict.failures == [] and verdict.report().startswith("preflight: PASS")
+    assert "the inference prompt is the training prefix of every answer (24 checked)" in verdict.passed
+
+
+def test_a_planted_pad_equal_to_eos_is_blocked(loaded):
+    _, train, stats, exs, dcfg = loaded
+    planted = tokenizer()
+    planted.hf.pad_token = planted.hf.eos_token  # what many Llama 2 recipes do
+    verdict = preflight.run(planted, train, stats, exs, dcfg)
+    assert not verdict.ok
+    assert verdict.failures == ["the pad token is EOS (id 2) or unset: padding would mask EOS out of the labels and "
+                                "the model would never stop; use a distinct pad token (Llama 2: <unk>, id 0)"]
+
+
+def planted(rows: list[tuple[list[int], list[int]]]) -> Dataset:
+    return Dataset.from_dict({"input_ids": [r[0] for r in rows], "assistant_masks": [r[1] for r in rows]})
+
+
+GOOD = ([1, 518, 25580, 29962, 7251, 518, 29914, 25580, 29962, 15043, 29871, 2], [0] * 9 + [1, 1, 1])
+
+
+@pytest.mark.parametrize("row, failure", [
+    (([1] + GOOD[0], [0] + GOOD[1]), "1 examples start without BOS or hold two BOS in a row (first: #[1])"),
+    ((GOOD[0], [0] * 12), "1 examples have an empty label mask (first: #[1]): they train nothing"),
+    ((GOOD[0][:-1], GOOD[1][:-1]), "1 examples lack a trained EOS although they were not cut (first: #[1])"),
+    ((GOOD[0], GOOD[1][:-1] + [0]), "1 examples lack a trained EOS although they were not cut (first: #[1])"),
+], ids=["double BOS", "empty mask", "no EOS", "EOS masked"])
+def test_planted_token_failures_are_blocked(loaded, row, failure):
+    tok, _, _, _, dcfg = loaded
+    verdict = preflight.run(tok, planted([GOOD, row]), data.Stats(), [], dcfg)
+    assert not verdict.ok and any(f.startswith(failure) for f in verdict.failures), verdict.report()
+
+
+def test_every_answer_cut_fails_and_require_stops_with_the_reason():
+    tok, dcfg = tokenizer(), cfg(max_length=24, too_long="truncate", max_samples=None)
+    train, _, stats = data.load(dcfg, tok)
+    assert stats.cut == len(train) > 0
+    with pytest.raises(preflight.PreflightError) as err:
+        preflight.require(tok, train, stats, dcfg)
+    assert isinstance(err.value, data.DataError)  # train.py's console prints it and exits 2
+    assert f"EOS is in no example's labels (all {len(train)} were cut at data.max_length=24)" in str(err.value)
