@@ -19,6 +19,7 @@ CONFIGS_DIR = ROOT / "configs"
 
 DTYPES = ("float32", "bfloat16", "float16")
 QUANT_MODES = ("none", "nf4", "fp4", "int8")
+TRACKERS = ("none", "wandb", "tensorboard")
 LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -134,12 +135,24 @@ class PlanConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment tracking (finetune/tracking.py); choose it with `tracking=none|wandb|tensorboard`."""
+
+    backend: str = "none"  # none | wandb | tensorboard (set by the `tracking=` choice)
+    project: str = "llama2-finetune"  # wandb project
+    entity: Optional[str] = None  # wandb team or user; default: the API key's default entity
+    group: Optional[str] = None  # wandb run group
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     output_dir: Optional[str] = None  # default: outputs/<recipe>-<data>-<time>
     overwrite: bool = False  # allow writing into an output_dir that holds a finished run
@@ -193,6 +206,9 @@ def check(cfg: DictConfig) -> list[str]:
     unknown = sorted(set(cfg.lora.target_modules) - set(LLAMA_LINEARS))
     if unknown:
         problems.append(f"lora.target_modules: {unknown} are not Llama linear layers; use some of {LLAMA_LINEARS}")
+    if cfg.tracking.backend not in TRACKERS:
+        problems.append(f"tracking.backend={cfg.tracking.backend}: use tracking=none, tracking=wandb or "
+                        "tracking=tensorboard")
     if t.kind not in ("sft", "dpo"):
         problems.append(f"trainer.kind={t.kind}: use sft or dpo")
     if t.micro_batch_size < 1 or t.grad_accum < 1:

@@ -22,7 +22,7 @@ config.register()
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
-    from finetune import checkpoints, data, model, preflight, trainers  # heavy imports after `--cfg job` has returned
+    from finetune import checkpoints, data, model, preflight, tracking, trainers  # heavy imports after `--cfg job` has returned
     from finetune import plan_report
 
     # Check everything that needs no weights: config, tokenizer, data
@@ -38,6 +38,7 @@ def main(dict_cfg: DictConfig) -> None:
     run_dir = checkpoints.run_dir(cfg.output_dir, f"{recipe}-{cfg.data.name}")
     resume = None if cfg.overwrite else checkpoints.latest(run_dir)
     checkpoints.prepare(run_dir, dict_cfg)
+    tracking.start(cfg.tracking, run_dir, dict_cfg, resumed=resume is not None)  # wandb/tensorboard (rank 0)
 
     # Load the base model (quantized for QLoRA) and add LoRA
     model.prepare_path(cfg.model, tokenizer)
@@ -51,6 +52,7 @@ def main(dict_cfg: DictConfig) -> None:
 
     # Save the adapter (+ tokenizer) beside the checkpoints
     adapter_dir = checkpoints.save(trainer, tokenizer, run_dir)
+    tracking.finish(cfg.tracking)
     console.info(f"adapter: {adapter_dir}\nmetrics: {run_dir / 'metrics.jsonl'}\nloss curve: {run_dir / 'loss.png'}")
 
 

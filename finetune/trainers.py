@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from finetune import tracking
 from finetune.config import TrainConfig
 from finetune.metrics import MetricsCallback
 
@@ -53,7 +54,7 @@ def common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool) -> dict:
         gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
         ddp_find_unused_parameters=False,  # LoRA: every trainable parameter is used
         dataloader_num_workers=t.dataloader_workers,
-        report_to="none",
+        report_to=tracking.report_to(cfg.tracking),  # wandb/tensorboard callbacks log on rank 0 only
         run_name=run_dir.name,
     )
 
