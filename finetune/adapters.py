@@ -19,8 +19,6 @@ Example = dict
 ROLES = {"system": "system", "user": "user", "assistant": "assistant",  # OpenAI
          "human": "user", "gpt": "assistant", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
          "prompter": "user"}  # ShareGPT / OpenAssistant spellings
-FIELD_NAMES = ("prompt", "input", "response", "system", "chosen", "rejected", "text", "instruction", "output",
-               "instances", "messages", "conversations")
 
 
 class MissingField(KeyError):

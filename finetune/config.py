@@ -78,6 +78,26 @@ class LoraConfig:
 
 
 @dataclass
+class FieldsConfig:
+    """Where your records keep what an adapter reads (`data.fields.prompt=question`); dots reach into nested
+    records (`ticket.question`, `answers.0.text`). Unset: the field of that name. `data=jsonl` (adapter `fields`)
+    reads prompt (+ input, system) and response, or prompt, chosen and rejected."""
+
+    prompt: Optional[str] = None
+    input: Optional[str] = None
+    response: Optional[str] = None
+    system: Optional[str] = None
+    chosen: Optional[str] = None
+    rejected: Optional[str] = None
+    text: Optional[str] = None  # adapter text (continued pretraining)
+    instruction: Optional[str] = None  # alpaca, self_instruct
+    output: Optional[str] = None  # alpaca
+    instances: Optional[str] = None  # self_instruct
+    messages: Optional[str] = None  # messages
+    conversations: Optional[str] = None  # sharegpt
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     adapter: str = MISSING  # a name in finetune.data.ADAPTERS
@@ -92,7 +112,7 @@ class DataConfig:
     too_long: str = "drop"  # drop | truncate (keep whole turns that fit; cut the answer only if one turn is too long; counted)
     system_prompt: Optional[str] = None
     train_on: str = "all"  # all assistant turns, or `last` only
-    fields: dict[str, str] = field(default_factory=dict)  # our field name -> yours (data.fields.prompt=question)
+    fields: FieldsConfig = field(default_factory=FieldsConfig)  # our field name -> yours: data.fields.prompt=question
     invalid: str = "error"  # error | skip: records that break the format (roles out of order...) stop or are counted
     cache: bool = True  # reuse tokenized data from $FINETUNE_CACHE/data when nothing that changes the tokens changed
 

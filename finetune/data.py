@@ -45,10 +45,6 @@ def check(dcfg) -> list[str]:
                        ("invalid", ("error", "skip"))):
         if getattr(dcfg, key) not in valid:
             problems.append(f"data.{key}={getattr(dcfg, key)}: use {' or '.join(valid)}")
-    unknown = sorted(set(dcfg.fields) - set(adapters.FIELD_NAMES))
-    if unknown:
-        problems.append(f"data.fields: unknown {unknown}; map some of {', '.join(adapters.FIELD_NAMES)} "
-                        "(our name = your field)")
     if dcfg.max_length < 16:
         problems.append(f"data.max_length={dcfg.max_length}: too short for a Llama 2 chat turn; use >= 16")
     return problems
@@ -90,11 +86,12 @@ def examples(dcfg, stats: Stats | None = None, path: str | None = None) -> list[
     stats = stats if stats is not None else Stats()
     path = path or dcfg.path
     adapter, skipped, out = ADAPTERS[dcfg.adapter], Counter(), []
+    fields = {k: v for k, v in vars(dcfg.fields).items() if v}  # data.fields that are set: our name -> yours
     try:
         for record, where in sources.read_records(path, dcfg.split, dcfg.revision):
             stats.records += 1
             try:
-                out += [_checked(ex, dcfg) for ex in adapter(record, dcfg.fields)]
+                out += [_checked(ex, dcfg) for ex in adapter(record, fields)]
             except MissingField as exc:
                 raise DataError(f"{where}: {exc}") from None
             except (Invalid, DialogError) as exc:
@@ -200,7 +197,7 @@ def cache_key(dcfg, sp) -> str:
     for module in (chat_format, adapters, sources):
         h.update(Path(module.__file__).read_bytes())
     h.update(Path(__file__).read_bytes())
-    settings = {k: getattr(dcfg, k) for k in dcfg.__dataclass_fields__ if k not in ("name", "cache")}
+    settings = {k: v for k, v in asdict(dcfg).items() if k not in ("name", "cache")}
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     h.update(fingerprint(dcfg).encode())
     return h.hexdigest()
