@@ -143,6 +143,17 @@ class TrainerConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Held-out metrics and sample generations during training (finetune/samples.py)."""
+
+    every: Optional[int] = None  # eval loss + perplexity (DPO: reward accuracy, margins) and samples every N
+    #                              optimizer steps and at the end; null: every trainer.save_steps
+    samples: int = 4  # fixed prompts generated into samples.jsonl (+ a wandb table) at each eval; 0: none
+    max_new_tokens: int = 128  # per sample, greedy, so one step's samples compare with the next's
+    prompts: Optional[str] = None  # JSONL of {"prompt": str} or {"messages": [...]}; default: held-out dialogs
+
+
+@dataclass
 class PlanConfig:
     """The memory/speed plan (finetune/planner.py): `finetune/plan.py`, and the check before training loads weights."""
 
@@ -173,6 +184,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     output_dir: Optional[str] = None  # default: outputs/<recipe>-<data>-<time>
     overwrite: bool = False  # allow writing into an output_dir that holds a finished run
@@ -241,6 +253,18 @@ def check(cfg: DictConfig) -> list[str]:
     if cfg.output_dir and finished(Path(cfg.output_dir)) and not cfg.overwrite:
         problems.append(f"output_dir={cfg.output_dir} already holds a finished run (adapter/ exists); "
                         "choose a new output_dir= or pass overwrite=true")
+    e = cfg.eval
+    if e.every is not None and e.every < 1:
+        problems.append(f"eval.every={e.every}: must be >= 1 (optimizer steps between evaluations), "
+                        "or null to follow trainer.save_steps")
+    if e.samples < 0 or e.max_new_tokens < 1:
+        problems.append("eval.samples must be >= 0 (0: no samples) and eval.max_new_tokens >= 1")
+    if e.prompts and not Path(e.prompts).is_file():
+        problems.append(f"eval.prompts={e.prompts}: no such file; give a JSONL of prompts or leave it unset")
+    elif e.prompts:
+        from finetune import samples
+
+        problems += samples.check(e)
     if t.liger and (err := liger_problem()):
         problems.append(f"trainer.liger=true needs liger-kernel: {err}; install it with `pip install liger-kernel` "
                         "or set trainer.liger=false")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -9,10 +10,12 @@ from transformers import TrainerCallback
 
 
 class MetricsCallback(TrainerCallback):
-    """Appends every log (loss, lr, grad_norm, eval metrics) with step, elapsed time and tokens/s."""
+    """Appends every log (loss, lr, grad_norm, eval metrics) with step, elapsed time and tokens/s; with
+    `perplexity` (SFT, where the loss is a token NLL) also eval_perplexity = exp(eval_loss)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, perplexity: bool = False):
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.perplexity = perplexity
         self.t0 = time.perf_counter()
         self.last = (self.t0, 0.0)
 
@@ -25,6 +28,8 @@ class MetricsCallback(TrainerCallback):
         if tokens is not None and now > self.last[0]:
             row["tokens_per_s"] = (tokens - self.last[1]) / (now - self.last[0])
             self.last = (now, tokens)
+        if self.perplexity and "eval_loss" in logs:
+            row["eval_perplexity"] = math.exp(logs["eval_loss"])
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
 

@@ -44,7 +44,7 @@ def common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool) -> dict:
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         eval_strategy="steps" if has_eval else "no",
-        eval_steps=t.save_steps,
+        eval_steps=cfg.eval.every or t.save_steps,
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=cuda and cfg.model.dtype == "bfloat16",
@@ -57,6 +57,14 @@ def common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool) -> dict:
         report_to=tracking.report_to(cfg.tracking),  # wandb/tensorboard callbacks log on rank 0 only
         run_name=run_dir.name,
     )
+
+
+def callbacks(cfg: TrainConfig, tokenizer, run_dir: Path) -> list:
+    """metrics.jsonl + loss.png, and samples.jsonl for the fixed prompts (`eval.samples`)."""
+    from finetune import samples
+
+    metrics = MetricsCallback(run_dir, perplexity=cfg.trainer.kind == "sft")  # a DPO loss is no token NLL
+    return [metrics, *samples.callbacks(cfg, tokenizer, run_dir)]
 
 
 def build_sft(cfg: TrainConfig, model, tokenizer, train_ds, eval_ds, run_dir: Path):
@@ -72,7 +80,7 @@ def build_sft(cfg: TrainConfig, model, tokenizer, train_ds, eval_ds, run_dir: Pa
         activation_offloading=cfg.trainer.activation_offloading,
     )
     return SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                      processing_class=tokenizer.hf, callbacks=[MetricsCallback(run_dir)])
+                      processing_class=tokenizer.hf, callbacks=callbacks(cfg, tokenizer, run_dir))
 
 
 def build(cfg: TrainConfig, model, tokenizer, train_ds, eval_ds, run_dir: Path):

@@ -1,0 +1,231 @@
+"""Talk to a trained run: `python finetune/chat.py run=outputs/<run>` (interactive, streaming), or batch with
+`prompts=my_prompts.jsonl out=answers.jsonl`.
+
+The model is the run's base (rebuilt from its config.yaml, 4-bit where the run was QLoRA) plus its adapter, or
+its merged/ weights. Prompts are token ids from `chat_format.encode_prompt`, the function family that encoded the
+training data, with the run's own tokenizer (adapter/), so training and inference cannot drift.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+if __package__ in (None, ""):  # run as a script: import the package, never sibling files as top-level modules
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from finetune import config, console
+from finetune.config import ConfigError, QUANT_MODES, TrainConfig
+
+
+@dataclass
+class GenerateConfig:
+    max_new_tokens: int = 256
+    do_sample: bool = False  # greedy: the same answer every time
+    temperature: float = 0.7
+    top_p: float = 0.9
+    repetition_penalty: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class ChatConfig:
+    run: str = MISSING
+    merged: bool = False
+    quant: str = "auto"  # auto (as trained) | none | nf4 | fp4 | int8
+    system: Optional[str] = None
+    prompts: Optional[str] = None
+    out: Optional[str] = None
+    batch_size: int = 8
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+
+config.register()
+ConfigStore.instance().store(name="chat_schema", node=ChatConfig)
+
+
+# ------------------------------------------------------------------------------------------ loading a run
+def run_problems(run: Path, merged: bool) -> list[str]:
+    if not (run / "config.yaml").is_file():
+        return [f"run={run}: no config.yaml there; give a training run directory (outputs/<run>)"]
+    if not config.finished(run):
+        return [f"run={run}: no adapter/ yet (training unfinished?); wait for the run to end, or point at another"]
+    if merged and not (run / "merged" / "config.json").is_file():
+        return [f"run={run}: no merged/ weights; run `python finetune/export.py run={run} merge=true` first, "
+                "or drop merged=true to load base + adapter"]
+    return []
+
+
+def run_config(run: Path) -> TrainConfig:
+    """The run's training config, rebuilt from its config.yaml against the current schema."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(run / "config.yaml"))
+    except Exception as exc:  # omegaconf's key and type errors name the key
+        raise ConfigError([f"{run / 'config.yaml'}: {exc}"]) from None
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def quant_mode(quant: str, train_cfg: TrainConfig, merged: bool) -> str:
+    """`auto`: the run's own quantization for base + adapter (the model that was trained); merged weights are
+    already what export chose, so they load unquantized."""
+    if quant == "auto":
+        return "none" if merged else train_cfg.quant.mode
+    if quant not in QUANT_MODES:
+        raise ConfigError([f"quant={quant}: use auto (as trained) or one of {', '.join(QUANT_MODES)}"])
+    return quant
+
+
+def load_tokenizer(run: Path, train_cfg: TrainConfig):
+    """The tokenizer the run saved beside its adapter (tokenizer.model + HF files)."""
+    from finetune import model
+
+    return model.load_tokenizer(dataclasses.replace(train_cfg.model, tokenizer=str(run / "adapter")))
+
+
+def load_base(run: Path, train_cfg: TrainConfig, tokenizer, quant: str, merged: bool = False):
+    """The run's base model (or its merged/ weights) on whatever device is present, in eval mode."""
+    import torch
+
+    from finetune import model
+
+    mcfg = dataclasses.replace(train_cfg.model)
+    if merged:
+        mcfg.path, mcfg.random_init = str(run / "merged"), False
+    else:
+        model.prepare_path(mcfg, tokenizer)  # random-init tiny bases are rebuilt from their seed if missing
+    qcfg = dataclasses.replace(train_cfg.quant, mode=quant_mode(quant, train_cfg, merged))
+    base = model.load_base(mcfg, qcfg)  # keeps the bitsandbytes CPU repack off
+    if qcfg.mode == "none" and torch.cuda.is_available():
+        base.to("cuda")
+    return base.eval()
+
+
+def add_adapter(base, run: Path):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(run / "adapter")).eval()
+
+
+# ------------------------------------------------------------------------------------------ talking
+def generation(gcfg: GenerateConfig, pad_id: int):
+    from transformers import GenerationConfig, set_seed
+
+    from finetune import samples
+
+    if not gcfg.do_sample:
+        return samples.greedy(gcfg.max_new_tokens, pad_id)
+    set_seed(gcfg.seed)
+    base = samples.greedy(gcfg.max_new_tokens, pad_id).to_dict()
+    return GenerationConfig(**{**base, "do_sample": True, "temperature": gcfg.temperature, "top_p": gcfg.top_p,
+                               "repetition_penalty": gcfg.repetition_penalty})
+
+
+def batch(model, tokenizer, prompts, gen, batch_size: int, out: Path) -> None:
+    """One JSON line per prompt: messages, answer, prompt_ids (what the model saw), new_tokens, stop reason."""
+    from finetune import samples
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as fh:
+        for i in range(0, len(prompts), batch_size):
+            chunk = prompts[i: i + batch_size]
+            for p, new in zip(chunk, samples.generate(model, [p.ids for p in chunk], gen)):
+                stop = "eos" if len(new) < gen.max_new_tokens else "length"
+                fh.write(json.dumps({"messages": p.messages, "answer": tokenizer.sp.decode(new),
+                                     "prompt_ids": p.ids, "new_tokens": len(new), "stop": stop},
+                                    ensure_ascii=False) + "\n")
+            console.info(f"{min(i + batch_size, len(prompts))}/{len(prompts)} answered")
+    console.info(f"answers: {out}")
+
+
+def dialog_ids(sp, system: Optional[str], history: list[dict], budget: int) -> tuple[list[int], list[dict]]:
+    """Prompt ids of the system prompt + history (ending with a user turn), and the history kept: the oldest
+    exchanges go first while the prompt is longer than `budget` tokens."""
+    from finetune import chat_format
+
+    while True:
+        ids = chat_format.encode_prompt(sp, ([{"role": "system", "content": system}] if system else []) + history)
+        if len(ids) <= budget or len(history) == 1:
+            return ids, history
+        history = history[2:]
+
+
+def interactive(model, tokenizer, gen, system: Optional[str]) -> None:
+    """A multi-turn chat on stdin/stdout; the answer streams as it is generated and ends at EOS."""
+    from transformers import TextStreamer
+
+    from finetune import samples
+
+    history: list[dict] = []
+    context = model.config.max_position_embeddings
+    print("/reset clears the history, /system <text> sets the system prompt, /quit or Ctrl-D ends", flush=True)
+    while True:
+        try:
+            line = input("\nuser> ").strip()
+        except EOFError:
+            break
+        if line in ("/quit", "/exit"):
+            break
+        if line.startswith("/system"):
+            system = line[len("/system"):].strip() or None
+        if line == "/reset" or line.startswith("/system"):
+            history.clear()
+            print("(history cleared)", flush=True)
+            continue
+        if not line:
+            continue
+        history.append({"role": "user", "content": line})
+        ids, kept = dialog_ids(tokenizer.sp, system, history, context - gen.max_new_tokens)
+        if len(kept) < len(history):
+            print(f"({(len(history) - len(kept)) // 2} oldest exchange(s) dropped to fit the context)", flush=True)
+            history = kept
+        print("assistant> ", end="", flush=True)
+        streamer = TextStreamer(tokenizer.hf, skip_prompt=True, skip_special_tokens=True)
+        new = samples.generate(model, [ids], gen, streamer=streamer)[0]
+        history.append({"role": "assistant", "content": tokenizer.sp.decode(new)})
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="chat")
+@console.exit_cleanly
+def main(dict_cfg: DictConfig) -> None:
+    # Check the run and the prompts before any weights load
+    if OmegaConf.is_missing(dict_cfg, "run"):
+        raise ConfigError(["run: required; give a training run directory: run=outputs/<run>"])
+    ccfg: ChatConfig = OmegaConf.to_object(dict_cfg)  # type: ignore[assignment]
+    run = Path(ccfg.run).expanduser().resolve()
+    problems = run_problems(run, ccfg.merged)
+    if ccfg.prompts and not Path(ccfg.prompts).is_file():
+        problems.append(f"prompts={ccfg.prompts}: no such file; give a JSONL of prompts")
+    if problems:
+        raise ConfigError(problems)
+    from finetune import samples
+
+    train_cfg = run_config(run)
+    tokenizer = load_tokenizer(run, train_cfg)
+    system = ccfg.system if ccfg.system is not None else train_cfg.data.system_prompt
+    prompts = samples.read_prompts(ccfg.prompts, tokenizer.sp, system) if ccfg.prompts else None
+
+    # Load the model: base (+ adapter) or merged weights
+    model = load_base(run, train_cfg, tokenizer, ccfg.quant, ccfg.merged)
+    if not ccfg.merged:
+        model = add_adapter(model, run)
+    gen = generation(ccfg.generate, tokenizer.pad_id)
+    what = "merged weights" if ccfg.merged else "base + adapter"
+    console.info(f"model: {run.name} ({what}, quant={quant_mode(ccfg.quant, train_cfg, ccfg.merged)}, "
+                 f"{model.device})")
+
+    # Talk
+    if prompts is not None:
+        batch(model, tokenizer, prompts, gen, ccfg.batch_size, Path(ccfg.out) if ccfg.out else run / "answers.jsonl")
+    else:
+        interactive(model, tokenizer, gen, system)
+
+
+if __name__ == "__main__":
+    main()
