@@ -87,8 +87,8 @@ def gate(ref: ArmResult, other: ArmResult, rtol_loss: float, rtol_grad: float) -
     n = min(len(ref.losses), len(other.losses), len(ref.grad_norms), len(other.grad_norms))
     if n == 0:
         return False, "no losses logged"
-    dl = max(abs(a - b) / abs(a) for a, b in zip(ref.losses[:n], other.losses[:n]))
-    dg = max(abs(a - b) / abs(a) for a, b in zip(ref.grad_norms[:n], other.grad_norms[:n]))
+    dl = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(ref.losses[:n], other.losses[:n]))
+    dg = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(ref.grad_norms[:n], other.grad_norms[:n]))
     alive = all(g > 0 and g == g for g in other.grad_norms[:n])
     ok = dl <= rtol_loss and dg <= rtol_grad and alive
     return ok, f"max rel Δloss {dl:.1e} (tol {rtol_loss:.0e}), max rel Δgrad-norm {dg:.1e} (tol {rtol_grad:.0e})"
