@@ -112,6 +112,8 @@ def table(run: dict, results: list[ArmResult], gates: dict[str, str]) -> str:
     for r in results:
         if r.overrides:
             lines.append(f"\n{r.arm}: recipe + `{' '.join(r.overrides)}`")
+    for name, why in run.get("failed", {}).items():
+        lines.append(f"\n{name}: FAILED {why}")
     return "\n".join(lines) + "\n"
 
 

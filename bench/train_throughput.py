@@ -1,12 +1,13 @@
 """Training throughput: plain Hugging Face (transformers Trainer + peft + bitsandbytes) against this toolkit's training
 path, in one process on one card, on the same examples in the same order with the same LoRA and tokens per step.
 
-  python bench/train_throughput.py --model 7b --quant nf4 --arms baseline,ours,ours_nogc
+  python bench/train_throughput.py --model 7b --quant nf4 --arms baseline,ours-nopack,ours-nopack-nogc
   python bench/train_throughput.py --model 7b --quant nf4 --data oasst --arms pad_to_max,ours
   python bench/train_throughput.py --smoke          # tiny model on a CPU in seconds (tests/integration/test_bench.py)
 
 The base model is the real Llama 2 architecture with random weights, written once and loaded with from_pretrained,
-so the 4-bit path is a user's. "ours" is the shipped recipe (recipes/<q>lora_<size>.yaml); other arms add overrides.
+so the 4-bit path is a user's. "ours" is the shipped recipe (recipes/<q>lora_<size>.yaml); "ours-nogc-nopack" adds
+the overrides of those KNOBS.
 Reports real (non-pad) tokens/s, peak allocated/reserved GPU memory, MFU against a matmul peak measured in this run,
 and a gate: every arm's loss and grad norm at the same steps agree with the baseline's. Results are appended to
 <results>/throughput.{md,jsonl}.
@@ -34,16 +35,18 @@ from finetune import config, data, model, trainers  # noqa: E402
 RECIPES = {("tiny", "nf4"): "tiny_qlora", ("tiny", "none"): "tiny_lora", ("7b", "nf4"): "qlora_7b",
            ("7b", "none"): "lora_7b", ("13b", "nf4"): "qlora_13b", ("13b", "none"): "lora_13b",
            ("70b", "nf4"): "qlora_70b"}
-# Our arms: the recipe as shipped plus these overrides. `baseline`/`pad_to_max` are plain HF (see plain_hf).
-OURS = {
-    "ours": [],
-    "ours_gc": ["trainer.gradient_checkpointing=true"],
-    "ours_nogc": ["trainer.gradient_checkpointing=false"],
-    "ours_offload": ["trainer.gradient_checkpointing=false", "trainer.activation_offloading=true"],
-    "ours_nopack": ["trainer.packing=false"],
-    "ours_noliger": ["trainer.liger=false"],
-    "ours_upcast": ["quant.upcast_fp32=true"],
+# Our arms: "ours" is the recipe as shipped; "ours-nogc-nopack" adds these knobs' overrides. `baseline` and
+# `pad_to_max` are plain HF (see plain_hf).
+KNOBS = {
+    "gc": "trainer.gradient_checkpointing=true",
+    "nogc": "trainer.gradient_checkpointing=false",
+    "nopack": "trainer.packing=false",  # full-length random rows: nothing to pack, and SDPA then needs no mask
+    "noliger": "trainer.liger=false",
+    "upcast": "quant.upcast_fp32=true",
+    "offload": "trainer.activation_offloading=true",
+    "adam8bit": "trainer.optim=paged_adamw_8bit",
 }
+PLAIN = ("baseline", "pad_to_max")
 LORA = dict(r=16, alpha=16, dropout=0.0)  # both arms: r=16 on all 7 linear layers, no dropout
 
 
@@ -180,10 +183,10 @@ def run_arm(a, name: str, recipe: str, cfg, model_dir: str, dsets, attn_len: flo
         torch.cuda.empty_cache()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        if name in ("baseline", "pad_to_max"):
+        if name in PLAIN:
             trainer, overrides = plain_hf(a, cfg, model_dir, plain_ds, Path(tmp)), []
         else:
-            overrides = OURS[name] + list(a.override)
+            overrides = arm_overrides(name) + list(a.override)
             trainer = ours(a, recipe, overrides, model_dir, ours_ds, Path(tmp))
         load_s = time.perf_counter() - t0
         timer = StepTimer()
@@ -208,13 +211,17 @@ def run_arm(a, name: str, recipe: str, cfg, model_dir: str, dsets, attn_len: flo
         grad_norms=[timer.grad_norm[s] for s in steps], overrides=overrides)
 
 
+def arm_overrides(name: str) -> list[str]:
+    """`ours-nogc-nopack` -> the overrides of knobs nogc and nopack; KeyError names an unknown knob."""
+    head, *knobs = name.split("-")
+    if head != "ours":
+        raise KeyError(name)
+    return [KNOBS[k] for k in knobs]
+
+
 def ordered(arms: list[str]) -> list[str]:
     """Baselines first, Liger arms last: Liger replaces transformers' Llama classes for the rest of the process."""
-    def key(name):
-        if name in ("baseline", "pad_to_max"):
-            return 0
-        return 2 if "trainer.liger=false" not in OURS[name] else 1
-    return sorted(arms, key=key)
+    return sorted(arms, key=lambda name: 0 if name in PLAIN else 1 if "noliger" in name.split("-") else 2)
 
 
 def parse(argv=None):
@@ -222,7 +229,8 @@ def parse(argv=None):
     p.add_argument("--model", default="7b", choices=sorted({m for m, _ in RECIPES}))
     p.add_argument("--quant", default="nf4", choices=["nf4", "none"])
     p.add_argument("--data", default="random", choices=["random", "oasst"])
-    p.add_argument("--arms", default="baseline,ours", help=f"baseline, pad_to_max, {', '.join(OURS)}")
+    p.add_argument("--arms", default="baseline,ours",
+                   help=f"comma-separated: baseline, pad_to_max, ours[-knob...] with knobs {', '.join(KNOBS)}")
     p.add_argument("--override", action="append", default=[], help="extra key=value for our arms (repeatable)")
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--micro-batch", type=int, default=2)
@@ -234,10 +242,15 @@ def parse(argv=None):
     a = p.parse_args(argv)
     if a.smoke:
         a.model, a.seq_len, a.warmup, a.steps = "tiny", 512 if a.data == "oasst" else 64, 1, 2
-    unknown = [x for x in a.arms.split(",") if x not in OURS and x not in ("baseline", "pad_to_max")]
+    unknown = []
+    for x in a.arms.split(","):
+        try:
+            x in PLAIN or arm_overrides(x)
+        except KeyError:
+            unknown.append(x)
     if unknown or (a.model, a.quant) not in RECIPES:
-        p.error(f"unknown arms {unknown} (use baseline, pad_to_max, {', '.join(OURS)})" if unknown
-                else f"no recipe for --model {a.model} --quant {a.quant}")
+        p.error(f"unknown arms {unknown}: use baseline, pad_to_max, ours[-knob...] with knobs {', '.join(KNOBS)}"
+                if unknown else f"no recipe for --model {a.model} --quant {a.quant}")
     return a
 
 
@@ -250,11 +263,20 @@ def main(argv=None) -> list[perf.ArmResult]:
     tok = model.load_tokenizer(compose(recipe, [f"model.path={model_dir}", "model.random_init=false"]).model)
     ours_ds, plain_ds, attn_len = datasets(a, cfg, tok)
     flops = lambda L: perf.llama_flops_per_token(cfg.model.arch, LORA["r"], config.LLAMA_LINEARS, L)  # noqa: E731
-    results = []
+    results, failed = [], {}
     for name in ordered(a.arms.split(",")):
-        r = run_arm(a, name, recipe, cfg, model_dir, (ours_ds, plain_ds), attn_len, flops)
-        print(f"{name}: {r.tokens_per_s:,.0f} tokens/s, peak {r.peak_alloc_gib} GiB, losses {r.losses}", flush=True)
+        try:
+            r = run_arm(a, name, recipe, cfg, model_dir, (ours_ds, plain_ds), attn_len, flops)
+        except Exception as exc:  # one arm failing (out of memory, a kernel) must not lose the other arms' numbers
+            failed[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            print(f"{name}: FAILED {failed[name]}", flush=True)
+            continue
+        print(f"{name}: {r.tokens_per_s:,.0f} tokens/s, peak alloc/reserved {r.peak_alloc_gib}/{r.peak_reserved_gib} "
+              f"GiB, MFU {r.mfu:.1%}, load {r.load_s:.0f} s, step {r.step_s_median:.2f} s, "
+              f"losses {[round(x, 4) for x in r.losses[:4]]}", flush=True)
         results.append(r)
+    if not results:
+        raise SystemExit(f"every arm failed: {failed}")
     cuda = torch.cuda.is_available()
     gates = {}
     if a.data == "random" and results[0].arm == "baseline":  # same batches at every step: compare step by step
@@ -264,7 +286,7 @@ def main(argv=None) -> list[perf.ArmResult]:
     run = {"title": f"{a.model} {'QLoRA' if a.quant == 'nf4' else 'LoRA ' + str(cfg.model.dtype)}, {a.data} data, "
                     f"micro-batch {a.micro_batch} x {a.seq_len}, grad accum {a.grad_accum}, LoRA r={LORA['r']}",
            "env": perf.environment(), "peak_tflops": a.peak / 1e12, "peak_what": peak_what, "data": a.data,
-           "steps": a.steps, "warmup": a.warmup, "recipe": recipe,
+           "steps": a.steps, "warmup": a.warmup, "recipe": recipe, "failed": failed,
            "command": "python bench/train_throughput.py " + shlex.join(sys.argv[1:] if argv is None else argv)}
     print(perf.record(Path(a.results), run, results, gates), flush=True)
     return results
