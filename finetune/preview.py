@@ -2,13 +2,14 @@
 
 Prints `n` tokenized training examples with the trained tokens highlighted (green on a terminal, ⟦…⟧ otherwise),
 their token counts, a length and truncation summary, and the preflight verdict (the same checks that stop
-`train.py`). `format=json` prints one JSON object per example instead ({"input_ids", "labels"}, -100 where
+`train.py`). For DPO (`trainer=dpo` or a DPO recipe) each pair shows as its two sequences, prompt + chosen and
+prompt + rejected. `format=json` prints one JSON object per example instead ({"input_ids", "labels"}, -100 where
 masked), for tools; the summary and verdict then go to stderr. Exits 1 when the preflight fails. Loads no weights.
 """
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: import the package, never sibling files as top-level modules
@@ -43,13 +44,16 @@ def main(dict_cfg: DictConfig) -> None:
     cfg = config.load(dict_cfg)
     if cfg.format not in ("text", "json") or cfg.n < 0:
         raise ConfigError([f"format={cfg.format} n={cfg.n}: use format=text or format=json, and n >= 0"])
-    if cfg.trainer.kind != "sft":
-        raise ConfigError([f"trainer.kind={cfg.trainer.kind}: preview shows SFT data (conversations or text); "
-                           "use an SFT recipe or data config"])
     tokenizer = model.load_tokenizer(cfg.model)
-    train_ds, _, stats = data.load(cfg.data, tokenizer)
-    verdict = preflight.run(tokenizer, train_ds, stats, data.examples(cfg.data)[:preflight.SAMPLE], cfg.data)
-    rows = train_ds.select(range(min(cfg.n, len(train_ds)))).to_list()
+    dcfg, pairs = cfg.data, cfg.trainer.kind == "dpo"
+    if pairs:  # each pair as the two sequences DPO scores: prompt + chosen, prompt + rejected (answer trained)
+        dcfg = replace(cfg.data, train_on="last")
+        train_ds, stats, sample = pair_rows(dcfg, tokenizer.sp)
+    else:
+        train_ds, _, stats = data.load(dcfg, tokenizer)
+        sample = data.examples(dcfg)[:preflight.SAMPLE]
+    verdict = preflight.run(tokenizer, train_ds, stats, sample, dcfg)
+    rows = train_ds.select(range(min(cfg.n * (2 if pairs else 1), len(train_ds)))).to_list()
     if cfg.format == "json":
         for i, row in enumerate(rows):
             print(to_json(i, row["input_ids"], row["assistant_masks"]))
@@ -58,14 +62,34 @@ def main(dict_cfg: DictConfig) -> None:
         color = sys.stdout.isatty()
         for i, row in enumerate(rows):
             ids, mask = row["input_ids"], row["assistant_masks"]
-            print(f"── example {i}: {len(ids)} tokens, {sum(mask)} trained "
-                  f"({'green' if color else 'inside ⟦…⟧'}) ──")
+            what = f"pair {i // 2} ({('chosen', 'rejected')[i % 2]})" if pairs else f"example {i}"
+            print(f"── {what}: {len(ids)} tokens, {sum(mask)} trained ({'green' if color else 'inside ⟦…⟧'}) ──")
             print(render(tokenizer.sp, ids, mask, color) + "\n")
         out = sys.stdout
     print(f"data: {cfg.data.name}: {stats.summary()}", file=out)
     print(verdict.report(), file=out, flush=True)
     if not verdict.ok:
         sys.exit(1)
+
+
+def pair_rows(dcfg, sp):
+    """(Dataset of prompt + chosen, prompt + rejected rows, stats, the conversations) for pairs that fit."""
+    from datasets import Dataset
+
+    from finetune import data, preflight
+
+    stats, cols, convs = data.Stats(), {"input_ids": [], "assistant_masks": []}, []
+    for ex in data.examples(dcfg, stats):
+        sides = [{"messages": ex["prompt"] + [{"role": "assistant", "content": ex[s]}]} for s in ("chosen", "rejected")]
+        encoded = [data.encode(side, sp, dcfg, stats) for side in sides]
+        if all(encoded):  # a pair shows only when both sequences fit
+            for (ids, mask), in encoded:
+                cols["input_ids"].append(ids)
+                cols["assistant_masks"].append(mask)
+                stats.lengths.append(len(ids))
+            convs += sides
+    stats.examples = len(cols["input_ids"])
+    return Dataset.from_dict(cols), stats, convs[:preflight.SAMPLE]
 
 
 def to_json(index: int, ids: list[int], mask: list[int]) -> str:

@@ -74,3 +74,19 @@ def test_a_never_seen_schema_trains_through_field_mapping_alone(tmp_path):
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     losses = [json.loads(line).get("loss") for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert sum(loss is not None for loss in losses) >= 2
+
+
+def test_preview_shows_each_preference_pair_as_its_two_sequences():
+    from dataclasses import replace
+
+    from finetune import preview
+
+    dcfg = replace(data_cfg("orca_dpo"), max_length=4096, train_on="last")
+    rows, stats, convs = preview.pair_rows(dcfg, SP)
+    assert len(rows) == 2 * 284 and stats.records == 284 and stats.dropped_too_long == 0
+    for k in (0, 2, 100):
+        chosen, rejected = rows[k], rows[k + 1]
+        start = chosen["assistant_masks"].index(1)
+        assert chosen["input_ids"][:start] == rejected["input_ids"][:start], "both sides share the prompt tokens"
+        assert chosen["input_ids"][-2:] == rejected["input_ids"][-2:] == [29871, 2]
+    assert convs[0]["messages"][-1]["content"] != convs[1]["messages"][-1]["content"]
