@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from finetune.chat_format import BOS_ID, EOS_ID, encode_dialog, encode_prompt
 from finetune.data import DataError, examples
 
@@ -49,18 +51,15 @@ def run(tokenizer, dataset, stats, sample: list[dict], dcfg) -> Verdict:
     _check(v, pad is not None and pad != eos, f"pad id {pad} != EOS id {eos}",
            f"the pad token is EOS (id {eos}) or unset: padding would mask EOS out of the labels and the model "
            "would never stop; use a distinct pad token (Llama 2: <unk>, id 0)")
-    rows = dataset.select_columns(["input_ids", "assistant_masks"]).to_list() if len(dataset) else []
-    double = [i for i, r in enumerate(rows) if (r["input_ids"][:1] != [BOS_ID] and not _is_chunk(r))
-              or any(a == b == BOS_ID for a, b in zip(r["input_ids"], r["input_ids"][1:]))]
+    double, empty, no_eos = _scan(dataset)
     _check(v, not double, "one BOS id at the start of every turn, never two",
            f"{len(double)} examples start without BOS or hold two BOS in a row (first: #{double[:1]}); "
            "encode with finetune.chat_format, which adds BOS as an id, never as the text '<s>'")
-    empty = [i for i, r in enumerate(rows) if not any(r["assistant_masks"])]
     _check(v, not empty, "every example has trained tokens",
            f"{len(empty)} examples have an empty label mask (first: #{empty[:1]}): they train nothing")
-    no_eos = [i for i, r in enumerate(rows) if not _trained_eos(r)]
-    if rows and len(no_eos) == len(rows):
-        v.failures.append(f"EOS is in no example's labels (all {len(rows)} were cut at data.max_length="
+    n = len(dataset)
+    if n and len(no_eos) == n:
+        v.failures.append(f"EOS is in no example's labels (all {n} were cut at data.max_length="
                           f"{dcfg.max_length}): the model would never learn to stop; raise data.max_length or "
                           "set data.too_long=drop")
     elif stats.chunked == 0 and len(no_eos) > stats.cut:
@@ -90,12 +89,21 @@ def _check(v: Verdict, ok: bool, passed: str, failed: str) -> None:
     (v.passed if ok else v.failures).append(passed if ok else failed)
 
 
-def _is_chunk(row: dict) -> bool:
-    return all(row["assistant_masks"])  # a raw-text piece after the first: trained throughout, no BOS
-
-
-def _trained_eos(row: dict) -> bool:
-    return any(t == EOS_ID and m for t, m in zip(row["input_ids"], row["assistant_masks"]))
+def _scan(dataset) -> tuple[list[int], list[int], list[int]]:
+    """Indices of rows with a BOS problem, with an empty mask, and without a trained EOS; one pass, in batches."""
+    double, empty, no_eos, i = [], [], [], 0
+    for batch in dataset.select_columns(["input_ids", "assistant_masks"]).iter(batch_size=1024):
+        for ids, mask in zip(batch["input_ids"], batch["assistant_masks"]):
+            ids, mask = np.asarray(ids), np.asarray(mask, dtype=bool)
+            chunk = mask.all()  # a raw-text piece after the first: trained throughout, no BOS
+            if (ids[0] != BOS_ID and not chunk) or ((ids[:-1] == BOS_ID) & (ids[1:] == BOS_ID)).any():
+                double.append(i)
+            if not mask.any():
+                empty.append(i)
+            if not ((ids == EOS_ID) & mask).any():
+                no_eos.append(i)
+            i += 1
+    return double, empty, no_eos
 
 
 def _prefix_problem(sp, messages: list[dict], train_on: str) -> str | None:
