@@ -4,7 +4,8 @@
 # the time budget still allows. Every stage is bounded by `timeout`; a stage that cannot fit is skipped and says so.
 #
 # Prepare here (no registry on the GPU machine), then carry .whl/ with the tree:
-#   EXTRA_WHEELS="liger-kernel==0.8.5 sentencepiece==0.2.3 protobuf==7.36.2" ../shared/gpu/wheels.sh   # 46 MB
+#   EXTRA_WHEELS="liger-kernel==0.8.5 sentencepiece==0.2.3 protobuf==7.36.2 pytest==9.2.0 pluggy==1.7.0 \
+#     iniconfig==2.3.1 pygments==2.21.0" ../shared/gpu/wheels.sh      # .whl/ is 48 MB: carry it
 # On the GPU machine, from the repository root:
 #   bash bench/gpu_session.sh            # BUDGET=<seconds> (default 440) bounds the benchmark stages
 # Results: $OUT/bench/ (throughput.md, throughput.jsonl, one log per stage, gpu.txt), else bench/results/gpu/.
