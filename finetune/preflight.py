@@ -70,10 +70,10 @@ def run(tokenizer, dataset, stats, sample: list[dict], dcfg) -> Verdict:
     if stats.cut:
         v.warnings.append(f"{stats.cut} answers were cut at data.max_length={dcfg.max_length} and lose their EOS; "
                           "raise data.max_length or set data.too_long=drop to train only whole answers")
-    bad = [b for b in (_prefix_problem(tokenizer.sp, ex["messages"], dcfg.train_on)
-                       for ex in sample if "messages" in ex) if b]
-    _check(v, not bad, f"the inference prompt is the training prefix of every answer ({len(sample)} checked)",
-           f"inference prompt != training prefix in {len(bad)} of {len(sample)} conversations: {bad[:1]}")
+    convs = [ex["messages"] for ex in sample if "messages" in ex]  # raw text has no prompt to check
+    bad = [b for b in (_prefix_problem(tokenizer.sp, conv, dcfg.train_on) for conv in convs) if b]
+    _check(v, not bad, f"the inference prompt is the training prefix of every answer ({len(convs)} conversations)",
+           f"inference prompt != training prefix in {len(bad)} of {len(convs)} conversations: {bad[:1]}")
     return v
 
 

@@ -32,7 +32,7 @@ def test_the_real_pipeline_passes(loaded):
     tok, train, stats, exs, dcfg = loaded
     verdict = preflight.run(tok, train, stats, exs, dcfg)
     assert verdict.ok and verdict.failures == [] and verdict.report().startswith("preflight: PASS")
-    assert "the inference prompt is the training prefix of every answer (24 checked)" in verdict.passed
+    assert "the inference prompt is the training prefix of every answer (24 conversations)" in verdict.passed
 
 
 def test_a_planted_pad_equal_to_eos_is_blocked(loaded):
