@@ -188,6 +188,7 @@ class TrainConfig:
     plan: PlanConfig = field(default_factory=PlanConfig)
     output_dir: Optional[str] = None  # default: outputs/<recipe>-<data>-<time>
     overwrite: bool = False  # allow writing into an output_dir that holds a finished run
+    resume: bool = True  # continue from output_dir's latest complete checkpoint; false: start over in a new dir
     init_adapter: Optional[str] = None  # start from a trained adapter folder
     seed: int = 42
 
@@ -250,9 +251,10 @@ def check(cfg: DictConfig) -> list[str]:
     if cfg.init_adapter and not (Path(cfg.init_adapter) / "adapter_config.json").is_file():
         problems.append(f"init_adapter={cfg.init_adapter}: no adapter_config.json there; "
                         "point it at a run's adapter/ folder")
-    if cfg.output_dir and finished(Path(cfg.output_dir)) and not cfg.overwrite:
+    if cfg.output_dir and finished(Path(cfg.output_dir)) and not cfg.overwrite and cfg.resume:
         problems.append(f"output_dir={cfg.output_dir} already holds a finished run (adapter/ exists); "
-                        "choose a new output_dir= or pass overwrite=true")
+                        "choose a new output_dir=, pass resume=false (starts over in a new directory beside it) "
+                        "or overwrite=true (replaces it)")
     e = cfg.eval
     if e.every is not None and e.every < 1:
         problems.append(f"eval.every={e.every}: must be >= 1 (optimizer steps between evaluations), "

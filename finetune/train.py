@@ -24,6 +24,7 @@ config.register()
 def main(dict_cfg: DictConfig) -> None:
     from finetune import checkpoints, data, model, preflight, tracking, trainers  # heavy imports after `--cfg job` has returned
     from finetune import plan_report
+    from transformers import set_seed
 
     # Check everything that needs no weights: config, tokenizer, data
     cfg = config.load(dict_cfg)
@@ -35,18 +36,19 @@ def main(dict_cfg: DictConfig) -> None:
 
     # One run directory for every rank; resume from its latest complete checkpoint
     recipe = HydraConfig.get().runtime.choices.get("recipe", "run")
-    run_dir = checkpoints.run_dir(cfg.output_dir, f"{recipe}-{cfg.data.name}")
-    resume = None if cfg.overwrite else checkpoints.latest(run_dir)
-    checkpoints.prepare(run_dir, dict_cfg)
+    run_dir, resume = checkpoints.start(cfg.output_dir, f"{recipe}-{cfg.data.name}", cfg.resume, cfg.overwrite)
+    checkpoints.prepare(run_dir, dict_cfg, resume)
     tracking.start(cfg.tracking, run_dir, dict_cfg, resumed=resume is not None)  # wandb/tensorboard (rank 0)
 
     # Load the base model (quantized for QLoRA) and add LoRA
     model.prepare_path(cfg.model, tokenizer)
     base = model.load_base(cfg.model, cfg.quant, trainers.gradient_checkpointing(cfg))
+    set_seed(cfg.seed)  # LoRA's random init: the same start in every run, for any number of processes
     peft_model = model.apply_lora(base, cfg.lora, cfg.init_adapter)
 
     # Train with TRL
     trainer = trainers.build(cfg, peft_model, tokenizer, train_ds, eval_ds, run_dir)
+    checkpoints.attach(trainer, run_dir, cfg.trainer.save_total_limit)  # checkpoints complete or absent; exact resume
     console.report_start(trainer, cfg, stats, run_dir, resume)
     trainer.train(resume_from_checkpoint=resume)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from finetune import tracking
+from finetune import checkpoints
 from finetune.config import TrainConfig
 from finetune.metrics import MetricsCallback
 
@@ -26,7 +27,7 @@ def common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool) -> dict:
     t, cuda = cfg.trainer, torch.cuda.is_available()
     gc = gradient_checkpointing(cfg)
     return dict(
-        output_dir=str(run_dir / "checkpoints"),
+        output_dir=str(checkpoints.staging_dir(run_dir)),  # checkpoints.AtomicCheckpoints moves each one out
         per_device_train_batch_size=t.micro_batch_size,
         per_device_eval_batch_size=t.micro_batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -42,7 +43,7 @@ def common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool) -> dict:
         logging_first_step=True,
         save_strategy="steps",
         save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
+        save_total_limit=None,  # checkpoints.AtomicCheckpoints keeps the last trainer.save_total_limit
         eval_strategy="steps" if has_eval else "no",
         eval_steps=cfg.eval.every or t.save_steps,
         seed=cfg.seed,
