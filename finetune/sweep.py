@@ -1,0 +1,215 @@
+"""Run a wandb sweep file with no server: `python finetune/sweep.py launch/sweeps/qlora_lr.yaml [trials=12]`.
+
+The same file runs online with `wandb sweep FILE && wandb agent <entity/project/id>`. Here each trial is a
+subprocess of the file's `command` (`${env} accelerate launch finetune/train.py ${args_no_hyphens}`), rendered
+the way `wandb agent` renders it, with the trial's values as key=value overrides and its own output_dir under
+the sweep directory: one `accelerate launch` per trial, never Hydra multirun inside it (every rank would run the
+whole sweep). The metric is read from the trial's metrics.jsonl. A failed trial is recorded and the sweep goes
+on. Running the same command again resumes: recorded trials are skipped and an interrupted one runs again
+(train.py continues it from its last checkpoint).
+
+Options: trials=N (default: the grid's size, or the file's run_cap), sweep_dir=PATH (default
+outputs/sweeps/<file name>), sampler_seed=N. Every other key=value goes to every trial and fixes that key, e.g.
+model.path=/models/Llama-2-13b-hf or tracking=none.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+if __package__ in (None, ""):  # run as a script: import the package, never sibling files as top-level modules
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from omegaconf import OmegaConf
+
+from finetune import config, console, sweep_report, sweep_space
+from finetune.config import ConfigError
+from finetune.sweep_space import Sweep
+
+USAGE = "usage: python finetune/sweep.py SWEEP_FILE [trials=N] [sweep_dir=PATH] [sampler_seed=N] [key=value ...]"
+
+
+@dataclass
+class Options:
+    trials: Optional[int] = None  # default: every grid point, or the file's run_cap
+    sweep_dir: Optional[str] = None  # default: outputs/sweeps/<file name without .yaml>
+    sampler_seed: int = 0  # random and bayes proposals are reproducible for a given seed and history
+
+
+@console.exit_cleanly
+def main(argv: list[str]) -> int:
+    path, opts, overrides = parse_args(argv)
+    sweep = sweep_space.load(path, overrides)
+    total = trial_count(sweep, opts.trials)
+    out = Path(opts.sweep_dir or Path("outputs", "sweeps", path.stem)).resolve()
+    if "finetune/train.py" in " ".join(sweep.command):
+        precheck(sweep, out)
+    records = open_sweep_dir(sweep, path, out)
+    console.info(f"sweep {path} ({sweep.method}, {sweep.goal} {sweep.metric}): {total} trials in {out}"
+                 + (f", {len(records)} recorded" if records else ""))
+    for r in [r for r in records.values() if r["status"] == "started"]:  # interrupted: run again, same values
+        records[r["trial"]] = run_trial(sweep, r["trial"], total, r["params"], out)
+        sweep_report.write(sweep, list(records.values()), out)
+    while len(records) < total:
+        n = len(records) + 1
+        params = sweep_space.propose(sweep, list(records.values()), total, opts.sampler_seed)
+        records[n] = run_trial(sweep, n, total, params, out)
+        sweep_report.write(sweep, list(records.values()), out)
+    sweep_report.write(sweep, list(records.values()), out)
+    best = sweep_report.ranked(sweep, list(records.values()))[0]
+    if best["status"] != "finished":
+        console.info(f"every trial failed; see trial.log in each trial folder under {out}")
+        return 1
+    console.info(f"best: trial {best['trial']} {sweep.metric}={best['metric']:.6g} {fmt_params(best['params'])}\n"
+                 f"leaderboard: {out / 'leaderboard.md'} (and .csv), plot: {out / 'sweep.png'}")
+    return 0
+
+
+def parse_args(argv: list[str]) -> tuple[Path, Options, dict[str, str]]:
+    """The sweep file, this script's options, and the key=value overrides for every trial."""
+    if not argv or "=" in argv[0] or argv[0] in ("-h", "--help"):
+        raise ConfigError([USAGE])
+    path = Path(argv[0])
+    if not path.is_file():
+        raise ConfigError([f"{path}: no such sweep file (the ones shipped are in launch/sweeps/)"])
+    names = {f.name for f in fields(Options)}
+    mine, overrides = [], {}
+    for arg in argv[1:]:
+        key, eq, value = arg.partition("=")
+        if not eq:
+            raise ConfigError([f"{arg}: expected key=value", USAGE])
+        if key == "output_dir":
+            raise ConfigError(["output_dir=: every trial gets its own (<sweep_dir>/trial-NNN); set sweep_dir= instead"])
+        if key in names:
+            mine.append(arg)
+        else:
+            overrides[key] = value
+    try:
+        opts = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Options), OmegaConf.from_dotlist(mine)))
+    except Exception as exc:  # omegaconf's ValidationError names the key and the expected type
+        raise ConfigError([f"{exc}".splitlines()[0], USAGE]) from None
+    return path, opts, overrides  # type: ignore[return-value]
+
+
+def trial_count(sweep: Sweep, trials: Optional[int]) -> int:
+    grid = sweep_space.size(sweep)
+    n = trials or sweep.run_cap or grid
+    if not n or n < 1:
+        raise ConfigError([f"{sweep.path}: a {sweep.method} sweep has no end; pass trials=N or set run_cap: N"])
+    return min(n, grid) if grid else n
+
+
+def open_sweep_dir(sweep: Sweep, path: Path, out: Path) -> dict[int, dict]:
+    """Create the sweep directory (with a copy of the sweep file), or resume it: its recorded trials by number."""
+    out.mkdir(parents=True, exist_ok=True)
+    copy = out / "sweep.yaml"
+    text = path.read_text()
+    if copy.is_file() and copy.read_text() != text:
+        raise ConfigError([f"{path} differs from the one this sweep started with ({copy}); "
+                           "choose a new sweep_dir= or restore the file"])
+    copy.write_text(text)
+    records: dict[int, dict] = {}
+    log = out / "trials.jsonl"
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                records[r["trial"]] = r  # the last line of a trial wins (started, then finished/failed)
+    return dict(sorted(records.items()))
+
+
+def precheck(sweep: Sweep, out: Path) -> None:
+    """Compose the training config with a trial's overrides before any trial runs: a misspelled key in the
+    sweep file or on the command line would otherwise fail every trial, one at a time."""
+    from hydra import compose, initialize_config_dir
+
+    sample = {k: (d.choices[0] if hasattr(d, "choices") else d.low) for k, d in sweep.space.items()}
+    args = [f"{k}={v}" for k, v in trial_args(sweep, sample, out / "trial-000").items()]
+    config.register()
+    try:
+        with initialize_config_dir(config_dir=str(config.CONFIGS_DIR), version_base="1.3"):
+            compose(config_name="train", overrides=args)
+    except Exception as exc:  # Hydra's and omegaconf's errors name the key
+        why = "\n".join(str(e) for e in (exc, exc.__cause__) if e is not None)
+        raise ConfigError([f"{sweep.path}: finetune/train.py rejects the trial overrides {' '.join(args)}:\n    "
+                           + why.replace("\n", "\n    ")]) from None
+
+
+def trial_args(sweep: Sweep, params: dict[str, Any], trial_dir: Path) -> dict[str, Any]:
+    """What ${args_no_hyphens} holds for a trial: fixed values, swept values, and the trial's output_dir."""
+    fixed = {k: v for k, v in sweep.fixed.items() if k not in params}
+    return {**fixed, **params, "output_dir": str(trial_dir)}
+
+
+def run_trial(sweep: Sweep, n: int, total: int, params: dict[str, Any], out: Path) -> dict:
+    """Run one trial to the end and return its record (also appended to trials.jsonl)."""
+    trial_dir = out / f"trial-{n:03d}"
+    record = {"trial": n, "status": "started", "params": params, "output_dir": str(trial_dir)}
+    if not done(trial_dir, sweep.metrics_key):  # finished before the sweep was interrupted: only record it
+        append(out, record)
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        argv = sweep_space.render(sweep, trial_args(sweep, params, trial_dir), env)
+        console.info(f"trial {n}/{total}: {fmt_params(params)}")
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        with (trial_dir / "trial.log").open("a") as log:
+            log.write("$ " + " ".join(argv) + "\n")
+            log.flush()
+            rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        record["seconds"] = round(time.perf_counter() - t0, 1)
+        record["returncode"] = rc
+    metric = read_metric(trial_dir / "metrics.jsonl", sweep.metrics_key)
+    if record.get("returncode", 0) == 0 and metric is not None:
+        record.update(status="finished", metric=metric)
+        console.info(f"trial {n}/{total}: {sweep.metric}={metric:.6g}")
+    else:
+        why = (f"exit {record['returncode']}: {last_error(trial_dir / 'trial.log')}" if record.get("returncode")
+               else f"no {sweep.metrics_key} in {trial_dir / 'metrics.jsonl'} (does the run have an eval split?)")
+        record.update(status="failed", metric=None, error=why)
+        console.info(f"trial {n}/{total} failed ({why}); log: {trial_dir / 'trial.log'}")
+    append(out, record)
+    return record
+
+
+def done(trial_dir: Path, key: str) -> bool:
+    return config.finished(trial_dir) and read_metric(trial_dir / "metrics.jsonl", key) is not None
+
+
+def read_metric(path: Path, key: str) -> Optional[float]:
+    """The last logged value of `key` (what wandb's run summary, and so its sweep controller, would use)."""
+    if not path.is_file():
+        return None
+    values = [row[key] for line in path.read_text().splitlines() if line.strip()
+              for row in [json.loads(line)] if isinstance(row.get(key), (int, float))]
+    return float(values[-1]) if values and math.isfinite(values[-1]) else None
+
+
+def last_error(log: Path) -> str:
+    """The run's `error: ...` message if it printed one (bad config or data), else its last line."""
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("error:")]
+    if not starts:
+        return (lines[-1] if lines else "(no output)")[:400]
+    message = list(itertools.takewhile(lambda ln: not ln.startswith("Traceback"), lines[starts[-1]:]))
+    return " ".join(message)[:400]  # accelerate launch adds its own traceback after the run's message
+
+
+def append(out: Path, record: dict) -> None:
+    with (out / "trials.jsonl").open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def fmt_params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

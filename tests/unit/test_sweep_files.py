@@ -1,0 +1,150 @@
+"""Every shipped sweep file: wandb's format, a command wandb's agent can run, and overrides Hydra accepts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from finetune import sweep_space, tracking
+from finetune.config import ConfigError
+from tests.conftest import ROOT, compose
+
+SWEEPS = sorted((ROOT / "launch" / "sweeps").glob("*.yaml"))
+
+
+def is_group(key: str) -> bool:
+    """`recipe=`, `tracking=`, `data=` ... choose a config file rather than set a value."""
+    return key == "recipe" or (ROOT / "configs" / key).is_dir()
+
+
+def test_the_issue_sweeps_ship():
+    assert {p.name for p in SWEEPS} >= {"qlora_lr.yaml", "dpo_beta.yaml"}
+
+
+def sample_values(params: dict) -> dict:
+    """One trial's values as wandb's controller would send them: the last of `values`, the max of a range."""
+    return {k: spec["value"] if "value" in spec else spec["values"][-1] if "values" in spec else spec["max"]
+            for k, spec in params.items()}
+
+
+def agent_argv(raw: dict, values: dict) -> list[str]:
+    """The argv `wandb agent` runs for a trial, built with wandb's own sweep-command helpers and the
+    substitution loop of wandb_agent.Agent._command_run (wandb 0.31)."""
+    from wandb.sdk.launch.sweeps import utils
+
+    sweep_vars = utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})
+    sweep_vars.update(interpreter=["python"], program=[raw.get("program")], env=["/usr/bin/env"])
+    argv: list[str] = []
+    for item in utils.create_sweep_command(list(raw["command"])):
+        item = str(item)
+        argv += (sweep_vars.get(item[2:-1]) or []) if item.startswith("${") and item.endswith("}") else [item]
+    return argv
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_agent_command_is_accepted_by_hydra_with_the_trial_values(path, monkeypatch):
+    monkeypatch.setenv("WANDB_RUN_ID", "r4nd0m")  # what `wandb agent` sets for each trial
+    raw = yaml.safe_load(path.read_text())
+    assert raw["method"] in ("grid", "random", "bayes") and raw["metric"]["goal"] in ("minimize", "maximize")
+    # one argv word per item: "accelerate launch" as one item is a FileNotFoundError in the agent
+    assert raw["command"][:4] == ["${env}", "accelerate", "launch", "finetune/train.py"]
+    assert raw["command"][-1] == "${args_no_hyphens}"
+    values = sample_values(raw["parameters"])
+    argv = agent_argv(raw, values)
+    assert argv[:4] == ["/usr/bin/env", "accelerate", "launch", "finetune/train.py"]
+    overrides = argv[4:]
+    assert overrides == [f"{k}={v}" for k, v in values.items()]  # key=value, no hyphens: Hydra's syntax
+    cfg = compose(*overrides)
+    for key, value in values.items():
+        if not is_group(key) and key != "output_dir":  # groups and the interpolated output_dir: checked below
+            assert OmegaConf.select(cfg, key, throw_on_missing=True) == pytest.approx(value), key
+    recipe = OmegaConf.load(ROOT / "recipes" / f"{values['recipe']}.yaml")
+    assert cfg.lora.alpha == recipe.lora.alpha and cfg.quant.mode == "nf4"
+    assert cfg.tracking.backend == values["tracking"] == "wandb"  # online, the agent hears the metric via wandb
+    assert cfg.output_dir == f"outputs/sweeps/{path.stem}/trial-r4nd0m"  # no two agents share a run directory
+    # a local sweep renders the very same argv
+    sweep = sweep_space.load(path, {})
+    assert sweep_space.render(sweep, values, {}) == argv
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_swept_keys_are_the_config_keys_wandb_logs(path):
+    """wandb's run config (tracking.flat_config) uses the same dotted names as the sweep's parameters, so the
+    sweep's parallel-coordinates and importance plots line up with every run's logged config."""
+    raw = yaml.safe_load(path.read_text())
+    flat = tracking.flat_config(compose(f"recipe={raw['parameters']['recipe']['value']}"))
+    swept = [k for k in raw["parameters"] if not is_group(k)]
+    assert swept and all(k in flat for k in swept), [k for k in swept if k not in flat]
+
+
+def test_yaml_exponent_without_a_dot_is_reported(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    text = (ROOT / "launch" / "sweeps" / "qlora_lr.yaml").read_text().replace("min: 3.0e-5", "min: 3e-5")
+    bad.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        sweep_space.load(bad, {})
+    assert f"{bad}: parameters.trainer.learning_rate.min: '3e-5' is text" in str(err.value)
+    assert "write 1.0e-5" in str(err.value)
+
+
+def test_sweep_file_problems_are_listed_together(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({
+        "method": "grid", "metric": {"name": "eval/loss", "goal": "lowest"},
+        "parameters": {"trainer.learning_rate": {"min": 1.0e-5, "max": 1.0e-3}},
+        "command": ["${env}", "accelerate launch", "finetune/train.py", "${args}"]}))
+    with pytest.raises(ConfigError) as err:
+        sweep_space.load(bad, {})
+    problems = err.value.problems
+    assert any("metric: give `name`" in p and "`goal` (minimize or maximize)" in p for p in problems)
+    assert any("use command: [${env}, accelerate, launch, finetune/train.py, ${args_no_hyphens}]" in p
+               for p in problems)
+    assert any("parameters.trainer.learning_rate: grid needs `values: [...]`" in p for p in problems)
+
+
+def test_command_line_override_fixes_a_swept_key():
+    sweep = sweep_space.load(ROOT / "launch" / "sweeps" / "qlora_lr.yaml", {"lora.r": "16", "recipe": "tiny_lora"})
+    assert list(sweep.space) == ["trainer.learning_rate"]
+    assert sweep.fixed["lora.r"] == "16" and sweep.fixed["recipe"] == "tiny_lora"
+
+
+def test_grid_proposals_walk_every_point_once(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({
+        "method": "grid", "metric": {"name": "eval/loss", "goal": "minimize"},
+        "parameters": {"lora.r": {"values": [4, 8]}, "trainer.learning_rate": {"values": [1.0e-4, 1.0e-3]}},
+        "command": ["${env}", "accelerate", "launch", "finetune/train.py", "${args_no_hyphens}"]}))
+    sweep = sweep_space.load(grid, {})
+    records: list[dict] = []
+    for n in range(sweep_space.size(sweep)):
+        records.append({"trial": n + 1, "status": "finished", "metric": 1.0,
+                        "params": sweep_space.propose(sweep, records, 4, 0)})
+    assert [tuple(r["params"].values()) for r in records] == [(4, 1e-4), (4, 1e-3), (8, 1e-4), (8, 1e-3)]
+
+
+def test_bayes_proposals_stay_in_range_and_replay_history():
+    sweep = sweep_space.load(ROOT / "launch" / "sweeps" / "qlora_lr.yaml", {})
+    records: list[dict] = []
+    for n in range(6):  # TPE takes over after max(2, 12 // 4) = 3 random trials
+        params = sweep_space.propose(sweep, records, 12, 0)
+        assert 3.0e-5 <= params["trainer.learning_rate"] <= 1.0e-3 and params["lora.r"] in (8, 16, 32, 64)
+        records.append({"trial": n + 1, "status": "finished" if n != 2 else "failed", "params": params,
+                        "metric": abs(params["trainer.learning_rate"] - 2e-4) * 1e4 if n != 2 else None})
+    # stateless: the same history gives the same next proposal (what makes a sweep resumable)
+    assert sweep_space.propose(sweep, records, 12, 0) == sweep_space.propose(sweep, records, 12, 0)
+    assert len({tuple(r["params"].values()) for r in records}) == 6
+
+
+def test_metric_names_map_to_metrics_jsonl_keys():
+    sweep = sweep_space.load(ROOT / "launch" / "sweeps" / "qlora_lr.yaml", {})
+    assert sweep.metrics_key == "eval_loss"
+    dpo = sweep_space.load(ROOT / "launch" / "sweeps" / "dpo_beta.yaml", {})
+    assert (dpo.metrics_key, dpo.goal) == ("eval_rewards/accuracies", "maximize")
+
+
+def test_shipped_files_state_their_commands():
+    for path in SWEEPS:
+        head = Path(path).read_text()
+        assert "wandb sweep launch/sweeps/" in head and "python finetune/sweep.py launch/sweeps/" in head, path
