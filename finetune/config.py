@@ -162,7 +162,7 @@ class PlanConfig:
     gpu_memory: Optional[str] = None  # per GPU, e.g. 24GB or 80GiB (both 2**30 B); null: the card's own
     gpu: Optional[str] = None  # a name in finetune.planner.GPUS (peak FLOP/s, memory); null: the card present, else h100
     sharding: Optional[str] = None  # ddp | fsdp | zero2 | zero3; null: what accelerate launch set up (else ddp)
-    utilization: float = 0.30  # share of the GPU's bf16 peak reached (plain HF stack, H100: bench/plan_calibration.md)
+    utilization: float = 0.295  # share of the GPU's bf16 peak reached (plain HF stack, H100: bench/plan_calibration.md)
 
 
 @dataclass

@@ -170,7 +170,8 @@ def report(cfg: TrainConfig, s: Setup, c: Card, utilization: float) -> tuple[boo
                      f"(short by {-margin / GiB:.1f} GiB)")
     tps = planner.tokens_per_second(s, c.peak_flops, utilization)
     lines.append(f"speed: ~{tps:,.0f} tokens/s per GPU, ~{tps * s.gpus:,.0f} in all ({est.flops_per_token / 1e9:.1f} "
-                 f"GFLOP/token at {utilization:.0%} of {c.peak_flops / 1e12:.0f} TFLOP/s, {c.name})")
+                 f"GFLOP/token at {utilization:.1%} of {c.peak_flops / 1e12:.0f} TFLOP/s, {c.name}"
+                 + (f", Liger x{planner.LIGER_SPEEDUP}" if s.liger else "") + ")")
     lines += [f"note: {n}" for n in est.notes]
     if not ok:
         found = suggestions(s, c, cfg.trainer.grad_accum)

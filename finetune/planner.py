@@ -21,6 +21,9 @@ OPTIMIZER_BYTES = {
     "paged_adamw": 8, "lion_32bit": 4, "lion_8bit": 1, "paged_lion_32bit": 4, "paged_lion_8bit": 1,
     "adafactor": 0, "sgd": 0, "adagrad": 4, "rmsprop": 4,
 }
+# 7B/13B LoRA bf16 with checkpointing peaked 3.0/6.2 GiB above the tensors counted here (H100, issue 8), while
+# QLoRA with checkpointing and bf16 without it agree within 3%: kept as a measured term until it is explained.
+BF16_CHECKPOINTING_EXCESS = 0.245
 SHARDINGS = ("ddp", "fsdp", "zero2", "zero3")  # ddp: every rank holds everything; fsdp/zero3 shard weights too
 
 
@@ -121,12 +124,13 @@ def layer_activation_bytes(s: Setup) -> float:
 
 
 def logits_bytes(s: Setup, tokens: int) -> float:
-    """The loss buffer: logits in compute dtype, float32 log-softmax, its gradient and the logits' gradient
-    (transformers upcasts logits to float32 for the loss). Liger's fused linear cross-entropy never
+    """The loss buffer at its peak, the start of backward: the float32 log-softmax saved by cross-entropy, the
+    gradient nll_loss hands it, and the gradient it returns (transformers upcasts logits to float32 for the
+    loss; the Trainer has dropped the logits themselves by then). Liger's fused linear cross-entropy never
     materialises full logits: chunks of ~1024 tokens."""
     if s.liger:
         return min(tokens, 1024) * s.vocab * 8
-    return tokens * s.vocab * (s.dtype_bytes + 12)
+    return tokens * s.vocab * 12
 
 
 def optimizer_bytes(optim: str) -> int:
@@ -172,7 +176,10 @@ def memory(s: Setup) -> Estimate:
         parts[f"activations ({s.layers} layers x {tokens} tokens, no checkpointing)"] = s.layers * layer
     if s.kind == "dpo" and not s.precompute_ref:  # reference forward (adapter off, no grad) before the policy's
         transients["reference forward (DPO, no grad): logits + one layer"] = \
-            tokens * s.vocab * (s.dtype_bytes + 4) + layer / 2
+            tokens * s.vocab * (s.dtype_bytes + 4) + layer / 2  # logits and their float32 log-softmax
+    if s.quant == "none" and s.checkpointing and s.dtype_bytes == 2:  # fitted on two H100 rows; cause not found
+        parts["16-bit base + checkpointing: measured excess (24.5% of base weights)"] = \
+            BF16_CHECKPOINTING_EXCESS * n["layers"] * s.dtype_bytes / shard_w
     label, peak = max(transients.items(), key=lambda kv: kv[1])
     parts[f"peak transient: {label}"] = peak
     allocated = sum(parts.values())
@@ -206,8 +213,9 @@ GPUS = {
     "a100-40gb": (312e12, 39.4), "l40s": (362e12, 44.4), "a6000": (154.8e12, 47.5), "a10": (125e12, 22.1),
     "l4": (121e12, 22.0), "rtx4090": (165.2e12, 23.6), "rtx3090": (71e12, 23.6), "t4": (65e12, 14.6),
 }
-UTILIZATION = 0.30  # fraction of the peak the plain HF + peft stack reaches, recompute counted (H100, fitted)
-DEQUANT_S_PER_PARAM = 7.5e-12  # bitsandbytes 4-bit dequantization per weight per pass (H100, fitted)
+UTILIZATION = 0.295  # fraction of the peak the plain HF + peft stack reaches, recompute counted (H100, fitted)
+DEQUANT_S_PER_PARAM = 9e-12  # bitsandbytes 4-bit dequantization per weight per pass (H100, fitted)
+LIGER_SPEEDUP = 1.175  # Liger's fused kernels, measured 1.15-1.19x over these estimates (H200, 7B, 3 rows)
 
 
 def tokens_per_second(s: Setup, peak_flops: float, utilization: float = UTILIZATION) -> float:
@@ -218,4 +226,4 @@ def tokens_per_second(s: Setup, peak_flops: float, utilization: float = UTILIZAT
         passes = 2 + s.checkpointing + (s.kind == "dpo" and not s.precompute_ref)
         seqs = 2 * s.micro_batch if s.kind == "dpo" else s.micro_batch
         t += passes * param_counts(s)["layers"] * DEQUANT_S_PER_PARAM / (seqs * s.max_length)
-    return 1 / t
+    return (LIGER_SPEEDUP if s.liger else 1) / t

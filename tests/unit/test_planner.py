@@ -59,23 +59,24 @@ MEASURED = [
 @pytest.mark.parametrize("arch,kw,gib", MEASURED)
 def test_estimate_matches_gpu_measurements(arch, kw, gib):
     est = planner.memory(Setup(**arch, **{**BENCH, **kw})).allocated / GiB
-    # 16-bit LoRA with checkpointing is the known gap (-15%/-17%, bench/plan_calibration.md); the rest within 5%
-    tolerance = 0.18 if kw == dict(quant="none") else 0.05
-    assert est == pytest.approx(gib, rel=tolerance)
+    # the two 16-bit + checkpointing rows also fit planner.BF16_CHECKPOINTING_EXCESS (without it: -16%, -18%)
+    assert est == pytest.approx(gib, rel=0.05)
 
 
 @pytest.mark.parametrize("arch,quant,measured", [(L7, "nf4", 4896), (L7, "none", 6359),
                                                  (L13, "nf4", 3083), (L13, "none", 3839)])
 def test_tokens_per_second_matches_h100_measurements(arch, quant, measured):
     tps = planner.tokens_per_second(Setup(**arch, quant=quant, **BENCH), H100.peak_flops)
-    assert tps == pytest.approx(measured, rel=0.17)
+    assert tps == pytest.approx(measured, rel=0.12)  # utilization and dequantization fitted on these rows
 
 
 def test_each_memory_lever_moves_the_estimate_the_right_way():
     s = Setup(**L13, quant="none", micro_batch=4, max_length=4096, checkpointing=True)
     need = planner.memory(s).need
-    # 24.2 GiB of bf16 layer weights -> 6.1 GiB of NF4, but peft's float32 residual doubles checkpointed inputs
-    assert need - 12 * GiB < planner.memory(s.but(quant="nf4")).need < need - 10 * GiB
+    # 24.2 GiB of bf16 layer weights -> 6.1 GiB of NF4, less what peft's float32 residual adds to checkpoints
+    qlora = planner.memory(s.but(quant="nf4"))
+    assert qlora.need < need - 10 * GiB
+    assert part(qlora, "checkpointed") == 2 * part(planner.memory(s), "checkpointed")
     assert planner.memory(s.but(checkpointing=False)).need > need + 30 * GiB
     assert planner.memory(s.but(optim="paged_adamw_8bit")).need < need
     assert planner.memory(s.but(kind="dpo")).need > need  # chosen + rejected: twice the tokens
