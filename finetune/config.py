@@ -267,6 +267,9 @@ def check(cfg: DictConfig) -> list[str]:
         from finetune import samples
 
         problems += samples.check(e)
+    if t.activation_offloading and not cuda_available():
+        problems.append("trainer.activation_offloading=true moves activations from the GPU to CPU memory; "
+                        "without a GPU set trainer.activation_offloading=false")
     if t.liger and (err := liger_problem()):
         problems.append(f"trainer.liger=true needs liger-kernel: {err}; install it with `pip install liger-kernel` "
                         "or set trainer.liger=false")
@@ -298,11 +301,15 @@ def bitsandbytes_problem() -> Optional[str]:
     return None
 
 
-def liger_problem() -> Optional[str]:
-    """Why Liger's kernels cannot run here, or None; on a CPU they are not used, so nothing is missing."""
+def cuda_available() -> bool:
     import torch
 
-    if not torch.cuda.is_available():
+    return torch.cuda.is_available()
+
+
+def liger_problem() -> Optional[str]:
+    """Why Liger's kernels cannot run here, or None; on a CPU they are not used, so nothing is missing."""
+    if not cuda_available():
         return None
     try:
         import liger_kernel  # noqa: F401
