@@ -7,7 +7,7 @@ import json
 import pytest
 
 from finetune import data
-from tests.conftest import FAST, ROOT, run_entry
+from tests.conftest import FAST, run_entry
 from tests.unit.test_adapters import data_cfg
 from tests.unit.test_chat_format import SP
 
