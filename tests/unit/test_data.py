@@ -161,3 +161,13 @@ def test_a_misspelled_field_name_fails_in_the_schema():
 
     with pytest.raises(ConfigKeyError, match="Key 'promt' not in 'FieldsConfig'"):
         cfg("x.jsonl", fields={"promt": "question"})
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs" / "data").glob("*.yaml")))
+def test_every_data_config_composes_and_checks(name):
+    from finetune import config
+    from tests.conftest import compose
+
+    problems = config.check(compose("recipe=tiny_lora", f"data={name}"))
+    bundled = not OmegaConf.is_missing(OmegaConf.load(ROOT / "configs" / "data" / f"{name}.yaml"), "path")
+    assert problems == ([] if bundled else ["data.path: required, no value given (set data.path=...)"])
