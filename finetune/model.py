@@ -13,7 +13,7 @@ import sentencepiece as spm
 import torch
 
 from finetune import chat_format
-from finetune.config import LoraConfig, ModelConfig, QuantConfig, looks_local
+from finetune.config import ConfigError, LoraConfig, ModelConfig, QuantConfig, looks_local
 
 TOKENIZER_FILES = ("tokenizer.model", "LICENSE-LLAMA2", "NOTICE", "USE_POLICY.md")
 
@@ -114,21 +114,40 @@ def load_base(mcfg: ModelConfig, qcfg: QuantConfig, gradient_checkpointing: bool
     from transformers import AutoModelForCausalLM
 
     dtype = compute_dtype(mcfg)
+    sharding = launched_sharding()
+    if sharding == "zero3" and qcfg.mode != "none":
+        raise ConfigError([f"quant.mode={qcfg.mode} under DeepSpeed ZeRO-3 is not supported here (the 4-bit base is "
+                           "loaded before deepspeed.zero.Init exists): shard QLoRA with "
+                           "launch/accelerate/fsdp_qlora.yaml, or use deepspeed_zero2.yaml"])
+    if sharding == "fsdp" and qcfg.mode != "none" and not qcfg.storage_dtype:
+        qcfg = dataclasses.replace(qcfg, storage_dtype=mcfg.dtype)  # FSDP shards float tensors only
     kwargs = dict(dtype=dtype, revision=mcfg.revision, attn_implementation=mcfg.attn_implementation)
     if qcfg.mode != "none":
         kwargs["quantization_config"] = bnb_config(qcfg, dtype)
-        kwargs["device_map"] = device_map()
+        if sharding != "fsdp":  # under FSDP, accelerate places and shards the weights (no device_map)
+            kwargs["device_map"] = device_map()
     model = AutoModelForCausalLM.from_pretrained(mcfg.path, **kwargs)
     model.config.use_cache = False
     if qcfg.mode != "none":
         disable_cpu_weight_repacking(model)
-    if qcfg.mode != "none" and qcfg.upcast_fp32:
+    # peft's fp32 upcast of norms/embeddings would mix dtypes inside an FSDP unit, which FSDP cannot flatten
+    if qcfg.mode != "none" and qcfg.upcast_fp32 and sharding != "fsdp":
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def launched_sharding() -> Optional[str]:
+    """"fsdp" or "zero3" when `accelerate launch` set this process up to shard the model, else None."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "fsdp"
+    if (os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+            and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"):
+        return "zero3"
+    return None
 
 
 def bnb_config(qcfg: QuantConfig, dtype: torch.dtype):

@@ -1,0 +1,67 @@
+"""Every launch/accelerate/*.yaml goes through accelerate's own loader and `accelerate launch`'s validation, and
+sets up the distributed environment it claims to (what the training processes would receive)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+from accelerate.utils import DistributedType
+from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+from tests.conftest import ROOT
+
+CONFIGS = ROOT / "launch" / "accelerate"
+EXPECTED = {"single_gpu": DistributedType.NO, "multi_gpu": DistributedType.MULTI_GPU,
+            "fsdp_qlora": DistributedType.FSDP, "deepspeed_zero2": DistributedType.DEEPSPEED,
+            "deepspeed_zero3": DistributedType.DEEPSPEED}
+
+
+def launch_args(name: str, *flags: str):
+    """What `accelerate launch --config_file <name> [flags] finetune/train.py recipe=qlora_70b` parses to."""
+    parser = launch_command_parser()
+    args = parser.parse_args(["--config_file", str(CONFIGS / f"{name}.yaml"), *flags,
+                              str(ROOT / "finetune" / "train.py"), "recipe=qlora_70b"])
+    args, defaults, mp_from_config = _validate_launch_command(args)
+    if args.use_deepspeed:  # as accelerate's launch_command does before starting DeepSpeed
+        fields = list(defaults.deepspeed_config) + (["mixed_precision"] if mp_from_config else [])
+        args.deepspeed_fields_from_accelerate_config = ",".join(fields)
+    return args
+
+
+def test_every_shipped_config_is_tested():
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_config_loads_with_accelerates_loader(name):
+    cfg = load_config_from_file(str(CONFIGS / f"{name}.yaml"))
+    assert isinstance(cfg, ClusterConfig)
+    assert cfg.distributed_type == EXPECTED[name]
+    args = launch_args(name)
+    assert args.training_script_args == ["recipe=qlora_70b"]  # Hydra overrides pass through untouched
+
+
+def test_multi_gpu_launches_ddp_with_the_requested_process_count():
+    args = launch_args("multi_gpu", "--num_processes", "4")
+    env = prepare_multi_gpu_env(args)
+    assert args.multi_gpu and not args.use_fsdp
+    assert args.nproc_per_node == "4" and "ACCELERATE_USE_FSDP" not in env
+
+
+def test_fsdp_qlora_sets_what_peft_and_bitsandbytes_require():
+    env = prepare_multi_gpu_env(launch_args("fsdp_qlora", "--num_processes", "8"))
+    assert env["ACCELERATE_USE_FSDP"] == "true"  # finetune/model.py reads this to load the base for FSDP
+    assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "true" and env["FSDP_SYNC_MODULE_STATES"] == "true"
+    assert env["FSDP_USE_ORIG_PARAMS"] == "false"
+    assert env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
+    assert env["FSDP_STATE_DICT_TYPE"] == "SHARDED_STATE_DICT"
+
+
+@pytest.mark.parametrize("name,stage", [("deepspeed_zero2", "2"), ("deepspeed_zero3", "3")])
+def test_deepspeed_configs_set_their_zero_stage(name, stage):
+    _, env = prepare_deepspeed_cmd_env(launch_args(name))
+    assert env["ACCELERATE_USE_DEEPSPEED"] == "true"
+    assert env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == stage
+    assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"
