@@ -21,10 +21,10 @@ def user_errors() -> tuple[type[Exception], ...]:
     from finetune.chat_format import DialogError
     from finetune.data import DataError
     from finetune.hub import PublishError
-    from finetune.merge import MergeError
     from finetune.plan_report import PlanError
 
-    return (ConfigError, DataError, DialogError, MergeError, PlanError, PublishError)
+    merge = sys.modules.get("finetune.merge")  # only an imported merge raises MergeError; skip torch's import cost
+    return (ConfigError, DataError, DialogError, PlanError, PublishError) + ((merge.MergeError,) if merge else ())
 
 
 def exit_cleanly(fn):

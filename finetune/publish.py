@@ -55,8 +55,8 @@ def main(dict_cfg: DictConfig) -> None:
                                "Remove them (and revoke the token if it was real)")
     console.info(plan.describe())
     if cfg.dry_run:
-        console.info(f"dry run: nothing sent ({'a token is set' if token else 'no token found: set HF_TOKEN or '
-                                                 'run `hf auth login` before publishing'})")
+        found = "a token is set" if token else "no token found: set HF_TOKEN or run `hf auth login` before publishing"
+        console.info(f"dry run: nothing sent ({found})")
         return
     if not token:
         raise hub.PublishError("no Hugging Face token: set HF_TOKEN=<a write token> or run `hf auth login` "

@@ -84,7 +84,7 @@ def run_prompts(net, prompts: list[list[int]], max_new_tokens: int) -> list[tupl
         x = torch.tensor([ids], device=device)
         logits = net(input_ids=x).logits[0].float().cpu()
         gen = net.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
-                           do_sample=False, pad_token_id=0)
+                           do_sample=False, pad_token_id=0, use_cache=True)  # training loads with the cache off
         out.append((logits, gen[0, len(ids):].tolist()))
     return out
 
