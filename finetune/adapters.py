@@ -69,24 +69,30 @@ def _message(m, role_key: str, content_key: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ instructions
-def _user_turn(instruction: str, inp: str | None) -> str:
-    return f"{instruction.strip()}\n\n{inp.strip()}" if inp and inp.strip() else instruction
+def _user_turn(instruction: str, inp) -> str:
+    """The instruction, then the input (if any) after a blank line."""
+    inp = "" if inp is None else _text(inp, "input")
+    return f"{instruction.strip()}\n\n{inp.strip()}" if inp.strip() else instruction
+
+
+def _single_turn(user: str, answer: str) -> Example:
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
 
 
 def alpaca(record: Record, fields: Mapping[str, str]) -> Iterator[Example]:
     """Alpaca {instruction, input, output}: the input (if any) follows the instruction after a blank line."""
-    inp = get(record, "input", fields, default=None)
-    yield {"messages": [{"role": "user", "content": _user_turn(_text(get(record, "instruction", fields), "instruction"),
-                                                               inp)},
-                        {"role": "assistant", "content": _text(get(record, "output", fields), "output")}]}
+    instruction = _text(get(record, "instruction", fields), "instruction")
+    yield _single_turn(_user_turn(instruction, get(record, "input", fields, default=None)),
+                       _text(get(record, "output", fields), "output"))
 
 
 def self_instruct(record: Record, fields: Mapping[str, str]) -> Iterator[Example]:
     """Self-Instruct seed tasks {instruction, instances: [{input, output}]}: one conversation per instance."""
     instruction = _text(get(record, "instruction", fields), "instruction")
     for inst in get(record, "instances", fields):
-        yield {"messages": [{"role": "user", "content": _user_turn(instruction, inst.get("input"))},
-                            {"role": "assistant", "content": _text(inst.get("output"), "an instance's output")}]}
+        if not isinstance(inst, dict):
+            raise Invalid(f"an instance is {type(inst).__name__}, not {{input, output}}")
+        yield _single_turn(_user_turn(instruction, inst.get("input")), _text(inst.get("output"), "an instance's output"))
 
 
 # ------------------------------------------------------------------------------------------ conversations
