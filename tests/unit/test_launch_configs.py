@@ -65,3 +65,36 @@ def test_deepspeed_configs_set_their_zero_stage(name, stage):
     assert env["ACCELERATE_USE_DEEPSPEED"] == "true"
     assert env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == stage
     assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+
+
+def test_slurm_script_starts_one_launcher_per_node_with_its_machine_rank(tmp_path):
+    """launch/slurm/train.sbatch on 2 nodes x 4 GPUs, with stand-ins for srun/scontrol (each runs or prints what
+    the real one would) and for python (records its argv); every launcher's arguments then go through
+    `accelerate launch`'s own parser and validation."""
+    import os
+    import shlex
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\n"
+                                  "for n in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_NODEID=$n \"$@\"; done\n")
+    (bin_dir / "scontrol").write_text("#!/bin/bash\necho \"$3\" | tr , '\\n'\n")
+    (bin_dir / "python").write_text(f"#!/bin/bash\necho \"$*\" >> {tmp_path}/launches\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "python"),
+           "SLURM_NNODES": "2", "SLURM_GPUS_ON_NODE": "4", "SLURM_JOB_NODELIST": "gpu-a,gpu-b",
+           "SLURM_JOB_NAME": "ft", "SLURM_JOB_ID": "77", "SLURM_SUBMIT_DIR": str(ROOT),
+           "ACCELERATE_CONFIG": str(CONFIGS / "fsdp_qlora.yaml")}
+    subprocess.run(["bash", str(ROOT / "launch" / "slurm" / "train.sbatch"), "recipe=qlora_70b", "lora.r=32"],
+                   env=env, check=True, capture_output=True, text=True)
+    launches = (tmp_path / "launches").read_text().splitlines()
+    assert len(launches) == 2
+    for rank, line in enumerate(launches):
+        argv = shlex.split(line)
+        assert argv[:2] == ["-m", "accelerate.commands.launch"]
+        args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv[2:]))
+        assert (args.num_machines, args.num_processes, args.machine_rank) == (2, 8, rank)
+        assert (args.main_process_ip, args.main_process_port) == ("gpu-a", 29500) and args.use_fsdp
+        assert args.training_script_args == ["output_dir=outputs/ft-77", "recipe=qlora_70b", "lora.r=32"]
