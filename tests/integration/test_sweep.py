@@ -12,9 +12,10 @@ import yaml
 from finetune import metrics
 from tests.conftest import ROOT, run_entry
 
-# A trial in a few seconds: 2 optimizer steps, evaluated (and checkpointed) at step 2.
+# A trial in a few seconds: 2 optimizer steps, evaluated (and checkpointed) at step 2, no sample generations.
 TRIAL_FAST = ["data.max_samples=12", "data.max_length=256", "data.too_long=truncate", "data.eval_fraction=0.25",
-              "trainer.max_steps=2", "trainer.save_steps=2", "trainer.micro_batch_size=2", "trainer.logging_steps=1"]
+              "trainer.max_steps=2", "trainer.save_steps=2", "trainer.micro_batch_size=2", "trainer.logging_steps=1",
+              "eval.samples=0"]
 COMMAND = ["${env}", "accelerate", "launch", "finetune/train.py", "${args_no_hyphens}"]
 
 
