@@ -51,4 +51,4 @@ stage oasst_qlora_7b 100 --model 7b --quant nf4 --data oasst --arms pad_to_max,o
 rm -rf "$FINETUNE_CACHE/models/random-llama2_7b"  # room for 13B on the disk
 stage qlora_13b 200 --model 13b --quant nf4 --arms baseline,ours-nopack
 echo "== results ($((SECONDS - start))s)"
-cat "$res/throughput.md" 2>/dev/null
+cat "$res/throughput.md" 2>/dev/null || echo "no results recorded"
