@@ -22,7 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from finetune import config, console
-from finetune.config import ConfigError, QUANT_MODES, TrainConfig
+from finetune.config import ConfigError, QuantConfig, TrainConfig
 
 
 @dataclass
@@ -39,7 +39,7 @@ class GenerateConfig:
 class ChatConfig:
     run: str = MISSING
     merged: bool = False
-    quant: str = "auto"  # auto (as trained) | none | nf4 | fp4 | int8
+    quant: Optional[QuantConfig] = None  # the `quant=` group; None: as trained
     system: Optional[str] = None
     prompts: Optional[str] = None
     out: Optional[str] = None
@@ -72,14 +72,10 @@ def run_config(run: Path) -> TrainConfig:
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
-def quant_mode(quant: str, train_cfg: TrainConfig, merged: bool) -> str:
-    """`auto`: the run's own quantization for base + adapter (the model that was trained); merged weights are
-    already what export chose, so they load unquantized."""
-    if quant == "auto":
-        return "none" if merged else train_cfg.quant.mode
-    if quant not in QUANT_MODES:
-        raise ConfigError([f"quant={quant}: use auto (as trained) or one of {', '.join(QUANT_MODES)}"])
-    return quant
+def quant_config(quant: Optional[QuantConfig], train_cfg: TrainConfig, merged: bool) -> QuantConfig:
+    """`quant=` if given; else the run's own quantization for base + adapter (the model that was trained), and
+    none for merged weights (already what export chose)."""
+    return quant or (QuantConfig() if merged else train_cfg.quant)
 
 
 def load_tokenizer(run: Path, train_cfg: TrainConfig):
@@ -89,7 +85,8 @@ def load_tokenizer(run: Path, train_cfg: TrainConfig):
     return model.load_tokenizer(dataclasses.replace(train_cfg.model, tokenizer=str(run / "adapter")))
 
 
-def load_base(run: Path, train_cfg: TrainConfig, tokenizer, quant: str, merged: bool = False):
+def load_base(run: Optional[Path], train_cfg: TrainConfig, tokenizer, quant: Optional[QuantConfig],
+              merged: bool = False):
     """The run's base model (or its merged/ weights) on whatever device is present, in eval mode."""
     import torch
 
@@ -100,7 +97,7 @@ def load_base(run: Path, train_cfg: TrainConfig, tokenizer, quant: str, merged: 
         mcfg.path, mcfg.random_init = str(run / "merged"), False
     else:
         model.prepare_path(mcfg, tokenizer)  # random-init tiny bases are rebuilt from their seed if missing
-    qcfg = dataclasses.replace(train_cfg.quant, mode=quant_mode(quant, train_cfg, merged))
+    qcfg = quant_config(quant, train_cfg, merged)
     base = model.load_base(mcfg, qcfg)  # keeps the bitsandbytes CPU repack off
     if qcfg.mode == "none" and torch.cuda.is_available():
         base.to("cuda")
@@ -217,7 +214,7 @@ def main(dict_cfg: DictConfig) -> None:
         model = add_adapter(model, run)
     gen = generation(ccfg.generate, tokenizer.pad_id)
     what = "merged weights" if ccfg.merged else "base + adapter"
-    console.info(f"model: {run.name} ({what}, quant={quant_mode(ccfg.quant, train_cfg, ccfg.merged)}, "
+    console.info(f"model: {run.name} ({what}, quant={quant_config(ccfg.quant, train_cfg, ccfg.merged).mode}, "
                  f"{model.device})")
 
     # Talk

@@ -34,7 +34,7 @@ class EvaluateConfig:
     data: Optional[DataConfig] = None
     split: str = "eval"
     base: bool = True
-    quant: str = "auto"
+    quant: Optional[QuantConfig] = None  # the `quant=` group; None: as the run trained, none for a bare model
     batch_size: int = 4
     out: Optional[str] = None
 
@@ -131,9 +131,8 @@ def main(dict_cfg: DictConfig) -> None:
     dataset = split_dataset(dcfg, tokenizer, ecfg.split)
 
     # The base (as trained, 4-bit for QLoRA), then the run's adapter on it
-    quant = "none" if not run and ecfg.quant == "auto" else ecfg.quant
-    base = chat.load_base(run, train_cfg, tokenizer, quant)
-    mode = chat.quant_mode(quant, train_cfg, merged=False)
+    base = chat.load_base(run, train_cfg, tokenizer, ecfg.quant)
+    mode = chat.quant_config(ecfg.quant, train_cfg, merged=False).mode
     results = []
     for name in (["base"] if ecfg.base or not run else []) + (["run"] if run else []):
         net = chat.add_adapter(base, run) if name == "run" else base
