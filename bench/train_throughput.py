@@ -30,13 +30,14 @@ import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 import perf  # noqa: E402
+import plain_hf  # noqa: E402
 from finetune import config, data, model, trainers  # noqa: E402
 
 RECIPES = {("tiny", "nf4"): "tiny_qlora", ("tiny", "none"): "tiny_lora", ("7b", "nf4"): "qlora_7b",
            ("7b", "none"): "lora_7b", ("13b", "nf4"): "qlora_13b", ("13b", "none"): "lora_13b",
            ("70b", "nf4"): "qlora_70b"}
 # Our arms: "ours" is the recipe as shipped; "ours-nogc-nopack" adds these knobs' overrides. `baseline` and
-# `pad_to_max` are plain HF (see plain_hf).
+# `pad_to_max` are plain HF (plain_hf.py).
 KNOBS = {
     "gc": "trainer.gradient_checkpointing=true",
     "nogc": "trainer.gradient_checkpointing=false",
@@ -108,36 +109,6 @@ def datasets(a, cfg, tok):
     return Dataset.from_dict({"input_ids": ids, "assistant_masks": masks}), Dataset.from_dict(plain), attn_len
 
 
-def plain_hf(a, cfg, model_dir: str, ds, run_dir: Path):
-    """The baseline: AutoModelForCausalLM (SDPA) + bitsandbytes NF4 + peft's prepare_model_for_kbit_training +
-    get_peft_model + transformers Trainer with activation checkpointing, hyperparameters as in our arms."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import (AutoModelForCausalLM, BitsAndBytesConfig, Trainer, TrainingArguments,
-                              default_data_collator)
-
-    cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if cuda else torch.float32
-    kwargs = dict(dtype=dtype, attn_implementation="sdpa")
-    if cfg.quant.mode != "none":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
-        kwargs["device_map"] = {"": 0} if cuda else "cpu"
-    base = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-    if cfg.quant.mode != "none":
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=True)
-    lora = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                      target_modules=list(config.LLAMA_LINEARS), task_type="CAUSAL_LM")
-    args = TrainingArguments(
-        output_dir=str(run_dir), per_device_train_batch_size=a.micro_batch, gradient_accumulation_steps=a.grad_accum,
-        max_steps=a.warmup + a.steps, learning_rate=2e-4, lr_scheduler_type="constant", warmup_steps=0,
-        max_grad_norm=1e9, optim="adamw_torch", bf16=cuda, use_cpu=not cuda, gradient_checkpointing=True,
-        gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1, save_strategy="no",
-        report_to="none", seed=42, data_seed=42, include_num_input_tokens_seen="non_padding",
-        remove_unused_columns=False)
-    torch.manual_seed(0)  # the same LoRA A matrices in every arm, so grad norms compare step by step
-    return Trainer(model=get_peft_model(base, lora), args=args, train_dataset=ds, data_collator=default_data_collator)
-
-
 def ours(a, recipe: str, overrides: list[str], model_dir: str, ds, run_dir: Path):
     """This toolkit's path, as finetune/train.py runs it: load_base -> apply_lora -> trainers.build_sft."""
     cfg = compose(recipe, shared_overrides(a, model_dir, run_dir) + overrides)
@@ -184,7 +155,7 @@ def run_arm(a, name: str, recipe: str, cfg, model_dir: str, dsets, attn_len: flo
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         if name in PLAIN:
-            trainer, overrides = plain_hf(a, cfg, model_dir, plain_ds, Path(tmp)), []
+            trainer, overrides = plain_hf.trainer(a, cfg.quant.mode, model_dir, plain_ds, Path(tmp), LORA), []
         else:
             overrides = arm_overrides(name) + list(a.override)
             trainer = ours(a, recipe, overrides, model_dir, ours_ds, Path(tmp))
