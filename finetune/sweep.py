@@ -163,7 +163,11 @@ def run_trial(sweep: Sweep, n: int, total: int, params: dict[str, Any], out: Pat
         with (trial_dir / "trial.log").open("a") as log:
             log.write("$ " + " ".join(argv) + "\n")
             log.flush()
-            rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            try:
+                rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            except OSError as exc:  # the command's program is not there (e.g. accelerate not installed)
+                log.write(f"error: cannot run {argv[0]}: {exc}\n")
+                rc = 127
         record["seconds"] = round(time.perf_counter() - t0, 1)
         record["returncode"] = rc
     metric = read_metric(trial_dir / "metrics.jsonl", sweep.metrics_key)

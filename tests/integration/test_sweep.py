@@ -67,8 +67,8 @@ def test_grid_sweep_ranks_trials_records_a_failure_and_resumes(tmp_path):
         assert r["metric"] == pytest.approx(last_eval_loss(r["output_dir"]))
         assert list((Path(r["output_dir"]) / "tensorboard").glob("events.out.tfevents.*"))
         log = (Path(r["output_dir"]) / "trial.log").read_text()
-        assert log.startswith(f"$ /usr/bin/env accelerate launch finetune/train.py recipe=tiny_lora tracking=tensorboard "
-                              f"data.max_samples=12 ")
+        assert log.startswith("$ /usr/bin/env accelerate launch finetune/train.py recipe=tiny_lora "
+                              "tracking=tensorboard data.max_samples=12 ")
         assert f"lora.r={r['params']['lora.r']} output_dir={r['output_dir']}\n" in log.splitlines(keepends=True)[0]
     assert_leaderboard(out, finished, 3)
 
