@@ -140,12 +140,11 @@ def load_base(mcfg: ModelConfig, qcfg: QuantConfig, gradient_checkpointing: bool
     return model
 
 
-def launched_sharding() -> Optional[str]:
+def launched_sharding(env=os.environ) -> Optional[str]:
     """"fsdp" or "zero3" when `accelerate launch` set this process up to shard the model, else None."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+    if env.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         return "fsdp"
-    if (os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-            and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"):
+    if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
         return "zero3"
     return None
 

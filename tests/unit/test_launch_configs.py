@@ -98,3 +98,30 @@ def test_slurm_script_starts_one_launcher_per_node_with_its_machine_rank(tmp_pat
         assert (args.num_machines, args.num_processes, args.machine_rank) == (2, 8, rank)
         assert (args.main_process_ip, args.main_process_port) == ("gpu-a", 29500) and args.use_fsdp
         assert args.training_script_args == ["output_dir=outputs/ft-77", "recipe=qlora_70b", "lora.r=32"]
+
+
+@pytest.mark.parametrize("name,sharding", [("single_gpu", None), ("multi_gpu", None), ("fsdp_qlora", "fsdp"),
+                                           ("deepspeed_zero2", None), ("deepspeed_zero3", "zero3")])
+def test_model_loader_sees_the_sharding_each_config_launches(name, sharding):
+    from finetune.model import launched_sharding
+
+    args = launch_args(name, "--num_processes", "2")
+    env = prepare_deepspeed_cmd_env(args)[1] if args.use_deepspeed else prepare_multi_gpu_env(args)
+    assert launched_sharding(env) == sharding
+
+
+def test_qlora_under_zero3_stops_before_loading_weights():
+    import os
+
+    from finetune import config, model
+    from tests.conftest import compose
+
+    cfg = config.load(compose("recipe=tiny_qlora"))
+    saved = dict(os.environ)
+    os.environ.update(ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_ZERO_STAGE="3")
+    try:
+        with pytest.raises(config.ConfigError, match="launch/accelerate/fsdp_qlora.yaml"):
+            model.load_base(cfg.model, cfg.quant)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
