@@ -1,6 +1,6 @@
 """The planner's estimate against every recorded peak: GPU rows from issue 8's measurements, CPU rows measured here.
 
-    .venv/bin/python bench/plan_calibration.py        # ~1 min on 2 CPU cores; prints the tables of plan_calibration.md
+    .venv/bin/python bench/plan_calibration.py        # 2-10 min on 2 shared CPU cores; prints plan_calibration.md's tables
 
 CPU rows: a small Llama-2-shaped model (float32, the real 32000 vocabulary), peft LoRA r=16 on every linear layer,
 AdamW, one warm-up step, then the peak bytes of live tensor storage during a second step (every operator's outputs
@@ -23,7 +23,7 @@ from finetune.planner import GiB, Setup  # noqa: E402
 
 L7 = dict(hidden=4096, ffn=11008, layers=32, heads=32, kv_heads=32)
 L13 = dict(hidden=5120, ffn=13824, layers=40, heads=40, kv_heads=40)
-BENCH = dict(lora_r=16, micro_batch=2, max_length=2048, checkpointing=True)
+BENCH = dict(lora_r=16, micro_batch=2, max_length=2048, checkpointing=True, loss_head="hf")  # plain HF
 # (model, card, setting, measured peak GiB, measured tokens/s) from issue 8 (transformers 5.17, peft 0.21,
 # bitsandbytes 0.50.2, SDPA, r=16 all linear, micro-batch 2 x 2048 random tokens, 2026-11-26)
 GPU_ROWS = [
@@ -45,7 +45,7 @@ def gpu_table() -> list[str]:
     rows = ["| model | card | setting | measured GiB | estimate GiB | error | measured tok/s | estimate tok/s | error |",
             "|---|---|---|---|---|---|---|---|---|"]
     for model, card, label, arch, kw, gib, tps in GPU_ROWS:
-        s = Setup(**arch, **{**BENCH, **kw})
+        s = Setup(**arch, **{**BENCH, **kw, **({"loss_head": "liger"} if kw.get("liger") else {})})
         est = planner.memory(s).allocated / GiB
         speed = planner.tokens_per_second(s, planner.GPUS[card.lower()][0])
         rows.append(f"| {model} | {card} | {label} | {gib:.2f} | {est:.2f} | {(est - gib) / gib:+.1%} | {tps:,} | "
@@ -56,23 +56,29 @@ def gpu_table() -> list[str]:
 class LiveBytes(TorchDispatchMode):
     """Peak bytes of the storages that operators create and are still alive (forward, backward, optimizer)."""
 
-    def __init__(self):
+    def __init__(self, alive: list[torch.Tensor]):
         super().__init__()
         self.live: dict[int, tuple[StorageWeakRef, int]] = {}
-        self.peak = 0
+        for t in alive:  # parameters and optimizer states: counted once, also when an operator returns a view
+            self.track(t)
+        self.peak = sum(n for _, n in self.live.values())
+
+    def track(self, t: torch.Tensor) -> None:
+        st = t.untyped_storage()
+        if st.nbytes():
+            self.live.setdefault(st.data_ptr(), (StorageWeakRef(st), st.nbytes()))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         self.live = {k: v for k, v in self.live.items() if not v[0].expired()}
         for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes():
-                st = t.untyped_storage()
-                self.live.setdefault(st.data_ptr(), (StorageWeakRef(st), st.nbytes()))
+            if isinstance(t, torch.Tensor):
+                self.track(t)
         self.peak = max(self.peak, sum(n for _, n in self.live.values()))
         return out
 
 
-def measure_cpu(checkpointing: bool, micro_batch: int, length: int) -> float:
+def measure_cpu(checkpointing: bool, micro_batch: int, length: int, head: str) -> float:
     """Peak bytes alive during one LoRA training step (after a warm-up step), as a GPU allocator would count them."""
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -83,6 +89,10 @@ def measure_cpu(checkpointing: bool, micro_batch: int, length: int) -> float:
                       num_attention_heads=a["heads"], num_key_value_heads=a["kv_heads"], vocab_size=32000,
                       tie_word_embeddings=False, attn_implementation="sdpa", use_cache=False)
     model = LlamaForCausalLM(cfg)
+    if head == "trl":  # what TRL's SFT and DPO trainers add: log-probs through the LM head in tiles
+        from trl.trainer.utils import add_fused_lm_head
+
+        add_fused_lm_head(model)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
@@ -92,28 +102,29 @@ def measure_cpu(checkpointing: bool, micro_batch: int, length: int) -> float:
     ids = torch.randint(3, 32000, (micro_batch, length))
 
     def step():
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = model(input_ids=ids, labels=ids, **({"fused_lm_head": True} if head == "trl" else {})).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     step()
-    alive = sum(p.numel() * p.element_size() for p in model.parameters())
-    alive += sum(t.numel() * t.element_size() for st in opt.state.values() for t in st.values() if torch.is_tensor(t))
-    with LiveBytes() as tracker:
+    alive = list(model.parameters()) + [t for st in opt.state.values() for t in st.values() if torch.is_tensor(t)]
+    with LiveBytes(alive) as tracker:
         step()
-    peak = tracker.peak
-    return alive + peak
+    return tracker.peak
 
 
 def cpu_table() -> list[str]:
     rows = ["| setting (CPU, float32, hidden 256, 4 layers, vocab 32000, r=16) | measured MiB | estimate MiB | error |",
             "|---|---|---|---|"]
-    for gc, mb, length in ((True, 2, 512), (False, 2, 512), (True, 2, 1024), (False, 2, 1024)):
-        measured = measure_cpu(gc, mb, length)
-        s = Setup(**CPU_ARCH, dtype_bytes=4, lora_r=16, micro_batch=mb, max_length=length, checkpointing=gc)
+    for gc, mb, length, head in ((True, 2, 512, "hf"), (False, 2, 512, "hf"), (True, 2, 1024, "hf"),
+                                 (False, 2, 1024, "hf"), (True, 2, 1024, "trl"), (False, 2, 1024, "trl")):
+        measured = measure_cpu(gc, mb, length, head)
+        s = Setup(**CPU_ARCH, dtype_bytes=4, lora_r=16, micro_batch=mb, max_length=length, checkpointing=gc,
+                  loss_head=head)
         est = planner.memory(s).allocated
-        rows.append(f"| {mb} x {length} tokens, checkpointing {'on' if gc else 'off'} | {measured / 2**20:.1f} | "
+        rows.append(f"| {mb} x {length} tokens, checkpointing {'on' if gc else 'off'}, {head} loss "
+                    f"| {measured / 2**20:.1f} | "
                     f"{est / 2**20:.1f} | {(est - measured) / measured:+.1%} |")
     return rows
 

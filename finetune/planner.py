@@ -52,6 +52,7 @@ class Setup:
     liger: bool = False
     offload_activations: bool = False
     eager_attention: bool = False
+    loss_head: str = "trl"  # trl: TRL's fused LM head (tiles); hf: transformers' float32 loss; liger: Liger's FLCE
     kind: str = "sft"  # sft | dpo
     precompute_ref: bool = False
     gpus: int = 1
@@ -124,13 +125,16 @@ def layer_activation_bytes(s: Setup) -> float:
 
 
 def logits_bytes(s: Setup, tokens: int) -> float:
-    """The loss buffer at its peak, the start of backward: the float32 log-softmax saved by cross-entropy, the
-    gradient nll_loss hands it, and the gradient it returns (transformers upcasts logits to float32 for the
-    loss; the Trainer has dropped the logits themselves by then). Liger's fused linear cross-entropy never
-    materialises full logits: chunks of ~1024 tokens."""
-    if s.liger:
+    """The loss buffer at its peak. TRL (SFT and DPO) projects through the LM head in tiles of 4096 tokens and
+    never holds full logits: one tile in compute dtype plus the float32 gradient of the hidden states.
+    transformers' own loss (plain HF): the float32 log-softmax saved by cross-entropy, the gradient nll_loss hands
+    it and the gradient it returns, 12 B per token x vocab (the Trainer has dropped the logits by then).
+    Liger's fused linear cross-entropy: chunks of ~1024 tokens."""
+    if s.loss_head == "liger":
         return min(tokens, 1024) * s.vocab * 8
-    return tokens * s.vocab * 12
+    if s.loss_head == "hf":
+        return tokens * s.vocab * 12
+    return min(tokens, 4096) * s.vocab * s.dtype_bytes + tokens * s.hidden * 4
 
 
 def optimizer_bytes(optim: str) -> int:
@@ -166,7 +170,7 @@ def memory(s: Setup) -> Estimate:
     layer = layer_activation_bytes(s) * tokens
     logits = logits_bytes(s, tokens)
     res = 4 if (s.quant != "none" and s.upcast_fp32) else s.dtype_bytes
-    transients = {f"loss buffer ({tokens} tokens x {s.vocab} vocab)": logits}
+    transients = {f"loss buffer ({s.loss_head} LM head, {tokens} tokens x {s.vocab} vocab)": logits}
     if s.offload_activations:
         parts["activations (offloaded to CPU: two layers in flight)"] = 2 * layer
     elif s.checkpointing:
@@ -174,9 +178,9 @@ def memory(s: Setup) -> Estimate:
         transients["one recomputed layer (checkpointing)"] = layer
     else:
         parts[f"activations ({s.layers} layers x {tokens} tokens, no checkpointing)"] = s.layers * layer
-    if s.kind == "dpo" and not s.precompute_ref:  # reference forward (adapter off, no grad) before the policy's
-        transients["reference forward (DPO, no grad): logits + one layer"] = \
-            tokens * s.vocab * (s.dtype_bytes + 4) + layer / 2  # logits and their float32 log-softmax
+    if s.kind == "dpo" and not s.precompute_ref:  # TRL: after the policy forward, adapter off, no grad
+        transients["reference forward (DPO, no grad): one layer's intermediates + LM head tiles"] = \
+            tokens * (3 * s.ffn + 2 * s.hidden) * s.dtype_bytes + logits_bytes(s, tokens)
     if s.quant == "none" and s.checkpointing and s.dtype_bytes == 2:  # fitted on two H100 rows; cause not found
         parts["16-bit base + checkpointing: measured excess (24.5% of base weights)"] = \
             BF16_CHECKPOINTING_EXCESS * n["layers"] * s.dtype_bytes / shard_w

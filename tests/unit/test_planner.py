@@ -11,7 +11,7 @@ from tests.conftest import compose
 L7 = dict(hidden=4096, ffn=11008, layers=32, heads=32, kv_heads=32)
 L13 = dict(hidden=5120, ffn=13824, layers=40, heads=40, kv_heads=40)
 L70 = dict(hidden=8192, ffn=28672, layers=80, heads=64, kv_heads=8)
-BENCH = dict(lora_r=16, micro_batch=2, max_length=2048, checkpointing=True)  # issue 8's benchmark settings
+BENCH = dict(lora_r=16, micro_batch=2, max_length=2048, checkpointing=True, loss_head="hf")  # issue 8: plain HF
 H100 = Card("h100", *planner.GPUS["h100"][:1], memory=planner.GPUS["h100"][1] * GiB, source="test")
 
 
@@ -58,7 +58,8 @@ MEASURED = [
 
 @pytest.mark.parametrize("arch,kw,gib", MEASURED)
 def test_estimate_matches_gpu_measurements(arch, kw, gib):
-    est = planner.memory(Setup(**arch, **{**BENCH, **kw})).allocated / GiB
+    head = {"loss_head": "liger"} if kw.get("liger") else {}  # Liger's fused linear cross-entropy
+    est = planner.memory(Setup(**arch, **{**BENCH, **kw, **head})).allocated / GiB
     # the two 16-bit + checkpointing rows also fit planner.BF16_CHECKPOINTING_EXCESS (without it: -16%, -18%)
     assert est == pytest.approx(gib, rel=0.05)
 
@@ -80,6 +81,11 @@ def test_each_memory_lever_moves_the_estimate_the_right_way():
     assert planner.memory(s.but(checkpointing=False)).need > need + 30 * GiB
     assert planner.memory(s.but(optim="paged_adamw_8bit")).need < need
     assert planner.memory(s.but(kind="dpo")).need > need  # chosen + rejected: twice the tokens
+    dpo = s.but(kind="dpo", checkpointing=False)  # the reference forward runs on top of the policy's activations
+    assert any(k.startswith("peak transient: reference forward") for k in planner.memory(dpo).parts)
+    n_mat = planner.param_counts(s)["layers"] + s.vocab * s.hidden
+    attn = 2 * s.layers * s.hidden * s.max_length
+    assert planner.flops_per_token(dpo) - planner.flops_per_token(dpo.but(precompute_ref=True)) == 2 * n_mat + attn
     fsdp = planner.memory(s.but(gpus=4, sharding="fsdp"))
     assert part(fsdp, "base weights") == pytest.approx(part(planner.memory(s), "base weights") / 4)
 
