@@ -177,7 +177,15 @@ def log_wandb_table(rows: list[dict], step: int) -> None:
 
 
 def callbacks(cfg, tokenizer, run_dir: Path) -> list[TrainerCallback]:
-    """The samples callback for a training config, or none when `eval.samples=0`."""
+    """The samples callback for a training config, or none when `eval.samples=0` or under FSDP."""
+    from finetune import console, model
+
+    if cfg.eval.samples and model.launched_sharding() == "fsdp":
+        # FSDP1 keeps the root's parameters (embeddings, norm, lm_head) sharded outside its own forward, and
+        # generate() calls the inner model: it cannot run mid-training. Eval loss is unaffected.
+        console.info(f"samples: off under FSDP; after training run `python finetune/chat.py run={run_dir} "
+                     "prompts=<file.jsonl>`")
+        return []
     prompts = fixed_prompts(cfg.data, cfg.eval, tokenizer.sp)
     if not prompts:
         return []

@@ -63,6 +63,14 @@ def test_samples_go_to_a_wandb_table_when_the_trainer_reports_to_wandb(tiny_sft_
                                                    [2, "Name a colour.", rows[1]["answer"]]]
 
 
+def test_no_samples_under_fsdp_where_generate_cannot_run_mid_training(tmp_path, monkeypatch, capsys):
+    from finetune.config import TrainConfig
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets with an FSDP config
+    assert samples.callbacks(TrainConfig(), tokenizer=None, run_dir=tmp_path) == []
+    assert "samples: off under FSDP" in capsys.readouterr().out
+
+
 def write_prompts(tmp_path):
     path = tmp_path / "prompts.jsonl"
     path.write_text('{"prompt": "Hi there"}\n{"prompt": "Name a colour.", "system": "Be brief."}\n')
