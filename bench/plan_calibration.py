@@ -8,10 +8,13 @@ tracked until freed, plus parameters and optimizer states): what torch.cuda.max_
 """
 from __future__ import annotations
 
+import json
+import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from torch.multiprocessing.reductions import StorageWeakRef  # noqa: E402
@@ -78,6 +81,47 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
+def recorded_table(results: Path = ROOT / "bench" / "results") -> list[str]:
+    """Every GPU run of bench/train_throughput.py recorded under `results` (random full-length rows, where the
+    planner's max_length is every micro-batch's length): plain HF arms and our training path's arms."""
+    from hydra import compose, initialize_config_dir
+
+    from finetune import config, plan_report
+
+    config.register()
+    rows = ["| card | run | arm | measured GiB | estimate GiB | error | measured tok/s | estimate tok/s | error |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted(results.rglob("throughput.jsonl")):
+        for line in path.read_text().splitlines():
+            run = json.loads(line)
+            card = run["env"]["card"]
+            if run.get("data") != "random" or card.startswith("CPU"):
+                continue
+            args = shlex.split(run["command"].split("train_throughput.py", 1)[1])
+            opt = {k: v for k, v in zip(args, args[1:]) if k.startswith("--")}
+            gpu = planner.gpu_named(card) or "h100"
+            for arm in run["arms"]:
+                if arm["peak_alloc_gib"] is None:
+                    continue
+                ours = arm["arm"].startswith("ours")
+                overrides = [f"recipe={run['recipe']}", "lora.r=16", "lora.alpha=16", "lora.dropout=0.0",
+                             f"data.max_length={opt.get('--seq-len', 2048)}",
+                             f"trainer.micro_batch_size={opt.get('--micro-batch', 2)}"]
+                with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+                    cfg = plan_report.load(compose(config_name="train",
+                                                   overrides=overrides + (arm["overrides"] if ours else [])))
+                s = plan_report.setup(cfg, 1, "ddp")
+                if not ours:  # bench/plain_hf.py: transformers' loss, peft's upcast, checkpointing, AdamW, no Liger
+                    s = s.but(loss_head="hf", liger=False, upcast_fp32=True, checkpointing=True, packing=False,
+                              optim="adamw_torch", offload_activations=False)
+                est = planner.memory(s).allocated / GiB
+                tps = planner.tokens_per_second(s, planner.GPUS[gpu][0])
+                gib, meas = arm["peak_alloc_gib"], arm["tokens_per_s"]
+                rows.append(f"| {card} | {run['title']} | {arm['arm']} | {gib:.2f} | {est:.2f} | "
+                            f"{(est - gib) / gib:+.1%} | {meas:,.0f} | {tps:,.0f} | {(tps - meas) / meas:+.1%} |")
+    return rows if len(rows) > 2 else ["(no GPU run of bench/train_throughput.py recorded under bench/results yet)"]
+
+
 def measure_cpu(checkpointing: bool, micro_batch: int, length: int, head: str) -> float:
     """Peak bytes alive during one LoRA training step (after a warm-up step), as a GPU allocator would count them."""
     from peft import LoraConfig, get_peft_model
@@ -131,5 +175,7 @@ def cpu_table() -> list[str]:
 
 if __name__ == "__main__":
     print("\n".join(gpu_table()))
+    print()
+    print("\n".join(recorded_table()))
     print()
     print("\n".join(cpu_table()))

@@ -44,10 +44,10 @@ def card(plan, cuda: bool) -> Card:
     name, source = plan.gpu, "plan.gpu"
     if name is not None and name not in planner.GPUS:
         raise ConfigError([f"plan.gpu={name}: use one of {', '.join(planner.GPUS)}"])
-    present = torch.cuda.get_device_name(0).lower().replace(" ", "") if cuda else ""
+    present = torch.cuda.get_device_name(0) if cuda else ""
     if name is None:
-        found = [g for g in planner.GPUS if g.split("-")[0] in present]
-        name, source = (found[0], f"the {present} present") if found else ("h100", "an H100 80GB, set gpu=")
+        found = planner.gpu_named(present)
+        name, source = (found, f"the {present} present") if found else ("h100", "an H100 80GB, set gpu=")
     peak, mem = planner.GPUS[name][0], planner.GPUS[name][1] * GiB
     if plan.gpu_memory is not None:
         mem, source = parse_memory(plan.gpu_memory), f"plan.gpu_memory; speed for {source}"

@@ -1,9 +1,9 @@
 """Peak GPU memory per rank and tokens/s for a training setup, from the architecture alone (no weights load).
 
 The memory model counts what PyTorch's allocator holds at the peak of a training step (what
-`torch.cuda.max_memory_allocated` reports) for the Hugging Face Llama + peft LoRA + bitsandbytes path we run:
-tensors saved for backward are counted module by module (docs: bench/plan_calibration.md), then CUDA context
-and allocator reserve are added for what the card must hold. Calibrated against GPU measurements (±15%).
+`torch.cuda.max_memory_allocated` reports) for the Hugging Face Llama + peft LoRA + bitsandbytes + TRL path:
+weights by precision, LoRA state, and the tensors autograd saves, module by module; then allocator reserve and
+CUDA context for what the card must hold. Error against every recorded peak: bench/plan_calibration.md.
 """
 from __future__ import annotations
 
@@ -217,6 +217,15 @@ GPUS = {
     "a100-40gb": (312e12, 39.4), "l40s": (362e12, 44.4), "a6000": (154.8e12, 47.5), "a10": (125e12, 22.1),
     "l4": (121e12, 22.0), "rtx4090": (165.2e12, 23.6), "rtx3090": (71e12, 23.6), "t4": (65e12, 14.6),
 }
+
+
+def gpu_named(device_name: str) -> str | None:
+    """The GPUS key for a CUDA device name ('NVIDIA H100 80GB HBM3' -> h100, 'NVIDIA A100-SXM4-40GB' -> a100-40gb)."""
+    name = device_name.lower().replace(" ", "")
+    found = [g for g in GPUS if all(part in name for part in g.split("-"))]
+    return max(found, key=lambda g: (g.count("-"), len(g)), default=None)
+
+
 UTILIZATION = 0.295  # fraction of the peak the plain HF + peft stack reaches, recompute counted (H100, fitted)
 DEQUANT_S_PER_PARAM = 9e-12  # bitsandbytes 4-bit dequantization per weight per pass (H100, fitted)
 LIGER_SPEEDUP = 1.175  # Liger's fused kernels, measured 1.15-1.19x over these estimates (H200, 7B, 3 rows)

@@ -101,6 +101,14 @@ def test_a_recipe_that_cannot_fit_gets_changes_that_each_fit():
     assert any(label.startswith("quant.mode=nf4") or "FSDP" in label for label, _ in found)
 
 
+def test_cuda_device_names_map_to_the_gpu_table():
+    names = {"NVIDIA H100 80GB HBM3": "h100", "NVIDIA H100 PCIe": "h100-pcie", "NVIDIA H200": "h200",
+             "NVIDIA A100-SXM4-40GB": "a100-40gb", "NVIDIA A100 80GB PCIe": "a100-80gb", "NVIDIA L40S": "l40s",
+             "NVIDIA L4": "l4", "NVIDIA A10": "a10", "NVIDIA GeForce RTX 4090": "rtx4090", "Tesla T4": "t4",
+             "NVIDIA B200": None}
+    assert {n: planner.gpu_named(n) for n in names} == names
+
+
 def test_memory_sizes_parse_like_gpu_makers_write_them():
     assert parse_memory("24GB") == 24 * GiB == parse_memory("24GiB") == parse_memory("24")
     assert parse_memory("512MB") == 0.5 * GiB
