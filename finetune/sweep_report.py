@@ -72,6 +72,7 @@ def plot(sweep: Sweep, done: list[dict], path: Path) -> None:
         ax.scatter(xs, ys, c=["tab:red" if r["trial"] == best else "tab:blue" for r in done], zorder=3)
         for x, y, r in zip(xs, ys, done):
             ax.annotate(str(r["trial"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.ticklabel_format(axis="y", useOffset=False)  # losses that differ in the 4th digit stay readable
         ax.set_xlabel(key)
         ax.set_ylabel(sweep.metric)
         ax.grid(alpha=0.3)
