@@ -111,7 +111,7 @@ def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path):
 
     # Verify: the adapter model on the base it was trained on (and, for original, on that base too)
     stored = out_dtype or getattr(torch, json.loads((partial / "config.json").read_text()).get("dtype", "float32"))
-    tolerance = cfg.verify.tolerance or verify.default_tolerance(stored)
+    tolerance = cfg.verify.tolerance or verify.default_tolerance(stored, model.compute_dtype(train_cfg.model))
     prompts, source = verify.sample_prompts(train_cfg, tokenizer.sp, cfg.verify.prompts, cfg.verify.max_prompt_tokens)
     merged_out = verify.merged_outputs(partial, prompts, cfg.verify.max_new_tokens)
     refs = [("the adapter model as trained", four_bit)]

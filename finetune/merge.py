@@ -1,8 +1,8 @@
 """Merge a LoRA adapter into its base model one safetensors shard at a time, then check the merge.
 
-Memory: only the adapter (megabytes) and one output shard (`max_shard_size`) are held at once; each source
-file is opened (memory-mapped) for the tensors of one output shard and closed again. A 70B merge needs
-about 2 GB of RAM, not 140 GB. No transformers import here: the merge is plain tensors.
+Memory: only the adapter (megabytes) and the tensor being merged are held at once: each output shard is written
+tensor by tensor (its header is planned from the source headers), and each source tensor is read through a
+memory map opened just for it. A 70B merge needs a few GB of RAM, not 140 GB. No transformers import here.
 
 QLoRA: the adapter was trained against NF4-quantized weights, not the 16-bit checkpoint. `base="dequantized"`
 merges into the quantize-then-dequantize of every weight the 4-bit model quantized (all q/k/v/o/gate/up/down
@@ -16,13 +16,13 @@ import json
 import math
 import re
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 # The Linear layers transformers swaps for bitsandbytes ones in a Llama (everything but lm_head).
 QUANTIZED_RE = re.compile(r"\.(q|k|v|o|gate|up|down)_proj\.weight$")
@@ -42,9 +42,10 @@ class Lora:
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]
     scale: float
 
-    def delta(self, name: str) -> torch.Tensor:
+    def add_to(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """weight (float32, changed in place) + scale * B @ A, without a separate delta tensor."""
         a, b = self.pairs[name]
-        return self.scale * (b.float() @ a.float())
+        return weight.addmm_(b.float(), a.float(), alpha=self.scale)
 
 
 @dataclass
@@ -116,25 +117,59 @@ def base_files(base_dir: Path) -> list[Path]:
 
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 
 
-def plan(files: list[Path], max_shard_bytes: int, out_dtype: Optional[torch.dtype]) -> list[list[tuple[Path, str]]]:
-    """Group every tensor (source file, name) into output shards of at most `max_shard_bytes` (from headers only)."""
-    shards: list[list[tuple[Path, str]]] = [[]]
+@dataclass
+class Entry:
+    """One output tensor, known from the source header before any data is read."""
+
+    src: Path
+    name: str
+    shape: list[int]
+    dtype: str  # safetensors code of the output (F32, BF16, ...)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_BYTES[self.dtype]
+
+
+def plan(files: list[Path], max_shard_bytes: int, out_dtype: Optional[torch.dtype]) -> list[list[Entry]]:
+    """Every tensor grouped into output shards of at most `max_shard_bytes`, from the headers alone."""
+    shards: list[list[Entry]] = [[]]
     size = 0
     for f in files:
         with safe_open(str(f), framework="pt") as fh:
             for name in fh.keys():
                 sl = fh.get_slice(name)
                 stored = sl.get_dtype()
-                itemsize = out_dtype.itemsize if out_dtype and stored in ("F32", "BF16", "F16") else DTYPE_BYTES[stored]
-                n = math.prod(sl.get_shape()) * itemsize
-                if shards[-1] and size + n > max_shard_bytes:
+                dtype = SAFETENSORS_DTYPES[out_dtype] if out_dtype and stored in ("F32", "BF16", "F16") else stored
+                entry = Entry(f, name, list(sl.get_shape()), dtype)
+                if shards[-1] and size + entry.nbytes > max_shard_bytes:
                     shards.append([])
                     size = 0
-                shards[-1].append((f, name))
-                size += n
+                shards[-1].append(entry)
+                size += entry.nbytes
     return shards
+
+
+def write_shard(path: Path, entries: list[Entry], tensor_of) -> None:
+    """A safetensors file written one tensor at a time: the header (names, dtypes, shapes, offsets) is known from
+    the plan, so only the tensor being written is in memory. (safetensors' save_file needs them all at once.)"""
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for e in entries:
+        header[e.name] = {"dtype": e.dtype, "shape": e.shape, "data_offsets": [offset, offset + e.nbytes]}
+        offset += e.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the format aligns the data to 8 bytes
+    with path.open("wb") as fh:
+        fh.write(struct.pack("<Q", len(blob)) + blob)
+        for e in entries:
+            t = tensor_of(e)
+            if list(t.shape) != e.shape or SAFETENSORS_DTYPES.get(t.dtype, e.dtype) != e.dtype:
+                raise MergeError(f"{e.name}: computed {tuple(t.shape)} {t.dtype}, planned {e.shape} {e.dtype}")
+            fh.write(memoryview(t.contiguous().view(torch.uint8).numpy()))
 
 
 def merge(base_dir: Path, adapter: Lora, out_dir: Path, quant: Optional[Quant] = None,
@@ -142,40 +177,39 @@ def merge(base_dir: Path, adapter: Lora, out_dir: Path, quant: Optional[Quant] =
     """Write `out_dir/model-XXXXX-of-YYYYY.safetensors` + index + config: base (+ quantize roundtrip) + LoRA.
 
     `quant` given: every 4-bit-quantized weight goes through `quantize_roundtrip` first (base="dequantized").
-    `out_dtype` None keeps each tensor's stored dtype.
+    `out_dtype` None keeps each tensor's stored dtype. Peak memory: about the largest tensor, a few times.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = plan(base_files(base_dir), max_shard_bytes, out_dtype)
     pending = set(adapter.pairs)
-    weight_map, total, merged, dequantized = {}, 0, 0, 0
-    for i, members in enumerate(shards, 1):
+    counts = {"merged": 0, "dequantized": 0}
+
+    def tensor_of(e: Entry) -> torch.Tensor:
+        with safe_open(str(e.src), framework="pt") as fh:  # reopened per tensor: its mapped pages are let go
+            t = fh.get_tensor(e.name)
+        dtype = out_dtype if out_dtype and t.is_floating_point() else t.dtype
+        if quant is not None and QUANTIZED_RE.search(e.name):
+            t = quantize_roundtrip(t, quant).float()
+            counts["dequantized"] += 1
+        if e.name in adapter.pairs:
+            t = adapter.add_to(e.name, t.to(torch.float32, copy=True))
+            pending.discard(e.name)
+            counts["merged"] += 1
+        return t.to(dtype)
+
+    weight_map = {}
+    for i, entries in enumerate(shards, 1):
         fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        tensors: dict[str, torch.Tensor] = {}
-        for src in dict.fromkeys(f for f, _ in members):
-            with safe_open(str(src), framework="pt") as fh:  # opened per output shard: the mapping is released
-                for name in (n for f, n in members if f == src):
-                    t = fh.get_tensor(name)
-                    dtype = out_dtype if out_dtype and t.is_floating_point() else t.dtype
-                    if quant is not None and QUANTIZED_RE.search(name):
-                        t = quantize_roundtrip(t, quant).float()
-                        dequantized += 1
-                    if name in adapter.pairs:
-                        t = t.float() + adapter.delta(name)
-                        pending.discard(name)
-                        merged += 1
-                    tensors[name] = t.to(dtype).contiguous()
-                    weight_map[name] = fname
-                    total += tensors[name].numel() * tensors[name].element_size()
-        save_file(tensors, str(out_dir / fname), metadata={"format": "pt"})
-        del tensors
+        write_shard(out_dir / fname, entries, tensor_of)
+        weight_map.update({e.name: fname for e in entries})
     if pending:
         raise MergeError(f"the adapter targets {len(pending)} weights the base at {base_dir} does not have "
                          f"(e.g. {sorted(pending)[0]}): is the adapter for this base model?")
+    total = sum(e.nbytes for entries in shards for e in entries)
     (out_dir / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     write_config(base_dir, out_dir, out_dtype)
-    return MergeStats(shards=len(shards), tensors=len(weight_map), merged=merged, dequantized=dequantized,
-                      total_bytes=total)
+    return MergeStats(shards=len(shards), tensors=len(weight_map), total_bytes=total, **counts)
 
 
 def write_config(base_dir: Path, out_dir: Path, out_dtype: Optional[torch.dtype]) -> None:

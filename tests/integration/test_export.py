@@ -25,6 +25,12 @@ def checks(run):
     return json.loads((run / "merged" / "verification.json").read_text())["checks"]
 
 
+def test_training_ends_with_a_real_adapter_card(tiny_sft_run):
+    card = ModelCard.load(tiny_sft_run / "adapter" / "README.md")  # written by checkpoints.save, not peft's template
+    assert card.data.library_name == "peft" and card.data.license == "llama2" and "qlora" in card.data.tags
+    assert "| final train loss |" in card.text and "## How to load" in card.text
+
+
 def test_qlora_merge_reproduces_the_adapter_model(tiny_sft_run, tmp_path):
     from transformers import AutoModelForCausalLM
 
