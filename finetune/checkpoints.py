@@ -40,11 +40,11 @@ def distributed_state():
 
 def from_rank0(value):
     """`value` as rank 0 computed it, on every rank (each rank runs Hydra and this code on its own)."""
-    state = distributed_state()
-    if state.num_processes == 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # set by every launcher (accelerate, torchrun) for >1 process
         return value
     from accelerate.utils import broadcast_object_list
 
+    distributed_state()  # joins the process group
     box = [value]
     broadcast_object_list(box, from_process=0)
     return box[0]

@@ -62,7 +62,8 @@ def max_diff(a: Path, b: Path) -> float:
 @pytest.mark.slow
 def test_kill9_at_random_points_then_resume_matches_uninterrupted_run(tiny_sft_run, tmp_path):
     """FAST = 4 optimizer steps, a checkpoint every 2. Kill 1: at a random moment after checkpoint-2 is complete.
-    Kill 2: the moment checkpoint-4 starts being written (mid-save). Then run to the end."""
+    Kill 2: at a random moment of the restart. Kill 3: the moment checkpoint-4 starts being written (mid-save).
+    Then run to the end. KILL_SEED=<n> replays a failing sequence."""
     seed = int(os.environ.get("KILL_SEED", time.time_ns() % 10_000))
     rng = random.Random(seed)
     out = tmp_path / "killed"
@@ -75,9 +76,14 @@ def test_kill9_at_random_points_then_resume_matches_uninterrupted_run(tiny_sft_r
     assert proc.returncode == -signal.SIGKILL, f"seed {seed}: the run finished before the kill"
     assert not (out / "adapter").exists()
 
+    proc = launch(out)  # kill 2: at a random moment of the restart (imports, loading, resuming)
+    time.sleep(rng.uniform(0.5, 3.0))  # imports alone take longer: it dies before it can save
+    kill9(proc)
+    assert proc.returncode == -signal.SIGKILL and checkpoints.latest(out) == str(ckpt2)
+
     t0 = time.time()
     proc = launch(out)
-    saving = wait_for(lambda: staged_since(out, t0), proc, poll=0.002)  # checkpoint-4 half written
+    saving = wait_for(lambda: staged_since(out, t0), proc, poll=0.002)  # kill 3: checkpoint-4 half written
     log = kill9(proc)
     assert "resuming from" in log and "checkpoint-2" in log, log[-3000:]
     mid_save = saving and not (out / "checkpoints" / "checkpoint-4").exists()
@@ -93,7 +99,7 @@ def test_kill9_at_random_points_then_resume_matches_uninterrupted_run(tiny_sft_r
     done = run_entry("train.py", "recipe=tiny_qlora", f"output_dir={out}", *FAST)
     assert f"resuming from {ckpt2}" in done.stdout, done.stdout[-3000:]
     diff = max_diff(out / "adapter", tiny_sft_run / "adapter")
-    print(f"kill seed {seed}, second kill mid-save: {mid_save}, max |adapter - uninterrupted| = {diff:.3g}")
+    print(f"kill seed {seed}, third kill mid-save: {mid_save}, max |adapter - uninterrupted| = {diff:.3g}")
     assert diff <= 1e-6
 
     assert [p.name for p in checkpoints.complete(out)] == ["checkpoint-2", "checkpoint-4"]
