@@ -172,7 +172,7 @@ def report(a) -> None:
         print(f"| {label} | {r['peak_mb']:.0f} | {r['after_import_mb']:.0f} | {r['seconds']:.1f} |")
     print(f"\npeak RSS ratio streaming / peft: {ratio:.3f} (target <= 0.25)\n"
           f"max |streaming - peft| over every tensor: {worst:.3g} ({rel:.3g} of the tensor's max |value|; "
-          "bf16 rounding: peft adds the delta in bf16, the streaming merge in float32)")
+          "both add a float32 B @ A to the bf16 weight and round once)")
     shutil.rmtree(a.work, ignore_errors=True)
 
 
