@@ -131,22 +131,22 @@ def suggestions(s: Setup, c: Card, grad_accum: int) -> list[tuple[str, Setup]]:
             out.append((f"{n} GPUs with FSDP: accelerate launch --config_file launch/accelerate/fsdp_qlora.yaml "
                         f"--num_processes {n} finetune/train.py ...", s.but(gpus=n, sharding="fsdp")))
             break
-    single = [(label, new) for label, new in out if fits(new, c)]
-    if single:
-        return single
+    found = [(label, new) for label, new in out if fits(new, c)]
+    same_gpus = [(label, new) for label, new in out if new.gpus == s.gpus]
+    if not any(fits(new, c) for _, new in same_gpus):  # on these GPUs only changes together can fit
+        found += together(s, same_gpus, c)
+    return found or together(s, out, c)
+
+
+def together(s: Setup, changes: list[tuple[str, Setup]], c: Card) -> list[tuple[str, Setup]]:
+    """The changes applied one after another, in order, until the result fits: [(their overrides, setup)] or []."""
     combined, labels = s, []
-    for label, new in out:  # nothing fits alone: apply every change, in order, until it fits
-        combined = dataclasses_merge(combined, s, new)
+    for label, new in changes:
+        combined = combined.but(**{k: v for k, v in vars(new).items() if getattr(s, k) != v})
         labels.append(label.split("  (")[0])
         if fits(combined, c):
             return [(" ".join(labels), combined)]
     return []
-
-
-def dataclasses_merge(acc: Setup, base: Setup, new: Setup) -> Setup:
-    """`acc` with the fields that `new` changed relative to `base`."""
-    changed = {k: v for k, v in vars(new).items() if getattr(base, k) != v}
-    return acc.but(**changed)
 
 
 def report(cfg: TrainConfig, s: Setup, c: Card, utilization: float) -> tuple[bool, str]:

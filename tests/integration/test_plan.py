@@ -18,6 +18,8 @@ def test_plan_for_two_24gb_gpus_says_it_does_not_fit_and_what_would():
     assert "verdict: DOES NOT FIT, needs" in out and "has 24.0 (short by" in out
     assert "tokens/s per GPU" in out
     assert "changes that fit (each estimated):" in out and "--num_processes 4" in out
+    # no single change fits two 24 GB cards, so changes together are offered too
+    assert "quant.mode=nf4 quant.double_quant=true trainer.micro_batch_size=1 trainer.grad_accum=8\n" in out
 
 
 def test_every_shipped_recipe_gets_a_plan_in_well_under_a_second():
