@@ -35,7 +35,7 @@ def test_qlora_merge_reproduces_the_adapter_model(tiny_sft_run, tmp_path):
     from transformers import AutoModelForCausalLM
 
     run = copy_run(tiny_sft_run, tmp_path)
-    proc = run_entry("export.py", f"run={run}", "merge=true", "verify.prompts=3")
+    proc = run_entry("export.py", f"run={run}", "merge=true", "verify.prompts=2", "verify.max_new_tokens=8")
     assert "verified vs the adapter model as trained: max |dlogits|" in proc.stdout
     merged = run / "merged"
     index = json.loads((merged / "model.safetensors.index.json").read_text())
@@ -45,7 +45,7 @@ def test_qlora_merge_reproduces_the_adapter_model(tiny_sft_run, tmp_path):
         assert (merged / name).is_file(), name
     assert not (run / "merged.partial").exists()
     [check] = checks(run)  # the 4-bit adapter model vs the merged model (measured: 3.6e-7)
-    assert check["max_abs"] < 1e-5 and check["same_generations"] == check["prompts"] == 3
+    assert check["max_abs"] < 1e-5 and check["same_generations"] == check["prompts"] == 2
     card = ModelCard.load(merged / "README.md")
     assert card.data.library_name == "transformers" and card.data.license == "llama2"
     assert "`merge_base=dequantized`" in card.text and f"| {check['max_abs']:.2e} |" in card.text
