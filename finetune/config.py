@@ -110,6 +110,7 @@ class DataConfig:
     seed: int = 0  # shuffle seed (deterministic)
     max_length: int = 1024
     too_long: str = "drop"  # drop | truncate (keep whole turns that fit; cut the answer only if one turn is too long; counted)
+    max_prompt_length: Optional[int] = None  # DPO: pairs whose prompt is longer are dropped (counted)
     system_prompt: Optional[str] = None
     train_on: str = "all"  # all assistant turns, or `last` only
     fields: FieldsConfig = field(default_factory=FieldsConfig)  # our field name -> yours: data.fields.prompt=question
@@ -140,6 +141,10 @@ class TrainerConfig:
     save_steps: int = 200
     save_total_limit: int = 2
     dataloader_workers: int = 0
+    # DPO (trainer.kind=dpo)
+    beta: float = 0.1  # higher: stay closer to the reference policy (IPO: the regulariser tau)
+    loss_type: str = "sigmoid"  # a name in finetune.dpo.LOSS_TYPES (TRL's): sigmoid (DPO), ipo, hinge, robust...
+    precompute_ref: bool = False  # reference log-probs computed once before training, cached on disk, reused
 
 
 @dataclass
@@ -244,6 +249,10 @@ def check(cfg: DictConfig) -> list[str]:
                         "tracking=tensorboard")
     if t.kind not in ("sft", "dpo"):
         problems.append(f"trainer.kind={t.kind}: use sft or dpo")
+    if t.kind == "dpo":
+        from finetune import dpo
+
+        problems += dpo.check(cfg)
     if t.micro_batch_size < 1 or t.grad_accum < 1:
         problems.append("trainer.micro_batch_size and trainer.grad_accum must be >= 1")
     if t.max_steps <= 0 and t.num_epochs <= 0:

@@ -22,7 +22,7 @@ config.register()
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
-    from finetune import checkpoints, data, model, preflight, tracking, trainers  # heavy imports after `--cfg job` has returned
+    from finetune import checkpoints, data, dpo, model, preflight, tracking, trainers  # heavy imports after `--cfg job` has returned
     from finetune import plan_report
     from transformers import set_seed
 
@@ -30,7 +30,7 @@ def main(dict_cfg: DictConfig) -> None:
     cfg = config.load(dict_cfg)
     console.info(plan_report.check_before_training(cfg))  # memory plan for these GPUs; stops here if it cannot fit
     tokenizer = model.load_tokenizer(cfg.model)
-    train_ds, eval_ds, stats = data.load(cfg.data, tokenizer)
+    train_ds, eval_ds, stats = (dpo.load if cfg.trainer.kind == "dpo" else data.load)(cfg.data, tokenizer)
     if cfg.trainer.kind == "sft":  # pad != EOS, EOS trained, one BOS per turn, no empty mask, prompt = prefix
         console.info(preflight.require(tokenizer, train_ds, stats, cfg.data).report())
 

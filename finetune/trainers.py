@@ -87,4 +87,8 @@ def build_sft(cfg: TrainConfig, model, tokenizer, train_ds, eval_ds, run_dir: Pa
 def build(cfg: TrainConfig, model, tokenizer, train_ds, eval_ds, run_dir: Path):
     if cfg.trainer.kind == "sft":
         return build_sft(cfg, model, tokenizer, train_ds, eval_ds, run_dir)
+    if cfg.trainer.kind == "dpo":
+        from finetune import dpo
+
+        return dpo.build_dpo(cfg, model, tokenizer, train_ds, eval_ds, run_dir)
     raise ValueError(f"trainer.kind={cfg.trainer.kind}: not available in this build")

@@ -1,0 +1,131 @@
+"""DPO through the real entry point on the tiny model: SFT -> DPO under accelerate launch (QLoRA), the
+reference log-prob cache, and a learnable toy preference (16-bit LoRA)."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune import config, metrics
+from tests.conftest import compose, run_entry
+
+pytestmark = pytest.mark.slow
+
+# Orca prompts carry a long system prompt: 160 prompt tokens keep most pairs, answers are cut to fit 192.
+ORCA = ["data.max_samples=24", "data.max_length=192", "data.max_prompt_length=160", "data.too_long=truncate",
+        "data.eval_fraction=0.25", "trainer.micro_batch_size=2", "trainer.logging_steps=1",
+        "trainer.save_steps=2", "eval.samples=0"]
+REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+           "logps/rejected")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> dict:
+    """A fresh $FINETUNE_CACHE for these runs, so the first one really computes the reference log-probs."""
+    return {"FINETUNE_CACHE": str(tmp_path_factory.mktemp("dpo_cache"))}
+
+
+@pytest.fixture(scope="module")
+def sft_dpo(tiny_sft_run, tmp_path_factory, cache):
+    """DPO from the tiny QLoRA SFT adapter, reference log-probs precomputed, through accelerate launch."""
+    out = tmp_path_factory.mktemp("runs") / "sft_dpo"
+    proc = run_entry("train.py", "recipe=tiny_dpo", f"init_adapter={tiny_sft_run / 'adapter'}",
+                     "trainer.precompute_ref=true", "trainer.max_steps=2", f"output_dir={out}", *ORCA,
+                     launcher="accelerate", env=cache)
+    return out, proc
+
+
+def cache_dir(proc) -> Path:
+    return Path(re.search(r"reference log-probs: .* in (\S+)", proc.stdout).group(1))
+
+
+def test_sft_to_dpo_starts_at_ln2_and_logs_rewards(sft_dpo):
+    out, proc = sft_dpo
+    rows = metrics.read(out / "metrics.jsonl")
+    first = next(r for r in rows if "loss" in r)
+    assert first["step"] == 1 and first["loss"] == pytest.approx(math.log(2), abs=2e-3)  # policy = reference
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=0.02)
+    train_keys = set().union(*(r.keys() for r in rows if "loss" in r))
+    eval_keys = set().union(*(r.keys() for r in rows if "eval_loss" in r))
+    assert set(REWARDS) <= train_keys and {f"eval_{k}" for k in REWARDS} <= eval_keys
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "loss.png").is_file()
+    assert "reference log-probs: computed and cached in" in proc.stdout
+
+
+def test_reference_is_the_sft_policy_not_the_base(sft_dpo, tiny_sft_run):
+    """The cached reference log-probs equal base + SFT adapter's, computed here with stock peft."""
+    from datasets import Dataset, load_from_disk
+    from peft import PeftModel
+
+    from finetune import model
+
+    out, proc = sft_dpo
+    pairs = load_from_disk(str(cache_dir(proc)))
+    tables = [Dataset.from_file(str(f)) for f in cache_dir(proc).glob("cache-*.arrow")]
+    [table] = [t for t in tables if "ref_chosen_logps" in t.column_names]
+    cfg = config.load(compose("recipe=tiny_dpo", f"model.path={config_of(out)['model']['path']}"))
+    sft = PeftModel.from_pretrained(model.load_base(cfg.model, cfg.quant), str(tiny_sft_run / "adapter")).eval()
+
+    def logps(ids_of):
+        with torch.no_grad():
+            return torch.tensor([answer_logp(sft, row["llama_prompt_ids"], row[ids_of]) for row in pairs])
+
+    want = torch.tensor(table["ref_chosen_logps"])
+    assert torch.allclose(logps("llama_chosen_ids"), want, rtol=1e-4, atol=1e-2)
+    assert torch.allclose(logps("llama_rejected_ids"), torch.tensor(table["ref_rejected_logps"]),
+                          rtol=1e-4, atol=1e-2)
+    with sft.disable_adapter():
+        base = logps("llama_chosen_ids")
+    assert (base - want).abs().max() > 1.0  # the raw base scores these answers differently
+
+
+def test_second_run_reuses_the_cached_reference(sft_dpo, tiny_sft_run, tmp_path, cache):
+    _, first = sft_dpo
+    before = sorted(p.name for p in cache_dir(first).iterdir())
+    proc = run_entry("train.py", "recipe=tiny_dpo", f"init_adapter={tiny_sft_run / 'adapter'}",
+                     "trainer.precompute_ref=true", "trainer.max_steps=1", f"output_dir={tmp_path / 'again'}", *ORCA,
+                     env=cache)
+    assert f"reference log-probs: reused from the cache in {cache_dir(first)}" in proc.stdout
+    assert "Computing reference log probs" not in proc.stderr + proc.stdout
+    assert sorted(p.name for p in cache_dir(first).iterdir()) == before
+
+
+def test_lora_learns_a_toy_preference(tmp_path):
+    """Fixed answers to varied prompts: reward accuracy and margin rise, on held-out prompts too."""
+    topics = ["rivers", "bread", "chess", "clouds", "violins", "maps", "owls", "glass", "tides", "salt"]
+    lines = [json.dumps({"input": {"messages": [{"role": "user", "content": f"Tell me about {t}, please ({i})."}]},
+                         "preferred_output": [{"role": "assistant", "content": "Gladly: here is a short note."}],
+                         "non_preferred_output": [{"role": "assistant", "content": "No. Ask someone else."}]})
+             for i in range(4) for t in topics]
+    (tmp_path / "toy.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    run_entry("train.py", "recipe=tiny_dpo", "quant=none", f"data.path={tmp_path / 'toy.jsonl'}",
+              "data.eval_fraction=0.2", "trainer.max_steps=12", "trainer.logging_steps=1", "trainer.save_steps=12",
+              "trainer.micro_batch_size=4", "eval.samples=0", f"output_dir={out}")
+    rows = [r for r in metrics.read(out / "metrics.jsonl") if "loss" in r]
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-4) and rows[0]["rewards/margins"] == 0.0
+    assert rows[0]["rewards/accuracies"] == 0.0  # equal rewards: no pair is ranked right yet
+    margins = [r["rewards/margins"] for r in rows]
+    assert all(r["rewards/accuracies"] >= 0.9 for r in rows[-3:])
+    assert margins[-1] > margins[len(margins) // 2] > margins[1] > 0 and margins[-1] > 0.3
+    final_eval = [r for r in metrics.read(out / "metrics.jsonl") if "eval_loss" in r][-1]
+    assert final_eval["eval_rewards/accuracies"] == 1.0 and final_eval["eval_rewards/margins"] > 0.3
+    assert final_eval["eval_loss"] < math.log(2) - 0.1  # held-out prompts: the preference generalises
+
+
+def config_of(run: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
+
+
+def answer_logp(net, prompt: list[int], answer: list[int]) -> float:
+    """Sum of log p(answer token | everything before it)."""
+    ids = torch.tensor([prompt + answer])
+    logp = torch.log_softmax(net(input_ids=ids).logits[0, :-1].float(), -1)
+    token_logp = logp.gather(1, ids[0, 1:, None])[:, 0]
+    return token_logp[len(prompt) - 1:].sum().item()
