@@ -40,10 +40,11 @@ class Drift:
     def ok(self) -> bool:
         return self.relative <= self.tolerance
 
-    def summary(self) -> str:
+    def summary(self, checked: bool = True) -> str:
         return (f"vs {self.reference}: max |dlogits| {self.max_abs:.2e} (relative to max |logits| "
-                f"{self.logit_scale:.3g}: {self.relative:.2e}, tolerance {self.tolerance:.0e}); greedy "
-                f"generations identical on {self.same_generations}/{self.prompts} prompts")
+                f"{self.logit_scale:.3g}: {self.relative:.2e}" + (f", tolerance {self.tolerance:.0e}" if checked
+                                                                  else "") +
+                f"); greedy generations identical on {self.same_generations}/{self.prompts} prompts")
 
 
 def default_tolerance(stored: torch.dtype, compute: torch.dtype) -> float:
