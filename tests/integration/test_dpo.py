@@ -117,6 +117,13 @@ def test_lora_learns_a_toy_preference(tmp_path):
     assert final_eval["eval_loss"] < math.log(2) - 0.1  # held-out prompts: the preference generalises
 
 
+def test_conversations_for_dpo_stop_before_any_weight_loads(tmp_path):
+    proc = run_entry("train.py", "recipe=tiny_dpo", "data=oasst", f"output_dir={tmp_path / 'run'}", check=False)
+    assert proc.returncode == 2
+    assert "error: data=oasst (adapter oasst) gives ['messages'], not preference pairs" in proc.stderr
+    assert "Loading weights" not in proc.stdout + proc.stderr and not (tmp_path / "run").exists()
+
+
 def config_of(run: Path) -> dict:
     from omegaconf import OmegaConf
 
