@@ -335,7 +335,8 @@ def to_yaml(dict_cfg: DictConfig) -> str:
 
 def redact(node: Any) -> Any:
     if isinstance(node, dict):
-        return {k: "***" if any(s in str(k).lower() for s in ("token", "api_key", "password", "secret"))
+        # whole words only: `hf_token` is a secret, `model.tokenizer` (a path export needs) is not
+        return {k: "***" if set(str(k).lower().split("_")) & {"token", "key", "password", "secret"}
                 and node[k] else redact(v) for k, v in node.items()}
     if isinstance(node, list):
         return [redact(v) for v in node]
