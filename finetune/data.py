@@ -122,6 +122,8 @@ def _checked(ex: Example, dcfg) -> Example:
     if dcfg.system_prompt and msgs and msgs[0]["role"] != "system":
         msgs.insert(0, {"role": "system", "content": dcfg.system_prompt})
     check_dialog(msgs, "assistant" if "messages" in ex else "user")
+    if "chosen" in ex and ex["chosen"].strip() == ex["rejected"].strip():
+        raise Invalid("chosen and rejected are identical (such a pair teaches nothing: its DPO loss stays ln 2)")
     return ex
 
 

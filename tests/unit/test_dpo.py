@@ -87,12 +87,16 @@ def test_conversations_are_refused_for_dpo(tok):
         dpo.load(cfg.data, tok)
 
 
-def test_identical_chosen_and_rejected_is_one_error(cfg, tok, tmp_path):
+def test_identical_chosen_and_rejected_names_the_line(cfg, tok, tmp_path):
     dcfg = cfg.data
-    dcfg.path, dcfg.eval_fraction = pair_file(tmp_path, [("a?", "Same.", "Same. "), ("b?", "Yes", "No"),
+    dcfg.path, dcfg.eval_fraction = pair_file(tmp_path, [("b?", "Yes", "No"), ("a?", "Same.", "Same. "),
                                                          ("c?", "x", "x")]), 0.0
-    with pytest.raises(DataError, match=r"2 of 3 pairs have identical chosen and rejected answers .* remove them"):
+    with pytest.raises(DataError, match=rf"^{dcfg.path}:2: chosen and rejected are identical \(such a pair teaches "
+                                        r"nothing: its DPO loss stays ln 2\); fix the record, or set data.invalid=skip"):
         dpo.load(dcfg, tok)
+    dcfg.invalid = "skip"
+    train, _, stats = dpo.load(dcfg, tok)
+    assert len(train) == 1 and sum(stats.skipped.values()) == 2
 
 
 def test_dpo_config_errors_name_the_key_and_the_fix():
