@@ -4,7 +4,7 @@
 # float32), LoRA and QLoRA. SFT trains the chosen answers of the bundled Orca pairs (2 sequences per step), DPO
 # trains the pairs (1 pair = the same 2 sequences per step); 256 tokens, 2 steps, no eval, no samples.
 #   CPU: bash bench/dpo_memory.sh                 -> peak RSS (GNU time %M)
-#   GPU: GPU=1 bash bench/dpo_memory.sh           -> also peak GPU memory used (nvidia-smi, polled every 0.2 s)
+#   GPU: GPU=1 PYTHON=python3 bash bench/dpo_memory.sh  -> also peak GPU memory used (nvidia-smi, every 0.2 s)
 # Results in bench/results/dpo_memory/ (one log per run, summary.txt); bench/dpo_memory.md records them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,9 +28,11 @@ run() {  # run NAME ARGS...: one training run, its peak RSS (and peak GPU memory
     (while true; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; sleep 0.2; done) \
       > "$out/$name.gpu" 2>/dev/null & poll=$!
   fi
-  /usr/bin/time -f "$name peak_rss_kb=%M wall_s=%e" "$py" finetune/train.py "$@" output_dir="/tmp/dpo_memory/$name" \
-    > "$out/$name.log" 2>&1
-  local line; line=$(tail -1 "$out/$name.log")
+  local timer=(/usr/bin/time -f "$name peak_rss_kb=%M wall_s=%e")
+  [[ -x /usr/bin/time ]] || timer=()  # a bare GPU machine may lack GNU time: GPU memory only
+  "${timer[@]}" "$py" finetune/train.py "$@" output_dir="/tmp/dpo_memory/$name" > "$out/$name.log" 2>&1
+  local rc=$? line; line=$(tail -1 "$out/$name.log")
+  [[ ${#timer[@]} -gt 0 ]] || line="$name exit=$rc"
   if [[ -n "$poll" ]]; then
     kill "$poll"
     line="$line peak_gpu_used_mib=$(sort -n "$out/$name.gpu" | tail -1)"
