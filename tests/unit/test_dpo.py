@@ -1,6 +1,7 @@
 """DPO data and checks without training: Meta-exact pairs, the collator TRL sees, and bad input."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -15,6 +16,12 @@ from tests.conftest import ROOT, compose
 @pytest.fixture(scope="module")
 def cfg():
     return config.load(compose("recipe=tiny_dpo"))
+
+
+@pytest.fixture
+def dcfg(cfg):
+    """A copy of the tiny_dpo data config, for tests that change it."""
+    return copy.deepcopy(cfg.data)
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +68,8 @@ def test_collate_feeds_our_ids_to_trls_collator(tok):
     assert torch.equal(batch["attention_mask"], (batch["input_ids"] != 0).long())
 
 
-def test_too_long_pairs_are_dropped_or_cut_and_counted(cfg, tok, tmp_path):
+def test_too_long_pairs_are_dropped_or_cut_and_counted(dcfg, tok, tmp_path):
     long = "word " * 200
-    dcfg = cfg.data
     dcfg.path, dcfg.max_length, dcfg.max_prompt_length = pair_file(tmp_path, [("hi", long, "no")]), 64, None
     exs = [{"prompt": [{"role": "user", "content": "hi"}], "chosen": long, "rejected": "no"}]
     dcfg.too_long = "drop"
@@ -87,8 +93,7 @@ def test_conversations_are_refused_for_dpo(tok):
         dpo.load(cfg.data, tok)
 
 
-def test_identical_chosen_and_rejected_names_the_line(cfg, tok, tmp_path):
-    dcfg = cfg.data
+def test_identical_chosen_and_rejected_names_the_line(dcfg, tok, tmp_path):
     dcfg.path, dcfg.eval_fraction = pair_file(tmp_path, [("b?", "Yes", "No"), ("a?", "Same.", "Same. "),
                                                          ("c?", "x", "x")]), 0.0
     with pytest.raises(DataError, match=rf"^{dcfg.path}:2: chosen and rejected are identical \(such a pair teaches "
