@@ -159,6 +159,17 @@ class EvalConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment tracking (finetune/tracking.py); choose it with `tracking=none|wandb|tensorboard`."""
+
+    backend: str = "none"  # none | wandb | tensorboard (set by the `tracking=` choice)
+    project: str = "llama2-finetune"  # wandb project
+    entity: Optional[str] = None  # wandb team or user; default: the API key's default entity
+    group: Optional[str] = None  # wandb run group
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
 class PlanConfig:
     """The memory/speed plan (finetune/planner.py): `finetune/plan.py`, and the check before training loads weights."""
 
@@ -168,17 +179,6 @@ class PlanConfig:
     gpu: Optional[str] = None  # a name in finetune.planner.GPUS (peak FLOP/s, memory); null: the card present, else h100
     sharding: Optional[str] = None  # ddp | fsdp | zero2 | zero3; null: what accelerate launch set up (else ddp)
     utilization: float = 0.295  # share of the GPU's bf16 peak reached (plain HF stack, H100: bench/plan_calibration.md)
-
-
-@dataclass
-class TrackingConfig:
-    """Experiment tracking (finetune/tracking.py); choose it with `tracking=none|wandb|tensorboard`."""
-
-    backend: str = "none"  # none | wandb | tensorboard (set by the `tracking=` choice)
-    project: str = "llama2-finetune"  # wandb project
-    entity: Optional[str] = None  # wandb team or user; default: the API key's default entity
-    group: Optional[str] = None  # wandb run group
-    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
