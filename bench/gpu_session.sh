@@ -48,7 +48,7 @@ if (( left > 60 )); then
 fi
 # OASST-length conversations: plain HF padded to max_length against the recipe as shipped (packing on).
 stage oasst_qlora_7b 100 --model 7b --quant nf4 --data oasst --arms pad_to_max,ours,ours-nogc
-rm -rf "$FINETUNE_CACHE/models/random-llama2_7b"  # room for 13B on the disk
+[[ -z "${KEEP_7B:-}" ]] && rm -rf "$FINETUNE_CACHE/models/random-llama2_7b"  # room for 13B (KEEP_7B=1: reuse after)
 stage qlora_13b 200 --model 13b --quant nf4 --arms baseline,ours-nopack
 echo "== results ($((SECONDS - start))s)"
 cat "$res/throughput.md" 2>/dev/null || echo "no results recorded"
