@@ -35,7 +35,10 @@ class MetricsCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.path.is_file():
-            plot_loss(self.path, self.path.with_name("loss.png"))
+            try:
+                plot_loss(self.path, self.path.with_name("loss.png"))
+            except ImportError:  # a GPU image without matplotlib still finishes and saves its adapter
+                print("loss.png not written: matplotlib is not installed (pip install matplotlib)", flush=True)
 
 
 def read(path: Path) -> list[dict]:
