@@ -119,6 +119,10 @@ def load_base(mcfg: ModelConfig, qcfg: QuantConfig, gradient_checkpointing: bool
         raise ConfigError([f"quant.mode={qcfg.mode} under DeepSpeed ZeRO-3 is not supported here (the 4-bit base is "
                            "loaded before deepspeed.zero.Init exists): shard QLoRA with "
                            "launch/accelerate/fsdp_qlora.yaml, or use deepspeed_zero2.yaml"])
+    if sharding == "fsdp" and dtype == torch.float32 and torch.cuda.is_available():  # seen on an H200
+        raise ConfigError([f"model.dtype={mcfg.dtype} under FSDP: launch/accelerate/fsdp_qlora.yaml computes in bf16 "
+                           "and float32 weights then fail the first matmul (BFloat16 != float); "
+                           "set model.dtype=bfloat16"])
     if sharding == "fsdp" and qcfg.mode != "none" and not qcfg.storage_dtype:
         qcfg = dataclasses.replace(qcfg, storage_dtype=mcfg.dtype)  # FSDP shards float tensors only
     kwargs = dict(dtype=dtype, revision=mcfg.revision, attn_implementation=mcfg.attn_implementation)
