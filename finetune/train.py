@@ -55,7 +55,9 @@ def main(dict_cfg: DictConfig) -> None:
     # Save the adapter (+ tokenizer) beside the checkpoints
     adapter_dir = checkpoints.save(trainer, tokenizer, run_dir)
     tracking.finish(cfg.tracking)
-    console.info(f"adapter: {adapter_dir}\nmetrics: {run_dir / 'metrics.jsonl'}\nloss curve: {run_dir / 'loss.png'}")
+    curve = run_dir / "loss.png"
+    console.info(f"adapter: {adapter_dir}\nmetrics: {run_dir / 'metrics.jsonl'}"
+                 + (f"\nloss curve: {curve}" if curve.is_file() else ""))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ def test_sft_to_dpo_starts_at_ln2_and_logs_rewards(sft_dpo):
     eval_keys = set().union(*(r.keys() for r in rows if "eval_loss" in r))
     assert set(REWARDS) <= train_keys and {f"eval_{k}" for k in REWARDS} <= eval_keys
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "loss.png").is_file()
+    assert not (out / "adapter" / "ref").exists(), "TRL's frozen reference adapter must not ship in adapter/"
     assert "reference log-probs: computed and cached in" in proc.stdout
 
 
