@@ -17,12 +17,15 @@ ARCH = ["model.arch.hidden_size=1024", "model.arch.intermediate_size=2816", "mod
         "model.arch.num_heads=8", "model.arch.num_kv_heads=8", "model.dtype=bfloat16"]
 
 
-@pytest.mark.parametrize("quant", ["nf4", "none"])
+@pytest.mark.parametrize("quant,upcast", [("nf4", True), ("nf4", False), ("none", True)])
 @pytest.mark.parametrize("checkpointing", [True, False])
-def test_estimate_within_15_percent_of_the_measured_peak(tmp_path, quant, checkpointing):
+def test_estimate_within_15_percent_of_the_measured_peak(tmp_path, quant, upcast, checkpointing):
+    """upcast=False is the shipped recipes' setting (quant.upcast_fp32=false): on the H200 the planner was +48% high
+    there without checkpointing (bench/plan_calibration.md); this case says which activation terms are wrong."""
     from trl.trainer.utils import add_fused_lm_head
 
-    cfg = config.load(compose("recipe=tiny_qlora", *ARCH, f"quant.mode={quant}", f"model.path={tmp_path}/base",
+    cfg = config.load(compose("recipe=tiny_qlora", *ARCH, f"quant.mode={quant}", f"quant.upcast_fp32={str(upcast).lower()}",
+                              f"model.path={tmp_path}/base",
                               "data.max_length=2048", "trainer.micro_batch_size=2", "trainer.optim=adamw_torch",
                               f"trainer.gradient_checkpointing={str(checkpointing).lower()}"))
     tokenizer = model.load_tokenizer(cfg.model)
@@ -48,6 +51,6 @@ def test_estimate_within_15_percent_of_the_measured_peak(tmp_path, quant, checkp
     step()
     measured = torch.cuda.max_memory_allocated()
     estimate = planner.memory(plan_report.setup(cfg, 1, "ddp")).allocated
-    print(f"{quant} checkpointing={checkpointing}: measured {measured / 2**20:.0f} MiB, "
+    print(f"{quant} upcast={upcast} checkpointing={checkpointing}: measured {measured / 2**20:.0f} MiB, "
           f"estimate {estimate / 2**20:.0f} MiB ({(estimate - measured) / measured:+.1%})")
     assert estimate == pytest.approx(measured, rel=0.15)
