@@ -21,7 +21,7 @@ ARCH = ["model.arch.hidden_size=1024", "model.arch.intermediate_size=2816", "mod
 @pytest.mark.parametrize("checkpointing", [True, False])
 def test_estimate_within_15_percent_of_the_measured_peak(tmp_path, quant, upcast, checkpointing):
     """upcast=False is the shipped recipes' setting (quant.upcast_fp32=false): on the H200 the planner was +48% high
-    there without checkpointing (bench/plan_calibration.md); this case says which activation terms are wrong."""
+    there without checkpointing until peft's bitsandbytes LoRA-input rule was counted (bench/plan_calibration.md)."""
     from trl.trainer.utils import add_fused_lm_head
 
     cfg = config.load(compose("recipe=tiny_qlora", *ARCH, f"quant.mode={quant}", f"quant.upcast_fp32={str(upcast).lower()}",
