@@ -213,10 +213,11 @@ def save(trainer, tokenizer, path: Path) -> Path:
     trainer.save_model(str(out))
     if trainer.args.should_save:
         tokenizer.save(out)
-        # DPO: TRL's frozen "ref" adapter (a copy of init_adapter, or zeros) is saved beside ours as ref/;
-        # it is not the trained adapter and would double what export and publish ship.
-        if (out / "ref" / "adapter_config.json").is_file():
-            shutil.rmtree(out / "ref")
+        # peft saves every adapter of the model, each other one in a subfolder named after it (DPO: TRL's frozen
+        # "ref" copy of the starting adapter); adapter/ ships the trained one only, to export and publish.
+        peft_model = trainer.accelerator.unwrap_model(trainer.model)
+        for name in set(peft_model.peft_config) - {peft_model.active_adapter}:
+            shutil.rmtree(out / name, ignore_errors=True)
         modelcard.write(out, path, "adapter")  # replaces peft's template card: metadata, hyperparameters, metrics
         shutil.rmtree(staging_dir(path), ignore_errors=True)  # only TRL's checkpoint README is left there
     trainer.accelerator.wait_for_everyone()

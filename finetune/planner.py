@@ -112,11 +112,11 @@ def layer_activation_bytes(s: Setup) -> float:
         total += c * d * (1 if h == c else len(group))  # base linear input: shared, or a cast copy each
     lora_in = {m: lin[m][0] for m in s.lora_modules}
     for m, width in lora_in.items():
-        x_dtype = {"o_proj": c, "down_proj": o}.get(m, h)  # attention output: compute dtype; MLP: the 4-bit dtype
-        # peft casts a LoRA input to the float32 adapter dtype, and autocast casts it back: a compute-dtype copy.
-        # peft's bitsandbytes layers skip that cast under autocast, so an input already in compute dtype is shared.
-        quant_shared = s.quant != "none" and x_dtype == c
-        if not (c == 4 and x_dtype == 4) and not quant_shared:
+        x_dtype = {"o_proj": c, "down_proj": o}.get(m, h)  # attention output: compute dtype; down: the MLP's dtype
+        # peft casts a LoRA input to the float32 adapter dtype and autocast casts it back: a compute-dtype copy.
+        # None when nothing needs casting: float32 compute, or peft's bitsandbytes layers (no cast under autocast)
+        # given an input already in compute dtype.
+        if not (x_dtype == c and (c == 4 or s.quant != "none")):
             total += c * width
         if s.lora_dropout > 0:
             total += width * (5 if c == 4 else 1)  # mask (+ the dropped-out input in float32)

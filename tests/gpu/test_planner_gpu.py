@@ -24,8 +24,8 @@ def test_estimate_within_15_percent_of_the_measured_peak(tmp_path, quant, upcast
     there without checkpointing until peft's bitsandbytes LoRA-input rule was counted (bench/plan_calibration.md)."""
     from trl.trainer.utils import add_fused_lm_head
 
-    cfg = config.load(compose("recipe=tiny_qlora", *ARCH, f"quant.mode={quant}", f"quant.upcast_fp32={str(upcast).lower()}",
-                              f"model.path={tmp_path}/base",
+    cfg = config.load(compose("recipe=tiny_qlora", *ARCH, f"quant.mode={quant}",
+                              f"quant.upcast_fp32={str(upcast).lower()}", f"model.path={tmp_path}/base",
                               "data.max_length=2048", "trainer.micro_batch_size=2", "trainer.optim=adamw_torch",
                               f"trainer.gradient_checkpointing={str(checkpointing).lower()}"))
     tokenizer = model.load_tokenizer(cfg.model)
