@@ -84,7 +84,7 @@ def make_checkpoint(a, base: Path, adapter: Path) -> int:
 
 def run_stream(base: Path, adapter: Path, out: Path, shard_mb: int) -> dict:
     sys.path.insert(0, str(ROOT))
-    from finetune import merge
+    from finetune.ship import merge
 
     after_import = peak_mb()
     t = time.perf_counter()
@@ -167,7 +167,7 @@ def report(a) -> None:
           f"<= {a.shard_mb} MB; LoRA r=16 on all 7 projections of {a.layers} layers\n"
           f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}\n")
     print("| merge | peak RSS (MB) | RSS after imports (MB) | time (s) |\n| --- | --- | --- | --- |")
-    for m, label in (("stream", "finetune.merge (streaming)"), ("peft", "peft merge_and_unload + save_pretrained")):
+    for m, label in (("stream", "finetune.ship.merge (streaming)"), ("peft", "peft merge_and_unload + save_pretrained")):
         r = res[m]
         print(f"| {label} | {r['peak_mb']:.0f} | {r['after_import_mb']:.0f} | {r['seconds']:.1f} |")
     print(f"\npeak RSS ratio streaming / peft: {ratio:.3f} (target <= 0.25)\n"

@@ -23,7 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from finetune import config, data, model  # noqa: E402
+from finetune import config  # noqa: E402
+from finetune.data import load as data  # noqa: E402
+from finetune.model import tokenizer as model  # noqa: E402
 
 
 def compose(overrides: list[str]):
@@ -52,7 +54,8 @@ def measure(max_length: int, micro_batch: int) -> dict:
         os.environ["FINETUNE_CACHE"] = cache
         try:
             t0 = time.perf_counter()
-            train, _, stats = data.load(cfg.data, tok)
+            prepared = data.load(cfg.data, tok)
+            train, stats = prepared.train, prepared.stats
             tokenize_s = time.perf_counter() - t0
         finally:
             os.environ.pop("FINETUNE_CACHE") if old is None else os.environ.update(FINETUNE_CACHE=old)

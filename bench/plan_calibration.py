@@ -21,8 +21,8 @@ from torch.multiprocessing.reductions import StorageWeakRef  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_leaves  # noqa: E402
 
-from finetune import planner  # noqa: E402
-from finetune.planner import GiB, Setup  # noqa: E402
+from finetune.planning import planner  # noqa: E402
+from finetune.planning.planner import GiB, Setup  # noqa: E402
 
 L7 = dict(hidden=4096, ffn=11008, layers=32, heads=32, kv_heads=32)
 L13 = dict(hidden=5120, ffn=13824, layers=40, heads=40, kv_heads=40)
@@ -86,7 +86,8 @@ def recorded_table(results: Path = ROOT / "bench" / "results") -> list[str]:
     planner's max_length is every micro-batch's length): plain HF arms and our training path's arms."""
     from hydra import compose, initialize_config_dir
 
-    from finetune import config, plan_report
+    from finetune import config
+    from finetune.planning import report as plan_report
 
     config.register()
     rows = ["| card | run | arm | measured GiB | estimate GiB | error | measured tok/s | estimate tok/s | error |",

@@ -31,7 +31,12 @@ from transformers import TrainerCallback  # noqa: E402
 
 import perf  # noqa: E402
 import plain_hf  # noqa: E402
-from finetune import config, data, model, trainers  # noqa: E402
+from finetune import config  # noqa: E402
+from finetune.data import load as data  # noqa: E402
+from finetune.data.load import Prepared  # noqa: E402
+from finetune.data.stats import Stats  # noqa: E402
+from finetune.model import base as model_base, lora, tokenizer as model  # noqa: E402
+from finetune.training import args as train_args, sft  # noqa: E402
 
 RECIPES = {("tiny", "nf4"): "tiny_qlora", ("tiny", "none"): "tiny_lora", ("7b", "nf4"): "qlora_7b",
            ("7b", "none"): "lora_7b", ("13b", "nf4"): "qlora_13b", ("13b", "none"): "lora_13b",
@@ -76,7 +81,7 @@ def materialize(a, recipe: str) -> tuple[str, object]:
     tok = model.load_tokenizer(cfg.model)
     t0 = time.perf_counter()
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model.prepare_path(cfg.model, tok)
+        model_base.prepare_path(cfg.model, tok)
     print(f"model ready at {cfg.model.path} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return cfg.model.path, cfg
 
@@ -94,7 +99,7 @@ def datasets(a, cfg, tok):
         ids = torch.randint(3, cfg.model.arch.vocab_size, (n, a.seq_len), generator=g).tolist()
         masks = [[1] * a.seq_len for _ in ids]
     else:
-        train, _, _ = data.load(cfg.data, tok)
+        train = data.load(cfg.data, tok).train
         reps = -(-n * a.seq_len // sum(len(x) for x in train["input_ids"])) + 1  # enough for packed arms too
         ids, masks = list(train["input_ids"]) * reps, list(train["assistant_masks"]) * reps
     pad = a.seq_len if a.data == "oasst" else None
@@ -113,9 +118,9 @@ def ours(a, recipe: str, overrides: list[str], model_dir: str, ds, run_dir: Path
     """This toolkit's path, as finetune/train.py runs it: load_base -> apply_lora -> trainers.build_sft."""
     cfg = compose(recipe, shared_overrides(a, model_dir, run_dir) + overrides)
     tok = model.load_tokenizer(cfg.model)
-    base = model.load_base(cfg.model, cfg.quant, trainers.gradient_checkpointing(cfg))
+    base = model_base.load_base(cfg.model, cfg.quant, train_args.gradient_checkpointing(cfg))
     torch.manual_seed(0)  # the same LoRA A matrices as the baseline's
-    trainer = trainers.build_sft(cfg, model.apply_lora(base, cfg.lora), tok, ds, None, run_dir)
+    trainer = sft.build(cfg, lora.apply_lora(base, cfg.lora), tok, Prepared(ds, None, Stats()), run_dir)
     for cb in list(trainer.callback_handler.callbacks):  # no metrics.jsonl, loss.png or samples in a benchmark
         if type(cb).__module__.startswith("finetune."):
             trainer.remove_callback(cb)

@@ -21,8 +21,9 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from finetune import config, console
-from finetune.config import ConfigError, QuantConfig, TrainConfig
+from finetune import config
+from finetune.config import ConfigError, QuantConfig
+from finetune.runtime import console
 
 
 @dataclass
@@ -51,88 +52,29 @@ config.register()
 ConfigStore.instance().store(name="chat_schema", node=ChatConfig)
 
 
-# ------------------------------------------------------------------------------------------ loading a run
-def run_problems(run: Path, merged: bool) -> list[str]:
-    if not (run / "config.yaml").is_file():
-        return [f"run={run}: no config.yaml there; give a training run directory (outputs/<run>)"]
-    if not config.finished(run):
-        return [f"run={run}: no adapter/ yet (training unfinished?); wait for the run to end, or point at another"]
-    if merged and not (run / "merged" / "config.json").is_file():
-        return [f"run={run}: no merged/ weights; run `python finetune/export.py run={run} merge=true` first, "
-                "or drop merged=true to load base + adapter"]
-    return []
-
-
-def run_config(run: Path) -> TrainConfig:
-    """The run's training config, rebuilt from its config.yaml against the current schema."""
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(run / "config.yaml"))
-    except Exception as exc:  # omegaconf's key and type errors name the key
-        raise ConfigError([f"{run / 'config.yaml'}: {exc}"]) from None
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
-
-
-def quant_config(quant: Optional[QuantConfig], train_cfg: TrainConfig, merged: bool) -> QuantConfig:
-    """`quant=` if given; else the run's own quantization for base + adapter (the model that was trained), and
-    none for merged weights (already what export chose)."""
-    return quant or (QuantConfig() if merged else train_cfg.quant)
-
-
-def load_tokenizer(run: Path, train_cfg: TrainConfig):
-    """The tokenizer the run saved beside its adapter (tokenizer.model + HF files)."""
-    from finetune import model
-
-    return model.load_tokenizer(dataclasses.replace(train_cfg.model, tokenizer=str(run / "adapter")))
-
-
-def load_base(run: Optional[Path], train_cfg: TrainConfig, tokenizer, quant: Optional[QuantConfig],
-              merged: bool = False):
-    """The run's base model (or its merged/ weights) on whatever device is present, in eval mode."""
-    import torch
-
-    from finetune import model
-
-    mcfg = dataclasses.replace(train_cfg.model)
-    if merged:
-        mcfg.path, mcfg.random_init = str(run / "merged"), False
-    else:
-        model.prepare_path(mcfg, tokenizer)  # random-init tiny bases are rebuilt from their seed if missing
-    qcfg = quant_config(quant, train_cfg, merged)
-    base = model.load_base(mcfg, qcfg)  # keeps the bitsandbytes CPU repack off
-    if qcfg.mode == "none" and torch.cuda.is_available():
-        base.to("cuda")
-    return base.eval()
-
-
-def add_adapter(base, run: Path):
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(base, str(run / "adapter")).eval()
-
-
 # ------------------------------------------------------------------------------------------ talking
 def generation(gcfg: GenerateConfig, pad_id: int):
     from transformers import GenerationConfig, set_seed
 
-    from finetune import samples
+    from finetune.model.generate import greedy
 
     if not gcfg.do_sample:
-        return samples.greedy(gcfg.max_new_tokens, pad_id)
+        return greedy(gcfg.max_new_tokens, pad_id)
     set_seed(gcfg.seed)
-    base = samples.greedy(gcfg.max_new_tokens, pad_id).to_dict()
+    base = greedy(gcfg.max_new_tokens, pad_id).to_dict()
     return GenerationConfig(**{**base, "do_sample": True, "temperature": gcfg.temperature, "top_p": gcfg.top_p,
                                "repetition_penalty": gcfg.repetition_penalty})
 
 
 def batch(model, tokenizer, prompts, gen, batch_size: int, out: Path) -> None:
     """One JSON line per prompt: messages, answer, prompt_ids (what the model saw), new_tokens, stop reason."""
-    from finetune import samples
+    from finetune.model.generate import generate
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as fh:
         for i in range(0, len(prompts), batch_size):
             chunk = prompts[i: i + batch_size]
-            for p, new in zip(chunk, samples.generate(model, [p.ids for p in chunk], gen)):
+            for p, new in zip(chunk, generate(model, [p.ids for p in chunk], gen)):
                 stop = "eos" if len(new) < gen.max_new_tokens else "length"
                 fh.write(json.dumps({"messages": p.messages, "answer": tokenizer.sp.decode(new),
                                      "prompt_ids": p.ids, "new_tokens": len(new), "stop": stop},
@@ -144,7 +86,7 @@ def batch(model, tokenizer, prompts, gen, batch_size: int, out: Path) -> None:
 def dialog_ids(sp, system: Optional[str], history: list[dict], budget: int) -> tuple[list[int], list[dict]]:
     """Prompt ids of the system prompt + history (ending with a user turn), and the history kept: the oldest
     exchanges go first while the prompt is longer than `budget` tokens."""
-    from finetune import chat_format
+    from finetune.data import chat_format
 
     while True:
         ids = chat_format.encode_prompt(sp, ([{"role": "system", "content": system}] if system else []) + history)
@@ -157,7 +99,7 @@ def interactive(model, tokenizer, gen, system: Optional[str]) -> None:
     """A multi-turn chat on stdin/stdout; the answer streams as it is generated and ends at EOS."""
     from transformers import TextStreamer
 
-    from finetune import samples
+    from finetune.model.generate import generate
 
     history: list[dict] = []
     context = model.config.max_position_embeddings
@@ -184,7 +126,7 @@ def interactive(model, tokenizer, gen, system: Optional[str]) -> None:
             history = kept
         print("assistant> ", end="", flush=True)
         streamer = TextStreamer(tokenizer.hf, skip_prompt=True, skip_special_tokens=True)
-        new = samples.generate(model, [ids], gen, streamer=streamer)[0]
+        new = generate(model, [ids], gen, streamer=streamer)[0]
         history.append({"role": "assistant", "content": tokenizer.sp.decode(new)})
 
 
@@ -192,21 +134,24 @@ def interactive(model, tokenizer, gen, system: Optional[str]) -> None:
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
     # Check the run and the prompts before any weights load
+    from finetune.runs import rundir
+
     if OmegaConf.is_missing(dict_cfg, "run"):
         raise ConfigError(["run: required; give a training run directory: run=outputs/<run>"])
     ccfg: ChatConfig = OmegaConf.to_object(dict_cfg)  # type: ignore[assignment]
     run = Path(ccfg.run).expanduser().resolve()
-    problems = run_problems(run, ccfg.merged)
+    problems = rundir.run_problems(run, ccfg.merged)
     if ccfg.prompts and not Path(ccfg.prompts).is_file():
         problems.append(f"prompts={ccfg.prompts}: no such file; give a JSONL of prompts")
     if problems:
         raise ConfigError(problems)
-    from finetune import samples
+    from finetune.data.prompts import read_prompts
+    from finetune.ship.loading import add_adapter, load_base, load_tokenizer, quant_config
 
-    train_cfg = run_config(run)
+    train_cfg = rundir.run_config(run)
     tokenizer = load_tokenizer(run, train_cfg)
     system = ccfg.system if ccfg.system is not None else train_cfg.data.system_prompt
-    prompts = samples.read_prompts(ccfg.prompts, tokenizer.sp, system) if ccfg.prompts else None
+    prompts = read_prompts(ccfg.prompts, tokenizer.sp, system) if ccfg.prompts else None
 
     # Load the model: base (+ adapter) or merged weights
     model = load_base(run, train_cfg, tokenizer, ccfg.quant, ccfg.merged)

@@ -21,7 +21,8 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from finetune import config, console
+from finetune import config
+from finetune.runtime import console
 from finetune.config import ConfigError, DataConfig, ModelConfig, QuantConfig, TrainConfig
 
 SPLITS = ("eval", "train", "all")
@@ -77,9 +78,10 @@ def split_dataset(dcfg: DataConfig, tokenizer, split: str):
     """The tokenized `split` of a data config, exactly as training tokenizes it (same cache)."""
     from datasets import concatenate_datasets
 
-    from finetune import data
+    from finetune.data import load as data
 
-    train, held_out, _ = data.load(dcfg, tokenizer)
+    prepared = data.load(dcfg, tokenizer)
+    train, held_out = prepared.train, prepared.eval
     if split == "eval" and held_out is None:
         raise ConfigError([f"split=eval: data={dcfg.name} has no held-out split (data.eval_fraction=0 and no "
                            "data.eval_path); set data.eval_fraction=0.1, or split=train or split=all"])
@@ -89,7 +91,7 @@ def split_dataset(dcfg: DataConfig, tokenizer, split: str):
 
 
 def check(ecfg: EvaluateConfig) -> list[str]:
-    from finetune import chat
+    from finetune.runs import rundir
 
     problems = []
     if ecfg.split not in SPLITS:
@@ -97,7 +99,7 @@ def check(ecfg: EvaluateConfig) -> list[str]:
     if ecfg.run and ecfg.model:
         problems.append("give run=<run dir> (its base comes from the run) or model=<name>, not both")
     elif ecfg.run:
-        problems += chat.run_problems(Path(ecfg.run).expanduser().resolve(), merged=False)
+        problems += rundir.run_problems(Path(ecfg.run).expanduser().resolve(), merged=False)
     elif not ecfg.model:
         problems.append("run: required; give run=outputs/<run>, or model=<name> data=<name> for a bare base model")
     elif not ecfg.data:
@@ -116,29 +118,32 @@ def table(results: list[Result], dcfg: DataConfig, split: str) -> str:
 @hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
-    from finetune import chat, data, model
+    from finetune.data import examples
+    from finetune.model.tokenizer import load_tokenizer
+    from finetune.runs.rundir import run_config
+    from finetune.ship import loading
 
     # Check everything that needs no weights: the run or model, the data, the split
     ecfg: EvaluateConfig = OmegaConf.to_object(dict_cfg)  # type: ignore[assignment]
     if problems := check(ecfg):
         raise ConfigError(problems)
     run = Path(ecfg.run).expanduser().resolve() if ecfg.run else None
-    train_cfg = chat.run_config(run) if run else TrainConfig(model=ecfg.model, quant=QuantConfig())
+    train_cfg = run_config(run) if run else TrainConfig(model=ecfg.model, quant=QuantConfig())
     dcfg = ecfg.data or train_cfg.data
     if not ecfg.data and train_cfg.trainer.kind == "dpo":
         raise ConfigError([f"run={run} is a DPO run: its data are preference pairs, and evaluate scores "
                            "conversations; pick an SFT data config: data=oasst"])
-    if problems := data.check(dcfg):
+    if problems := examples.check(dcfg):
         raise ConfigError(problems)
-    tokenizer = chat.load_tokenizer(run, train_cfg) if run else model.load_tokenizer(ecfg.model)
+    tokenizer = loading.load_tokenizer(run, train_cfg) if run else load_tokenizer(ecfg.model)
     dataset = split_dataset(dcfg, tokenizer, ecfg.split)
 
     # The base (as trained, 4-bit for QLoRA), then the run's adapter on it
-    base = chat.load_base(run, train_cfg, tokenizer, ecfg.quant)
-    mode = chat.quant_config(ecfg.quant, train_cfg, merged=False).mode
+    base = loading.load_base(run, train_cfg, tokenizer, ecfg.quant)
+    mode = loading.quant_config(ecfg.quant, train_cfg, merged=False).mode
     results = []
     for name in (["base"] if ecfg.base or not run else []) + (["run"] if run else []):
-        net = chat.add_adapter(base, run) if name == "run" else base
+        net = loading.add_adapter(base, run) if name == "run" else base
         loss, tokens = token_loss(net, dataset, ecfg.batch_size, tokenizer.pad_id)
         label = f"{run.name} (adapter)" if name == "run" else f"base {train_cfg.model.name} ({mode})"
         results.append(Result(label, loss, math.exp(loss), tokens, len(dataset)))

@@ -22,7 +22,8 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from finetune import config, console
+from finetune import config
+from finetune.runtime import console
 
 
 @dataclass
@@ -63,8 +64,8 @@ def check(cfg: ExportConfig, run: Path) -> list[str]:
 
 def base_dir(train_cfg, adapter_dir: Path, tokenizer) -> Path:
     """The base checkpoint folder the adapter was trained on: local, re-created (random init) or downloaded."""
-    from finetune import model
-    from finetune.merge import MergeError
+    from finetune.model import base as model
+    from finetune.ship.merge import MergeError
 
     where = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
     mcfg = train_cfg.model
@@ -87,11 +88,14 @@ def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path):
     """Write <run>/merged.partial, verify it, rename it to <run>/merged; (folder, [checked drift, reported ...])."""
     import torch
 
-    from finetune import merge, model, modelcard, verify
+    from finetune.model import base as model
+    from finetune.model.tokenizer import load_tokenizer
+    from finetune.runs import card as modelcard
+    from finetune.ship import merge, verify
 
     adapter_dir = run / "adapter"
     train_cfg.model.tokenizer = str(adapter_dir)  # the tokenizer as trained, with its licence files
-    tokenizer = model.load_tokenizer(train_cfg.model)
+    tokenizer = load_tokenizer(train_cfg.model)
     base = base_dir(train_cfg, adapter_dir, tokenizer)
     four_bit = train_cfg.quant.mode in ("nf4", "fp4")
     merge_base = cfg.merge_base if cfg.merge_base != "auto" else ("dequantized" if four_bit else "original")
@@ -104,7 +108,7 @@ def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path):
     partial, final = run / "merged.partial", run / "merged"
     shutil.rmtree(partial, ignore_errors=True)
     stats = merge.merge(base, merge.read_adapter(adapter_dir), partial, quant, out_dtype,
-                        merge.parse_size(cfg.max_shard_size))
+                        config.parse_size(cfg.max_shard_size, "max_shard_size", "", "it like 2GB, 500MB or 1.5GiB"))
     tokenizer.save(partial)
     console.info(f"merged {stats.merged} LoRA weights into {merge_base} base weights "
                  f"({stats.dequantized} quantize-dequantized), {stats.shards} shards, {stats.total_bytes / 1e9:.2f} GB")
@@ -157,10 +161,11 @@ def main(dict_cfg: DictConfig) -> None:
     run = Path(cfg.run).expanduser().resolve()
     if problems := check(cfg, run):
         raise config.ConfigError(problems)
-    from finetune import modelcard
+    from finetune.runs import card as modelcard
+    from finetune.runs.rundir import run_config
 
     # The adapter folder, with a card built from the run's config and metrics
-    train_cfg = modelcard.run_config(run)
+    train_cfg = run_config(run)
     adapter_dir = run / "adapter"
     modelcard.write(adapter_dir, run, "adapter")
     console.info(f"adapter: {adapter_dir} ({', '.join(sorted(p.name for p in adapter_dir.iterdir()))})")

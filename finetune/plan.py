@@ -18,7 +18,8 @@ if __package__ in (None, ""):  # run as a script: import the package, never sibl
 import hydra
 from omegaconf import DictConfig
 
-from finetune import config, console
+from finetune import config
+from finetune.runtime import console
 
 config.register()
 
@@ -40,12 +41,13 @@ def expand(args: list[str]) -> list[str]:
 def main(dict_cfg: DictConfig) -> None:
     import torch
 
-    from finetune import plan_report
+    from finetune.planning import report as plan_report
+    from finetune.runtime.dist import launched_sharding
 
     cfg = plan_report.load(dict_cfg)  # what the arithmetic needs; no model, data or bitsandbytes required
     p, cuda = cfg.plan, torch.cuda.is_available()
     gpus = p.gpus or (torch.cuda.device_count() if cuda else 1)
-    sharding = p.sharding or plan_report.sharding_from_launcher()
+    sharding = p.sharding or launched_sharding() or "ddp"
     fits, text = plan_report.report(cfg, plan_report.setup(cfg, gpus, sharding), plan_report.card(p, cuda),
                                     p.utilization)
     print(text)

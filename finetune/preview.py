@@ -19,8 +19,9 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from finetune import config, console
+from finetune import config
 from finetune.config import ConfigError, TrainConfig
+from finetune.runtime import console
 
 config.register()
 
@@ -39,19 +40,21 @@ ConfigStore.instance().store(name="preview_schema", node=PreviewConfig)
 @hydra.main(version_base="1.3", config_path="../configs", config_name="preview")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
-    from finetune import data, model, preflight
+    from finetune.data import load as data, preflight
+    from finetune.model.tokenizer import load_tokenizer
+    from finetune.training import checks
 
-    cfg = config.load(dict_cfg)
+    cfg = checks.before_weights(dict_cfg)
     if cfg.format not in ("text", "json") or cfg.n < 0:
         raise ConfigError([f"format={cfg.format} n={cfg.n}: use format=text or format=json, and n >= 0"])
-    tokenizer = model.load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
     dcfg, pairs = cfg.data, cfg.trainer.kind == "dpo"
     if pairs:  # each pair as the two sequences DPO scores: prompt + chosen, prompt + rejected (answer trained)
         dcfg = replace(cfg.data, train_on="last")
         train_ds, stats, sample = pair_rows(dcfg, tokenizer.sp)
     else:
-        train_ds, _, stats = data.load(dcfg, tokenizer)
-        sample = data.examples(dcfg)[:preflight.SAMPLE]
+        prepared = data.load(dcfg, tokenizer)
+        train_ds, stats, sample = prepared.train, prepared.stats, prepared.sample
     verdict = preflight.run(tokenizer, train_ds, stats, sample, dcfg)
     rows = train_ds.select(range(min(cfg.n * (2 if pairs else 1), len(train_ds)))).to_list()
     if cfg.format == "json":
@@ -76,12 +79,14 @@ def pair_rows(dcfg, sp):
     """(Dataset of prompt + chosen, prompt + rejected rows, stats, the conversations) for pairs that fit."""
     from datasets import Dataset
 
-    from finetune import data, preflight
+    from finetune.data import examples, sft
+    from finetune.data.load import PREFLIGHT_SAMPLE
+    from finetune.data.stats import Stats
 
-    stats, cols, convs = data.Stats(), {"input_ids": [], "assistant_masks": []}, []
-    for ex in data.examples(dcfg, stats):
+    stats, cols, convs = Stats(), {"input_ids": [], "assistant_masks": []}, []
+    for ex in examples.examples(dcfg, stats):
         sides = [{"messages": ex["prompt"] + [{"role": "assistant", "content": ex[s]}]} for s in ("chosen", "rejected")]
-        encoded = [data.encode(side, sp, dcfg, stats) for side in sides]
+        encoded = [sft.encode(side, sp, dcfg, stats) for side in sides]
         if all(encoded):  # a pair shows only when both sequences fit
             for (ids, mask), in encoded:
                 cols["input_ids"].append(ids)
@@ -89,7 +94,7 @@ def pair_rows(dcfg, sp):
                 stats.lengths.append(len(ids))
             convs += sides
     stats.examples = len(cols["input_ids"])
-    return Dataset.from_dict(cols), stats, convs[:preflight.SAMPLE]
+    return Dataset.from_dict(cols), stats, convs[:PREFLIGHT_SAMPLE]
 
 
 def to_json(index: int, ids: list[int], mask: list[int]) -> str:
@@ -101,7 +106,7 @@ def to_json(index: int, ids: list[int], mask: list[int]) -> str:
 
 def render(sp, ids: list[int], mask: list[int], color: bool = False) -> str:
     """The tokens as text, BOS/EOS shown as <s> and </s>, trained spans highlighted."""
-    from finetune.chat_format import BOS_ID, EOS_ID
+    from finetune.data.chat_format import BOS_ID, EOS_ID
 
     def mark(text: str, trained: int) -> str:
         if not trained or not text:

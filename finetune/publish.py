@@ -16,7 +16,8 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from finetune import config, console
+from finetune import config
+from finetune.runtime import console
 
 
 @dataclass
@@ -37,7 +38,7 @@ ConfigStore.instance().store(name="publish_schema", node=PublishConfig)
 @hydra.main(version_base="1.3", config_path="../configs", config_name="publish")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
-    from finetune import hub
+    from finetune.ship import hub
 
     cfg: PublishConfig = OmegaConf.to_object(dict_cfg)  # type: ignore[assignment]
     if cfg.what not in ("adapter", "merged"):

@@ -30,9 +30,14 @@ if __package__ in (None, ""):  # run as a script: import the package, never sibl
 
 from omegaconf import OmegaConf
 
-from finetune import config, console, sweep_report, sweep_space
+from finetune import config
 from finetune.config import ConfigError
-from finetune.sweep_space import Sweep
+from finetune.runs import metrics
+from finetune.runs.rundir import finished
+from finetune.runtime import console
+from finetune.sweeps import report as sweep_report
+from finetune.sweeps import space as sweep_space
+from finetune.sweeps.space import Sweep
 
 USAGE = "usage: python finetune/sweep.py SWEEP_FILE [trials=N] [sweep_dir=PATH] [sampler_seed=N] [key=value ...]"
 
@@ -184,15 +189,14 @@ def run_trial(sweep: Sweep, n: int, total: int, params: dict[str, Any], out: Pat
 
 
 def done(trial_dir: Path, key: str) -> bool:
-    return config.finished(trial_dir) and read_metric(trial_dir / "metrics.jsonl", key) is not None
+    return finished(trial_dir) and read_metric(trial_dir / "metrics.jsonl", key) is not None
 
 
 def read_metric(path: Path, key: str) -> Optional[float]:
     """The last logged value of `key` (what wandb's run summary, and so its sweep controller, would use)."""
     if not path.is_file():
         return None
-    values = [row[key] for line in path.read_text().splitlines() if line.strip()
-              for row in [json.loads(line)] if isinstance(row.get(key), (int, float))]
+    values = [row[key] for row in metrics.read(path) if isinstance(row.get(key), (int, float))]
     return float(values[-1]) if values and math.isfinite(values[-1]) else None
 
 

@@ -14,7 +14,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from finetune import config, console
+from finetune import config
+from finetune.runtime import console
 
 config.register()
 
@@ -22,42 +23,61 @@ config.register()
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
-    from finetune import checkpoints, data, dpo, model, preflight, tracking, trainers  # heavy imports after `--cfg job` has returned
-    from finetune import plan_report
+    # heavy imports after `--cfg job` has returned
     from transformers import set_seed
 
-    # Check everything that needs no weights: config, tokenizer, data
-    cfg = config.load(dict_cfg)
-    console.info(plan_report.check_before_training(cfg))  # memory plan for these GPUs; stops here if it cannot fit
-    tokenizer = model.load_tokenizer(cfg.model)
-    train_ds, eval_ds, stats = (dpo.load if cfg.trainer.kind == "dpo" else data.load)(cfg.data, tokenizer)
-    if cfg.trainer.kind == "sft":  # pad != EOS, EOS trained, one BOS per turn, no empty mask, prompt = prefix
-        console.info(preflight.require(tokenizer, train_ds, stats, cfg.data).report())
+    from finetune.data import load as data, preflight
+    from finetune.model import base, lora, tokenizer as tok
+    from finetune.planning import report as plan
+    from finetune.runs import checkpoints, rundir
+    from finetune.training import args, checks, kinds, tracking
+
+    # Check everything that needs no weights, before anything is written: config, model, data, memory plan
+    cfg = checks.before_weights(dict_cfg)
+    console.info(plan.check_before_training(cfg))  # memory plan for these GPUs; stops here if it cannot fit
+    tokenizer = tok.load_tokenizer(cfg.model)
+    prepared = data.load(cfg.data, tokenizer, cfg.trainer.kind)  # read once: tokens, preflight sample, prompts
+    console.info(preflight.require(tokenizer, prepared, cfg.data).report())  # pad != EOS, EOS trained, ...
 
     # One run directory for every rank; resume from its latest complete checkpoint
     recipe = HydraConfig.get().runtime.choices.get("recipe", "run")
-    run_dir, resume = checkpoints.start(cfg.output_dir, f"{recipe}-{cfg.data.name}", cfg.resume, cfg.overwrite)
-    checkpoints.prepare(run_dir, dict_cfg, resume)
+    run_dir, resume = rundir.start(cfg.output_dir, f"{recipe}-{cfg.data.name}", cfg.resume, cfg.overwrite)
+    rundir.prepare(run_dir, dict_cfg, resume)
     tracking.start(cfg.tracking, run_dir, dict_cfg, resumed=resume is not None)  # wandb/tensorboard (rank 0)
 
     # Load the base model (quantized for QLoRA) and add LoRA
-    model.prepare_path(cfg.model, tokenizer)
-    base = model.load_base(cfg.model, cfg.quant, trainers.gradient_checkpointing(cfg))
+    base.prepare_path(cfg.model, tokenizer)
+    model = base.load_base(cfg.model, cfg.quant, args.gradient_checkpointing(cfg))
     set_seed(cfg.seed)  # LoRA's random init: the same start in every run, for any number of processes
-    peft_model = model.apply_lora(base, cfg.lora, cfg.init_adapter)
+    peft_model = lora.apply_lora(model, cfg.lora, cfg.init_adapter)
 
-    # Train with TRL
-    trainer = trainers.build(cfg, peft_model, tokenizer, train_ds, eval_ds, run_dir)
+    # Train with TRL (the trainer kind's builder: SFT or DPO)
+    trainer = kinds.build(cfg, peft_model, tokenizer, prepared, run_dir)
     checkpoints.attach(trainer, run_dir, cfg.trainer.save_total_limit)  # checkpoints complete or absent; exact resume
-    console.report_start(trainer, cfg, stats, run_dir, resume)
+    console.info(start_report(trainer, cfg, prepared.stats, run_dir, resume))
     trainer.train(resume_from_checkpoint=resume)
 
-    # Save the adapter (+ tokenizer) beside the checkpoints
+    # Save the adapter (+ tokenizer, model card) beside the checkpoints
     adapter_dir = checkpoints.save(trainer, tokenizer, run_dir)
     tracking.finish(cfg.tracking)
     curve = run_dir / "loss.png"
     console.info(f"adapter: {adapter_dir}\nmetrics: {run_dir / 'metrics.jsonl'}"
                  + (f"\nloss curve: {curve}" if curve.is_file() else ""))
+
+
+def start_report(trainer, cfg, stats, run_dir, resume) -> str:
+    """Effective batch, data counts and where the run goes, once."""
+    a = trainer.args
+    world = a.world_size
+    effective = a.per_device_train_batch_size * a.gradient_accumulation_steps * world
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    return (f"run: {run_dir}\n"
+            f"model: {cfg.model.name} ({cfg.model.path}), quant={cfg.quant.mode}, LoRA r={cfg.lora.r}, "
+            f"{trainable:,} trainable parameters\n"
+            f"data: {cfg.data.name}: {stats.summary()}\n"
+            f"effective batch: {effective} = {a.per_device_train_batch_size} micro x "
+            f"{a.gradient_accumulation_steps} accumulation x {world} processes"
+            + (f"\nresuming from {resume}" if resume else ""))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ import json
 import pytest
 import torch
 
-from finetune import metrics
 from tests.conftest import FAST, run_entry
+from finetune import chat
+from finetune.data import prompts
+from finetune.runs import metrics
+from finetune.training import samples
 
 pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():

@@ -11,8 +11,13 @@ if not torch.cuda.is_available():
     pytest.skip("Liger's kernels need CUDA", allow_module_level=True)
 pytest.importorskip("liger_kernel", reason="pip install liger-kernel")
 
-from finetune import config, model, trainers  # noqa: E402
 from tests.conftest import compose  # noqa: E402
+from finetune import config
+from finetune.model import base
+from finetune.model import tokenizer as tokenizer_mod
+from finetune.data.load import Prepared  # noqa: E402
+from finetune.data.stats import Stats  # noqa: E402
+from finetune.training import sft as sft_trainer
 
 
 def lora_llama():
@@ -21,7 +26,7 @@ def lora_llama():
     from transformers import AutoModelForCausalLM
 
     cfg = config.load(compose("recipe=tiny_lora", "model.arch.hidden_size=256", "model.arch.intermediate_size=688"))
-    hf_cfg = model.llama_config(cfg.model)
+    hf_cfg = base.llama_config(cfg.model)
     hf_cfg.use_cache = False
     torch.manual_seed(0)
     m = AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32).cuda()
@@ -59,5 +64,5 @@ def test_liger_knob_reaches_the_trainer(tmp_path):
     cfg, m = lora_llama()
     cfg.trainer.liger, cfg.trainer.max_steps = True, 1
     ds = Dataset.from_dict({"input_ids": [[1, 5, 6, 7, 2]] * 2, "assistant_masks": [[1] * 5] * 2})
-    trainer = trainers.build_sft(cfg, m, model.load_tokenizer(cfg.model), ds, None, tmp_path)
+    trainer = sft_trainer.build(cfg, m, tokenizer_mod.load_tokenizer(cfg.model), Prepared(ds, None, Stats()), tmp_path)
     assert trainer.args.use_liger_kernel

@@ -10,8 +10,13 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
     pytest.skip("measures CUDA memory", allow_module_level=True)
 
-from finetune import config, model, plan_report, planner  # noqa: E402
 from tests.conftest import compose  # noqa: E402
+from finetune import config
+from finetune.model import base
+from finetune.model import lora
+from finetune.model import tokenizer as tokenizer_mod
+from finetune.planning import planner
+from finetune.planning import report as plan_report
 
 ARCH = ["model.arch.hidden_size=1024", "model.arch.intermediate_size=2816", "model.arch.num_layers=8",
         "model.arch.num_heads=8", "model.arch.num_kv_heads=8", "model.dtype=bfloat16"]
@@ -28,12 +33,12 @@ def test_estimate_within_15_percent_of_the_measured_peak(tmp_path, quant, upcast
                               f"quant.upcast_fp32={str(upcast).lower()}", f"model.path={tmp_path}/base",
                               "data.max_length=2048", "trainer.micro_batch_size=2", "trainer.optim=adamw_torch",
                               f"trainer.gradient_checkpointing={str(checkpointing).lower()}"))
-    tokenizer = model.load_tokenizer(cfg.model)
-    model.prepare_path(cfg.model, tokenizer)
-    base = model.load_base(cfg.model, cfg.quant, checkpointing)  # 4-bit: placed on the GPU by bitsandbytes
+    tokenizer = tokenizer_mod.load_tokenizer(cfg.model)
+    base.prepare_path(cfg.model, tokenizer)
+    base = base.load_base(cfg.model, cfg.quant, checkpointing)  # 4-bit: placed on the GPU by bitsandbytes
     base = base.cuda() if quant == "none" else base
     add_fused_lm_head(base)
-    peft_model = model.apply_lora(base, cfg.lora)
+    peft_model = lora.apply_lora(base, cfg.lora)
     peft_model.train()
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(3, 32000, (2, 2048), device="cuda")

@@ -6,13 +6,19 @@ import json
 
 import pytest
 
-from finetune import chat, chat_format, data
 from tests.conftest import run_entry
+from finetune import chat
+from finetune import config
+from finetune.data import chat_format
+from finetune.data import examples
+from finetune.data import prompts
+from finetune.runs import rundir
+from finetune.ship import loading
 
 
 def conversations(run_dir, n: int) -> list[list[dict]]:
     """Multi-turn conversations from the run's own training data."""
-    train, _ = data.splits(chat.run_config(run_dir).data)
+    train, _ = examples.splits(rundir.run_config(run_dir).data)
     multi = [ex["messages"] for ex in train if len(ex["messages"]) >= 4]
     assert len(multi) >= n
     return multi[:n]
@@ -34,7 +40,7 @@ def test_batch_writes_one_answer_per_prompt_with_the_training_prefix_ids(tiny_sf
     assert len(answers) == 3
     assert [a["messages"] for a in answers] == [line.get("messages") or [{"role": "user", "content": line["prompt"]}]
                                                 for line in lines]
-    sp = chat.load_tokenizer(tiny_sft_run, chat.run_config(tiny_sft_run)).sp
+    sp = loading.load_tokenizer(tiny_sft_run, rundir.run_config(tiny_sft_run)).sp
     for conv, answer in zip(convs, answers):
         ids, mask = chat_format.encode_dialog(sp, conv)  # what training fed the model for this conversation
         n = len(answer["prompt_ids"])
@@ -54,7 +60,7 @@ def test_interactive_streams_answers_and_ends_at_eof(tiny_sft_run):
 
 
 def test_history_and_system_prompt_make_the_next_prompt_and_old_turns_drop_to_fit(tiny_sft_run):
-    sp = chat.load_tokenizer(tiny_sft_run, chat.run_config(tiny_sft_run)).sp
+    sp = loading.load_tokenizer(tiny_sft_run, rundir.run_config(tiny_sft_run)).sp
     history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
                {"role": "user", "content": "How are you?"}]
     ids, kept = chat.dialog_ids(sp, "Be brief.", history, budget=4096)

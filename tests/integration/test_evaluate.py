@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from finetune import metrics
 from tests.conftest import FAST, run_entry
+from finetune.runs import metrics
 
 
 @pytest.mark.slow

@@ -9,6 +9,9 @@ import torch
 from huggingface_hub import ModelCard
 
 from tests.conftest import run_entry
+from finetune import config
+from finetune.runs import checkpoints
+from finetune.runs import rundir
 
 pytestmark = pytest.mark.slow
 LICENCE = ("LICENSE-LLAMA2", "NOTICE", "USE_POLICY.md")
@@ -56,10 +59,10 @@ def test_qlora_merge_reproduces_the_adapter_model(tiny_sft_run, tmp_path):
 
 def export_in_process(run, **kw):
     """The export pipeline without a new interpreter (transformers is already imported here)."""
-    from finetune import export, modelcard
+    from finetune import export
 
     cfg = export.ExportConfig(run=str(run), merge=True, verify=export.VerifyConfig(**kw.pop("verify", {})), **kw)
-    return export.merge_and_verify(cfg, modelcard.run_config(run), run)
+    return export.merge_and_verify(cfg, rundir.run_config(run), run)
 
 
 def test_original_base_reports_drift_from_the_trained_model(tiny_sft_run, tmp_path):
@@ -92,7 +95,7 @@ def test_lora_merge_in_bfloat16_loads_like_the_adapter(tiny_lora_run, tmp_path):
 
 
 def test_failed_verification_leaves_no_merged_folder(tiny_lora_run, tmp_path):
-    from finetune.merge import MergeError
+    from finetune.ship.merge import MergeError
 
     run = copy_run(tiny_lora_run, tmp_path)
     with pytest.raises(MergeError, match=r"merged model failed verification on 1 prompts from the run's data .*"

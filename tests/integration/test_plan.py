@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import time
 
-from finetune import config, plan_report
 from tests.conftest import FAST, compose, run_entry
+from finetune import config
+from finetune.planning import report as plan_report
 
 
 def test_plan_for_two_24gb_gpus_says_it_does_not_fit_and_what_would():

@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from finetune import data
 from tests.conftest import FAST, run_entry
 from tests.unit.test_adapters import data_cfg
 from tests.unit.test_chat_format import SP
+from finetune.data import examples
+from finetune.runs import metrics
 
 LORA = ["recipe=tiny_lora"]  # 16-bit: preview and the failing runs never load weights, so skip bitsandbytes
 
@@ -32,7 +33,7 @@ def test_preview_json_gives_meta_exact_ids_and_labels():
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert len(rows) == 6
     reference = {}
-    for ex in data.examples(data_cfg("oasst")):
+    for ex in examples.examples(data_cfg("oasst")):
         ids, labels = meta_ids_and_labels(ex["messages"])
         reference[tuple(ids)] = labels
     for row in rows:
@@ -63,7 +64,7 @@ def test_train_stops_on_a_failed_preflight_before_loading_weights(tmp_path):
 def test_a_never_seen_schema_trains_through_field_mapping_alone(tmp_path):
     src = tmp_path / "faq.jsonl"
     with src.open("w") as f:  # the Self-Instruct tasks rewritten into a schema of our own invention
-        for ex in data.examples(data_cfg("self_instruct"))[:40]:
+        for ex in examples.examples(data_cfg("self_instruct"))[:40]:
             user, answer = ex["messages"][0]["content"], ex["messages"][1]["content"]
             f.write(json.dumps({"ticket": {"question": user}, "resolution": [{"text": answer}]}) + "\n")
     run = tmp_path / "run"

@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import ROOT, run_entry
 from tests.hub_double import HubDouble
+from finetune import export
 
 pytestmark = pytest.mark.slow
 TOKEN = "hf_" + "T3stT0ken" * 4  # what the double accepts; a real token has the same shape

@@ -16,8 +16,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finetune import checkpoints
 from tests.conftest import FAST, ROOT, compose, run_entry
+from finetune.runs import checkpoints
+from finetune.runs import metrics
+from finetune.runs import rundir
+from finetune.training import checks
 
 TRAIN = [sys.executable, str(ROOT / "finetune" / "train.py"), "recipe=tiny_qlora", *FAST]
 
@@ -79,7 +82,7 @@ def test_kill9_at_random_points_then_resume_matches_uninterrupted_run(tiny_sft_r
     proc = launch(out)  # kill 2: at a random moment of the restart (imports, loading, resuming)
     time.sleep(rng.uniform(0.5, 3.0))  # imports alone take longer: it dies before it can save
     kill9(proc)
-    assert proc.returncode == -signal.SIGKILL and checkpoints.latest(out) == str(ckpt2)
+    assert proc.returncode == -signal.SIGKILL and rundir.latest(out) == str(ckpt2)
 
     t0 = time.time()
     proc = launch(out)
@@ -94,7 +97,7 @@ def test_kill9_at_random_points_then_resume_matches_uninterrupted_run(tiny_sft_r
     partial = checkpoints.staging_dir(out) / "checkpoint-4"
     if (partial / "adapter_model.safetensors").is_file():  # make sure it can't be loaded by accident either
         (partial / "adapter_model.safetensors").write_bytes(b"\0" * 7)
-    assert checkpoints.latest(out) == str(ckpt2)
+    assert rundir.latest(out) == str(ckpt2)
 
     done = run_entry("train.py", "recipe=tiny_qlora", f"output_dir={out}", *FAST)
     assert f"resuming from {ckpt2}" in done.stdout, done.stdout[-3000:]
@@ -120,17 +123,17 @@ def test_promote_keeps_last_k_and_staging_is_never_resumed(tmp_path):
         checkpoints.promote(fake_checkpoint(checkpoints.staging_dir(run) / f"checkpoint-{step}"), run, keep=2)
     fake_checkpoint(checkpoints.staging_dir(run) / "checkpoint-8")  # a save killed half way
     assert [p.name for p in checkpoints.complete(run)] == ["checkpoint-4", "checkpoint-6"]
-    assert checkpoints.latest(run) == str(run / "checkpoints" / "checkpoint-6")
+    assert rundir.latest(run) == str(run / "checkpoints" / "checkpoint-6")
     assert not list(checkpoints.staging_dir(run).glob("deleting-*"))
 
 
 def test_resume_false_starts_over_in_a_new_directory_and_overwrite_in_the_same(tmp_path):
     run = tmp_path / "run"
     checkpoints.promote(fake_checkpoint(checkpoints.staging_dir(run) / "checkpoint-3"), run, keep=2)
-    assert checkpoints.start(str(run), "x", resume=True, overwrite=False) == (run, str(run / "checkpoints" / "checkpoint-3"))
-    new, ckpt = checkpoints.start(str(run), "x", resume=False, overwrite=False)
+    assert rundir.start(str(run), "x", resume=True, overwrite=False) == (run, str(run / "checkpoints" / "checkpoint-3"))
+    new, ckpt = rundir.start(str(run), "x", resume=False, overwrite=False)
     assert ckpt is None and new.parent == run.parent and new.name.startswith("run-") and not new.exists()
-    assert checkpoints.start(str(run), "x", resume=False, overwrite=True) == (run, None)
+    assert rundir.start(str(run), "x", resume=False, overwrite=True) == (run, None)
 
 
 def test_finished_run_error_names_the_three_ways_out(tmp_path):
@@ -138,7 +141,7 @@ def test_finished_run_error_names_the_three_ways_out(tmp_path):
 
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
-    problems = config.check(compose(f"output_dir={tmp_path}"))
+    problems = checks.problems(compose(f"output_dir={tmp_path}"))
     assert any("already holds a finished run" in p and "resume=false" in p and "overwrite=true" in p
                for p in problems), problems
-    assert not any("finished run" in p for p in config.check(compose(f"output_dir={tmp_path}", "resume=false")))
+    assert not any("finished run" in p for p in checks.problems(compose(f"output_dir={tmp_path}", "resume=false")))

@@ -7,8 +7,14 @@ import math
 
 import pytest
 
-from finetune import chat, chat_format, data, metrics, samples
 from tests.conftest import run_entry
+from finetune.data import chat_format
+from finetune.data import examples
+from finetune.data import prompts
+from finetune.runs import metrics
+from finetune.runs import rundir
+from finetune.ship import loading
+from finetune.training import samples
 
 
 def read_jsonl(path) -> list[dict]:
@@ -26,9 +32,9 @@ def test_sft_run_logs_eval_loss_and_perplexity_at_every_eval_and_draws_them(tiny
 def test_samples_are_the_same_held_out_prompts_before_training_at_every_eval_and_at_the_end(tiny_sft_run):
     rows = read_jsonl(tiny_sft_run / "samples.jsonl")
     assert sorted({r["step"] for r in rows}) == [0, 2, 4]
-    train_cfg = chat.run_config(tiny_sft_run)
-    sp = chat.load_tokenizer(tiny_sft_run, train_cfg).sp
-    train, held_out = data.splits(train_cfg.data)  # the run's conversations; the last answer is the reference
+    train_cfg = rundir.run_config(tiny_sft_run)
+    sp = loading.load_tokenizer(tiny_sft_run, train_cfg).sp
+    train, held_out = examples.splits(train_cfg.data)  # the run's conversations; the last answer is the reference
     pool = [(ex["messages"][:-1], ex["messages"][-1]["content"]) for ex in held_out + train]
     fits = [p for p in pool if len(chat_format.encode_prompt(sp, p[0])) <= train_cfg.data.max_length]
     for step in (0, 2, 4):
@@ -42,10 +48,10 @@ def test_samples_go_to_a_wandb_table_when_the_trainer_reports_to_wandb(tiny_sft_
     import wandb
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    train_cfg = chat.run_config(tiny_sft_run)
-    tokenizer = chat.load_tokenizer(tiny_sft_run, train_cfg)
-    model = chat.add_adapter(chat.load_base(tiny_sft_run, train_cfg, tokenizer, None), tiny_sft_run)
-    prompts = samples.read_prompts(str(write_prompts(tmp_path)), tokenizer.sp)
+    train_cfg = rundir.run_config(tiny_sft_run)
+    tokenizer = loading.load_tokenizer(tiny_sft_run, train_cfg)
+    model = loading.add_adapter(loading.load_base(tiny_sft_run, train_cfg, tokenizer, None), tiny_sft_run)
+    prompts = prompts.read_prompts(str(write_prompts(tmp_path)), tokenizer.sp)
     callback = samples.SamplesCallback(tmp_path, tokenizer, prompts, every=2, max_new_tokens=4)
     args = TrainingArguments(output_dir=str(tmp_path / "ckpt"), report_to=["wandb"], use_cpu=True)
     run = wandb.init(dir=str(tmp_path), project="samples-test", settings=wandb.Settings(mode="offline"))
@@ -67,7 +73,7 @@ def test_no_samples_under_fsdp_where_generate_cannot_run_mid_training(tmp_path, 
     from finetune.config import TrainConfig
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets with an FSDP config
-    assert samples.callbacks(TrainConfig(), tokenizer=None, run_dir=tmp_path) == []
+    assert samples.callbacks(TrainConfig(), tokenizer=None, head=[], run_dir=tmp_path) == []
     assert "samples: off under FSDP" in capsys.readouterr().out
 
 

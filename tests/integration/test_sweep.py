@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finetune import metrics
 from tests.conftest import ROOT, run_entry
+from finetune import config
+from finetune.model import lora
+from finetune.runs import metrics
 
 # A trial in a few seconds: 2 optimizer steps, evaluated (and checkpointed) at step 2, no sample generations.
 TRIAL_FAST = ["data.max_samples=12", "data.max_length=256", "data.too_long=truncate", "data.eval_fraction=0.25",

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from finetune import metrics
 from tests.conftest import FAST, run_entry
+from finetune.model import lora
+from finetune.runs import metrics
+from finetune.training import tracking
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finetune import config, data, model
 from tests.conftest import compose, run_entry
+from finetune import config
+from finetune.data import load as data_load
+from finetune.model import base
+from finetune.model import tokenizer as tokenizer_mod
+from finetune.runs import metrics
 
 # Two examples, seen again and again: the loss must fall. Eval on two held-out examples at steps 4 and 8.
 REPEATED = ["data.max_samples=4", "data.eval_fraction=0.5", "data.max_length=192", "data.too_long=truncate",
@@ -25,14 +29,14 @@ def stock_eval_loss(run_dir, recipe):
     from peft import AutoPeftModelForCausalLM
 
     cfg = config.load(compose(f"recipe={recipe}", f"output_dir={run_dir}", "overwrite=true", *REPEATED))
-    tok = model.load_tokenizer(cfg.model)
-    _, eval_ds, _ = data.load(cfg.data, tok)
+    tok = tokenizer_mod.load_tokenizer(cfg.model)
+    eval_ds = data_load.load(cfg.data, tok).eval
     kwargs = {"dtype": torch.float32}
     if cfg.quant.mode != "none":
-        kwargs.update(quantization_config=model.bnb_config(cfg.quant, torch.float32), device_map="cpu")
+        kwargs.update(quantization_config=base.bnb_config(cfg.quant, torch.float32), device_map="cpu")
     peft_model = AutoPeftModelForCausalLM.from_pretrained(run_dir / "adapter", **kwargs)
     if cfg.quant.mode != "none":
-        model.disable_cpu_weight_repacking(peft_model)
+        base.disable_cpu_weight_repacking(peft_model)
     peft_model.eval()
     ids = [torch.tensor(x) for x in eval_ds["input_ids"]]
     masks = [torch.tensor(m) for m in eval_ds["assistant_masks"]]

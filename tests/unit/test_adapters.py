@@ -4,10 +4,13 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from finetune import adapters, data
-from finetune.adapters import Invalid, MissingField
-from finetune.config import DataConfig
 from tests.conftest import ROOT
+from finetune.data import adapters
+from finetune.data import examples
+from finetune.data.stats import DataError
+from finetune.data.stats import Stats
+from finetune.config import DataConfig
+from finetune.data.adapters import Invalid, MissingField
 
 
 def data_cfg(name: str, **overrides) -> DataConfig:
@@ -25,20 +28,20 @@ def data_cfg(name: str, **overrides) -> DataConfig:
     ("self_instruct", 175, 175, "messages"),
 ])
 def test_bundled_files_give_exact_counts(name, n, records, kind):
-    stats = data.Stats()
-    exs = data.examples(data_cfg(name), stats)
+    stats = Stats()
+    exs = examples.examples(data_cfg(name), stats)
     assert (len(exs), stats.records, stats.skipped) == (n, records, {})
     assert all(kind in ex for ex in exs)
 
 
 def test_hh_rlhf_2312_records_give_2307_pairs_and_5_counted_skips():
-    stats = data.Stats()
-    exs = data.examples(data_cfg("hh_rlhf"), stats)
+    stats = Stats()
+    exs = examples.examples(data_cfg("hh_rlhf"), stats)
     assert stats.records == 2312 and len(exs) == 2307
     assert list(stats.skipped.values()) == [5] and "continue different conversations" in next(iter(stats.skipped))
     assert all(ex["prompt"][-1]["role"] == "user" and isinstance(ex["chosen"], str) for ex in exs)
-    with pytest.raises(data.DataError, match=r"test\.jsonl\.gz:\d+: chosen and rejected continue different"):
-        data.examples(data_cfg("hh_rlhf", invalid="error"))
+    with pytest.raises(DataError, match=r"test\.jsonl\.gz:\d+: chosen and rejected continue different"):
+        examples.examples(data_cfg("hh_rlhf", invalid="error"))
 
 
 def test_oasst_follows_the_best_ranked_reply_and_pairs_rank_0_against_the_rest():
@@ -56,7 +59,7 @@ def test_oasst_follows_the_best_ranked_reply_and_pairs_rank_0_against_the_rest()
 
 
 def test_oasst_conversations_are_multi_turn_and_end_with_an_answer():
-    exs = data.examples(data_cfg("oasst"))
+    exs = examples.examples(data_cfg("oasst"))
     lengths = [len(ex["messages"]) for ex in exs]
     assert sorted(set(lengths)) == [2, 4] and lengths.count(4) == 42  # 42 two-turn conversations
     assert all(ex["messages"][-1]["role"] == "assistant" for ex in exs)

@@ -5,11 +5,11 @@ import sys
 
 import pytest
 
-from finetune import config
 from tests.conftest import ROOT, compose
 
 sys.path.insert(0, str(ROOT / "bench"))
 import perf  # noqa: E402
+from finetune import config
 
 
 @pytest.mark.parametrize("recipe, seq, gflops", [("qlora_7b", 2048, 28.28), ("qlora_7b", 4096, 29.89),

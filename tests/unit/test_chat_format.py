@@ -7,9 +7,11 @@ import jinja2
 import pytest
 import sentencepiece as spm
 
-from finetune import chat_format
-from finetune.chat_format import DialogError, encode_dialog, encode_prompt
 from tests.conftest import ROOT
+from finetune.data import adapters
+from finetune.data import chat_format
+from finetune.data import sources
+from finetune.data.chat_format import DialogError, encode_dialog, encode_prompt
 
 SP = spm.SentencePieceProcessor(model_file=str(ROOT / "data/llama2-tokenizer/tokenizer.model"))
 SYSTEM = "You are a terse assistant.  Answer in one line."
@@ -75,7 +77,7 @@ def test_train_on_last_masks_earlier_answers():
 
 
 def test_every_bundled_oasst_conversation_is_meta_exact():
-    from finetune import adapters, sources
+    from finetune.data import adapters, sources
 
     convs = [ex["messages"] for rec, _ in sources.read_records(str(ROOT / "data/sft/oasst-en100/en_100_tree.jsonl"))
              for ex in adapters.oasst(rec, {})]

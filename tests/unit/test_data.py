@@ -8,10 +8,13 @@ import pytest
 import sentencepiece as spm
 from omegaconf import OmegaConf
 
-from finetune import data
-from finetune.config import DataConfig
-from finetune.data import DataError, Stats
 from tests.conftest import ROOT
+from finetune.data import examples
+from finetune.data import sft
+from finetune.data.stats import DataError
+from finetune.training import checks
+from finetune.data.stats import DataError, Stats
+from finetune.config import DataConfig
 
 SP = spm.SentencePieceProcessor(model_file=str(ROOT / "data/llama2-tokenizer/tokenizer.model"))
 ROWS = [{"instruction": f"Task {i}", "input": "" if i % 2 else f"x={i}", "output": f"Answer {i}"} for i in range(6)]
@@ -40,16 +43,16 @@ def test_every_local_format_gives_the_same_examples(tmp_path):
     pd.DataFrame(ROWS).to_csv(paths[4], index=False, na_rep="")
     write_jsonl(tmp_path / "folder" / "part-0.jsonl", ROWS[:3])
     write_jsonl(tmp_path / "folder" / "part-1.jsonl", ROWS[3:])
-    results = [data.examples(cfg(p, seed=3)) for p in paths]
+    results = [examples.examples(cfg(p, seed=3)) for p in paths]
     assert len(results[0]) == 6
     for p, r in zip(paths[1:], results[1:]):
         assert r == results[0], p.name
 
 
 def test_a_hub_id_goes_through_load_dataset_and_fails_clearly_offline():  # conftest: HF_DATASETS_OFFLINE=1
-    assert data.check(cfg("tatsu-lab/alpaca")) == []  # a hub id is not a missing local file
+    assert examples.check(cfg("tatsu-lab/alpaca")) == []  # a hub id is not a missing local file
     with pytest.raises(DataError) as err:
-        data.examples(cfg("tatsu-lab/alpaca", split="train", revision="v1"))
+        examples.examples(cfg("tatsu-lab/alpaca", split="train", revision="v1"))
     msg = str(err.value)
     assert msg.startswith("hub dataset tatsu-lab/alpaca (split=train, revision=v1): could not be read")
     assert "HF_DATASETS_OFFLINE" in msg and "huggingface-cli login" in msg
@@ -59,7 +62,7 @@ def test_a_hub_id_goes_through_load_dataset_and_fails_clearly_offline():  # conf
 def test_malformed_json_names_file_and_line(tmp_path):
     p = write_jsonl(tmp_path / "bad.jsonl", ROWS[:2], ['{"instruction": "x", "output": \n'])
     with pytest.raises(DataError, match=rf"^{p}:3: malformed JSON \(Expecting value at column 32\)"):
-        data.examples(cfg(p))
+        examples.examples(cfg(p))
 
 
 def test_non_utf8_names_file_line_and_byte_offset(tmp_path):
@@ -68,14 +71,14 @@ def test_non_utf8_names_file_line_and_byte_offset(tmp_path):
     p.write_bytes(good + '{"instruction": "caf\xe9", "output": "x"}\n'.encode("latin-1"))
     offset = len(good) + len('{"instruction": "caf')
     with pytest.raises(DataError, match=rf"^{p}:2: not UTF-8 \(byte offset {offset} in the file: b'\\xe9'\)"):
-        data.examples(cfg(p))
+        examples.examples(cfg(p))
 
 
 def test_missing_field_names_the_record_and_the_field(tmp_path):
     p = write_jsonl(tmp_path / "qa.jsonl", [{"question": "Q", "answer": "A"}])
     with pytest.raises(DataError, match=rf"^{p}:1: missing field 'instruction' \(the record has \['answer', "
                                         r"'question'\]\)"):
-        data.examples(cfg(p))
+        examples.examples(cfg(p))
 
 
 def test_a_conversation_out_of_order_is_an_error_or_a_counted_skip(tmp_path):
@@ -85,9 +88,9 @@ def test_a_conversation_out_of_order_is_an_error_or_a_counted_skip(tmp_path):
     p = write_jsonl(tmp_path / "chats.jsonl", [ok, twice, ok, open_ended])
     with pytest.raises(DataError, match=rf"^{p}:2: message 1 has role 'user', expected 'assistant' .*"
                                         "set data.invalid=skip to skip such records"):
-        data.examples(cfg(p, adapter="messages"))
+        examples.examples(cfg(p, adapter="messages"))
     stats = Stats()
-    assert len(data.examples(cfg(p, adapter="messages", invalid="skip"), stats)) == 2
+    assert len(examples.examples(cfg(p, adapter="messages", invalid="skip"), stats)) == 2
     assert sorted(stats.skipped.values()) == [1, 1] and stats.records == 4
     assert any("must end with an assistant answer" in reason for reason in stats.skipped)
 
@@ -95,11 +98,11 @@ def test_a_conversation_out_of_order_is_an_error_or_a_counted_skip(tmp_path):
 def test_empty_dataset_after_filtering_is_an_error(tmp_path):
     p = write_jsonl(tmp_path / "chats.jsonl", [{"messages": [{"role": "user", "content": "Q"}]}])
     with pytest.raises(DataError, match=r"no examples from 1 records with data.adapter=messages \(1 skipped as"):
-        data.examples(cfg(p, adapter="messages", invalid="skip"))
+        examples.examples(cfg(p, adapter="messages", invalid="skip"))
 
 
 def test_config_check_lists_adapters_unknown_fields_and_missing_files(tmp_path):
-    problems = data.check(cfg(tmp_path / "nope.jsonl", adapter="alpacca", too_long="cut"))
+    problems = examples.check(cfg(tmp_path / "nope.jsonl", adapter="alpacca", too_long="cut"))
     assert problems[0].startswith("data.adapter=alpacca: unknown; valid adapters: alpaca, fields, hh_rlhf, "
                                   "messages, oasst, oasst_pairs, openai_preference, self_instruct, sharegpt, text")
     assert f"data.path={tmp_path / 'nope.jsonl'}: no such file or folder" in problems[1]
@@ -109,21 +112,21 @@ def test_config_check_lists_adapters_unknown_fields_and_missing_files(tmp_path):
 # ------------------------------------------------------------------------------------------ splits
 def test_shuffle_is_deterministic_by_seed_and_capped_by_max_samples():
     oasst = ROOT / "data/sft/oasst-en100/en_100_tree.jsonl"
-    first = [ex["messages"][0]["content"] for ex in data.examples(cfg(oasst, adapter="oasst", seed=1))]
-    again = [ex["messages"][0]["content"] for ex in data.examples(cfg(oasst, adapter="oasst", seed=1))]
-    other = [ex["messages"][0]["content"] for ex in data.examples(cfg(oasst, adapter="oasst", seed=2))]
+    first = [ex["messages"][0]["content"] for ex in examples.examples(cfg(oasst, adapter="oasst", seed=1))]
+    again = [ex["messages"][0]["content"] for ex in examples.examples(cfg(oasst, adapter="oasst", seed=1))]
+    other = [ex["messages"][0]["content"] for ex in examples.examples(cfg(oasst, adapter="oasst", seed=2))]
     assert first == again and first != other and sorted(first) == sorted(other)
-    assert len(data.examples(cfg(oasst, adapter="oasst", max_samples=7))) == 7
-    train, evals = data.splits(cfg(oasst, adapter="oasst", eval_fraction=0.1))
+    assert len(examples.examples(cfg(oasst, adapter="oasst", max_samples=7))) == 7
+    train, evals = examples.splits(cfg(oasst, adapter="oasst", eval_fraction=0.1))
     assert (len(train), len(evals)) == (90, 10)
 
 
 def test_eval_file_is_read_like_the_training_file(tmp_path):
     train_p = write_jsonl(tmp_path / "train.jsonl", ROWS)
     eval_p = write_jsonl(tmp_path / "eval.jsonl", ROWS[:2])
-    train, evals = data.splits(cfg(train_p, eval_path=str(eval_p)))
+    train, evals = examples.splits(cfg(train_p, eval_path=str(eval_p)))
     assert (len(train), len(evals)) == (6, 2)
-    assert "choose one" in " ".join(data.check(cfg(train_p, eval_path=str(eval_p), eval_fraction=0.1)))
+    assert "choose one" in " ".join(examples.check(cfg(train_p, eval_path=str(eval_p), eval_fraction=0.1)))
 
 
 # ------------------------------------------------------------------------------------------ lengths
@@ -137,19 +140,19 @@ def test_too_long_conversations_keep_whole_turns_or_cut_the_answer_and_say_so():
     single = {"messages": turn("Only?", long_answer)}
     dcfg = cfg("unused", max_length=64, too_long="truncate")
     stats = Stats()
-    (ids, mask), = data.encode(multi, SP, dcfg, stats)
+    (ids, mask), = sft.encode(multi, SP, dcfg, stats)
     assert ids[-1] == 2 and mask[-1] == 1 and SP.decode(ids) == "[INST] First? [/INST] Short. "  # first turn kept whole
-    (ids, mask), = data.encode(single, SP, dcfg, stats)
+    (ids, mask), = sft.encode(single, SP, dcfg, stats)
     assert len(ids) == 64 and 2 not in ids  # the answer itself was cut: no EOS
     assert (stats.truncated_turns, stats.cut, stats.dropped_too_long) == (1, 1, 0)
-    assert data.encode(single, SP, cfg("unused", max_length=64), stats) == []
+    assert sft.encode(single, SP, cfg("unused", max_length=64), stats) == []
     assert stats.dropped_too_long == 1
     assert "1 dropped, 1 cut at a turn boundary, 1 answers cut (EOS lost)" in stats.summary()
 
 
 def test_long_raw_text_is_split_into_pieces_without_losing_tokens():
     stats = Stats()
-    pieces = data.encode({"text": "token " * 100}, SP, cfg("unused", adapter="text", max_length=32,
+    pieces = sft.encode({"text": "token " * 100}, SP, cfg("unused", adapter="text", max_length=32,
                                                                too_long="truncate"), stats)
     flat = [t for ids, _ in pieces for t in ids]
     assert flat == [1] + SP.encode("token " * 100) + [2] and all(len(ids) <= 32 for ids, _ in pieces)
@@ -168,6 +171,6 @@ def test_every_data_config_composes_and_checks(name):
     from finetune import config
     from tests.conftest import compose
 
-    problems = config.check(compose("recipe=tiny_lora", f"data={name}"))
+    problems = checks.problems(compose("recipe=tiny_lora", f"data={name}"))
     bundled = not OmegaConf.is_missing(OmegaConf.load(ROOT / "configs" / "data" / f"{name}.yaml"), "path")
     assert problems == ([] if bundled else ["data.path: required, no value given (set data.path=...)"])

@@ -13,9 +13,10 @@ import sentencepiece as spm
 from omegaconf import OmegaConf
 from sentencepiece import sentencepiece_model_pb2
 
-from finetune import data
-from finetune.config import DataConfig
 from tests.conftest import ROOT
+from finetune.data import chat_format
+from finetune.data import load as data_load
+from finetune.config import DataConfig
 
 TOKENIZER = ROOT / "data/llama2-tokenizer/tokenizer.model"
 SP = spm.SentencePieceProcessor(model_file=str(TOKENIZER))
@@ -35,7 +36,8 @@ def oasst(tmp_path, monkeypatch):
 
 
 def load(dcfg, sp=SP):
-    train, evals, stats = data.load(dcfg, types.SimpleNamespace(sp=sp))  # data.load needs only the SentencePiece
+    p = data_load.load(dcfg, types.SimpleNamespace(sp=sp))  # data_load.load needs only the SentencePiece
+    train, evals, stats = p.train, p.eval, p.stats
     return train["input_ids"], evals["input_ids"] if evals is not None else None, stats
 
 
@@ -75,11 +77,12 @@ import json, sys, types
 sys.path.insert(0, sys.argv[1])
 import sentencepiece as spm
 from omegaconf import OmegaConf
-from finetune import data
 from finetune.config import DataConfig
+from finetune.data import load as data_load
 dcfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), json.loads(sys.argv[2])))
-train, _, stats = data.load(dcfg, types.SimpleNamespace(sp=spm.SentencePieceProcessor(model_file=sys.argv[3])))
-print(json.dumps({"cache": stats.cache, "first": train[0]["input_ids"], "module": data.__file__}))
+p = data_load.load(dcfg, types.SimpleNamespace(sp=spm.SentencePieceProcessor(model_file=sys.argv[3])))
+train, stats = p.train, p.stats
+print(json.dumps({"cache": stats.cache, "first": train[0]["input_ids"], "module": data_load.__file__}))
 """
 
 
@@ -98,7 +101,7 @@ def test_changed_chat_format_code_retokenizes(oasst, tmp_path):
     first = run()
     assert first["module"].startswith(str(copy)) and first["cache"] == "miss"
     assert load(cfg(oasst, max_samples=4, eval_fraction=0.0))[2].cache == "hit", "same code, same key, any process"
-    fmt = copy / "finetune" / "chat_format.py"
+    fmt = copy / "finetune" / "data" / "chat_format.py"
     source = fmt.read_text()
     assert source.count('{answer.strip()} ")') == 1
     fmt.write_text(source.replace('{answer.strip()} ")', '{answer.strip()}")'))

@@ -5,9 +5,14 @@ import pytest
 from datasets import Dataset
 from omegaconf import OmegaConf
 
-from finetune import data, model, preflight
-from finetune.config import DataConfig, ModelConfig
 from tests.conftest import ROOT
+from finetune.data import examples
+from finetune.data import load as data_load
+from finetune.data import preflight
+from finetune.data.stats import DataError
+from finetune.data.stats import Stats
+from finetune.model import tokenizer as tokenizer_mod
+from finetune.config import DataConfig, ModelConfig
 
 
 def cfg(**overrides) -> DataConfig:
@@ -17,15 +22,15 @@ def cfg(**overrides) -> DataConfig:
 
 
 def tokenizer():
-    return model.load_tokenizer(ModelConfig(name="llama2", path=str(ROOT / "data/llama2-tokenizer")))
+    return tokenizer_mod.load_tokenizer(ModelConfig(name="llama2", path=str(ROOT / "data/llama2-tokenizer")))
 
 
 @pytest.fixture(scope="module")
 def loaded():
     tok = tokenizer()
     dcfg = cfg()
-    train, _, stats = data.load(dcfg, tok)
-    return tok, train, stats, data.examples(dcfg), dcfg
+    p = data_load.load(dcfg, tok)
+    return tok, p.train, p.stats, examples.examples(dcfg), dcfg
 
 
 def test_the_real_pipeline_passes(loaded):
@@ -60,15 +65,16 @@ GOOD = ([1, 518, 25580, 29962, 7251, 518, 29914, 25580, 29962, 15043, 29871, 2],
 ], ids=["double BOS", "empty mask", "no EOS", "EOS masked"])
 def test_planted_token_failures_are_blocked(loaded, row, failure):
     tok, _, _, _, dcfg = loaded
-    verdict = preflight.run(tok, planted([GOOD, row]), data.Stats(), [], dcfg)
+    verdict = preflight.run(tok, planted([GOOD, row]), Stats(), [], dcfg)
     assert not verdict.ok and any(f.startswith(failure) for f in verdict.failures), verdict.report()
 
 
 def test_every_answer_cut_fails_and_require_stops_with_the_reason():
     tok, dcfg = tokenizer(), cfg(max_length=24, too_long="truncate", max_samples=None)
-    train, _, stats = data.load(dcfg, tok)
+    prepared = data_load.load(dcfg, tok)
+    train, stats = prepared.train, prepared.stats
     assert stats.cut == len(train) > 0
     with pytest.raises(preflight.PreflightError) as err:
-        preflight.require(tok, train, stats, dcfg)
-    assert isinstance(err.value, data.DataError)  # train.py's console prints it and exits 2
+        preflight.require(tok, prepared, dcfg)
+    assert isinstance(err.value, DataError)  # train.py's console prints it and exits 2
     assert f"EOS is in no example's labels (all {len(train)} were cut at data.max_length=24)" in str(err.value)

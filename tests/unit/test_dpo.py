@@ -8,9 +8,18 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from finetune import chat_format, config, dpo, model
-from finetune.data import DataError, Stats
 from tests.conftest import ROOT, compose
+from finetune import config
+from finetune.data import chat_format
+from finetune.data import examples
+from finetune.data import load as data_load
+from finetune.data import pairs
+from finetune.data.stats import DataError
+from finetune.model import lora
+from finetune.model import tokenizer as tokenizer_mod
+from finetune.training import checks
+from finetune.training import dpo
+from finetune.data.stats import DataError, Stats
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +35,7 @@ def dcfg(cfg):
 
 @pytest.fixture(scope="module")
 def tok(cfg):
-    return model.load_tokenizer(cfg.model)
+    return tokenizer_mod.load_tokenizer(cfg.model)
 
 
 def pair_file(tmp_path, pairs) -> str:
@@ -40,12 +49,11 @@ def pair_file(tmp_path, pairs) -> str:
 
 def test_every_bundled_orca_pair_is_meta_exact(cfg, tok):
     """prompt + answer is token for token Meta's encoding of the dialog ending with that answer, EOS included."""
-    from finetune import data
 
-    exs = data.examples(cfg.data)
+    exs = examples.examples(cfg.data)
     assert len(exs) == 284
     for ex in exs:
-        prompt, chosen, rejected = dpo.encode_pair(tok.sp, ex)
+        prompt, chosen, rejected = pairs.encode_pair(tok.sp, ex)
         for answer, ids in ((ex["chosen"], chosen), (ex["rejected"], rejected)):
             want, _ = chat_format.encode_dialog(tok.sp, [*ex["prompt"], {"role": "assistant", "content": answer}])
             assert prompt + ids == want
@@ -74,15 +82,15 @@ def test_too_long_pairs_are_dropped_or_cut_and_counted(dcfg, tok, tmp_path):
     exs = [{"prompt": [{"role": "user", "content": "hi"}], "chosen": long, "rejected": "no"}]
     dcfg.too_long = "drop"
     stats = Stats()
-    assert dpo.tokenize(exs, tok.sp, dcfg, stats)["llama_prompt_ids"] == [] and stats.dropped_too_long == 1
+    assert pairs.tokenize(exs, tok.sp, dcfg, stats)["llama_prompt_ids"] == [] and stats.dropped_too_long == 1
     dcfg.too_long = "truncate"
     stats = Stats()
-    cols = dpo.tokenize(exs, tok.sp, dcfg, stats)
+    cols = pairs.tokenize(exs, tok.sp, dcfg, stats)
     assert len(cols["llama_prompt_ids"][0]) + len(cols["llama_chosen_ids"][0]) == 64 and stats.cut == 1
     assert cols["llama_rejected_ids"][0][-1] == chat_format.EOS_ID  # the short answer keeps its EOS
     dcfg.max_prompt_length = 4
     stats = Stats()
-    assert dpo.tokenize(exs, tok.sp, dcfg, stats)["llama_prompt_ids"] == []
+    assert pairs.tokenize(exs, tok.sp, dcfg, stats)["llama_prompt_ids"] == []
     assert stats.skipped == {"prompt longer than data.max_prompt_length": 1}
 
 
@@ -90,7 +98,7 @@ def test_conversations_are_refused_for_dpo(tok):
     cfg = config.load(compose("recipe=tiny_dpo", "data=oasst"))
     with pytest.raises(DataError, match=r"data=oasst .*not preference pairs \(prompt/chosen/rejected\).*"
                                         r"use a preference data config \(data=orca_dpo\) or train with trainer=sft"):
-        dpo.load(cfg.data, tok)
+        data_load.load(cfg.data, tok, "dpo")
 
 
 def test_identical_chosen_and_rejected_names_the_line(dcfg, tok, tmp_path):
@@ -98,19 +106,20 @@ def test_identical_chosen_and_rejected_names_the_line(dcfg, tok, tmp_path):
                                                          ("c?", "x", "x")]), 0.0
     with pytest.raises(DataError, match=rf"^{dcfg.path}:2: chosen and rejected are identical \(such a pair teaches "
                                         r"nothing: its DPO loss stays ln 2\); fix the record, or set data.invalid=skip"):
-        dpo.load(dcfg, tok)
+        data_load.load(dcfg, tok, "dpo")
     dcfg.invalid = "skip"
-    train, _, stats = dpo.load(dcfg, tok)
+    p = data_load.load(dcfg, tok, "dpo")
+    train, stats = p.train, p.stats
     assert len(train) == 1 and sum(stats.skipped.values()) == 2
 
 
 def test_dpo_config_errors_name_the_key_and_the_fix():
-    problems = config.check(compose("recipe=tiny_dpo", "trainer.loss_type=dpo", "trainer.beta=0",
+    problems = checks.problems(compose("recipe=tiny_dpo", "trainer.loss_type=dpo", "trainer.beta=0",
                                     "data.max_prompt_length=600"))
-    assert f"trainer.loss_type=dpo: use one of {', '.join(dpo.LOSS_TYPES)}" in problems
+    assert f"trainer.loss_type=dpo: use one of {', '.join(dpo.loss_types())}" in problems
     assert any(p.startswith("trainer.beta=0.0: must be > 0") for p in problems)
     assert any(p.startswith("data.max_prompt_length=600 leaves no room") for p in problems)
-    assert config.check(compose("recipe=tiny_dpo", "trainer.loss_type=ipo")) == []
+    assert checks.problems(compose("recipe=tiny_dpo", "trainer.loss_type=ipo")) == []
 
 
 def fake_adapter(folder, base: str, shapes: dict[str, tuple]) -> str:
@@ -123,20 +132,20 @@ def fake_adapter(folder, base: str, shapes: dict[str, tuple]) -> str:
 def test_init_adapter_from_another_base_is_refused_before_loading(tmp_path):
     key = "base_model.model.model.layers.{}.self_attn.q_proj.lora_{}.weight"
     other = fake_adapter(tmp_path / "13b", "meta-llama/Llama-2-13b-hf", {key.format(0, "A"): (8, 5120)})
-    problems = config.check(compose("recipe=tiny_dpo", f"init_adapter={other}"))
+    problems = checks.problems(compose("recipe=tiny_dpo", f"init_adapter={other}"))
     assert problems == [f"init_adapter={other} was trained on meta-llama/Llama-2-13b-hf, not on model.path="
                         f"{ROOT}/.cache/test/models/llama2-tiny; train the SFT adapter on this model, or pick the "
                         "model it was trained on (model=... or model.path=...)"]
     tiny = config.load(compose("recipe=tiny_dpo")).model
     fake_adapter(tmp_path / "wide", "/somewhere/llama2-tiny", {key.format(0, "A"): (8, 128)})
     assert "q_proj.lora_A.weight has shape [8, 128], which does not fit model=llama2_tiny (hidden 64, 2 layers)" \
-        in dpo.adapter_base_problems(tmp_path / "wide", tiny)[0]
+        in lora.adapter_base_problems(tmp_path / "wide", tiny)[0]
     fake_adapter(tmp_path / "deep", "/somewhere/llama2-tiny", {key.format(5, "B"): (64, 8)})
-    assert "layers.5" in dpo.adapter_base_problems(tmp_path / "deep", tiny)[0]
+    assert "layers.5" in lora.adapter_base_problems(tmp_path / "deep", tiny)[0]
     fake_adapter(tmp_path / "fits", "/somewhere/llama2-tiny",
                  {key.format(1, "A"): (8, 64), key.format(1, "B"): (64, 8)})
-    assert dpo.adapter_base_problems(tmp_path / "fits", tiny) == []
-    missing = config.check(compose("recipe=tiny_dpo", f"init_adapter={tmp_path / 'nope'}"))
+    assert lora.adapter_base_problems(tmp_path / "fits", tiny) == []
+    missing = checks.problems(compose("recipe=tiny_dpo", f"init_adapter={tmp_path / 'nope'}"))
     assert missing == [f"init_adapter={tmp_path / 'nope'}: no adapter_config.json there; "
                        "point it at a run's adapter/ folder"]
 

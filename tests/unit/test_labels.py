@@ -2,25 +2,33 @@
 OpenAssistant conversations (multi-turn), with pad distinct from EOS and one BOS per turn."""
 from __future__ import annotations
 
+import dataclasses
 import pytest
 import sentencepiece as spm
 
-from finetune import config, data, model, trainers
 from tests.conftest import ROOT, compose
+from finetune import config
+from finetune.data import examples
+from finetune.data import load as data_load
+from finetune.model import base
+from finetune.model import lora
+from finetune.model import tokenizer as tokenizer_mod
+from finetune.training import kinds
 
 
 @pytest.fixture(scope="module")
 def batch_and_examples(tmp_path_factory):
     cfg = config.load(compose("recipe=tiny_lora", "data.max_samples=12", "data.eval_fraction=0",
                               "data.max_length=4096", "trainer.micro_batch_size=12", "trainer.max_steps=1"))
-    tok = model.load_tokenizer(cfg.model)
-    train_ds, _, stats = data.load(cfg.data, tok)
-    model.prepare_path(cfg.model, tok)
-    peft_model = model.apply_lora(model.load_base(cfg.model, cfg.quant), cfg.lora)
+    tok = tokenizer_mod.load_tokenizer(cfg.model)
+    prepared = data_load.load(cfg.data, tok)
+    train_ds, stats = prepared.train, prepared.stats
+    base.prepare_path(cfg.model, tok)
+    peft_model = lora.apply_lora(base.load_base(cfg.model, cfg.quant), cfg.lora)
     run_dir = tmp_path_factory.mktemp("labels")
-    trainer = trainers.build(cfg, peft_model, tok, train_ds, None, run_dir)
+    trainer = kinds.build(cfg, peft_model, tok, dataclasses.replace(prepared, eval=None), run_dir)
     batch = next(iter(trainer.get_train_dataloader()))
-    return batch, data.examples(cfg.data), tok
+    return batch, examples.examples(cfg.data), tok
 
 
 def answers_from_labels(input_ids, labels):

@@ -11,6 +11,9 @@ from accelerate.utils import DistributedType
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
 from tests.conftest import ROOT
+from finetune.model import base
+from finetune.model import lora
+from finetune.runtime.dist import launched_sharding
 
 CONFIGS = ROOT / "launch" / "accelerate"
 EXPECTED = {"single_gpu": DistributedType.NO, "multi_gpu": DistributedType.MULTI_GPU,
@@ -101,9 +104,9 @@ def test_slurm_script_starts_one_launcher_per_node_with_its_machine_rank(tmp_pat
 
 
 @pytest.mark.parametrize("name,sharding", [("single_gpu", None), ("multi_gpu", None), ("fsdp_qlora", "fsdp"),
-                                           ("deepspeed_zero2", None), ("deepspeed_zero3", "zero3")])
+                                           ("deepspeed_zero2", "zero2"), ("deepspeed_zero3", "zero3")])
 def test_model_loader_sees_the_sharding_each_config_launches(name, sharding):
-    from finetune.model import launched_sharding
+    from finetune.runtime.dist import launched_sharding
 
     args = launch_args(name, "--num_processes", "2")
     env = prepare_deepspeed_cmd_env(args)[1] if args.use_deepspeed else prepare_multi_gpu_env(args)
@@ -113,7 +116,7 @@ def test_model_loader_sees_the_sharding_each_config_launches(name, sharding):
 def test_qlora_under_zero3_stops_before_loading_weights():
     import os
 
-    from finetune import config, model
+    from finetune import config
     from tests.conftest import compose
 
     cfg = config.load(compose("recipe=tiny_qlora"))
@@ -121,7 +124,7 @@ def test_qlora_under_zero3_stops_before_loading_weights():
     os.environ.update(ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_ZERO_STAGE="3")
     try:
         with pytest.raises(config.ConfigError, match="launch/accelerate/fsdp_qlora.yaml"):
-            model.load_base(cfg.model, cfg.quant)
+            base.load_base(cfg.model, cfg.quant)
     finally:
         os.environ.clear()
         os.environ.update(saved)

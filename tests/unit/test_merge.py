@@ -6,8 +6,10 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from finetune import config
+from finetune.model import base
+from finetune.ship import merge
 
-from finetune import merge
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]  # a subset: the QLoRA path must still dequantize k/o/gate/up
 
@@ -139,8 +141,15 @@ def test_adapter_for_another_base_is_refused(checkpoint, tmp_path):
 
 
 def test_parse_size():
-    assert merge.parse_size("2GB") == 2_000_000_000
-    assert merge.parse_size("1.5GiB") == int(1.5 * 2**30)
-    assert merge.parse_size("500mb") == 500_000_000
-    with pytest.raises(merge.MergeError, match="write it like 2GB"):
-        merge.parse_size("lots")
+    """One size parser for the whole toolkit, one meaning: GB = GiB = 2**30 (as plan.gpu_memory has always read it)."""
+    from finetune.config import ConfigError, parse_size
+
+    def shard(text):
+        return parse_size(text, "max_shard_size", "", "it like 2GB, 500MB or 1.5GiB")
+
+    assert shard("2GB") == 2 * 2**30 == shard("2GiB")
+    assert shard("1.5GiB") == int(1.5 * 2**30)
+    assert shard("500mb") == 500 * 2**20
+    assert shard("1234") == 1234  # a bare number is bytes
+    with pytest.raises(ConfigError, match="max_shard_size=lots: write it like 2GB"):
+        shard("lots")

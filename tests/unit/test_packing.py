@@ -8,8 +8,14 @@ import pytest
 import torch
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from finetune import config, model, trainers
 from tests.conftest import compose
+from finetune import config
+from finetune.model import base
+from finetune.model import lora
+from finetune.model import tokenizer as tokenizer_mod
+from finetune.data.load import Prepared
+from finetune.data.stats import Stats
+from finetune.training import sft as sft_trainer
 
 LENGTHS = (37, 53, 29)  # three documents of different lengths in one row
 
@@ -20,7 +26,7 @@ def tiny():
     from transformers import AutoModelForCausalLM
 
     cfg = config.load(compose("recipe=tiny_lora"))
-    hf_cfg = model.llama_config(cfg.model)
+    hf_cfg = base.llama_config(cfg.model)
     hf_cfg.initializer_range = 0.3
     hf_cfg.use_cache = False  # as model.load_base sets it: with a KV cache transformers ignores the packing
     torch.manual_seed(0)
@@ -82,9 +88,9 @@ def test_packing_knob_reaches_trl_as_padding_free_rows(tiny, tmp_path):
     docs = documents()
     ds = Dataset.from_dict({"input_ids": [d["input_ids"] for d in docs],
                             "assistant_masks": [[int(lbl != -100) for lbl in d["labels"]] for d in docs]})
-    tok = model.load_tokenizer(cfg.model)
-    peft_model = model.apply_lora(m, cfg.lora)
-    trainer = trainers.build_sft(cfg, peft_model, tok, ds, None, tmp_path)
+    tok = tokenizer_mod.load_tokenizer(cfg.model)
+    peft_model = lora.apply_lora(m, cfg.lora)
+    trainer = sft_trainer.build(cfg, peft_model, tok, Prepared(ds, None, Stats()), tmp_path)
     batch = next(iter(trainer.get_train_dataloader()))
     assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1  # one padding-free row
     starts = (batch["position_ids"][0] == 0).sum().item()

@@ -3,16 +3,23 @@ from __future__ import annotations
 
 import pytest
 
-from finetune import config, planner
-from finetune.plan_report import Card, PlanError, check_before_training, parse_memory, suggestions
-from finetune.planner import GiB, Setup
 from tests.conftest import compose
+from finetune import config
+from finetune.planning import planner
+from finetune.training import dpo
+from finetune.config import parse_size
+from finetune.planning.planner import GiB, Setup
+from finetune.planning.report import Card, PlanError, check_before_training, suggestions
 
 L7 = dict(hidden=4096, ffn=11008, layers=32, heads=32, kv_heads=32)
 L13 = dict(hidden=5120, ffn=13824, layers=40, heads=40, kv_heads=40)
 L70 = dict(hidden=8192, ffn=28672, layers=80, heads=64, kv_heads=8)
 BENCH = dict(lora_r=16, micro_batch=2, max_length=2048, checkpointing=True, loss_head="hf")  # issue 8: plain HF
 H100 = Card("h100", *planner.GPUS["h100"][:1], memory=planner.GPUS["h100"][1] * GiB, source="test")
+
+
+def gpu_memory(text):
+    return parse_size(text, "plan.gpu_memory", "G", "the memory per GPU like 24GB or 80GiB")
 
 
 def part(est, prefix: str) -> float:
@@ -110,10 +117,10 @@ def test_cuda_device_names_map_to_the_gpu_table():
 
 
 def test_memory_sizes_parse_like_gpu_makers_write_them():
-    assert parse_memory("24GB") == 24 * GiB == parse_memory("24GiB") == parse_memory("24")
-    assert parse_memory("512MB") == 0.5 * GiB
+    assert gpu_memory("24GB") == 24 * GiB == gpu_memory("24GiB") == gpu_memory("24")
+    assert gpu_memory("512MB") == 0.5 * GiB
     with pytest.raises(config.ConfigError, match="plan.gpu_memory=lots: write the memory per GPU like 24GB"):
-        parse_memory("lots")
+        gpu_memory("lots")
 
 
 def test_training_check_skips_on_a_cpu_and_stops_or_warns_on_a_named_gpu():

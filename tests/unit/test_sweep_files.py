@@ -7,9 +7,13 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from finetune import sweep_space, tracking
-from finetune.config import ConfigError
 from tests.conftest import ROOT, compose
+from finetune import config
+from finetune.model import lora
+from finetune.sweeps import space as sweep_space
+from finetune.training import dpo
+from finetune.training import tracking
+from finetune.config import ConfigError
 
 SWEEPS = sorted((ROOT / "launch" / "sweeps").glob("*.yaml"))
 

@@ -1,0 +1,248 @@
+"""The typed config schema: every key, its type, its default and why; choices as enums.
+
+OmegaConf checks a composed config against these dataclasses, so a misspelled key, a wrong type or a value
+outside a choice fails with the key's name before anything runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+from omegaconf import MISSING
+
+LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class Choice(str, Enum):
+    """A key with a fixed set of spellings (the `CHOICES` below). The schema keeps such keys typed `str` and
+    `config.load` checks every one against its enum in one pass: OmegaConf would stop at the first bad value,
+    and a user fixing a config wants every problem listed at once."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+    @classmethod
+    def values(cls) -> list[str]:
+        return [m.value for m in cls]
+
+
+class Dtype(Choice):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class QuantMode(Choice):
+    none = "none"
+    nf4 = "nf4"  # QLoRA
+    fp4 = "fp4"
+    int8 = "int8"
+
+
+class Kind(Choice):
+    sft = "sft"
+    dpo = "dpo"
+
+
+class TooLong(Choice):
+    drop = "drop"
+    truncate = "truncate"
+
+
+class TrainOn(Choice):
+    all = "all"
+    last = "last"
+
+
+class OnInvalid(Choice):
+    error = "error"
+    skip = "skip"
+
+
+class Tracker(Choice):
+    none = "none"
+    wandb = "wandb"
+    tensorboard = "tensorboard"
+
+
+class Sharding(Choice):
+    ddp = "ddp"
+    fsdp = "fsdp"
+    zero2 = "zero2"
+    zero3 = "zero3"
+
+
+@dataclass
+class ArchConfig:
+    """The Llama 2 architecture; used for `random_init` and by the planner (no download needed)."""
+
+    hidden_size: int = MISSING
+    intermediate_size: int = MISSING
+    num_layers: int = MISSING
+    num_heads: int = MISSING
+    num_kv_heads: int = MISSING
+    vocab_size: int = 32000
+    max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-5
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    path: str = MISSING  # hub id (meta-llama/Llama-2-13b-hf) or a local folder
+    revision: Optional[str] = None
+    tokenizer: Optional[str] = None  # folder or hub id holding tokenizer.model; default: `path`
+    chat: bool = False  # a -chat checkpoint (trained on Meta's [INST] format)
+    dtype: str = "bfloat16"  # weights and compute on a GPU; on a CPU training runs in float32
+    attn_implementation: str = "sdpa"
+    random_init: bool = False  # real architecture, random weights, no download (dry runs, benchmarks)
+    seed: int = 0  # seed of the random weights
+    arch: ArchConfig = field(default_factory=ArchConfig)
+
+
+@dataclass
+class QuantConfig:
+    mode: str = "none"  # none | nf4 (QLoRA) | fp4 | int8
+    double_quant: bool = True  # quantize the 4-bit scales too: ~0.37 bit/param saved
+    storage_dtype: Optional[str] = None  # 4-bit storage dtype; FSDP needs it equal to the compute dtype
+    upcast_fp32: bool = True  # peft casts embeddings, norms, lm_head to float32 (steadier in fp16); false
+    #                           keeps model.dtype: ~0.5 GB less (7B), a bf16 residual stream, faster
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16  # higher: more capacity, more memory
+    alpha: int = 32  # scale = alpha / r
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LINEARS))
+    bias: str = "none"
+
+
+@dataclass
+class FieldsConfig:
+    """Where your records keep what an adapter reads (`data.fields.prompt=question`); dots reach into nested
+    records (`ticket.question`, `answers.0.text`). Unset: the field of that name. `data=jsonl` (adapter `fields`)
+    reads prompt (+ input, system) and response, or prompt, chosen and rejected."""
+
+    prompt: Optional[str] = None
+    input: Optional[str] = None
+    response: Optional[str] = None
+    system: Optional[str] = None
+    chosen: Optional[str] = None
+    rejected: Optional[str] = None
+    text: Optional[str] = None  # adapter text (continued pretraining)
+    instruction: Optional[str] = None  # alpaca, self_instruct
+    output: Optional[str] = None  # alpaca
+    instances: Optional[str] = None  # self_instruct
+    messages: Optional[str] = None  # messages
+    conversations: Optional[str] = None  # sharegpt
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    adapter: str = MISSING  # a name in finetune.data.adapters.ADAPTERS
+    path: str = MISSING  # file, folder or hub dataset id
+    split: str = "train"
+    revision: Optional[str] = None
+    eval_fraction: float = 0.0
+    eval_path: Optional[str] = None
+    max_samples: Optional[int] = None
+    seed: int = 0  # shuffle seed (deterministic)
+    max_length: int = 1024
+    too_long: str = "drop"  # drop | truncate (keep whole turns that fit; cut the answer only if one turn is too long; counted)
+    max_prompt_length: Optional[int] = None  # DPO: pairs whose prompt is longer are dropped (counted)
+    system_prompt: Optional[str] = None
+    train_on: str = "all"  # all assistant turns, or `last` only
+    fields: FieldsConfig = field(default_factory=FieldsConfig)  # our field name -> yours: data.fields.prompt=question
+    invalid: str = "error"  # error | skip: records that break the format (roles out of order...) stop or are counted
+    cache: bool = True  # reuse tokenized data from $FINETUNE_CACHE/data when nothing that changes the tokens changed
+
+
+@dataclass
+class TrainerConfig:
+    kind: str = "sft"  # sft | dpo
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "constant"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.3
+    optim: str = "adamw_torch"
+    num_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides num_epochs
+    micro_batch_size: int = 1  # per device; effective batch = micro x grad_accum x world size
+    grad_accum: int = 16
+    gradient_checkpointing: Optional[bool] = None  # None: on with CUDA, off on CPU
+    packing: bool = False
+    liger: bool = False  # Liger Triton kernels (RMSNorm, RoPE, SwiGLU): faster, less activation memory;
+    #                      CUDA only (ignored on a CPU); needs `pip install liger-kernel`
+    activation_offloading: bool = False  # saved activations wait in pinned CPU memory (TRL): less GPU
+    #                                      memory for PCIe traffic; pays off without checkpointing
+    logging_steps: int = 10
+    save_steps: int = 200
+    save_total_limit: int = 2
+    dataloader_workers: int = 0
+    # DPO (trainer.kind=dpo)
+    beta: float = 0.1  # higher: stay closer to the reference policy (IPO: the regulariser tau)
+    loss_type: str = "sigmoid"  # a name in finetune.training.dpo.LOSS_TYPES (TRL's): sigmoid (DPO), ipo, hinge, robust...
+    precompute_ref: bool = False  # reference log-probs computed once before training, cached on disk, reused
+
+
+@dataclass
+class EvalConfig:
+    """Held-out metrics and sample generations during training (finetune/training/samples.py)."""
+
+    every: Optional[int] = None  # eval loss + perplexity (DPO: reward accuracy, margins) and samples every N
+    #                              optimizer steps and at the end; null: every trainer.save_steps
+    samples: int = 4  # fixed prompts generated into samples.jsonl (+ a wandb table) at each eval; 0: none
+    max_new_tokens: int = 128  # per sample, greedy, so one step's samples compare with the next's
+    prompts: Optional[str] = None  # JSONL of {"prompt": str} or {"messages": [...]}; default: held-out dialogs
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment tracking (finetune/training/tracking.py); choose it with `tracking=none|wandb|tensorboard`."""
+
+    backend: str = "none"  # none | wandb | tensorboard (set by the `tracking=` choice)
+    project: str = "llama2-finetune"  # wandb project
+    entity: Optional[str] = None  # wandb team or user; default: the API key's default entity
+    group: Optional[str] = None  # wandb run group
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PlanConfig:
+    """The memory/speed plan (finetune/planning/planner.py): `finetune/plan.py`, and the check before training loads weights."""
+
+    strict: bool = True  # training stops when the plan does not fit the GPUs; false: a warning, and it goes on
+    gpus: Optional[int] = None  # GPUs (ranks) to plan for; null: the launched processes (none on a CPU: no check)
+    gpu_memory: Optional[str] = None  # per GPU, e.g. 24GB or 80GiB (both 2**30 B); null: the card's own
+    gpu: Optional[str] = None  # a name in finetune.planning.planner.GPUS (peak FLOP/s, memory); null: the card present, else h100
+    sharding: Optional[str] = None  # ddp | fsdp | zero2 | zero3; null: what accelerate launch set up (else ddp)
+    utilization: float = 0.295  # share of the GPU's bf16 peak reached (plain HF stack, H100: bench/plan_calibration.md)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    output_dir: Optional[str] = None  # default: outputs/<recipe>-<data>-<time>
+    overwrite: bool = False  # allow writing into an output_dir that holds a finished run
+    resume: bool = True  # continue from output_dir's latest complete checkpoint; false: start over in a new dir
+    init_adapter: Optional[str] = None  # start from a trained adapter folder
+    seed: int = 42
+
+
+# Every key whose value is one of a fixed set, and that set; checked by `config.load`, read by the stages.
+CHOICES: dict[str, type[Choice]] = {
+    "model.dtype": Dtype, "quant.mode": QuantMode, "quant.storage_dtype": Dtype, "trainer.kind": Kind,
+    "data.too_long": TooLong, "data.train_on": TrainOn, "data.invalid": OnInvalid, "tracking.backend": Tracker,
+    "plan.sharding": Sharding,
+}

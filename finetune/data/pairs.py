@@ -1,0 +1,66 @@
+"""Preference pairs as Meta-exact tokens: prompt, chosen and rejected ids for TRL's DPO collator.
+
+DPOTrainer re-tokenizes `prompt`/`chosen`/`rejected` text with the Hugging Face tokenizer, which differs from
+Meta's SentencePiece encoding (runs of spaces, turn boundaries); so we encode here and carry the ids in
+`llama_*_ids` columns (`training.dpo.collate` feeds them to TRL's collator).
+"""
+from __future__ import annotations
+
+from finetune.data.chat_format import DialogError, encode_dialog
+from finetune.data.stats import DataError, Stats
+
+ID_COLUMNS = ("llama_prompt_ids", "llama_chosen_ids", "llama_rejected_ids")
+COLUMNS = ("prompt", "chosen", "rejected", *ID_COLUMNS)
+
+
+def encode_pair(sp, ex: dict) -> tuple[list[int], list[int], list[int]]:
+    """(prompt, chosen, rejected) ids: each `prompt + completion` is exactly Meta's encoding of the dialog
+    ending with that answer (and its EOS); the prompt is the part both share."""
+    def encode(answer: str):
+        return encode_dialog(sp, [*ex["prompt"], {"role": "assistant", "content": answer}], "last")
+
+    (chosen, c_mask), (rejected, r_mask) = encode(ex["chosen"]), encode(ex["rejected"])
+    n = min(c_mask.index(1), r_mask.index(1))
+    while chosen[:n] != rejected[:n]:  # a piece spanning the prompt/answer boundary: start where they agree
+        n -= 1
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def tokenize(exs: list[dict], sp, dcfg, stats: Stats) -> dict[str, list]:
+    """Our ids in `llama_*_ids` columns, and empty text columns for TRL (its tokenization of them is a no-op
+    we never read); pairs over the length limits are dropped or cut per `data.too_long`, counted."""
+    cols: dict[str, list] = {c: [] for c in COLUMNS}
+    for i, ex in enumerate(exs):
+        try:
+            prompt, chosen, rejected = encode_pair(sp, ex)
+        except DialogError as exc:
+            raise DataError(f"{dcfg.path}: pair {i}: {exc}") from None
+        if dcfg.max_prompt_length and len(prompt) > dcfg.max_prompt_length:
+            stats.skip("prompt longer than data.max_prompt_length")
+            continue
+        room = dcfg.max_length - len(prompt)
+        if len(prompt) + max(len(chosen), len(rejected)) > dcfg.max_length:
+            if dcfg.too_long == "drop" or room < 1:
+                stats.dropped_too_long += 1
+                continue
+            chosen, rejected = chosen[:room], rejected[:room]
+            stats.cut += 1  # the answers lose their EOS
+        for col, value in zip(cols, ("", "", "", prompt, chosen, rejected)):
+            cols[col].append(value)
+        stats.lengths.append(len(prompt) + max(len(chosen), len(rejected)))
+        stats.examples += 1
+    return cols
+
+
+def check_examples(exs: list[dict], dcfg) -> None:
+    """One error for data that is not preference pairs (identical answers are refused per record by
+    `data.examples`, with the file and line)."""
+    if not exs or any(k not in exs[0] for k in ("prompt", "chosen", "rejected")):
+        raise DataError(f"data={dcfg.name} (adapter {dcfg.adapter}) gives {sorted(exs[0]) if exs else 'nothing'}, "
+                        "not preference pairs (prompt/chosen/rejected); DPO needs chosen and rejected answers: "
+                        "use a preference data config (data=orca_dpo) or train with trainer=sft")
+
+
+def nothing_left(dcfg) -> str:
+    return (f"data={dcfg.name}: every pair is longer than data.max_length={dcfg.max_length} (or its prompt than "
+            "data.max_prompt_length); raise them or set data.too_long=truncate")

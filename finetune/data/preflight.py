@@ -1,0 +1,139 @@
+"""The checks that catch the silent Llama 2 fine-tuning failures, run on the tokenized data before training.
+
+  pad != EOS         padding with EOS hides EOS from the labels: the model never learns to stop
+  EOS in labels      every answer that was not cut at max_length ends with a trained EOS
+  no double BOS      each turn starts with exactly one BOS id (the text "<s>" is not BOS)
+  label mask         no example without a trained token
+  prompt = prefix    the inference prompt (`chat_format.encode_prompt`) is exactly the tokens before each
+                     trained answer, so the model is prompted as it was trained
+
+`train.py` stops with the failures before any weight loads; `preview.py` prints the verdict.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from finetune.data.chat_format import BOS_ID, EOS_ID, encode_dialog, encode_prompt
+from finetune.data.stats import DataError
+
+
+class PreflightError(DataError):
+    """The data would train a broken model; the message lists every failed check and its fix."""
+
+
+@dataclass
+class Verdict:
+    failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    passed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def report(self) -> str:
+        lines = [f"preflight: {'PASS' if self.ok else 'FAIL'}"]
+        lines += [f"  ok    {p}" for p in self.passed]
+        lines += [f"  WARN  {w}" for w in self.warnings]
+        lines += [f"  FAIL  {f}" for f in self.failures]
+        return "\n".join(lines)
+
+
+def run(tokenizer, dataset, stats, sample: list[dict], dcfg) -> Verdict:
+    """Check the tokenizer, every row of `dataset` (SFT: input_ids + assistant_masks; DPO: the pair columns)
+    and the prompt prefix of the conversations in `sample` (adapted examples, re-encoded as training and as
+    inference would)."""
+    v = Verdict()
+    pad, eos = tokenizer.hf.pad_token_id, tokenizer.hf.eos_token_id
+    _check(v, pad is not None and pad != eos, f"pad id {pad} != EOS id {eos}",
+           f"the pad token is EOS (id {eos}) or unset: padding would mask EOS out of the labels and the model "
+           "would never stop; use a distinct pad token (Llama 2: <unk>, id 0)")
+    if "llama_prompt_ids" in dataset.column_names:
+        return _pairs(v, dataset, stats)
+    double, empty, no_eos = _scan(dataset)
+    _check(v, not double, "one BOS id at the start of every turn, never two",
+           f"{len(double)} examples start without BOS or hold two BOS in a row (first: #{double[:1]}); "
+           "encode with finetune.chat_format, which adds BOS as an id, never as the text '<s>'")
+    _check(v, not empty, "every example has trained tokens",
+           f"{len(empty)} examples have an empty label mask (first: #{empty[:1]}): they train nothing")
+    n = len(dataset)
+    if n and len(no_eos) == n:
+        v.failures.append(f"EOS is in no example's labels (all {n} were cut at data.max_length="
+                          f"{dcfg.max_length}): the model would never learn to stop; raise data.max_length or "
+                          "set data.too_long=drop")
+    elif stats.chunked == 0 and len(no_eos) > stats.cut:
+        v.failures.append(f"{len(no_eos) - stats.cut} examples lack a trained EOS although they were not cut "
+                          f"(first: #{no_eos[:1]}); every answer must end with the EOS id, trained")
+    else:
+        v.passed.append("EOS is trained at the end of every answer that fits in data.max_length")
+    if stats.cut:
+        v.warnings.append(f"{stats.cut} answers were cut at data.max_length={dcfg.max_length} and lose their EOS; "
+                          "raise data.max_length or set data.too_long=drop to train only whole answers")
+    convs = [ex["messages"] for ex in sample if "messages" in ex]  # raw text has no prompt to check
+    bad = [b for b in (_prefix_problem(tokenizer.sp, conv, dcfg.train_on) for conv in convs) if b]
+    _check(v, not bad, f"the inference prompt is the training prefix of every answer ({len(convs)} conversations)",
+           f"inference prompt != training prefix in {len(bad)} of {len(convs)} conversations: {bad[:1]}")
+    return v
+
+
+def require(tokenizer, prepared, dcfg) -> Verdict:
+    """`run` on the prepared training data; raise PreflightError listing the failures, before any weight loads."""
+    verdict = run(tokenizer, prepared.train, prepared.stats, prepared.sample, dcfg)
+    if not verdict.ok:
+        raise PreflightError("the data preflight failed, training would not work:\n" + verdict.report())
+    return verdict
+
+
+def _pairs(v: Verdict, dataset, stats) -> Verdict:
+    """Preference pairs: each prompt starts with one BOS, and every answer that was not cut ends with EOS."""
+    bad_bos = no_eos = 0
+    for batch in dataset.select_columns(["llama_prompt_ids", "llama_chosen_ids", "llama_rejected_ids"]).iter(1024):
+        for prompt, chosen, rejected in zip(batch["llama_prompt_ids"], batch["llama_chosen_ids"],
+                                            batch["llama_rejected_ids"]):
+            bad_bos += prompt[:1] != [BOS_ID] or prompt[:2] == [BOS_ID, BOS_ID]
+            no_eos += (chosen[-1:] != [EOS_ID]) + (rejected[-1:] != [EOS_ID])
+    _check(v, not bad_bos, "every prompt starts with one BOS id",
+           f"{bad_bos} prompts start without BOS or with two; encode with finetune.data.chat_format")
+    _check(v, no_eos <= 2 * stats.cut, "EOS ends every chosen and rejected answer that fits in data.max_length",
+           f"{no_eos} answers lack EOS although only {stats.cut} pairs were cut; every answer must end with EOS")
+    return v
+
+
+def _check(v: Verdict, ok: bool, passed: str, failed: str) -> None:
+    (v.passed if ok else v.failures).append(passed if ok else failed)
+
+
+def _scan(dataset) -> tuple[list[int], list[int], list[int]]:
+    """Indices of rows with a BOS problem, with an empty mask, and without a trained EOS; one pass, in batches."""
+    double, empty, no_eos, i = [], [], [], 0
+    for batch in dataset.select_columns(["input_ids", "assistant_masks"]).iter(batch_size=1024):
+        for ids, mask in zip(batch["input_ids"], batch["assistant_masks"]):
+            ids, mask = np.asarray(ids), np.asarray(mask, dtype=bool)
+            chunk = mask.all()  # a raw-text piece after the first: trained throughout, no BOS
+            if (ids[0] != BOS_ID and not chunk) or ((ids[:-1] == BOS_ID) & (ids[1:] == BOS_ID)).any():
+                double.append(i)
+            if not mask.any():
+                empty.append(i)
+            if not ((ids == EOS_ID) & mask).any():
+                no_eos.append(i)
+            i += 1
+    return double, empty, no_eos
+
+
+def _prefix_problem(sp, messages: list[dict], train_on: str) -> str | None:
+    """Where the prompt `chat.py` would send before a trained answer differs from the training tokens, if anywhere."""
+    ids, mask = encode_dialog(sp, messages, train_on)
+    starts = [i for i in range(len(mask)) if mask[i] and (i == 0 or not mask[i - 1])]
+    answers = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
+    trained = answers if train_on == "all" else answers[-1:]
+    if len(starts) != len(trained):
+        return f"{len(trained)} answers to train but {len(starts)} trained spans"
+    for k, start in zip(trained, starts):
+        prompt = encode_prompt(sp, messages[:k])
+        if ids[:len(prompt)] != prompt:
+            return f"answer {k}: the inference prompt's tokens differ from the training tokens"
+        if len(prompt) != start:
+            return f"answer {k}: the inference prompt has {len(prompt)} tokens, training trains from token {start}"
+    return None

@@ -1,0 +1,65 @@
+"""LoRA through peft: a new adapter on `lora.target_modules`, or one continued from `init_adapter`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from finetune.config import LoraConfig
+
+
+def apply_lora(base, lcfg: LoraConfig, init_adapter: Optional[str] = None):
+    """A PeftModel with trainable LoRA on `lora.target_modules`, new or continued from `init_adapter`."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import PeftModel, get_peft_model
+
+    if init_adapter:
+        return PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
+    peft_cfg = PeftLoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
+                              target_modules=list(lcfg.target_modules), bias=lcfg.bias, task_type="CAUSAL_LM")
+    return get_peft_model(base, peft_cfg)
+
+
+def check(cfg) -> list[str]:
+    """An `init_adapter` that is missing or was trained on another base, found before any weight loads."""
+    if not cfg.init_adapter:
+        return []
+    if not (Path(cfg.init_adapter) / "adapter_config.json").is_file():
+        return [f"init_adapter={cfg.init_adapter}: no adapter_config.json there; point it at a run's adapter/ folder"]
+    return adapter_base_problems(Path(cfg.init_adapter), cfg.model)
+
+
+def adapter_base_problems(adapter: Path, mcfg) -> list[str]:
+    """An `init_adapter` trained on another base: its base_model_name_or_path names another model, or its LoRA
+    shapes do not fit `model.arch` (read from the safetensors header; no weights load)."""
+    meta = json.loads((adapter / "adapter_config.json").read_text())
+    theirs = Path(str(meta.get("base_model_name_or_path") or "")).name.lower()
+    ours = {Path(str(mcfg.path)).name.lower(), mcfg.name.lower(), f"random-{mcfg.name}".lower()}
+    fix = (f"train the SFT adapter on this model, or pick the model it was trained on (model=... or "
+           f"model.path=...)")
+    if theirs and theirs not in ours:
+        return [f"init_adapter={adapter} was trained on {meta['base_model_name_or_path']}, not on "
+                f"model.path={mcfg.path}; {fix}"]
+    a = mcfg.arch
+    head = a.hidden_size // a.num_heads
+    dims = {"q_proj": (a.hidden_size, a.hidden_size), "k_proj": (a.hidden_size, a.num_kv_heads * head),
+            "v_proj": (a.hidden_size, a.num_kv_heads * head), "o_proj": (a.hidden_size, a.hidden_size),
+            "gate_proj": (a.hidden_size, a.intermediate_size), "up_proj": (a.hidden_size, a.intermediate_size),
+            "down_proj": (a.intermediate_size, a.hidden_size)}
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        return [f"init_adapter={adapter}: no adapter_model.safetensors there; point it at a run's adapter/ folder"]
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        for key in f.keys():
+            parts = key.split(".")
+            module, layer = parts[-3], int(parts[parts.index("layers") + 1]) if "layers" in parts else 0
+            shape = tuple(f.get_slice(key).get_shape())
+            want = dims.get(module)
+            bad = layer >= a.num_layers or (want and (
+                (parts[-2] == "lora_A" and shape[1] != want[0]) or (parts[-2] == "lora_B" and shape[0] != want[1])))
+            if bad:
+                return [f"init_adapter={adapter}: {key} has shape {list(shape)}, which does not fit "
+                        f"model={mcfg.name} (hidden {a.hidden_size}, {a.num_layers} layers); {fix}"]
+    return []

@@ -1,0 +1,179 @@
+"""Will this config fit these GPUs, how fast, and what to change: the planner applied to a composed config.
+
+Used by `finetune/plan.py` (the report) and by `finetune/train.py` (the same check, before weights load).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+from finetune import config
+from finetune.config import ConfigError, TrainConfig, UserError, parse_size
+from finetune.planning import planner
+from finetune.planning.planner import GiB, Setup
+from finetune.runtime.dist import launched_sharding
+
+class PlanError(UserError, RuntimeError):
+    """The recipe cannot fit the GPUs: the message is the breakdown and the changes that would fit."""
+
+
+@dataclass
+class Card:
+    name: str  # a key of planner.GPUS
+    peak_flops: float
+    memory: float  # bytes per GPU
+    source: str  # where the numbers came from, said in the report
+
+
+def card(plan, cuda: bool) -> Card:
+    """The card to plan for: `plan.gpu`/`plan.gpu_memory` where given, else the GPU present, else an H100."""
+    import torch
+
+    name, source = plan.gpu, "plan.gpu"
+    if name is not None and name not in planner.GPUS:
+        raise ConfigError([f"plan.gpu={name}: use one of {', '.join(planner.GPUS)}"])
+    present = torch.cuda.get_device_name(0) if cuda else ""
+    if name is None:
+        found = planner.gpu_named(present)
+        name, source = (found, f"the {present} present") if found else ("h100", "an H100 80GB, set gpu=")
+    peak, mem = planner.GPUS[name][0], planner.GPUS[name][1] * GiB
+    if plan.gpu_memory is not None:
+        mem, source = parse_size(plan.gpu_memory, "plan.gpu_memory", "G", "the memory per GPU like 24GB or 80GiB"), f"plan.gpu_memory; speed for {source}"
+    elif cuda and plan.gpu is None:
+        mem = torch.cuda.get_device_properties(0).total_memory
+    return Card(name, peak, mem, source)
+
+
+def setup(cfg: TrainConfig, gpus: int, sharding: str) -> Setup:
+    a, t, q = cfg.model.arch, cfg.trainer, cfg.quant
+    return Setup(hidden=a.hidden_size, ffn=a.intermediate_size, layers=a.num_layers, heads=a.num_heads,
+                 kv_heads=a.num_kv_heads, vocab=a.vocab_size, quant=q.mode, double_quant=q.double_quant,
+                 upcast_fp32=q.upcast_fp32, dtype_bytes=4 if cfg.model.dtype == "float32" else 2,
+                 lora_r=cfg.lora.r, lora_modules=tuple(cfg.lora.target_modules), lora_dropout=cfg.lora.dropout,
+                 optim=t.optim, micro_batch=t.micro_batch_size, max_length=cfg.data.max_length,
+                 checkpointing=t.gradient_checkpointing is not False,  # None: on with CUDA, and this is a GPU plan
+                 packing=t.packing, liger=t.liger,
+                 offload_activations=t.activation_offloading,
+                 eager_attention=cfg.model.attn_implementation == "eager", kind=t.kind,
+                 precompute_ref=t.precompute_ref, gpus=gpus, sharding=sharding)
+
+
+PLAN_KEYS = ("model.arch", "lora", "trainer", "quant", "plan")  # what the arithmetic reads
+
+
+def load(dict_cfg) -> TrainConfig:
+    """The composed config for planning: the config's own checks (`config.check`), so a plan works on a machine
+    without the model, the data or bitsandbytes (training checks those before it loads anything). Required keys
+    the arithmetic never reads (a data path) may stay unset."""
+    missing = sorted(OmegaConf.missing_keys(dict_cfg))
+    problems = [f"{k}: required, no value given (set {k}=...)" for k in missing if k.startswith(PLAN_KEYS)]
+    if not problems:
+        problems = config.choice_problems(dict_cfg) if missing else config.check(dict_cfg)
+    if problems:
+        raise ConfigError(problems)
+    return OmegaConf.to_object(dict_cfg)
+
+
+def fits(s: Setup, c: Card) -> bool:
+    return planner.memory(s).need <= c.memory
+
+
+def suggestions(s: Setup, c: Card, grad_accum: int) -> list[tuple[str, Setup]]:
+    """Changes that make `s` fit `c`, each checked by its own estimate; single changes first, then together."""
+    out: list[tuple[str, Setup]] = []
+    if s.quant == "none":
+        out.append(("quant.mode=nf4 quant.double_quant=true  (QLoRA)", s.but(quant="nf4", double_quant=True)))
+    if not s.checkpointing:
+        out.append(("trainer.gradient_checkpointing=true", s.but(checkpointing=True)))
+    for mb in range(s.micro_batch - 1, 0, -1):
+        accum = -(-grad_accum * s.micro_batch // mb)  # same effective batch (rounded up)
+        if fits(s.but(micro_batch=mb), c) or mb == 1:
+            out.append((f"trainer.micro_batch_size={mb} trainer.grad_accum={accum}", s.but(micro_batch=mb)))
+            break
+    if planner.optimizer_bytes(s.optim) > 2:
+        out.append(("trainer.optim=paged_adamw_8bit", s.but(optim="paged_adamw_8bit")))
+    for length in range((s.max_length - 1) // 256 * 256, 255, -256):
+        if fits(s.but(max_length=length), c) or length == 256:
+            out.append((f"data.max_length={length}", s.but(max_length=length)))
+            break
+    for n in (2, 4, 8, 16, 32):
+        if n > s.gpus and (fits(s.but(gpus=n, sharding="fsdp"), c) or n == 32):
+            out.append((f"{n} GPUs with FSDP: accelerate launch --config_file launch/accelerate/fsdp_qlora.yaml "
+                        f"--num_processes {n} finetune/train.py ...", s.but(gpus=n, sharding="fsdp")))
+            break
+    found = [(label, new) for label, new in out if fits(new, c)]
+    same_gpus = [(label, new) for label, new in out if new.gpus == s.gpus]
+    if not any(fits(new, c) for _, new in same_gpus):  # on these GPUs only changes together can fit
+        found += together(s, same_gpus, c)
+    return found or together(s, out, c)
+
+
+def together(s: Setup, changes: list[tuple[str, Setup]], c: Card) -> list[tuple[str, Setup]]:
+    """The changes applied one after another, in order, until the result fits: [(their overrides, setup)] or []."""
+    combined, labels = s, []
+    for label, new in changes:
+        combined = combined.but(**{k: v for k, v in vars(new).items() if getattr(s, k) != v})
+        labels.append(label.split("  (")[0])
+        if fits(combined, c):
+            return [(" ".join(labels), combined)]
+    return []
+
+
+def report(cfg: TrainConfig, s: Setup, c: Card, utilization: float) -> tuple[bool, str]:
+    """(fits, the printed plan): breakdown, verdict with margin, speed, and changes that fit."""
+    est = planner.memory(s)
+    ok = est.need <= c.memory
+    base = "16-bit base" if s.quant == "none" else f"{s.quant.upper()} base"
+    lines = [f"plan: {cfg.model.name}, LoRA r={s.lora_r} ({base}), {s.kind}, micro-batch {s.micro_batch} x "
+             f"{s.max_length} tokens, checkpointing {'on' if s.checkpointing else 'off'}, "
+             f"{s.gpus} GPU{'s' if s.gpus > 1 else ''} ({s.sharding})",
+             f"GPU: {c.memory / GiB:.1f} GiB each ({c.source})", "", "memory per GPU".ljust(70) + "GiB"]
+    lines += [f"  {label}".ljust(70) + f"{b / GiB:6.2f}" for label, b in est.parts.items()]
+    lines += ["  total".ljust(70) + f"{est.need / GiB:6.2f}",
+              f"  (peak allocated by PyTorch: {est.allocated / GiB:.2f} GiB)", ""]
+    margin = c.memory - est.need
+    if ok:
+        lines.append(f"verdict: FITS, {est.need / GiB:.1f} of {c.memory / GiB:.1f} GiB per GPU "
+                     f"(margin {margin / GiB:.1f} GiB, {margin / c.memory:.0%})")
+    else:
+        lines.append(f"verdict: DOES NOT FIT, needs {est.need / GiB:.1f} GiB per GPU, has {c.memory / GiB:.1f} "
+                     f"(short by {-margin / GiB:.1f} GiB)")
+    tps = planner.tokens_per_second(s, c.peak_flops, utilization)
+    lines.append(f"speed: ~{tps:,.0f} tokens/s per GPU, ~{tps * s.gpus:,.0f} in all ({est.flops_per_token / 1e9:.1f} "
+                 f"GFLOP/token at {utilization:.1%} of {c.peak_flops / 1e12:.0f} TFLOP/s, {c.name}"
+                 + (f", Liger x{planner.LIGER_SPEEDUP}" if s.liger else "") + ")")
+    lines += [f"note: {n}" for n in est.notes]
+    if not ok:
+        found = suggestions(s, c, cfg.trainer.grad_accum)
+        lines.append("changes that fit (each estimated):" if found else "no change the planner knows makes it fit")
+        for label, new in found:
+            e = planner.memory(new)
+            lines.append(f"  {label}\n      -> {e.need / GiB:.1f} GiB (margin {(c.memory - e.need) / GiB:.1f} GiB), "
+                         f"~{planner.tokens_per_second(new, c.peak_flops, utilization):,.0f} tokens/s per GPU")
+    elif s.checkpointing and fits(s.but(checkpointing=False), c):
+        faster = s.but(checkpointing=False)
+        lines.append(f"also fits: trainer.gradient_checkpointing=false -> {planner.memory(faster).need / GiB:.1f} "
+                     f"GiB, ~{planner.tokens_per_second(faster, c.peak_flops, utilization):,.0f} tokens/s per GPU")
+    return ok, "\n".join(lines)
+
+
+def check_before_training(cfg: TrainConfig) -> Optional[str]:
+    """Training's preflight: the plan for the GPUs present (or `plan.gpus`/`plan.gpu_memory`). Raises PlanError
+    when it cannot fit and `plan.strict`; returns the one line to print otherwise."""
+    import torch
+
+    p, cuda = cfg.plan, torch.cuda.is_available()
+    if p.gpus is None and not cuda:
+        return "plan: no GPU present, memory check skipped (plan.gpus=1 plan.gpu_memory=24GB checks a GPU you name)"
+    gpus = p.gpus or int(os.environ.get("WORLD_SIZE", "1"))
+    s = setup(cfg, gpus, p.sharding or launched_sharding() or "ddp")
+    c = card(p, cuda)
+    ok, text = report(cfg, s, c, p.utilization)
+    if ok:
+        return text.splitlines()[[i for i, line in enumerate(text.splitlines()) if line.startswith("verdict")][0]]
+    if p.strict:
+        raise PlanError(f"this run cannot fit the GPU memory (plan.strict=false runs it anyway):\n{text}")
+    return f"warning: the plan says this run does not fit (plan.strict=false, going on):\n{text}"

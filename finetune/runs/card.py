@@ -1,0 +1,173 @@
+"""README.md model cards for adapter/ and merged/: Hub metadata, how it was trained, how to load it.
+
+Built from the run directory alone (config.yaml, metrics.jsonl), so `export.py` can rewrite a card long after
+training. A base model given as a local folder is common (and crashes peers' card writers): the metadata then
+names the Hub id only when one is known (`model=llama2_13b model.path=/models/...` is a local copy of
+meta-llama/Llama-2-13b-hf), and the body says which folder was used.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+from finetune.config import CONFIGS_DIR, TrainConfig, looks_local
+from finetune.data import chat_format
+from finetune.runs import metrics
+from finetune.runs.rundir import run_config
+
+
+@dataclass
+class Base:
+    hub_id: Optional[str]  # for the `base_model` metadata; None when the base exists only as a local folder
+    path: str  # what training loaded
+    note: str  # one line for the card
+
+
+def base_of(cfg: TrainConfig, adapter_dir: Optional[Path] = None) -> Base:
+    """Which base the run trained on, with the Hub id when there is one."""
+    path = cfg.model.path
+    if adapter_dir is not None and (adapter_dir / "adapter_config.json").is_file():
+        path = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path") or path
+    if cfg.model.random_init:
+        return Base(None, path, f"a randomly initialised Llama 2 architecture ({cfg.model.name}, seed "
+                                f"{cfg.model.seed}) at `{path}`: a toy for demos and tests, not a language model")
+    if not looks_local(path):
+        return Base(path, path, f"[{path}](https://huggingface.co/{path})")
+    named = CONFIGS_DIR / "model" / f"{cfg.model.name}.yaml"
+    hub = OmegaConf.load(named).get("path") if named.is_file() else None
+    if hub and not looks_local(str(hub)):
+        return Base(str(hub), path, f"[{hub}](https://huggingface.co/{hub}), loaded from the local copy `{path}`")
+    return Base(None, path, f"the local checkpoint `{path}` (no Hub id known)")
+
+
+def final_metrics(run_dir: Path) -> dict:
+    """Last train loss, last eval loss, steps and runtime from metrics.jsonl (empty when there is none)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = metrics.read(path) if path.is_file() else []
+    out: dict = {}
+    for row in rows:
+        for key in ("loss", "eval_loss", "train_loss", "train_runtime", "step", "epoch"):
+            if row.get(key) is not None:
+                out[key] = row[key]
+    return out
+
+
+def prompt_example(system: Optional[str]) -> str:
+    """The Llama 2 chat format as text, for the card (the ids come from `chat_format`)."""
+    user = "What is the capital of France?"
+    if system:
+        user = chat_format.B_SYS + system + chat_format.E_SYS + user
+    return f"<s>{chat_format.B_INST} {user} {chat_format.E_INST} The capital of France is Paris. </s>"
+
+
+def metadata(cfg: TrainConfig, base: Base, kind: str) -> dict:
+    method = "qlora" if cfg.quant.mode in ("nf4", "fp4") else "lora"
+    tags = ["llama-2", method, cfg.trainer.kind, "trl", "finetune-llama2"]
+    if kind == "adapter":
+        tags.append("peft")
+        if base.hub_id:
+            tags.append(f"base_model:adapter:{base.hub_id}")
+    meta = {"license": "llama2", "library_name": "peft" if kind == "adapter" else "transformers",
+            "pipeline_tag": "text-generation", "tags": tags}
+    if base.hub_id:
+        meta["base_model"] = base.hub_id
+    if not looks_local(cfg.data.path):
+        meta["datasets"] = [cfg.data.path]
+    return meta
+
+
+def render(run_dir: Path, kind: str, merge_section: str = "", adapter_dir: Optional[Path] = None) -> str:
+    """The README.md text (front matter + body) for `kind` = adapter | merged."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    base = base_of(cfg, adapter_dir or run_dir / "adapter")
+    data = ModelCardData(**metadata(cfg, base, kind))
+    m, t, lo, q = final_metrics(run_dir), cfg.trainer, cfg.lora, cfg.quant
+    quant = {"none": "none (16-bit LoRA)", "int8": "LLM.int8 (8-bit) base"}.get(
+        q.mode, f"4-bit {q.mode} base{' with double quantization' if q.double_quant else ''} (QLoRA)")
+    length = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.num_epochs} epochs"
+    results = "\n".join(f"| {label} | {m[key]:.4g} |" if isinstance(m.get(key), (int, float))
+                        else f"| {label} | {m.get(key, 'n/a')} |"
+                        for key, label in (("loss", "final train loss"), ("eval_loss", "final eval loss"),
+                                           ("step", "steps"), ("train_runtime", "train runtime (s)")))
+    base_ref = base.hub_id or base.path
+    what = "LoRA adapter" if kind == "adapter" else "model (LoRA adapter merged into the base weights)"
+    body = f"""
+# {run_dir.name}: {cfg.model.name} {cfg.trainer.kind.upper()} {what}
+
+Fine-tuned from {base.note}, on the `{cfg.data.name}` data (`{cfg.data.path}`, adapter `{cfg.data.adapter}`),
+with TRL's {cfg.trainer.kind.upper()} trainer and peft LoRA (the `finetune` Llama 2 toolkit).
+Use is governed by the Llama 2 Community License (LICENSE-LLAMA2, USE_POLICY.md in this folder).
+
+## Training
+
+| hyperparameter | value |
+| --- | --- |
+| method | {cfg.trainer.kind.upper()}, LoRA r={lo.r}, alpha={lo.alpha}, dropout={lo.dropout} |
+| LoRA targets | {", ".join(lo.target_modules)} |
+| quantization | {quant} |
+| learning rate | {t.learning_rate} ({t.lr_scheduler}, warmup ratio {t.warmup_ratio}) |
+| length | {length} |
+| batch | micro batch {t.micro_batch_size} x gradient accumulation {t.grad_accum} per process |
+| max grad norm / weight decay | {t.max_grad_norm} / {t.weight_decay} |
+| optimizer | {t.optim} |
+| max sequence length | {cfg.data.max_length} |
+| seed | {cfg.seed} |
+
+| result | value |
+| --- | --- |
+{results}
+{merge_section}
+## Prompt format
+
+Meta's Llama 2 chat format; every tokenizer saved here carries it as its chat template
+(`tokenizer.apply_chat_template(messages, tokenize=False)`):
+
+```
+{prompt_example(cfg.data.system_prompt)}
+```
+
+## How to load
+
+{load_snippet(kind, base_ref)}
+
+<details><summary>Resolved training config (config.yaml)</summary>
+
+```yaml
+{(run_dir / "config.yaml").read_text().rstrip()}
+```
+</details>
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").content
+
+
+def load_snippet(kind: str, base_ref: str) -> str:
+    if kind == "merged":
+        return f"""```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("path/to/this/folder or its Hub repo id", dtype="auto")
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder or its Hub repo id")
+```"""
+    return f"""```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+base = AutoModelForCausalLM.from_pretrained("{base_ref}", dtype="auto")
+model = PeftModel.from_pretrained(base, "path/to/this/folder or its Hub repo id")
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder or its Hub repo id")
+```
+With the base available where `adapter_config.json` says (`base_model_name_or_path`),
+`peft.AutoPeftModelForCausalLM.from_pretrained("path/to/this/folder")` does both steps; for QLoRA, load the
+base with `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")` to reproduce training exactly."""
+
+
+def write(folder: Path, run_dir: Path, kind: str, merge_section: str = "") -> Path:
+    """Write `folder/README.md`; returns its path."""
+    out = Path(folder) / "README.md"
+    out.write_text(render(run_dir, kind, merge_section))
+    return out

@@ -1,0 +1,73 @@
+"""metrics.jsonl (one JSON line per logging step) and loss.png, written by rank 0 only."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+class MetricsCallback(TrainerCallback):
+    """Appends every log (loss, lr, grad_norm, eval metrics) with step, elapsed time and tokens/s; with
+    `perplexity` (SFT, where the loss is a token NLL) also eval_perplexity = exp(eval_loss)."""
+
+    def __init__(self, run_dir: Path, perplexity: bool = False):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.perplexity = perplexity
+        self.t0 = time.perf_counter()
+        self.last = (self.t0, 0.0)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.perf_counter()
+        row = {"step": state.global_step, "epoch": state.epoch, "time_s": round(now - self.t0, 3), **logs}
+        tokens = logs.get("num_tokens")
+        if tokens is not None and now > self.last[0]:
+            row["tokens_per_s"] = (tokens - self.last[1]) / (now - self.last[0])
+            self.last = (now, tokens)
+        if self.perplexity and "eval_loss" in logs:
+            row["eval_perplexity"] = math.exp(logs["eval_loss"])
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.path.is_file():
+            try:
+                plot_loss(self.path, self.path.with_name("loss.png"))
+            except ImportError:  # a GPU image without matplotlib still finishes and saves its adapter
+                print("loss.png not written: matplotlib is not installed (pip install matplotlib)", flush=True)
+
+
+def read(path: Path) -> list[dict]:
+    """Every row of a metrics.jsonl; a line cut off by a kill (the last one) is skipped."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def plot_loss(metrics_path: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read(metrics_path)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            ax.plot(*zip(*pts), marker="o" if key == "eval_loss" else None, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,135 @@
+"""The run directory: one for every rank, what it holds, and reading it back.
+
+Layout: <run>/config.yaml, <run>/checkpoints/checkpoint-N/ (complete ones only; see `checkpoints`),
+<run>/adapter/, <run>/metrics.jsonl, <run>/wandb_run_id. chat, evaluate, export and publish read a run
+through `run_config` and `finished` here.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from finetune import config
+from finetune.config import ConfigError, TrainConfig
+from finetune.runtime import dist
+
+STAGING = ".incomplete"  # where Trainer writes a checkpoint before it is complete (runs.checkpoints)
+WANDB_ID_FILE = "wandb_run_id"  # training.tracking keeps the wandb run id there; a resume reuses it
+
+
+def check(cfg) -> list[str]:
+    """An output_dir holding a finished run is never replaced silently."""
+    if cfg.output_dir and finished(Path(cfg.output_dir)) and not cfg.overwrite and cfg.resume:
+        return [f"output_dir={cfg.output_dir} already holds a finished run (adapter/ exists); "
+                "choose a new output_dir=, pass resume=false (starts over in a new directory beside it) "
+                "or overwrite=true (replaces it)"]
+    return []
+
+
+def finished(run_dir: Path) -> bool:
+    return (Path(run_dir) / "adapter" / "adapter_config.json").is_file()
+
+
+def run_config(run_dir: Path) -> TrainConfig:
+    """The run's resolved config.yaml as the schema object (fields added to the schema since take defaults)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError([f"run={run_dir}: no config.yaml there; point run= at a training run directory "
+                           "(outputs/<run>)"])
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path))
+    except Exception as exc:  # omegaconf's key and type errors name the key
+        raise ConfigError([f"{path}: {exc}"]) from None
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def run_problems(run: Path, merged: bool = False) -> list[str]:
+    """Why `run=` cannot be loaded (chat, evaluate): no config, unfinished, or no merged/ when asked for."""
+    if not (run / "config.yaml").is_file():
+        return [f"run={run}: no config.yaml there; give a training run directory (outputs/<run>)"]
+    if not finished(run):
+        return [f"run={run}: no adapter/ yet (training unfinished?); wait for the run to end, or point at another"]
+    if merged and not (run / "merged" / "config.json").is_file():
+        return [f"run={run}: no merged/ weights; run `python finetune/export.py run={run} merge=true` first, "
+                "or drop merged=true to load base + adapter"]
+    return []
+
+
+def start(output_dir: Optional[str], name: str, resume: bool, overwrite: bool) -> tuple[Path, Optional[str]]:
+    """(run directory, checkpoint to resume from or None), decided once by rank 0 and shared with every rank.
+
+    - no `output_dir`: outputs/<name>-<time>, a new run (a per-rank `${now:}` would split a run in two when a
+      second boundary falls between ranks, seen in 1 of 12 launches);
+    - `output_dir` holding checkpoints: resume from the newest complete one (the default after a crash);
+    - `resume=false`: never resume; if `output_dir` already holds a run, start over in <output_dir>-<time>;
+    - `overwrite=true`: start over in `output_dir` itself, replacing its checkpoints and metrics.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if not output_dir:
+        path, ckpt = Path("outputs", f"{name}-{stamp}").resolve(), None
+    else:
+        path = Path(output_dir).expanduser().resolve()
+        if not resume and not overwrite and used(path):
+            path = path.with_name(f"{path.name}-{stamp}")
+        ckpt = latest(path) if resume and not overwrite else None
+    path, ckpt = dist.from_rank0((str(path), ckpt))
+    return Path(path), ckpt
+
+
+def used(path: Path) -> bool:
+    """A run has already started in `path` (its config or any checkpoint is there)."""
+    return (path / "config.yaml").is_file() or (path / "checkpoints").is_dir()
+
+
+def latest(path: Path) -> Optional[str]:
+    """The newest complete checkpoint under <run>/checkpoints, or None (transformers' own search: complete by
+    construction, see `checkpoints.promote`)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = Path(path) / "checkpoints"
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def step_of(ckpt) -> Optional[int]:
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    name = Path(ckpt).name
+    return int(name.split("-")[-1]) if name.startswith(PREFIX_CHECKPOINT_DIR + "-") else None
+
+
+def prepare(path: Path, dict_cfg: DictConfig, resume: Optional[str]) -> None:
+    """Rank 0 creates the run directory, writes the resolved config, clears what a killed save left behind and,
+    when resuming, drops metrics logged after the checkpoint (they are logged again); the others wait."""
+    if dist.is_main():
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.yaml").write_text(config.to_yaml(dict_cfg))
+        shutil.rmtree(path / "checkpoints" / STAGING, ignore_errors=True)
+        if resume is None:  # a new start in this directory (overwrite=true, or no checkpoint was complete)
+            shutil.rmtree(path / "checkpoints", ignore_errors=True)
+            (path / "metrics.jsonl").unlink(missing_ok=True)
+            (path / WANDB_ID_FILE).unlink(missing_ok=True)  # a new start is a new wandb run
+        else:
+            trim_metrics(path / "metrics.jsonl", step_of(Path(resume)))
+    dist.wait_for_everyone()
+
+
+def trim_metrics(metrics: Path, step: Optional[int]) -> None:
+    """Keep the rows up to the resumed step; a line cut off by the kill is dropped too."""
+    if step is None or not metrics.is_file():
+        return
+    keep = [line for line in metrics.read_text().splitlines() if row_step(line) is not None and row_step(line) <= step]
+    tmp = metrics.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(metrics)
+
+
+def row_step(line: str) -> Optional[int]:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None

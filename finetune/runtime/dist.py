@@ -1,0 +1,50 @@
+"""Ranks through accelerate's `PartialState`, and the sharding `accelerate launch` set up (read from its env)."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+
+def state():
+    """accelerate's process state; on a CPU-only machine it must be created with cpu=True, or two ranks launched
+    by `accelerate launch --multi_gpu` both believe they are rank 0."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def distributed() -> bool:
+    """More than one process (every launcher, accelerate or torchrun, sets WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_main() -> bool:
+    """Rank 0. A single process is rank 0 without creating any process state (callers that never train)."""
+    return state().is_main_process if distributed() else True
+
+
+def from_rank0(value):
+    """`value` as rank 0 computed it, on every rank (each rank runs Hydra and our code on its own)."""
+    if not distributed():
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    state()  # joins the process group
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def wait_for_everyone() -> None:
+    if distributed():
+        state().wait_for_everyone()
+
+
+def launched_sharding(env=os.environ) -> Optional[str]:
+    """What `accelerate launch` set up: "fsdp", "zero2", "zero3", or None for plain data parallel / one process."""
+    if env.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "fsdp"
+    if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return "zero3" if env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3" else "zero2"
+    return None

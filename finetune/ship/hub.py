@@ -1,0 +1,122 @@
+"""Publish a run's adapter/ or merged/ folder to the Hugging Face Hub, in one commit, or say exactly why not.
+
+The token comes from `HF_TOKEN` or `hf auth login` (huggingface_hub's `get_token`), is passed to the client
+only, and is never printed or written. A folder in which any file holds something that looks like a token
+(`hf_` + 30 or more letters/digits, or the token in use) is refused before anything is sent.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from finetune.config import UserError
+
+TOKEN_RE = re.compile(rb"hf_[A-Za-z0-9]{30,}")
+IGNORED = ("training_args.bin",)  # a pickle of TrainingArguments: not needed to load, and the Hub flags pickles
+
+
+class PublishError(UserError, ValueError):
+    """Publishing stopped: no token, a refused token, an unreachable Hub, or a folder that must not go out."""
+
+
+@dataclass
+class Plan:
+    folder: Path
+    repo_id: str
+    private: bool
+    revision: Optional[str]
+    message: str
+    files: list[tuple[str, int]]  # (path in repo, bytes)
+
+    def describe(self) -> str:
+        where = f"{self.repo_id}" + (f" (branch {self.revision})" if self.revision else "")
+        lines = [f"{'private' if self.private else 'public'} repo {where}, one commit: {self.message!r}"]
+        lines += [f"  {path}  {size:,} B" for path, size in self.files]
+        return "\n".join(lines)
+
+
+def plan(folder: Path, repo_id: str, private: bool, revision: Optional[str], message: Optional[str]) -> Plan:
+    if not (folder / "README.md").is_file():
+        raise PublishError(f"{folder} has no README.md model card; run `python finetune/export.py run=<run>` "
+                           "(add merge=true for merged/) first")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise PublishError(f"repo_id={repo_id}: write it as <user or org>/<name>, e.g. me/llama2-13b-oasst-qlora")
+    files = sorted((p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*")
+                   if p.is_file() and p.name not in IGNORED)
+    return Plan(folder, repo_id, private, revision, message or f"Upload {folder.name} from {folder.parent.name}",
+                files)
+
+
+def token_or_none() -> Optional[str]:
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def token_findings(folder: Path, token: Optional[str]) -> list[str]:
+    """Files that look like they hold a token: every file read whole, except weights (their header only)."""
+    found = []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.name in IGNORED:
+            continue
+        blob = safetensors_header(p) if p.suffix == ".safetensors" else p.read_bytes()
+        m = TOKEN_RE.search(blob) or (re.search(re.escape(token.encode()), blob) if token else None)
+        if m:
+            found.append(f"{p.relative_to(folder)} (byte {m.start()}: {m.group()[:5].decode(errors='replace')}...)")
+    return found
+
+
+def safetensors_header(path: Path) -> bytes:
+    """The JSON header of a safetensors file (names, shapes, metadata): where text could hide in a weights file."""
+    with path.open("rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        return fh.read(min(n, 100_000_000))
+
+
+def publish(p: Plan, token: str) -> str:
+    """create_repo (+ branch), then upload_folder as one commit; returns the commit URL."""
+    import httpx2  # huggingface_hub 2.x's HTTP client: its TransportError is "could not connect"
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise PublishError("HF_HUB_OFFLINE is set (the Makefile sets it): publishing needs the network; run "
+                           "`HF_HUB_OFFLINE=0 python finetune/publish.py ...`")
+    api = HfApi(token=token)
+    created = False
+    try:
+        created = api.create_repo(p.repo_id, private=p.private, exist_ok=True, repo_type="model") is not None
+        if p.revision:
+            api.create_branch(p.repo_id, branch=p.revision, exist_ok=True)
+        info = api.upload_folder(folder_path=p.folder, repo_id=p.repo_id, revision=p.revision,
+                                 commit_message=p.message, ignore_patterns=list(IGNORED))
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        state = nothing_sent(p, created)
+        if status in (401, 403):
+            raise PublishError(f"{api.endpoint} refused the token ({status}) for {p.repo_id}: check it with "
+                               "`hf auth whoami`; it needs write access to that namespace. " + state) from None
+        raise PublishError(f"{api.endpoint} answered {status} for {p.repo_id}: {server_message(exc)}. "
+                           + state) from None
+    except httpx2.TransportError as exc:
+        raise PublishError(f"could not reach {api.endpoint} ({type(exc).__name__}: {exc}); check the network, "
+                           "a proxy, or HF_ENDPOINT. " + nothing_sent(p, created)) from None
+    return info.commit_url
+
+
+def nothing_sent(p: Plan, created: bool) -> str:
+    if created:
+        return f"The repository {p.repo_id} exists, but no commit from this upload was made (uploads are one commit)."
+    return "Nothing was published."
+
+
+def server_message(exc) -> str:
+    try:
+        return json.loads(exc.response.text).get("error", exc.response.text)[:300]
+    except (ValueError, AttributeError):
+        return str(exc)[:300]

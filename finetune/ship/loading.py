@@ -1,0 +1,44 @@
+"""A trained run back in memory: its tokenizer, its base (quantized as trained) and its adapter, or its merged
+weights. Used by chat.py, evaluate.py and the export verification."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from finetune.config import QuantConfig, TrainConfig
+from finetune.model import base as model
+from finetune.model import tokenizer as tok
+
+def quant_config(quant: Optional[QuantConfig], train_cfg: TrainConfig, merged: bool) -> QuantConfig:
+    """`quant=` if given; else the run's own quantization for base + adapter (the model that was trained), and
+    none for merged weights (already what export chose)."""
+    return quant or (QuantConfig() if merged else train_cfg.quant)
+
+
+def load_tokenizer(run: Path, train_cfg: TrainConfig):
+    """The tokenizer the run saved beside its adapter (tokenizer.model + HF files)."""
+    return tok.load_tokenizer(dataclasses.replace(train_cfg.model, tokenizer=str(run / "adapter")))
+
+
+def load_base(run: Optional[Path], train_cfg: TrainConfig, tokenizer, quant: Optional[QuantConfig],
+              merged: bool = False):
+    """The run's base model (or its merged/ weights) on whatever device is present, in eval mode."""
+    mcfg = dataclasses.replace(train_cfg.model)
+    if merged:
+        mcfg.path, mcfg.random_init = str(run / "merged"), False
+    else:
+        model.prepare_path(mcfg, tokenizer)  # random-init tiny bases are rebuilt from their seed if missing
+    qcfg = quant_config(quant, train_cfg, merged)
+    base = model.load_base(mcfg, qcfg)  # keeps the bitsandbytes CPU repack off
+    if qcfg.mode == "none" and torch.cuda.is_available():
+        base.to("cuda")
+    return base.eval()
+
+
+def add_adapter(base, run: Path):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(run / "adapter")).eval()

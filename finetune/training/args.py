@@ -1,0 +1,66 @@
+"""TrainingArguments shared by SFT and DPO, and the callbacks every trainer gets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from finetune.config import TrainConfig
+from finetune.runs import checkpoints
+from finetune.runs.metrics import MetricsCallback
+from finetune.training import samples, tracking
+
+
+def gradient_checkpointing(cfg: TrainConfig) -> bool:
+    """`trainer.gradient_checkpointing`, or by default: on with CUDA (memory), off on a CPU (speed)."""
+    gc = cfg.trainer.gradient_checkpointing
+    return torch.cuda.is_available() if gc is None else gc
+
+
+def liger(cfg: TrainConfig) -> bool:
+    """`trainer.liger` where its Triton kernels can run (CUDA); a CPU trains without them."""
+    return cfg.trainer.liger and torch.cuda.is_available()
+
+
+def common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool) -> dict:
+    """TrainingArguments shared by SFT and DPO, from the `trainer` sub-config."""
+    t, cuda = cfg.trainer, torch.cuda.is_available()
+    gc = gradient_checkpointing(cfg)
+    return dict(
+        output_dir=str(checkpoints.staging_dir(run_dir)),  # runs.checkpoints.AtomicCheckpoints moves each out
+        per_device_train_batch_size=t.micro_batch_size,
+        per_device_eval_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float < 1 is a fraction of the steps (transformers 5)
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        num_train_epochs=t.num_epochs,
+        max_steps=t.max_steps,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=None,  # runs.checkpoints.AtomicCheckpoints keeps the last trainer.save_total_limit
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=cfg.eval.every or t.save_steps,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=cuda and cfg.model.dtype == "bfloat16",
+        fp16=cuda and cfg.model.dtype == "float16",
+        use_cpu=not cuda,
+        gradient_checkpointing=gc,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+        ddp_find_unused_parameters=False,  # LoRA: every trainable parameter is used
+        dataloader_num_workers=t.dataloader_workers,
+        report_to=tracking.report_to(cfg.tracking),  # wandb/tensorboard callbacks log on rank 0 only
+        run_name=run_dir.name,
+    )
+
+
+def callbacks(cfg: TrainConfig, tokenizer, head: list[dict], run_dir: Path) -> list:
+    """metrics.jsonl + loss.png, and samples.jsonl for the fixed prompts (`eval.samples`) from `head`."""
+    metrics = MetricsCallback(run_dir, perplexity=cfg.trainer.kind == "sft")  # a DPO loss is no token NLL
+    return [metrics, *samples.callbacks(cfg, tokenizer, head, run_dir)]

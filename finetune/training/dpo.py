@@ -1,0 +1,92 @@
+"""Direct Preference Optimization through TRL's DPOTrainer: Meta-exact tokens, no second model in memory.
+
+The reference policy is never a second copy of the base. Given our PeftModel and no `ref_model`, TRL 1.16
+copies the "default" adapter into a frozen adapter named "ref" on the same base and evaluates the reference
+through it: a new LoRA copies as zeros (B = 0), so the reference is the base; an `init_adapter` (an SFT
+adapter) copies as itself, so the reference is the SFT policy. Either way the extra memory is one adapter.
+
+The pairs arrive as our ids (`data.pairs`: TRL's own re-tokenization differs from Meta's encoding) and reach
+TRL's `DataCollatorForPreference` through `collate`. Reference log-probs can be precomputed once
+(`trainer.precompute_ref=true`): TRL writes its table beside the cached pairs ($FINETUNE_CACHE/data/...),
+named by a hash of the dataset and of every model weight (base + adapters), so a later run with the same
+data, model and adapter finds it and skips the reference pass. tests/unit/test_dpo.py holds TRL to this
+contract (the collator's import path and input keys); pyproject pins trl to the tested minor.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from finetune.runtime import console
+from finetune.training.args import callbacks, common_args
+
+
+def loss_types() -> tuple[str, ...]:
+    """TRL's DPO losses, as its DPOConfig documents them (sigmoid is the DPO paper's; ipo, hinge, robust...)."""
+    import dataclasses
+
+    from trl import DPOConfig
+
+    help_text = next(f for f in dataclasses.fields(DPOConfig) if f.name == "loss_type").metadata["help"]
+    return tuple(re.findall(r"`'(\w+)'`", help_text))
+
+
+def check(cfg) -> list[str]:
+    """Problems in a DPO config, found before any weight loads."""
+    t, problems = cfg.trainer, []
+    if t.loss_type not in (valid := loss_types()):
+        problems.append(f"trainer.loss_type={t.loss_type}: use one of {', '.join(valid)}")
+    if t.beta <= 0:
+        problems.append(f"trainer.beta={t.beta}: must be > 0 (0.1 is the DPO paper's; 0.01-0.5 is usual)")
+    if cfg.data.max_prompt_length is not None and cfg.data.max_prompt_length >= cfg.data.max_length:
+        problems.append(f"data.max_prompt_length={cfg.data.max_prompt_length} leaves no room for an answer in "
+                        f"data.max_length={cfg.data.max_length}; lower it or raise data.max_length")
+    return problems
+
+
+def collate(pad_id: int):
+    """TRL's DataCollatorForPreference over our Meta-exact id columns (and cached reference log-probs)."""
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    pad = DataCollatorForPreference(pad_token_id=pad_id)
+
+    def collate_fn(examples: list[dict]) -> dict:
+        return pad([{"prompt_ids": ex["llama_prompt_ids"], "chosen_ids": ex["llama_chosen_ids"],
+                     "rejected_ids": ex["llama_rejected_ids"],
+                     **{k: ex[k] for k in ("ref_chosen_logps", "ref_rejected_logps") if k in ex}}
+                    for ex in examples])
+
+    return collate_fn
+
+
+def reference_tables(train_ds) -> set[str]:
+    """TRL's cached reference log-prob tables beside the training pairs (none when `data.cache=false` keeps
+    the pairs in memory)."""
+    if not train_ds.cache_files:
+        return set()
+    folder = Path(train_ds.cache_files[0]["filename"]).parent
+    return {p.name for p in folder.glob("cache-*.arrow")}
+
+
+def build(cfg, model, tokenizer, prepared, run_dir: Path):
+    """TRL's DPOTrainer on our PeftModel: reference = the same model with the frozen "ref" adapter."""
+    from trl import DPOConfig, DPOTrainer
+
+    t, train_ds, eval_ds = cfg.trainer, prepared.train, prepared.eval
+    args = DPOConfig(
+        **common_args(cfg, run_dir, eval_ds is not None),
+        beta=t.beta,
+        loss_type=[t.loss_type],
+        max_length=None,  # lengths are enforced when tokenizing (data.max_length, data.max_prompt_length)
+        precompute_ref_log_probs=t.precompute_ref,
+        remove_unused_columns=False,  # our llama_*_ids columns reach `collate`
+    )
+    before = reference_tables(train_ds)
+    trainer = DPOTrainer(model=model, args=args, data_collator=collate(tokenizer.pad_id), train_dataset=train_ds,
+                         eval_dataset=eval_ds, processing_class=tokenizer.hf,
+                         callbacks=callbacks(cfg, tokenizer, prepared.head, run_dir))
+    if t.precompute_ref:
+        made = reference_tables(train_ds) - before
+        console.info(f"reference log-probs: {'computed and cached' if made else 'reused from the cache'} in "
+                     f"{Path(train_ds.cache_files[0]['filename']).parent}")
+    return trainer

@@ -1,0 +1,13 @@
+"""The trainer registry: `trainer.kind` -> the module that checks its config and builds its TRL trainer."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from finetune.training import dpo, sft
+
+TRAINERS = {"sft": sft, "dpo": dpo}
+
+
+def build(cfg, model, tokenizer, prepared, run_dir: Path):
+    """The TRL trainer for `trainer.kind` over the prepared data."""
+    return TRAINERS[cfg.trainer.kind].build(cfg, model, tokenizer, prepared, run_dir)
