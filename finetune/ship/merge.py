@@ -29,7 +29,6 @@ from finetune.config import UserError
 # The Linear layers transformers swaps for bitsandbytes ones in a Llama (everything but lm_head).
 QUANTIZED_RE = re.compile(r"\.(q|k|v|o|gate|up|down)_proj\.weight$")
 LORA_KEY_RE = re.compile(r"^base_model\.model\.(.+)\.lora_([AB])\.weight$")
-BASES = ("dequantized", "original")
 FILES_FROM_BASE = ("generation_config.json",)
 
 

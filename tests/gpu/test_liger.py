@@ -13,7 +13,7 @@ pytest.importorskip("liger_kernel", reason="pip install liger-kernel")
 
 from tests.conftest import compose  # noqa: E402
 from finetune import config
-from finetune.model import base
+from finetune.model import base as model_base
 from finetune.model import tokenizer as tokenizer_mod
 from finetune.data.load import Prepared  # noqa: E402
 from finetune.data.stats import Stats  # noqa: E402
@@ -26,7 +26,7 @@ def lora_llama():
     from transformers import AutoModelForCausalLM
 
     cfg = config.load(compose("recipe=tiny_lora", "model.arch.hidden_size=256", "model.arch.intermediate_size=688"))
-    hf_cfg = base.llama_config(cfg.model)
+    hf_cfg = model_base.llama_config(cfg.model)
     hf_cfg.use_cache = False
     torch.manual_seed(0)
     m = AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32).cuda()

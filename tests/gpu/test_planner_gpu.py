@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
 
 from tests.conftest import compose  # noqa: E402
 from finetune import config
-from finetune.model import base
+from finetune.model import base as model_base
 from finetune.model import lora
 from finetune.model import tokenizer as tokenizer_mod
 from finetune.planning import planner
@@ -34,8 +34,8 @@ def test_estimate_within_15_percent_of_the_measured_peak(tmp_path, quant, upcast
                               "data.max_length=2048", "trainer.micro_batch_size=2", "trainer.optim=adamw_torch",
                               f"trainer.gradient_checkpointing={str(checkpointing).lower()}"))
     tokenizer = tokenizer_mod.load_tokenizer(cfg.model)
-    base.prepare_path(cfg.model, tokenizer)
-    base = base.load_base(cfg.model, cfg.quant, checkpointing)  # 4-bit: placed on the GPU by bitsandbytes
+    model_base.prepare_path(cfg.model, tokenizer)
+    base = model_base.load_base(cfg.model, cfg.quant, checkpointing)  # 4-bit: placed on the GPU by bitsandbytes
     base = base.cuda() if quant == "none" else base
     add_fused_lm_head(base)
     peft_model = lora.apply_lora(base, cfg.lora)

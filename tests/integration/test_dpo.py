@@ -12,8 +12,7 @@ import torch
 
 from tests.conftest import compose, run_entry
 from finetune import config
-from finetune.data import sft
-from finetune.model import base
+from finetune.model import base as model_base
 from finetune.runs import metrics
 
 pytestmark = pytest.mark.slow
@@ -65,13 +64,12 @@ def test_reference_is_the_sft_policy_not_the_base(sft_dpo, tiny_sft_run):
     from datasets import Dataset, load_from_disk
     from peft import PeftModel
 
-
     out, proc = sft_dpo
     pairs = load_from_disk(str(cache_dir(proc)))
     tables = [Dataset.from_file(str(f)) for f in cache_dir(proc).glob("cache-*.arrow")]
     [table] = [t for t in tables if "ref_chosen_logps" in t.column_names]
     cfg = config.load(compose("recipe=tiny_dpo", f"model.path={config_of(out)['model']['path']}"))
-    sft = PeftModel.from_pretrained(base.load_base(cfg.model, cfg.quant), str(tiny_sft_run / "adapter")).eval()
+    sft = PeftModel.from_pretrained(model_base.load_base(cfg.model, cfg.quant), str(tiny_sft_run / "adapter")).eval()
 
     def logps(ids_of):
         with torch.no_grad():

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from tests.conftest import compose, run_entry
 from finetune import config
 from finetune.data import load as data_load
-from finetune.model import base
+from finetune.model import base as model_base
 from finetune.model import tokenizer as tokenizer_mod
 from finetune.runs import metrics
 
@@ -33,10 +33,10 @@ def stock_eval_loss(run_dir, recipe):
     eval_ds = data_load.load(cfg.data, tok).eval
     kwargs = {"dtype": torch.float32}
     if cfg.quant.mode != "none":
-        kwargs.update(quantization_config=base.bnb_config(cfg.quant, torch.float32), device_map="cpu")
+        kwargs.update(quantization_config=model_base.bnb_config(cfg.quant, torch.float32), device_map="cpu")
     peft_model = AutoPeftModelForCausalLM.from_pretrained(run_dir / "adapter", **kwargs)
     if cfg.quant.mode != "none":
-        base.disable_cpu_weight_repacking(peft_model)
+        model_base.disable_cpu_weight_repacking(peft_model)
     peft_model.eval()
     ids = [torch.tensor(x) for x in eval_ds["input_ids"]]
     masks = [torch.tensor(m) for m in eval_ds["assistant_masks"]]

@@ -10,7 +10,7 @@ from tests.conftest import ROOT, compose
 from finetune import config
 from finetune.data import examples
 from finetune.data import load as data_load
-from finetune.model import base
+from finetune.model import base as model_base
 from finetune.model import lora
 from finetune.model import tokenizer as tokenizer_mod
 from finetune.training import kinds
@@ -23,8 +23,8 @@ def batch_and_examples(tmp_path_factory):
     tok = tokenizer_mod.load_tokenizer(cfg.model)
     prepared = data_load.load(cfg.data, tok)
     train_ds, stats = prepared.train, prepared.stats
-    base.prepare_path(cfg.model, tok)
-    peft_model = lora.apply_lora(base.load_base(cfg.model, cfg.quant), cfg.lora)
+    model_base.prepare_path(cfg.model, tok)
+    peft_model = lora.apply_lora(model_base.load_base(cfg.model, cfg.quant), cfg.lora)
     run_dir = tmp_path_factory.mktemp("labels")
     trainer = kinds.build(cfg, peft_model, tok, dataclasses.replace(prepared, eval=None), run_dir)
     batch = next(iter(trainer.get_train_dataloader()))

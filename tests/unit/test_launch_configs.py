@@ -11,7 +11,7 @@ from accelerate.utils import DistributedType
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
 from tests.conftest import ROOT
-from finetune.model import base
+from finetune.model import base as model_base
 from finetune.model import lora
 from finetune.runtime.dist import launched_sharding
 
@@ -124,7 +124,7 @@ def test_qlora_under_zero3_stops_before_loading_weights():
     os.environ.update(ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_ZERO_STAGE="3")
     try:
         with pytest.raises(config.ConfigError, match="launch/accelerate/fsdp_qlora.yaml"):
-            base.load_base(cfg.model, cfg.quant)
+            model_base.load_base(cfg.model, cfg.quant)
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -7,7 +7,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from finetune import config
-from finetune.model import base
 from finetune.ship import merge
 
 

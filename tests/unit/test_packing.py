@@ -10,7 +10,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from tests.conftest import compose
 from finetune import config
-from finetune.model import base
+from finetune.model import base as model_base
 from finetune.model import lora
 from finetune.model import tokenizer as tokenizer_mod
 from finetune.data.load import Prepared
@@ -26,7 +26,7 @@ def tiny():
     from transformers import AutoModelForCausalLM
 
     cfg = config.load(compose("recipe=tiny_lora"))
-    hf_cfg = base.llama_config(cfg.model)
+    hf_cfg = model_base.llama_config(cfg.model)
     hf_cfg.initializer_range = 0.3
     hf_cfg.use_cache = False  # as model.load_base sets it: with a KV cache transformers ignores the packing
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import compose
 from finetune import config
-from finetune.model import base
+from finetune.model import base as model_base
 from finetune.model import tokenizer as tokenizer_mod
 
 
@@ -18,7 +18,7 @@ from finetune.model import tokenizer as tokenizer_mod
 def tiny():
     cfg = config.load(compose("recipe=tiny_qlora"))
     tok = tokenizer_mod.load_tokenizer(cfg.model)
-    base.prepare_path(cfg.model, tok)
+    model_base.prepare_path(cfg.model, tok)
     return cfg, tok
 
 
@@ -52,7 +52,7 @@ def lora_grads(base, batch):
 
 def test_qlora_grads_match_dequantized_reference_after_an_eval_forward(tiny):
     cfg, tok = tiny
-    q4 = base.load_base(cfg.model, cfg.quant)
+    q4 = model_base.load_base(cfg.model, cfg.quant)
     ids = torch.tensor([tok.sp.encode("[INST] What is two plus three? [/INST] Five.")])
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     q4.eval()

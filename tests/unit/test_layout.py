@@ -1,0 +1,46 @@
+"""The package layout holds: every import inside finetune/ (module-level and function-local) points down the
+stages, so no stage reaches the weights, the trainers or the run directory from below."""
+from __future__ import annotations
+
+import ast
+
+from tests.conftest import ROOT
+
+# package -> the packages it may import (besides itself); entry points at the top may import any of them
+ALLOWED = {
+    "config": set(),
+    "runtime": {"config"},
+    "data": {"config", "runtime"},
+    "model": {"config", "runtime", "data"},
+    "runs": {"config", "runtime", "data"},
+    "training": {"config", "runtime", "data", "model", "runs"},
+    "ship": {"config", "runtime", "data", "model", "runs"},
+    "planning": {"config", "runtime"},
+    "sweeps": {"config", "runtime"},
+}
+
+
+def imported_packages(path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("finetune"):
+            parts = node.module.split(".")
+            found |= {parts[1]} if len(parts) > 1 else {alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("finetune.")}
+    return found
+
+
+def test_every_import_points_down_the_stages():
+    assert set(ALLOWED) == {p.name for p in (ROOT / "finetune").iterdir() if (p / "__init__.py").is_file()}
+    wrong = []
+    for package, allowed in ALLOWED.items():
+        for path in sorted((ROOT / "finetune" / package).glob("*.py")):
+            for target in imported_packages(path) - allowed - {package}:
+                wrong.append(f"{path.relative_to(ROOT)} imports finetune.{target}")
+    assert wrong == []
+
+
+def test_modules_stay_small():
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in (ROOT / "finetune").rglob("*.py")}
+    assert {p: n for p, n in sizes.items() if n > 250} == {}
