@@ -124,6 +124,8 @@ def main(dict_cfg: DictConfig) -> None:
     from finetune.ship import loading
 
     # Check everything that needs no weights: the run or model, the data, the split
+    if unknown := config.unknown_keys(dict_cfg):  # `+key=...` adds keys Hydra's own check lets through
+        raise config.ConfigError(unknown)
     ecfg: EvaluateConfig = OmegaConf.to_object(dict_cfg)  # type: ignore[assignment]
     if problems := check(ecfg):
         raise ConfigError(problems)

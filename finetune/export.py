@@ -157,6 +157,8 @@ def merge_section(merge_base: str, dtype, stats, source: str, drifts) -> str:
 @hydra.main(version_base="1.3", config_path="../configs", config_name="export")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
+    if unknown := config.unknown_keys(dict_cfg):  # `+key=...` adds keys Hydra's own check lets through
+        raise config.ConfigError(unknown)
     cfg: ExportConfig = OmegaConf.to_object(dict_cfg)  # type: ignore[assignment]
     run = Path(cfg.run).expanduser().resolve()
     if problems := check(cfg, run):

@@ -40,6 +40,8 @@ ConfigStore.instance().store(name="publish_schema", node=PublishConfig)
 def main(dict_cfg: DictConfig) -> None:
     from finetune.ship import hub
 
+    if unknown := config.unknown_keys(dict_cfg):  # `+key=...` adds keys Hydra's own check lets through
+        raise config.ConfigError(unknown)
     cfg: PublishConfig = OmegaConf.to_object(dict_cfg)  # type: ignore[assignment]
     if cfg.what not in ("adapter", "merged"):
         raise config.ConfigError([f"what={cfg.what}: use adapter or merged"])

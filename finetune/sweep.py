@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
     sweep = sweep_space.load(path, overrides)
     total = trial_count(sweep, opts.trials)
     out = Path(opts.sweep_dir or Path("outputs", "sweeps", path.stem)).resolve()
-    if "finetune/train.py" in " ".join(sweep.command):
+    if trains(sweep):
         precheck(sweep, out)
     records = open_sweep_dir(sweep, path, out)
     console.info(f"sweep {path} ({sweep.method}, {sweep.goal} {sweep.metric}): {total} trials in {out}"
@@ -131,6 +131,12 @@ def open_sweep_dir(sweep: Sweep, path: Path, out: Path) -> dict[int, dict]:
     return dict(sorted(records.items()))
 
 
+def trains(sweep: Sweep) -> bool:
+    """The trials run finetune/train.py: named in the command, or as the file's `program:` via ${program}."""
+    words = list(sweep.command) + ([sweep.program] if sweep.program and "${program}" in sweep.command else [])
+    return any(str(w).endswith("finetune/train.py") for w in words)
+
+
 def precheck(sweep: Sweep, out: Path) -> None:
     """Compose the training config with a trial's overrides before any trial runs: a misspelled key in the
     sweep file or on the command line would otherwise fail every trial, one at a time."""
@@ -138,14 +144,18 @@ def precheck(sweep: Sweep, out: Path) -> None:
 
     sample = {k: (d.choices[0] if hasattr(d, "choices") else d.low) for k, d in sweep.space.items()}
     args = [f"{k}={v}" for k, v in trial_args(sweep, sample, out / "trial-000").items()]
+    from finetune.training import checks
+
     config.register()
     try:
         with initialize_config_dir(config_dir=str(config.CONFIGS_DIR), version_base="1.3"):
-            compose(config_name="train", overrides=args)
+            problems = checks.problems(compose(config_name="train", overrides=args))
     except Exception as exc:  # Hydra's and omegaconf's errors name the key
-        why = "\n".join(str(e) for e in (exc, exc.__cause__) if e is not None)
+        problems = [str(e) for e in (exc, exc.__cause__) if e is not None]
+    if problems:
+        why = "\n".join(problems)
         raise ConfigError([f"{sweep.path}: finetune/train.py rejects the trial overrides {' '.join(args)}:\n    "
-                           + why.replace("\n", "\n    ")]) from None
+                           + why.replace("\n", "\n    ")])
 
 
 def trial_args(sweep: Sweep, params: dict[str, Any], trial_dir: Path) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def main(dict_cfg: DictConfig) -> None:
     trainer = kinds.build(cfg, peft_model, tokenizer, prepared, run_dir)
     checkpoints.attach(trainer, run_dir, cfg.trainer.save_total_limit)  # checkpoints complete or absent; exact resume
     console.info(start_report(trainer, cfg, prepared.stats, run_dir, resume))
-    trainer.train(resume_from_checkpoint=resume)
+    checkpoints.train(trainer, resume)  # trainer.train, resumed; nothing left to train after the last step
 
     # Save the adapter (+ tokenizer, model card) beside the checkpoints
     adapter_dir = checkpoints.save(trainer, tokenizer, run_dir)

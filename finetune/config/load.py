@@ -40,37 +40,111 @@ def choice_problems(cfg: DictConfig) -> list[str]:
 def check(cfg: DictConfig) -> list[str]:
     """Every problem in a composed config that the config alone shows, each naming the key and the fix."""
     missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        return [f"{k}: required, no value given (set {k}=...)" for k in missing]
-    problems = choice_problems(cfg)
-    t, e, pl = cfg.trainer, cfg.eval, cfg.plan
-    if cfg.lora.r <= 0:
-        problems.append(f"lora.r={cfg.lora.r}: must be a positive integer (8, 16, 64 ...)")
-    unknown = sorted(set(cfg.lora.target_modules) - set(LLAMA_LINEARS))
-    if unknown:
-        problems.append(f"lora.target_modules: {unknown} are not Llama linear layers; use some of {LLAMA_LINEARS}")
-    if t.micro_batch_size < 1 or t.grad_accum < 1:
-        problems.append("trainer.micro_batch_size and trainer.grad_accum must be >= 1")
-    if t.max_steps <= 0 and t.num_epochs <= 0:
-        problems.append("set trainer.max_steps > 0 or trainer.num_epochs > 0")
+    problems = [f"{k}: required, no value given (set {k}=...)" for k in missing]
+    problems += unknown_keys(cfg) + choice_problems(cfg) + trainer_problems(cfg.trainer) + lora_problems(cfg.lora)
+    if not any(k.startswith("model.arch") for k in missing):
+        problems += arch_problems(cfg.model.arch, cfg.data.max_length)
+    e, pl = cfg.eval, cfg.plan
     if e.every is not None and e.every < 1:
         problems.append(f"eval.every={e.every}: must be >= 1 (optimizer steps between evaluations), "
                         "or null to follow trainer.save_steps")
     if e.samples < 0 or e.max_new_tokens < 1:
         problems.append("eval.samples must be >= 0 (0: no samples) and eval.max_new_tokens >= 1")
-    if (pl.gpus is not None and pl.gpus < 1) or not 0 < pl.utilization <= 1:
-        problems.append("plan.gpus must be >= 1 and plan.utilization in (0, 1]")
-    if cfg.data.max_length > cfg.model.arch.max_position_embeddings:
-        problems.append(f"data.max_length={cfg.data.max_length} is longer than the model's context "
-                        f"(model.arch.max_position_embeddings={cfg.model.arch.max_position_embeddings}); "
-                        f"set data.max_length<={cfg.model.arch.max_position_embeddings}")
+    if pl.gpus is not None and pl.gpus < 1:
+        problems.append(f"plan.gpus={pl.gpus}: must be >= 1 (or null: the GPUs present)")
+    if not 0 < pl.utilization <= 1:
+        problems.append(f"plan.utilization={pl.utilization}: must be in (0, 1]")
     return problems
+
+
+def trainer_problems(t) -> list[str]:
+    problems = []
+    if not t.learning_rate > 0:
+        problems.append(f"trainer.learning_rate={t.learning_rate}: must be > 0 (2e-4 is the QLoRA paper's)")
+    if not 0 <= t.warmup_ratio < 1:
+        problems.append(f"trainer.warmup_ratio={t.warmup_ratio}: a fraction of the steps, in [0, 1) (0.03 is usual)")
+    if t.weight_decay < 0 or t.max_grad_norm < 0:
+        problems.append("trainer.weight_decay and trainer.max_grad_norm must be >= 0 (0: off)")
+    if t.micro_batch_size < 1 or t.grad_accum < 1:
+        problems.append("trainer.micro_batch_size and trainer.grad_accum must be >= 1")
+    if t.max_steps <= 0 and t.num_epochs <= 0:
+        problems.append("set trainer.max_steps > 0 or trainer.num_epochs > 0")
+    for key in ("save_steps", "logging_steps"):
+        if getattr(t, key) < 1:
+            problems.append(f"trainer.{key}={getattr(t, key)}: must be >= 1 (optimizer steps)")
+    if t.save_steps >= 1 and t.logging_steps >= 1 and t.save_steps % t.logging_steps:
+        problems.append(f"trainer.save_steps={t.save_steps} is not a multiple of trainer.logging_steps="
+                        f"{t.logging_steps}: a resumed run's first logged loss would average a part of a window; "
+                        f"use trainer.save_steps={-(-t.save_steps // t.logging_steps) * t.logging_steps}")
+    return problems
+
+
+def lora_problems(lo) -> list[str]:
+    problems = []
+    if lo.r <= 0:
+        problems.append(f"lora.r={lo.r}: must be a positive integer (8, 16, 64 ...)")
+    if lo.alpha <= 0:
+        problems.append(f"lora.alpha={lo.alpha}: must be > 0 (the LoRA update is scaled by alpha / r)")
+    if not 0 <= lo.dropout < 1:
+        problems.append(f"lora.dropout={lo.dropout}: a probability in [0, 1) (0.05 or 0.1 is usual)")
+    unknown = sorted(set(lo.target_modules) - set(LLAMA_LINEARS))
+    if unknown:
+        problems.append(f"lora.target_modules: {unknown} are not Llama linear layers; use some of {LLAMA_LINEARS}")
+    elif not lo.target_modules:
+        problems.append(f"lora.target_modules is empty: LoRA would train nothing; use some of {LLAMA_LINEARS}")
+    return problems
+
+
+def arch_problems(a, max_length: int) -> list[str]:
+    problems = []
+    if a.hidden_size < 1 or a.num_heads < 1 or a.hidden_size % a.num_heads:
+        problems.append(f"model.arch.hidden_size={a.hidden_size} is not a multiple of model.arch.num_heads="
+                        f"{a.num_heads}; each head gets hidden_size / num_heads dimensions")
+    elif a.num_kv_heads < 1 or a.num_heads % a.num_kv_heads:
+        problems.append(f"model.arch.num_heads={a.num_heads} is not a multiple of model.arch.num_kv_heads="
+                        f"{a.num_kv_heads} (grouped-query attention shares each KV head among whole groups)")
+    if max_length > a.max_position_embeddings:
+        problems.append(f"data.max_length={max_length} is longer than the model's context "
+                        f"(model.arch.max_position_embeddings={a.max_position_embeddings}); "
+                        f"set data.max_length<={a.max_position_embeddings}")
+    return problems
+
+
+def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Keys the schema does not have: `+key=value` and `++key=value` add them past Hydra's own check, and
+    nothing would read them (a typo then trains with the default, silently)."""
+    import dataclasses
+    import difflib
+
+    schema = OmegaConf.get_type(cfg)
+    if not dataclasses.is_dataclass(schema):
+        return []
+    names = [f.name for f in dataclasses.fields(schema)]
+    out = []
+    for key in cfg.keys():
+        node = cfg._get_node(key)
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            out.append(f"{prefix}{key}: no such key" + (f"; did you mean {prefix}{near[0]}?" if near else "")
+                       + " (a +/++ override adds keys that nothing reads); remove it or fix the spelling")
+        elif isinstance(node, DictConfig) and not node._is_missing() and not node._is_none():
+            out += unknown_keys(node, f"{prefix}{key}.")
+    return out
 
 
 def to_yaml(dict_cfg: DictConfig) -> str:
     """The fully resolved config, secrets redacted (keys that name a token, key or password)."""
     container: Any = OmegaConf.to_container(dict_cfg, resolve=True)
     return OmegaConf.to_yaml(OmegaConf.create(redact(container)))
+
+
+def flatten(node: dict, prefix: str = ""):
+    """(dotted key, value) pairs of a nested dict: {"lora": {"r": 16}} -> ("lora.r", 16)."""
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            yield from flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def redact(node: Any) -> Any:

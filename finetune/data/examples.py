@@ -35,6 +35,8 @@ def check(dcfg) -> list[str]:
         problems.append("data.eval_path and data.eval_fraction are both set: choose one (data.eval_fraction=0)")
     for key in ("too_long", "train_on", "invalid"):
         problems += choice_problem(f"data.{key}", getattr(dcfg, key))
+    if dcfg.max_samples is not None and dcfg.max_samples < 1:
+        problems.append(f"data.max_samples={dcfg.max_samples}: must be >= 1, or null for every example")
     if dcfg.max_length < 16:
         problems.append(f"data.max_length={dcfg.max_length}: too short for a Llama 2 chat turn; use >= 16")
     return problems
@@ -85,6 +87,11 @@ def _checked(ex: Example, dcfg) -> Example:
     if dcfg.system_prompt and msgs and msgs[0]["role"] != "system":
         msgs.insert(0, {"role": "system", "content": dcfg.system_prompt})
     check_dialog(msgs, "assistant" if "messages" in ex else "user")
+    empty = [f"message {i} ({m['role']})" for i, m in enumerate(msgs) if m["role"] != "system"
+             and not m["content"].strip()]
+    empty += [f"the {side} answer" for side in ("chosen", "rejected") if side in ex and not ex[side].strip()]
+    if empty:
+        raise Invalid(f"{empty[0]} is empty (an empty answer teaches the model to stop at once)")
     if "chosen" in ex and ex["chosen"].strip() == ex["rejected"].strip():
         raise Invalid("chosen and rejected are identical (such a pair teaches nothing: its DPO loss stays ln 2)")
     return ex

@@ -29,17 +29,24 @@ def is_hub_id(path: str) -> bool:
     return not looks_local(path) and not path.endswith(SUFFIXES)
 
 
+def supported(name: str) -> bool:
+    return name.lower().endswith(SUFFIXES)  # `.JSONL` is JSON Lines too
+
+
 def files(path: str) -> list[Path]:
-    """The data files at `path`: the file itself, or every supported file under the folder, sorted."""
+    """The data files at `path`: the file itself, or every supported file under the folder, sorted. Hidden files
+    and folders (`.ipynb_checkpoints/`, `.git/`, editor backups) are skipped: their copies would be read twice."""
     p = Path(path).expanduser()
     if p.is_dir():
-        found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(SUFFIXES))
+        found = sorted(f for f in p.rglob("*") if f.is_file() and supported(f.name)
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
         if not found:
-            raise SourceError(f"{p}: no data files in this folder (looked for {', '.join(SUFFIXES)})")
+            raise SourceError(f"{p}: no data files in this folder (looked for {', '.join(SUFFIXES)}, "
+                              "hidden files skipped)")
         return found
     if not p.is_file():
         raise SourceError(f"{p}: no such file or folder")
-    if not p.name.endswith(SUFFIXES):
+    if not supported(p.name):
         raise SourceError(f"{p}: unsupported file type; use one of {', '.join(SUFFIXES)}")
     return [p]
 
@@ -50,10 +57,10 @@ def read_records(path: str, split: str = "train", revision: str | None = None) -
         yield from _rows(_load_dataset(path, None, split, revision), f"{path}[{split}]")
         return
     for f in files(path):
-        if f.name.endswith(JSON_SUFFIXES):
+        if f.name.lower().endswith(JSON_SUFFIXES):
             yield from _json_records(f)
         else:
-            yield from _rows(_load_dataset(TABULAR[f.suffix], str(f), "train", None), str(f))
+            yield from _rows(_load_dataset(TABULAR[f.suffix.lower()], str(f), "train", None), str(f))
 
 
 def _load_dataset(name: str, data_file: str | None, split: str, revision: str | None):
@@ -76,9 +83,18 @@ def _rows(ds, where: str) -> Iterator[tuple[Record, str]]:
 
 
 def _text(f: Path) -> str:
-    raw = gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_bytes()
+    """The file's text: gunzipped for .gz, UTF-8 with or without a byte order mark (Excel and Notepad write one)."""
+    gz = f.suffix.lower() == ".gz"
     try:
-        return raw.decode("utf-8")
+        raw = gzip.decompress(f.read_bytes()) if gz else f.read_bytes()
+    except (OSError, EOFError) as exc:  # BadGzipFile is an OSError; a cut-off file ends in EOFError
+        raise SourceError(f"{f}: not a complete gzip file ({type(exc).__name__}: {exc}); re-download or "
+                          "re-compress it, or give the uncompressed file") from None
+    if not raw.strip():
+        raise SourceError(f"{f}: the file is empty" + (" (after decompressing)" if gz else "")
+                          + "; give a file with one record per line")
+    try:
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise SourceError(f"{f}:{line}: not UTF-8 (byte offset {exc.start} in the file"
@@ -89,7 +105,7 @@ def _text(f: Path) -> str:
 def _json_records(f: Path) -> Iterator[tuple[Record, str]]:
     """A .json file holding a list of records (or one record), or JSON Lines under any of the JSON suffixes."""
     text = _text(f)
-    if ".jsonl" not in f.name:
+    if ".jsonl" not in f.name.lower():
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -51,15 +51,19 @@ def adapter_base_problems(adapter: Path, mcfg) -> list[str]:
         return [f"init_adapter={adapter}: no adapter_model.safetensors there; point it at a run's adapter/ folder"]
     from safetensors import safe_open
 
-    with safe_open(str(weights), "pt") as f:
-        for key in f.keys():
-            parts = key.split(".")
-            module, layer = parts[-3], int(parts[parts.index("layers") + 1]) if "layers" in parts else 0
-            shape = tuple(f.get_slice(key).get_shape())
-            want = dims.get(module)
-            bad = layer >= a.num_layers or (want and (
-                (parts[-2] == "lora_A" and shape[1] != want[0]) or (parts[-2] == "lora_B" and shape[0] != want[1])))
-            if bad:
-                return [f"init_adapter={adapter}: {key} has shape {list(shape)}, which does not fit "
-                        f"model={mcfg.name} (hidden {a.hidden_size}, {a.num_layers} layers); {fix}"]
+    try:
+        with safe_open(str(weights), "pt") as f:
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for a cut or foreign file
+        return [f"init_adapter={adapter}: adapter_model.safetensors cannot be read ({type(exc).__name__}: {exc}); "
+                "point it at a finished run's adapter/ folder"]
+    for key, shape in shapes.items():
+        parts = key.split(".")
+        module, layer = parts[-3], int(parts[parts.index("layers") + 1]) if "layers" in parts else 0
+        want = dims.get(module)
+        bad = layer >= a.num_layers or (want and (
+            (parts[-2] == "lora_A" and shape[1] != want[0]) or (parts[-2] == "lora_B" and shape[0] != want[1])))
+        if bad:
+            return [f"init_adapter={adapter}: {key} has shape {list(shape)}, which does not fit "
+                    f"model={mcfg.name} (hidden {a.hidden_size}, {a.num_layers} layers); {fix}"]
     return []

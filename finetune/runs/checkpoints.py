@@ -7,6 +7,7 @@ next start.
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -18,7 +19,7 @@ from transformers import TrainerCallback
 
 from finetune.runs import card
 from finetune.runs.rundir import STAGING, step_of
-from finetune.runtime import dist
+from finetune.runtime import console, dist
 
 
 def complete(path: Path) -> list[Path]:
@@ -98,6 +99,27 @@ class AtomicCheckpoints(TrainerCallback):
         if state.is_world_process_zero:
             written = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             promote(written, self.path, self.keep)
+
+
+def train(trainer, resume: Optional[str]) -> None:
+    """`trainer.train` from `resume`. A checkpoint at the last step (the run was killed while it saved its final
+    adapter) has nothing left to train: its adapter is the run's final one, restored as it is (Trainer would
+    train one step too many). FSDP checkpoints are sharded and go through Trainer's own loader."""
+    if resume and last_step(resume) and not trainer.is_fsdp_enabled:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        weights = load_file(str(Path(resume) / "adapter_model.safetensors"))
+        set_peft_model_state_dict(model, weights, adapter_name=model.active_adapter)
+        console.info(f"{Path(resume).name} is the last step: training was complete, its adapter is the final one")
+        return
+    trainer.train(resume_from_checkpoint=resume)
+
+
+def last_step(ckpt: str) -> bool:
+    state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
+    return 0 < state.get("max_steps", 0) <= state.get("global_step", 0)
 
 
 def save(trainer, tokenizer, path: Path) -> Path:

@@ -11,23 +11,39 @@ from transformers import TrainerCallback
 
 class MetricsCallback(TrainerCallback):
     """Appends every log (loss, lr, grad_norm, eval metrics) with step, elapsed time and tokens/s; with
-    `perplexity` (SFT, where the loss is a token NLL) also eval_perplexity = exp(eval_loss)."""
+    `perplexity` (SFT, where the loss is a token NLL) also eval_perplexity = exp(eval_loss).
+
+    A resumed run continues the rows of the run it resumes: time, token count, runtime and the final train_loss
+    count from the run's start, not from the restart (Trainer and TRL restart them from zero). The loss window
+    itself is whole because checkpoints fall on logging steps (config: save_steps % logging_steps == 0)."""
 
     def __init__(self, run_dir: Path, perplexity: bool = False):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.perplexity = perplexity
         self.t0 = time.perf_counter()
         self.last = (self.t0, 0.0)
+        self.before = {"time_s": 0.0, "num_tokens": 0.0, "loss_sum": 0.0, "step": 0}  # the run before a resume
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step and state.is_world_process_zero and self.path.is_file():
+            self.before = earlier(read(self.path), state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        now = time.perf_counter()
-        row = {"step": state.global_step, "epoch": state.epoch, "time_s": round(now - self.t0, 3), **logs}
+        now, b = time.perf_counter(), self.before
+        row = {"step": state.global_step, "epoch": state.epoch, "time_s": round(b["time_s"] + now - self.t0, 3),
+               **logs}
         tokens = logs.get("num_tokens")
         if tokens is not None and now > self.last[0]:
             row["tokens_per_s"] = (tokens - self.last[1]) / (now - self.last[0])
+            row["num_tokens"] = b["num_tokens"] + tokens
             self.last = (now, tokens)
+        if "train_runtime" in logs:
+            row["train_runtime"] = b["time_s"] + logs["train_runtime"]
+        if "train_loss" in logs and b["step"]:
+            session = state.global_step - b["step"]
+            row["train_loss"] = (b["loss_sum"] + logs["train_loss"] * session) / max(state.global_step, 1)
         if self.perplexity and "eval_loss" in logs:
             row["eval_perplexity"] = math.exp(logs["eval_loss"])
         with self.path.open("a") as fh:
@@ -39,6 +55,18 @@ class MetricsCallback(TrainerCallback):
                 plot_loss(self.path, self.path.with_name("loss.png"))
             except ImportError:  # a GPU image without matplotlib still finishes and saves its adapter
                 print("loss.png not written: matplotlib is not installed (pip install matplotlib)", flush=True)
+
+
+def earlier(rows: list[dict], step: int) -> dict:
+    """Elapsed time, tokens and summed loss (loss x steps in its window) of the rows up to `step`."""
+    out, prev = {"time_s": 0.0, "num_tokens": 0.0, "loss_sum": 0.0, "step": step}, 0
+    for r in rows:
+        out["time_s"] = max(out["time_s"], r.get("time_s", 0.0))
+        out["num_tokens"] = r.get("num_tokens", out["num_tokens"])
+        if "loss" in r:
+            out["loss_sum"] += r["loss"] * (r["step"] - prev)
+            prev = r["step"]
+    return out
 
 
 def read(path: Path) -> list[dict]:

@@ -16,19 +16,46 @@ from omegaconf import DictConfig, OmegaConf
 
 from finetune import config
 from finetune.config import ConfigError, TrainConfig
-from finetune.runtime import dist
+from finetune.runs import lock
+from finetune.runtime import console, dist
 
 STAGING = ".incomplete"  # where Trainer writes a checkpoint before it is complete (runs.checkpoints)
 WANDB_ID_FILE = "wandb_run_id"  # training.tracking keeps the wandb run id there; a resume reuses it
 
 
+# Keys a resumed run may change: where it logs and how often, never what it trains.
+RESUMABLE = ("output_dir", "resume", "overwrite", "tracking.", "plan.", "eval.samples", "eval.max_new_tokens",
+             "eval.prompts", "data.cache", "trainer.logging_steps", "trainer.save_total_limit",
+             "trainer.dataloader_workers")
+
+
 def check(cfg) -> list[str]:
-    """An output_dir holding a finished run is never replaced silently."""
-    if cfg.output_dir and finished(Path(cfg.output_dir)) and not cfg.overwrite and cfg.resume:
+    """An output_dir holding a finished run is never replaced silently, and a resume continues the same run."""
+    if not cfg.output_dir:
+        return []
+    out = Path(cfg.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        return [f"output_dir={cfg.output_dir} is a file; give a folder for the run (it is created if missing)"]
+    if finished(out) and not cfg.overwrite and cfg.resume:
         return [f"output_dir={cfg.output_dir} already holds a finished run (adapter/ exists); "
                 "choose a new output_dir=, pass resume=false (starts over in a new directory beside it) "
                 "or overwrite=true (replaces it)"]
+    if cfg.resume and not cfg.overwrite and latest(out) and (out / "config.yaml").is_file():
+        return changed_settings(out, cfg)
     return []
+
+
+def changed_settings(run: Path, dict_cfg) -> list[str]:
+    """A resume with other training settings than the checkpoint's: refused, the differences listed (the
+    checkpoint's optimizer and schedule would go on with the old ones while config.yaml said the new)."""
+    old = dict(config.flatten(OmegaConf.to_container(OmegaConf.load(run / "config.yaml"), resolve=True)))
+    new = dict(config.flatten(OmegaConf.to_container(OmegaConf.create(config.to_yaml(dict_cfg)), resolve=True)))
+    diffs = [f"{k}: {old.get(k, '(unset)')} in the checkpoint's run, {new.get(k, '(unset)')} now"
+             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not k.startswith(RESUMABLE)]
+    if not diffs:
+        return []
+    return [f"output_dir={run} resumes a run trained with other settings ({'; '.join(diffs)}); run it with the "
+            "same settings, or start over: resume=false (a new directory beside it) or overwrite=true"]
 
 
 def finished(run_dir: Path) -> bool:
@@ -103,10 +130,21 @@ def step_of(ckpt) -> Optional[int]:
 
 
 def prepare(path: Path, dict_cfg: DictConfig, resume: Optional[str]) -> None:
-    """Rank 0 creates the run directory, writes the resolved config, clears what a killed save left behind and,
-    when resuming, drops metrics logged after the checkpoint (they are logged again); the others wait."""
+    """Rank 0 takes the run directory's lock (one job per directory, before anything in it is written or
+    deleted), writes the resolved config, clears what a killed save left behind and, when resuming, drops
+    metrics logged after the checkpoint (they are logged again); the others wait."""
+    held = None
     if dist.is_main():
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            held = lock.acquire(path)
+        except ConfigError as exc:
+            held = exc
+    held = dist.from_rank0(held)
+    if isinstance(held, ConfigError):
+        raise held
+    if held:
+        console.info(held)
+    if dist.is_main():
         (path / "config.yaml").write_text(config.to_yaml(dict_cfg))
         shutil.rmtree(path / "checkpoints" / STAGING, ignore_errors=True)
         if resume is None:  # a new start in this directory (overwrite=true, or no checkpoint was complete)

@@ -2,10 +2,19 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
+import warnings
 
 from finetune.config.errors import UserError
 from finetune.runtime import dist
+
+# Two library notices every command printed, each silenced by its exact source, never wholesale:
+# - peft and TRL read `model.is_gradient_checkpointing`, which transformers 5 renamed (their call, not ours);
+# - bitsandbytes on an AVX512-BF16 CPU looks for a Hub kernel for the repacked 4-bit path, which we switch off
+#   (model.base.disable_cpu_weight_repacking), so the kernel would never run.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def info(msg: str) -> None:

@@ -51,8 +51,8 @@ def common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool) -> dict:
         bf16=cuda and cfg.model.dtype == "bfloat16",
         fp16=cuda and cfg.model.dtype == "float16",
         use_cpu=not cuda,
-        gradient_checkpointing=gc,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+        activation_checkpointing=gc,  # transformers 5's name; TRL's configs default the old alias to True
+        activation_checkpointing_kwargs={"use_reentrant": False} if gc else None,
         ddp_find_unused_parameters=False,  # LoRA: every trainable parameter is used
         dataloader_num_workers=t.dataloader_workers,
         report_to=tracking.report_to(cfg.tracking),  # wandb/tensorboard callbacks log on rank 0 only

@@ -21,8 +21,8 @@ from finetune.training.kinds import TRAINERS
 def problems(dict_cfg: DictConfig) -> list[str]:
     """Every problem in a composed training config, each naming the key and the fix."""
     found = config.check(dict_cfg)
-    if found and any("required, no value given" in p for p in found):
-        return found
+    if any("required, no value given" in p for p in found):
+        return found  # the stage checks below read those values
     cfg = dict_cfg
     found += base.check(cfg) + lora.check(cfg) + examples.check(cfg.data) + prompts.check(cfg.eval)
     found += rundir.check(cfg)
@@ -40,7 +40,16 @@ def before_weights(dict_cfg: DictConfig) -> TrainConfig:
 
 
 def trainer_problems(cfg) -> list[str]:
+    """What transformers' TrainingArguments would refuse only after the weights load, and what needs a GPU."""
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
     t, found = cfg.trainer, []
+    for key, names in (("lr_scheduler", SchedulerType), ("optim", OptimizerNames)):
+        valid = [n.value for n in names]
+        if getattr(t, key) not in valid:
+            found.append(f"trainer.{key}={getattr(t, key)}: transformers has no such {key.replace('_', ' ')}; "
+                         f"use one of {', '.join(valid)}")
     if t.activation_offloading and not torch.cuda.is_available():
         found.append("trainer.activation_offloading=true moves activations from the GPU to CPU memory; "
                      "without a GPU set trainer.activation_offloading=false")

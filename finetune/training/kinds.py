@@ -3,11 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finetune.training import dpo, sft
+from finetune.training import dpo, progress, sft
 
 TRAINERS = {"sft": sft, "dpo": dpo}
 
 
 def build(cfg, model, tokenizer, prepared, run_dir: Path):
-    """The TRL trainer for `trainer.kind` over the prepared data."""
-    return TRAINERS[cfg.trainer.kind].build(cfg, model, tokenizer, prepared, run_dir)
+    """The TRL trainer for `trainer.kind` over the prepared data, showing our progress bar."""
+    with progress.quiet_datasets():
+        trainer = TRAINERS[cfg.trainer.kind].build(cfg, model, tokenizer, prepared, run_dir)
+    progress.use(trainer)
+    return trainer

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -84,12 +84,4 @@ def wandb_mode(run_dir: Path) -> str:
 def flat_config(dict_cfg: DictConfig) -> dict[str, Any]:
     """The resolved config with secrets redacted, as {"lora.r": 16, "trainer.learning_rate": 0.0002, ...}."""
     container = config.redact(OmegaConf.to_container(dict_cfg, resolve=True))
-    return dict(flatten(container))
-
-
-def flatten(node: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in node.items():
-        if isinstance(value, dict) and value:
-            yield from flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
+    return dict(config.flatten(container))

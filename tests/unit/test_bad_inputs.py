@@ -1,0 +1,124 @@
+"""A corpus of bad inputs, each refused before anything is written or loaded with one message naming the key
+(or file) and the fix. Every bug of this kind that is fixed adds its input here (issue 20's tester found these).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from tests.conftest import ROOT, compose, run_entry
+from finetune.config import DataConfig, ModelConfig, UserError
+from finetune.data import load as data_load
+from finetune.model.tokenizer import load_tokenizer
+from finetune.training import checks
+
+# (overrides, text the one error must contain)
+CONFIG_CORPUS = [
+    (["+lora.rr=8"], "lora.rr: no such key; did you mean lora.r?"),
+    (["++trainer.learning_rte=1e-4"], "trainer.learning_rte: no such key; did you mean trainer.learning_rate?"),
+    (["trainer.learning_rate=-1"], "trainer.learning_rate=-1.0: must be > 0"),
+    (["trainer.learning_rate=0"], "trainer.learning_rate=0.0: must be > 0"),
+    (["trainer.lr_scheduler=cosin"], "trainer.lr_scheduler=cosin: transformers has no such lr scheduler; use one of"),
+    (["trainer.optim=adam"], "trainer.optim=adam: transformers has no such optim; use one of"),
+    (["lora.dropout=1.5"], "lora.dropout=1.5: a probability in [0, 1)"),
+    (["lora.target_modules=[]"], "lora.target_modules is empty: LoRA would train nothing"),
+    (["lora.target_modules=[q_proj,v_porj]"], "lora.target_modules: ['v_porj'] are not Llama linear layers"),
+    (["lora.alpha=-16"], "lora.alpha=-16: must be > 0"),
+    (["trainer.save_steps=0"], "trainer.save_steps=0: must be >= 1"),
+    (["trainer.warmup_ratio=5"], "trainer.warmup_ratio=5.0: a fraction of the steps, in [0, 1)"),
+    (["model.arch.hidden_size=63"], "model.arch.hidden_size=63 is not a multiple of model.arch.num_heads=4"),
+    (["data.max_samples=0"], "data.max_samples=0: must be >= 1, or null for every example"),
+    (["data.max_samples=-1"], "data.max_samples=-1: must be >= 1, or null for every example"),
+    (["data.max_length=8192"], "data.max_length=8192 is longer than the model's context"),
+    (["quant.mode=nf5"], "quant.mode=nf5: use one of none, nf4, fp4, int8"),
+    (["data.too_long=cut"], "data.too_long=cut: use drop or truncate"),
+    (["plan.gpus=0"], "plan.gpus=0: must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("overrides, error", CONFIG_CORPUS, ids=[" ".join(o) for o, _ in CONFIG_CORPUS])
+def test_bad_config_is_refused_before_anything_loads(overrides, error):
+    problems = checks.problems(compose(*overrides))
+    assert any(error in p for p in problems), problems
+
+
+def test_output_dir_that_is_a_file(tmp_path):
+    (tmp_path / "run").write_text("x")
+    assert checks.problems(compose(f"output_dir={tmp_path / 'run'}")) == [
+        f"output_dir={tmp_path / 'run'} is a file; give a folder for the run (it is created if missing)"]
+
+
+def test_corrupt_init_adapter_is_refused_before_loading(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "llama2_tiny"}))
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"\x00" * 5)
+    problems = checks.problems(compose(f"init_adapter={tmp_path}"))
+    assert any(f"init_adapter={tmp_path}: adapter_model.safetensors cannot be read" in p for p in problems), problems
+
+
+ROW = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+
+
+def write(path, text: str | bytes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+    return path
+
+
+# (file name, content, text the one error must contain; None: the file is read)
+DATA_CORPUS = [
+    ("notes.txt", json.dumps(ROW), "unsupported file type; use one of .jsonl"),
+    ("empty.jsonl", "", "the file is empty"),
+    ("blank.jsonl", "  \n\n ", "the file is empty"),
+    ("cut.jsonl.gz", gzip.compress((json.dumps(ROW) + "\n").encode())[:-6], "not a complete gzip file"),
+    ("plain.jsonl.gz", json.dumps(ROW), "not a complete gzip file"),
+    ("bom.jsonl", "\ufeff" + json.dumps(ROW) + "\n", None),
+    ("UPPER.JSONL", json.dumps(ROW) + "\n", None),
+    ("empty_answer.jsonl", json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                                     {"role": "assistant", "content": "  "}]}) + "\n",
+     "message 1 (assistant) is empty"),
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(ModelConfig(name="llama2", path=str(ROOT / "data/llama2-tokenizer")))
+
+
+@pytest.mark.parametrize("name, content, error", DATA_CORPUS, ids=[c[0] for c in DATA_CORPUS])
+def test_bad_data_file_is_one_error_naming_the_file(tmp_path, tok, name, content, error):
+    path = write(tmp_path / name, content)
+    dcfg = DataConfig(name="bad", adapter="messages", path=str(path), max_length=256, cache=False)
+    if error is None:
+        assert len(data_load.load(dcfg, tok).train) == 1
+        return
+    with pytest.raises(UserError) as err:
+        data_load.load(dcfg, tok)
+    assert str(path) in str(err.value) and error in str(err.value)
+
+
+def test_hidden_folders_in_a_data_folder_are_not_read_twice(tmp_path, tok):
+    write(tmp_path / "data" / "part.jsonl", json.dumps(ROW) + "\n")
+    write(tmp_path / "data" / ".ipynb_checkpoints" / "part-checkpoint.jsonl", json.dumps(ROW) + "\n")
+    dcfg = DataConfig(name="x", adapter="messages", path=str(tmp_path / "data"), max_length=256, cache=False)
+    assert data_load.load(dcfg, tok).stats.records == 1
+
+
+def test_skipped_empty_answers_are_counted(tmp_path, tok):
+    bad = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]}
+    path = write(tmp_path / "d.jsonl", "\n".join(json.dumps(r) for r in (ROW, bad)) + "\n")
+    dcfg = DataConfig(name="x", adapter="messages", path=str(path), max_length=256, cache=False, invalid="skip")
+    stats = data_load.load(dcfg, tok).stats
+    assert stats.skipped == {"message N (assistant) is empty (an empty answer teaches the model to stop at once)": 1}
+
+
+@pytest.mark.slow
+def test_a_bad_data_file_through_train_py_is_one_error_line_and_no_run_dir(tmp_path):
+    path = write(tmp_path / "notes.txt", json.dumps(ROW))
+    out = tmp_path / "run"
+    proc = run_entry("train.py", "data=messages", f"data.path={path}", f"output_dir={out}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {path}: unsupported file type; use one of .jsonl, .jsonl.gz, .json, .json.gz, .parquet, .csv"]
+    assert not out.exists()
