@@ -7,7 +7,6 @@ training data, with the run's own tokenizer (adapter/), so training and inferenc
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
@@ -71,6 +70,7 @@ def batch(model, tokenizer, prompts, gen, batch_size: int, out: Path) -> None:
     from finetune.model.generate import generate
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    console.info(f"answering {len(prompts)} prompts, {batch_size} at a time, up to {gen.max_new_tokens} new tokens each")
     with out.open("w") as fh:
         for i in range(0, len(prompts), batch_size):
             chunk = prompts[i: i + batch_size]
@@ -107,7 +107,8 @@ def interactive(model, tokenizer, gen, system: Optional[str]) -> None:
     while True:
         try:
             line = input("\nuser> ").strip()
-        except EOFError:
+        except EOFError:  # Ctrl-D: end the prompt line before the shell's prompt
+            print(flush=True)
             break
         if line in ("/quit", "/exit"):
             break
@@ -115,7 +116,8 @@ def interactive(model, tokenizer, gen, system: Optional[str]) -> None:
             system = line[len("/system"):].strip() or None
         if line == "/reset" or line.startswith("/system"):
             history.clear()
-            print("(history cleared)", flush=True)
+            said = f"system prompt: {system!r}" if system else "no system prompt"
+            print("(history cleared)" + (f" {said}" if line.startswith("/system") else ""), flush=True)
             continue
         if not line:
             continue

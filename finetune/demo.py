@@ -36,16 +36,23 @@ def main() -> None:
     sft, dpo = out / "sft", out / "dpo"
     t0 = time.perf_counter()
     step("1/3 SFT: QLoRA on OpenAssistant conversations", accelerate("recipe=tiny_qlora", f"output_dir={sft}"))
-    step("2/3 DPO: from the SFT adapter, on Orca preference pairs",
-         accelerate("recipe=tiny_dpo", f"init_adapter={sft}/adapter", f"output_dir={dpo}"))
+    # OpenAssistant's ranked replies (the SFT conversations' trees); pairs too long for the toy lengths are dropped,
+    # never cut, so every answer keeps the EOS the model learns to stop at
+    step("2/3 DPO: from the SFT adapter, on OpenAssistant ranked replies (best vs a worse sibling)",
+         accelerate("recipe=tiny_dpo", f"init_adapter={sft}/adapter", "data=oasst_pairs", "data.too_long=drop",
+                    f"output_dir={dpo}"))
     step("3/3 Export: merge into the dequantized 4-bit base and verify",
          ["python", "finetune/export.py", f"run={dpo}", "merge=true"])
+    py = os.path.relpath(sys.executable, ROOT) if sys.prefix != sys.base_prefix else "python"
     print(f"\nDone in {time.perf_counter() - t0:.0f} s.\n"
           f"  SFT adapter:   {sft / 'adapter'}\n"
           f"  DPO adapter:   {dpo / 'adapter'}\n"
           f"  merged model:  {dpo / 'merged'} (drift vs the adapter: see its README.md)\n"
           f"  metrics:       {sft / 'metrics.jsonl'}, {dpo / 'metrics.jsonl'} (curves: loss.png)\n"
-          f"Try it:          python finetune/chat.py run={dpo}")
+          "What you trained is a toy: a 2-layer Llama 2 architecture from random weights, so its answers are noise.\n"
+          "The pipeline is the real one (tokenizer, data, QLoRA, DPO, merge); point recipe= at a real model on a GPU.\n"
+          f"Try it:          {py} finetune/chat.py run={dpo} generate.max_new_tokens=32\n"
+          f"Evaluate it:     {py} finetune/evaluate.py run={sft}")
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ def run_trial(sweep: Sweep, n: int, total: int, params: dict[str, Any], out: Pat
             log.write("$ " + " ".join(argv) + "\n")
             log.flush()
             try:
-                rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+                rc = watch(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env), trial_dir, n, total)
             except OSError as exc:  # the command's program is not there (e.g. accelerate not installed)
                 log.write(f"error: cannot run {argv[0]}: {exc}\n")
                 rc = 127
@@ -196,6 +196,20 @@ def run_trial(sweep: Sweep, n: int, total: int, params: dict[str, Any], out: Pat
         console.info(f"trial {n}/{total} failed ({why}); log: {trial_dir / 'trial.log'}")
     append(out, record)
     return record
+
+
+def watch(proc: subprocess.Popen, trial_dir: Path, n: int, total: int, every_s: float = 5.0) -> int:
+    """Wait for a trial, printing its newest logged step and loss as they appear (its full output is in
+    trial.log), so a sweep is never silent for a whole trial."""
+    shown = None
+    while proc.poll() is None:
+        time.sleep(every_s)
+        path = trial_dir / "metrics.jsonl"
+        rows = [r for r in metrics.read(path) if "loss" in r] if path.is_file() else []
+        if rows and rows[-1]["step"] != shown:
+            shown = rows[-1]["step"]
+            console.info(f"trial {n}/{total}: step {shown}, loss {rows[-1]['loss']:.4g}")
+    return proc.returncode
 
 
 def done(trial_dir: Path, key: str) -> bool:

@@ -27,7 +27,7 @@ def main(dict_cfg: DictConfig) -> None:
     from transformers import set_seed
 
     from finetune.data import load as data, preflight
-    from finetune.model import base, lora, tokenizer as tok
+    from finetune.model import base, fused_layers, lora, tokenizer as tok
     from finetune.planning import report as plan
     from finetune.runs import checkpoints, rundir
     from finetune.training import args, checks, kinds, tracking
@@ -50,6 +50,8 @@ def main(dict_cfg: DictConfig) -> None:
     model = base.load_base(cfg.model, cfg.quant, args.gradient_checkpointing(cfg))
     set_seed(cfg.seed)  # LoRA's random init: the same start in every run, for any number of processes
     peft_model = lora.apply_lora(model, cfg.lora, cfg.init_adapter)
+    if cfg.trainer.fused_lora:  # Llama's attention and MLP instances replaced by fused LoRA ones (or why not)
+        console.info(fused_layers.apply(peft_model))
 
     # Train with TRL (the trainer kind's builder: SFT or DPO)
     trainer = kinds.build(cfg, peft_model, tokenizer, prepared, run_dir)
@@ -62,7 +64,9 @@ def main(dict_cfg: DictConfig) -> None:
     tracking.finish(cfg.tracking)
     curve = run_dir / "loss.png"
     console.info(f"adapter: {adapter_dir}\nmetrics: {run_dir / 'metrics.jsonl'}"
-                 + (f"\nloss curve: {curve}" if curve.is_file() else ""))
+                 + (f"\nloss curve: {curve}" if curve.is_file() else "")
+                 + (f"\ntensorboard: tensorboard --logdir {run_dir / 'tensorboard'}"
+                    if cfg.tracking.backend == "tensorboard" else ""))
 
 
 def start_report(trainer, cfg, stats, run_dir, resume) -> str:

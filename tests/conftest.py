@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from finetune.runs import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 # An accidental hub download fails at once instead of after 46 s of retries; wandb never goes online.

@@ -7,9 +7,9 @@ imports this one, and it reaches no data, model or weights.
 from finetune.config.errors import ConfigError, UserError
 from finetune.config.load import check, choice_problem, choice_problems, flatten, load, redact, to_yaml, unknown_keys
 from finetune.config.paths import CONFIGS_DIR, RECIPES_DIR, ROOT, cache_root, looks_local, parse_size
-from finetune.config.schema import (CHOICES, LLAMA_LINEARS, ArchConfig, DataConfig, Dtype, EvalConfig, FieldsConfig,
-                                    LoraConfig, ModelConfig, PlanConfig, QuantConfig, QuantMode, TrackingConfig,
-                                    TrainConfig, TrainerConfig)
+from finetune.config.choices import CHOICES, Dtype, QuantMode
+from finetune.config.schema import (LLAMA_LINEARS, ArchConfig, DataConfig, EvalConfig, FieldsConfig, LoraConfig,
+                                    ModelConfig, PlanConfig, QuantConfig, TrackingConfig, TrainConfig, TrainerConfig)
 from finetune.config.store import recipe_names, register
 
 DTYPES = tuple(Dtype.values())

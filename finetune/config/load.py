@@ -11,7 +11,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.config.errors import ConfigError
-from finetune.config.schema import CHOICES, LLAMA_LINEARS, TrainConfig
+from finetune.config.choices import CHOICES
+from finetune.config.schema import LLAMA_LINEARS, TrainConfig
 
 
 def load(dict_cfg: DictConfig, extra: list[str] | None = None) -> TrainConfig:

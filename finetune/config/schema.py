@@ -1,4 +1,4 @@
-"""The typed config schema: every key, its type, its default and why; choices as enums.
+"""The typed config schema: every key, its type, its default and why (fixed sets of spellings: `choices`).
 
 OmegaConf checks a composed config against these dataclasses, so a misspelled key, a wrong type or a value
 outside a choice fails with the key's name before anything runs.
@@ -6,71 +6,11 @@ outside a choice fails with the key's name before anything runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Optional
 
 from omegaconf import MISSING
 
 LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-class Choice(str, Enum):
-    """A key with a fixed set of spellings (the `CHOICES` below). The schema keeps such keys typed `str` and
-    `config.load` checks every one against its enum in one pass: OmegaConf would stop at the first bad value,
-    and a user fixing a config wants every problem listed at once."""
-
-    __str__ = str.__str__
-    __format__ = str.__format__
-
-    @classmethod
-    def values(cls) -> list[str]:
-        return [m.value for m in cls]
-
-
-class Dtype(Choice):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-
-
-class QuantMode(Choice):
-    none = "none"
-    nf4 = "nf4"  # QLoRA
-    fp4 = "fp4"
-    int8 = "int8"
-
-
-class Kind(Choice):
-    sft = "sft"
-    dpo = "dpo"
-
-
-class TooLong(Choice):
-    drop = "drop"
-    truncate = "truncate"
-
-
-class TrainOn(Choice):
-    all = "all"
-    last = "last"
-
-
-class OnInvalid(Choice):
-    error = "error"
-    skip = "skip"
-
-
-class Tracker(Choice):
-    none = "none"
-    wandb = "wandb"
-    tensorboard = "tensorboard"
-
-
-class Sharding(Choice):
-    ddp = "ddp"
-    fsdp = "fsdp"
-    zero2 = "zero2"
-    zero3 = "zero3"
 
 
 @dataclass
@@ -158,6 +98,8 @@ class DataConfig:
     fields: FieldsConfig = field(default_factory=FieldsConfig)  # our field name -> yours: data.fields.prompt=question
     invalid: str = "error"  # error | skip: records that break the format (roles out of order...) stop or are counted
     cache: bool = True  # reuse tokenized data from $FINETUNE_CACHE/data when nothing that changes the tokens changed
+    num_proc: Optional[int] = None  # processes that tokenize (same tokens for any number); null: every core this
+    #                                 process may use. Tokenizing is CPU-bound: prepare.py on a CPU box before GPU time
 
 
 @dataclass
@@ -179,6 +121,8 @@ class TrainerConfig:
     #                      CUDA only (ignored on a CPU); needs `pip install liger-kernel`
     activation_offloading: bool = False  # saved activations wait in pinned CPU memory (TRL): less GPU
     #                                      memory for PCIe traffic; pays off without checkpointing
+    fused_lora: bool = False  # fused LoRA autograd functions for q/k/v, o and the MLP (model/fused.py): peft's math,
+    #                           fewer saved tensors and kernels; needs lora.dropout=0 (else says why, runs peft's)
     logging_steps: int = 10
     save_steps: int = 200
     save_total_limit: int = 2
@@ -238,11 +182,3 @@ class TrainConfig:
     resume: bool = True  # continue from output_dir's latest complete checkpoint; false: start over in a new dir
     init_adapter: Optional[str] = None  # start from a trained adapter folder
     seed: int = 42
-
-
-# Every key whose value is one of a fixed set, and that set; checked by `config.load`, read by the stages.
-CHOICES: dict[str, type[Choice]] = {
-    "model.dtype": Dtype, "quant.mode": QuantMode, "quant.storage_dtype": Dtype, "trainer.kind": Kind,
-    "data.too_long": TooLong, "data.train_on": TrainOn, "data.invalid": OnInvalid, "tracking.backend": Tracker,
-    "plan.sharding": Sharding,
-}

@@ -105,7 +105,7 @@ def train(trainer, resume: Optional[str]) -> None:
     """`trainer.train` from `resume`. A checkpoint at the last step (the run was killed while it saved its final
     adapter) has nothing left to train: its adapter is the run's final one, restored as it is (Trainer would
     train one step too many). FSDP checkpoints are sharded and go through Trainer's own loader."""
-    if resume and last_step(resume) and not trainer.is_fsdp_enabled:
+    if resume and last_step(resume, trainer.args.max_steps) and not trainer.is_fsdp_enabled:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
@@ -117,9 +117,12 @@ def train(trainer, resume: Optional[str]) -> None:
     trainer.train(resume_from_checkpoint=resume)
 
 
-def last_step(ckpt: str) -> bool:
+def last_step(ckpt: str, max_steps: int) -> bool:
+    """The checkpoint is at the run's last step: `max_steps` as configured now (a resume may extend it), or the
+    checkpoint's own for a run measured in epochs."""
     state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
-    return 0 < state.get("max_steps", 0) <= state.get("global_step", 0)
+    limit = max_steps if max_steps > 0 else state.get("max_steps", 0)
+    return 0 < limit <= state.get("global_step", 0)
 
 
 def save(trainer, tokenizer, path: Path) -> Path:
@@ -129,6 +132,9 @@ def save(trainer, tokenizer, path: Path) -> Path:
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(out))
     if trainer.args.should_save:
+        # Trainer also pickles its TrainingArguments there (training_args.bin): not needed to load, and a pickle
+        # runs code when unpickled; adapter/ ships safetensors only (config.yaml holds the same settings).
+        (out / "training_args.bin").unlink(missing_ok=True)
         tokenizer.save(out)
         # peft saves every adapter of the model, each other one in a subfolder named after it (DPO: TRL's frozen
         # "ref" copy of the starting adapter); adapter/ ships the trained one only, to export and publish.

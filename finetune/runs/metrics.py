@@ -46,6 +46,9 @@ class MetricsCallback(TrainerCallback):
             row["train_loss"] = (b["loss_sum"] + logs["train_loss"] * session) / max(state.global_step, 1)
         if self.perplexity and "eval_loss" in logs:
             row["eval_perplexity"] = math.exp(logs["eval_loss"])
+        # the trackers' callbacks read the same dict after this one (`first`): they get what metrics.jsonl gets
+        logs.update({k: row[k] for k in ("tokens_per_s", "num_tokens", "eval_perplexity", "train_loss",
+                                         "train_runtime") if k in row})
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
 
@@ -55,6 +58,13 @@ class MetricsCallback(TrainerCallback):
                 plot_loss(self.path, self.path.with_name("loss.png"))
             except ImportError:  # a GPU image without matplotlib still finishes and saves its adapter
                 print("loss.png not written: matplotlib is not installed (pip install matplotlib)", flush=True)
+
+
+def first(trainer, callback) -> None:
+    """Run `callback` before the Trainer's reporting callbacks (TensorBoard, wandb), which Trainer adds first."""
+    handler = trainer.callback_handler
+    handler.callbacks.remove(callback)
+    handler.callbacks.insert(0, callback)
 
 
 def earlier(rows: list[dict], step: int) -> dict:
@@ -81,21 +91,31 @@ def read(path: Path) -> list[dict]:
 
 
 def plot_loss(metrics_path: Path, out: Path) -> None:
+    """Train and eval loss against the step, titled with the run's name; a DPO run adds its reward accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = read(metrics_path)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
-        pts = [(r["step"], r[key]) for r in rows if key in r]
-        if pts:
-            ax.plot(*zip(*pts), marker="o" if key == "eval_loss" else None, label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    acc = [(r["step"], r[k]) for r in rows for k in ("rewards/accuracies", "eval_rewards/accuracies") if k in r]
+    fig, axes = plt.subplots(1, 2 if acc else 1, figsize=(11 if acc else 7, 4), squeeze=False)
+    panels = [(axes[0][0], "loss", (("loss", "train loss"), ("eval_loss", "eval loss")))]
+    if acc:
+        panels.append((axes[0][1], "reward accuracy", (("rewards/accuracies", "train"),
+                                                       ("eval_rewards/accuracies", "eval"))))
+    for ax, ylabel, series in panels:
+        for key, label in series:
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            if pts:
+                ax.plot(*zip(*pts), marker="o" if key.startswith("eval") else None, label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # optimizer steps are whole numbers
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(Path(metrics_path).parent.name)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

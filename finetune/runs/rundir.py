@@ -23,10 +23,11 @@ STAGING = ".incomplete"  # where Trainer writes a checkpoint before it is comple
 WANDB_ID_FILE = "wandb_run_id"  # training.tracking keeps the wandb run id there; a resume reuses it
 
 
-# Keys a resumed run may change: where it logs and how often, never what it trains.
+# Keys a resumed run may change: where it logs and how often, and how long it goes on (more steps continue the
+# schedule from the checkpoint's step; config.yaml then records the new length), never what it trains.
 RESUMABLE = ("output_dir", "resume", "overwrite", "tracking.", "plan.", "eval.samples", "eval.max_new_tokens",
              "eval.prompts", "data.cache", "trainer.logging_steps", "trainer.save_total_limit",
-             "trainer.dataloader_workers")
+             "trainer.dataloader_workers", "trainer.max_steps")
 
 
 def check(cfg) -> list[str]:
@@ -48,7 +49,9 @@ def check(cfg) -> list[str]:
 def changed_settings(run: Path, dict_cfg) -> list[str]:
     """A resume with other training settings than the checkpoint's: refused, the differences listed (the
     checkpoint's optimizer and schedule would go on with the old ones while config.yaml said the new)."""
-    old = dict(config.flatten(OmegaConf.to_container(OmegaConf.load(run / "config.yaml"), resolve=True)))
+    # keys added to the schema since the run started take their defaults, as `run_config` reads them
+    stored = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(run / "config.yaml"))
+    old = dict(config.flatten(OmegaConf.to_container(stored, resolve=True)))
     new = dict(config.flatten(OmegaConf.to_container(OmegaConf.create(config.to_yaml(dict_cfg)), resolve=True)))
     diffs = [f"{k}: {old.get(k, '(unset)')} in the checkpoint's run, {new.get(k, '(unset)')} now"
              for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not k.startswith(RESUMABLE)]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from finetune.runs import metrics
 from finetune.training import dpo, progress, sft
 
 TRAINERS = {"sft": sft, "dpo": dpo}
@@ -13,4 +14,6 @@ def build(cfg, model, tokenizer, prepared, run_dir: Path):
     with progress.quiet_datasets():
         trainer = TRAINERS[cfg.trainer.kind].build(cfg, model, tokenizer, prepared, run_dir)
     progress.use(trainer)
+    for cb in [c for c in trainer.callback_handler.callbacks if isinstance(c, metrics.MetricsCallback)]:
+        metrics.first(trainer, cb)  # tokens/s, perplexity and resumed counts reach TensorBoard and wandb too
     return trainer

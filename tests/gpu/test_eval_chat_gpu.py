@@ -11,10 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import FAST, run_entry
-from finetune import chat
-from finetune.data import prompts
 from finetune.runs import metrics
-from finetune.training import samples
 
 pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():

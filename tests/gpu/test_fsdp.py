@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from finetune.runs import metrics
 
 pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():

@@ -8,10 +8,8 @@ import pytest
 
 from tests.conftest import run_entry
 from finetune import chat
-from finetune import config
 from finetune.data import chat_format
 from finetune.data import examples
-from finetune.data import prompts
 from finetune.runs import rundir
 from finetune.ship import loading
 
@@ -56,6 +54,8 @@ def test_interactive_streams_answers_and_ends_at_eof(tiny_sft_run):
                      input="Hello there\nAnd then?\n/reset\n/system Be brief.\nHi\n")
     assert proc.stdout.count("assistant> ") == 3
     assert proc.stdout.count("(history cleared)") == 2
+    assert "(history cleared) system prompt: 'Be brief.'" in proc.stdout  # /system says what it set
+    assert proc.stdout.endswith("\nuser> \n")  # Ctrl-D ends the prompt line
     assert "quant=nf4" in proc.stdout  # a QLoRA run is loaded 4-bit, as it was trained
 
 

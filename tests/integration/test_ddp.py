@@ -14,8 +14,6 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import FAST, ROOT
-from finetune import config
-from finetune.runs import metrics
 
 NAME = "ddp-test"  # data.name: the run dir is outputs/tiny_qlora-ddp-test-<time>
 

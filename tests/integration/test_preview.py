@@ -10,7 +10,6 @@ from tests.conftest import FAST, run_entry
 from tests.unit.test_adapters import data_cfg
 from tests.unit.test_chat_format import SP
 from finetune.data import examples
-from finetune.runs import metrics
 
 LORA = ["recipe=tiny_lora"]  # 16-bit: preview and the failing runs never load weights, so skip bitsandbytes
 

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import run_entry
 from finetune.data import chat_format
 from finetune.data import examples
-from finetune.data import prompts
+from finetune.data import prompts as data_prompts
 from finetune.runs import metrics
 from finetune.runs import rundir
 from finetune.ship import loading
@@ -51,7 +51,7 @@ def test_samples_go_to_a_wandb_table_when_the_trainer_reports_to_wandb(tiny_sft_
     train_cfg = rundir.run_config(tiny_sft_run)
     tokenizer = loading.load_tokenizer(tiny_sft_run, train_cfg)
     model = loading.add_adapter(loading.load_base(tiny_sft_run, train_cfg, tokenizer, None), tiny_sft_run)
-    prompts = prompts.read_prompts(str(write_prompts(tmp_path)), tokenizer.sp)
+    prompts = data_prompts.read_prompts(str(write_prompts(tmp_path)), tokenizer.sp)
     callback = samples.SamplesCallback(tmp_path, tokenizer, prompts, every=2, max_new_tokens=4)
     args = TrainingArguments(output_dir=str(tmp_path / "ckpt"), report_to=["wandb"], use_cpu=True)
     run = wandb.init(dir=str(tmp_path), project="samples-test", settings=wandb.Settings(mode="offline"))

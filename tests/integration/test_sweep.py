@@ -10,8 +10,6 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, run_entry
-from finetune import config
-from finetune.model import lora
 from finetune.runs import metrics
 
 # A trial in a few seconds: 2 optimizer steps, evaluated (and checkpointed) at step 2, no sample generations.

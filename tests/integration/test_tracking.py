@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FAST, run_entry
-from finetune.model import lora
 from finetune.runs import metrics
-from finetune.training import tracking
 
 pytestmark = pytest.mark.slow
 
@@ -86,6 +84,11 @@ def test_offline_wandb_run_holds_config_and_loss_and_resumes_the_same_run(tmp_pa
     assert len(expected) == 4 and got == [(s, pytest.approx(v)) for s, v in expected]
     assert [h["eval/loss"] for h in logged["history"] if "eval/loss" in h] == \
         [pytest.approx(r["eval_loss"]) for r in rows if "eval_loss" in r]
+    # what metrics.jsonl derives reaches the tracker too (issue 21: TensorBoard/wandb lacked them)
+    assert [h["eval/perplexity"] for h in logged["history"] if "eval/perplexity" in h] == \
+        [pytest.approx(r["eval_perplexity"]) for r in rows if "eval_perplexity" in r] != []
+    assert [h["train/tokens_per_s"] for h in logged["history"] if "train/tokens_per_s" in h] == \
+        [pytest.approx(r["tokens_per_s"]) for r in rows if "tokens_per_s" in r] != []
 
     # Killed after its last checkpoint (no adapter yet), then resumed for 2 more steps: same wandb run.
     shutil.rmtree(run / "adapter")

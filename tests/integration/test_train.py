@@ -12,7 +12,6 @@ from finetune import config
 from finetune.data import load as data_load
 from finetune.model import base as model_base
 from finetune.model import tokenizer as tokenizer_mod
-from finetune.runs import metrics
 
 # Two examples, seen again and again: the loss must fall. Eval on two held-out examples at steps 4 and 8.
 REPEATED = ["data.max_samples=4", "data.eval_fraction=0.5", "data.max_length=192", "data.too_long=truncate",

@@ -34,13 +34,17 @@ def test_bundled_files_give_exact_counts(name, n, records, kind):
     assert all(kind in ex for ex in exs)
 
 
-def test_hh_rlhf_2312_records_give_2307_pairs_and_5_counted_skips():
+def test_hh_rlhf_2312_records_give_2303_pairs_and_9_counted_skips():
+    """5 records whose answers continue different conversations, 4 whose chosen answer is empty (a DPO step
+    toward an empty answer teaches the model to stop at once)."""
     stats = Stats()
     exs = examples.examples(data_cfg("hh_rlhf"), stats)
-    assert stats.records == 2312 and len(exs) == 2307
-    assert list(stats.skipped.values()) == [5] and "continue different conversations" in next(iter(stats.skipped))
+    assert stats.records == 2312 and len(exs) == 2303
+    reasons = {k.split(" (")[0]: v for k, v in stats.skipped.items()}
+    assert reasons == {"chosen and rejected continue different conversations": 5,
+                       "the chosen answer is empty": 4}, stats.skipped
     assert all(ex["prompt"][-1]["role"] == "user" and isinstance(ex["chosen"], str) for ex in exs)
-    with pytest.raises(DataError, match=r"test\.jsonl\.gz:\d+: chosen and rejected continue different"):
+    with pytest.raises(DataError, match=r"test\.jsonl\.gz:87: the chosen answer is empty"):
         examples.examples(data_cfg("hh_rlhf", invalid="error"))
 
 

@@ -8,9 +8,7 @@ import pytest
 import sentencepiece as spm
 
 from tests.conftest import ROOT
-from finetune.data import adapters
 from finetune.data import chat_format
-from finetune.data import sources
 from finetune.data.chat_format import DialogError, encode_dialog, encode_prompt
 
 SP = spm.SentencePieceProcessor(model_file=str(ROOT / "data/llama2-tokenizer/tokenizer.model"))

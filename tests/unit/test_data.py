@@ -11,7 +11,6 @@ from omegaconf import OmegaConf
 from tests.conftest import ROOT
 from finetune.data import examples
 from finetune.data import sft
-from finetune.data.stats import DataError
 from finetune.training import checks
 from finetune.data.stats import DataError, Stats
 from finetune.config import DataConfig

@@ -14,7 +14,6 @@ from omegaconf import OmegaConf
 from sentencepiece import sentencepiece_model_pb2
 
 from tests.conftest import ROOT
-from finetune.data import chat_format
 from finetune.data import load as data_load
 from finetune.config import DataConfig
 

@@ -14,7 +14,6 @@ from finetune.data import chat_format
 from finetune.data import examples
 from finetune.data import load as data_load
 from finetune.data import pairs
-from finetune.data.stats import DataError
 from finetune.model import lora
 from finetune.model import tokenizer as tokenizer_mod
 from finetune.training import checks

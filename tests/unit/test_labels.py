@@ -22,7 +22,6 @@ def batch_and_examples(tmp_path_factory):
                               "data.max_length=4096", "trainer.micro_batch_size=12", "trainer.max_steps=1"))
     tok = tokenizer_mod.load_tokenizer(cfg.model)
     prepared = data_load.load(cfg.data, tok)
-    train_ds, stats = prepared.train, prepared.stats
     model_base.prepare_path(cfg.model, tok)
     peft_model = lora.apply_lora(model_base.load_base(cfg.model, cfg.quant), cfg.lora)
     run_dir = tmp_path_factory.mktemp("labels")

@@ -12,8 +12,6 @@ from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu
 
 from tests.conftest import ROOT
 from finetune.model import base as model_base
-from finetune.model import lora
-from finetune.runtime.dist import launched_sharding
 
 CONFIGS = ROOT / "launch" / "accelerate"
 EXPECTED = {"single_gpu": DistributedType.NO, "multi_gpu": DistributedType.MULTI_GPU,

@@ -6,7 +6,6 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from finetune import config
 from finetune.ship import merge
 
 

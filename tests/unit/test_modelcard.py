@@ -8,7 +8,6 @@ from huggingface_hub import ModelCard
 from tests.conftest import compose
 from finetune import config
 from finetune.runs import card as modelcard
-from finetune.runs import metrics
 
 METRICS = [{"step": 5, "loss": 2.5, "learning_rate": 2e-4}, {"step": 10, "loss": 1.75, "eval_loss": 1.9},
            {"step": 10, "train_runtime": 42.0, "train_loss": 2.1}]

@@ -9,7 +9,6 @@ from omegaconf import OmegaConf
 
 from tests.conftest import ROOT, compose, run_entry
 from finetune import config
-from finetune.model import lora
 
 SKELETON_RECIPES = {"lora_7b", "qlora_7b", "lora_13b", "qlora_13b", "qlora_70b", "tiny_lora", "tiny_qlora"}
 

@@ -8,10 +8,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from tests.conftest import ROOT, compose
-from finetune import config
-from finetune.model import lora
 from finetune.sweeps import space as sweep_space
-from finetune.training import dpo
 from finetune.training import tracking
 from finetune.config import ConfigError
 
