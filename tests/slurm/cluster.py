@@ -2,13 +2,13 @@
 
 Each node is its own network namespace with its own hostname (a UTS namespace), its own /etc/hosts (a bind mount
 in its own mount namespace) and its own address on a private bridge, so a job's ranks really talk over TCP from
-one host to another. The bridge and slurmctld live in a namespace of their own too: nothing is added to this
-machine's network, and two clusters (two test sessions) never see each other. The filesystem is shared by all
-nodes, as on a real cluster's NFS: the repository is the "shared filesystem".
+one host to another. The bridge, slurmctld and munged live in a namespace of their own ("ctl"): nothing is added
+to this machine's network, and two clusters (two test sessions) never see each other. The filesystem is shared by
+all nodes, as a real cluster's NFS would be: the repository is the shared filesystem.
 
-    python -m tests.slurm.cluster          # start one, print how to submit to it; Ctrl-C tears it down
+    python -m tests.slurm.cluster          # start one, print how to use it; Ctrl-C (or kill) tears it down
 
-Needs root (namespaces, bind mounts) and Debian's `slurm-wlm`, `munge`, `iproute2` (`make slurm` installs them).
+Needs root (namespaces, bind mounts) and Debian's slurm-wlm, munge, iproute2 (`make slurm` installs them).
 """
 from __future__ import annotations
 
@@ -26,17 +26,18 @@ from typing import Optional
 
 SUBNET = "10.77.0"  # private: the bridge lives in the controller's namespace, never on this machine's network
 CTL_ADDR = f"{SUBNET}.1"
-CTL_PORT = 6817
 NODES = {"node1": f"{SUBNET}.11", "node2": f"{SUBNET}.12"}
 PACKAGES = "slurm-wlm munge iproute2 util-linux"
 TOOLS = ("slurmctld", "slurmd", "munged", "sbatch", "scontrol", "ip", "nsenter", "unshare", "mount")
+NS_RE = re.compile(r"^ft(\d+)-[0-9a-f]{4}-\w+$")  # ft<pid of the owner>-<random>-<host>
 
-# Short timeouts, so a dead node is declared DOWN (and its job ended) within seconds, not the 5 minutes of
-# Slurm's defaults. linuxproc/task none: no cgroups to manage inside a container.
+# Short timeouts, so a dead node is declared DOWN (and its job ended) within seconds rather than after Slurm's
+# default 5 minutes. linuxproc/task none: no cgroups to manage inside a container. ReturnToService=2: a node that
+# was DOWN is back in service as soon as its slurmd registers again.
 CONF = """\
-ClusterName=ft{tag}
+ClusterName=finetune
 SlurmctldHost=ctl({ctl_addr})
-SlurmctldPort={ctl_port}
+SlurmctldPort=6817
 SlurmdPort=6818
 AuthType=auth/munge
 CredType=cred/munge
@@ -49,8 +50,6 @@ SlurmctldLogFile={dir}/slurmctld.log
 SlurmdSpoolDir={dir}/%n
 SlurmdPidFile={dir}/%n/slurmd.pid
 SlurmdLogFile={dir}/%n.log
-SlurmctldDebug=info
-SlurmdDebug=info
 SlurmdParameters=config_overrides
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -74,6 +73,15 @@ FirstJobId={first_job}
 PartitionName=debug Nodes={node_list} Default=YES MaxTime=INFINITE State=UP
 """
 
+# `<dir>/on <host> <command...>`: run a command on a node (or "ctl") as that host: its network, hostname, /etc/hosts.
+ON = """\
+#!/bin/sh
+# usage: {dir}/on <{hosts}> <command...>   run a command on that host of the test cluster
+host="$1"; shift
+exec env SLURM_CONF={dir}/slurm.conf nsenter --net=/run/netns/{prefix}-"$host" unshare --uts --mount \\
+  sh -c 'hostname "$0" && mount --bind {dir}/hosts /etc/hosts && exec "$@"' "$host" "$@"
+"""
+
 
 class ClusterError(RuntimeError):
     pass
@@ -82,52 +90,90 @@ class ClusterError(RuntimeError):
 def unavailable() -> Optional[str]:
     """Why this machine cannot run the cluster (a reason to skip), or None when it can."""
     if os.geteuid() != 0:
-        return "the SLURM cluster needs root (network, UTS and mount namespaces)"
-    if not shutil.which("ip") or not shutil.which("unshare"):
-        return None  # missing tools are a setup error, reported by `missing_tools`, not a reason to skip
+        return "the SLURM cluster needs root (network, UTS and mount namespaces); run as root or in a root container"
+    if missing_tools():
+        return None  # missing packages are a setup error (`start` names `make slurm`), not a reason to skip
     probe = f"ftprobe{os.getpid()}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    made = sh("ip", "netns", "add", probe, check=False)
     if made.returncode != 0:
         return f"this machine cannot create network namespaces (`ip netns add`: {made.stderr.strip()})"
     try:
-        uts = subprocess.run(["ip", "netns", "exec", probe, "unshare", "--uts", "--mount", "true"],
-                             capture_output=True, text=True)
-        if uts.returncode != 0:
-            return f"this machine cannot create UTS/mount namespaces (`unshare`: {uts.stderr.strip()})"
+        inner = sh("nsenter", f"--net=/run/netns/{probe}", "unshare", "--uts", "--mount", "true", check=False)
+        if inner.returncode != 0:
+            return f"this machine cannot create UTS/mount namespaces (`unshare`: {inner.stderr.strip()})"
     finally:
-        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+        sh("ip", "netns", "del", probe, check=False)
     return None
 
 
 def missing_tools() -> list[str]:
-    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    return [t for t in TOOLS if not shutil.which(t, path=path)]
+    return [t for t in TOOLS if not shutil.which(t, path=search_path())]
+
+
+def search_path() -> str:
+    return os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin"  # the daemons live in sbin
 
 
 def sh(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    kw.setdefault("env", {**os.environ, "PATH": search_path()})
     proc = subprocess.run(list(cmd), capture_output=True, text=True, **kw)
     if check and proc.returncode != 0:
-        raise ClusterError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+        raise ClusterError(f"`{' '.join(cmd)}` failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
     return proc
 
 
+def namespace_pids(ns: str) -> list[int]:
+    return [int(p) for p in sh("ip", "netns", "pids", ns, check=False).stdout.split()]
+
+
+def kill_namespace(ns: str) -> None:
+    """SIGKILL every process whose network namespace is `ns` (all of them were started by its cluster)."""
+    for pid in namespace_pids(ns):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def reap_stale() -> list[str]:
+    """Remove the namespaces (and their processes) of clusters whose owner process is gone: a test session killed
+    by SIGKILL cannot run its finalizers."""
+    reaped = []
+    for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = NS_RE.match(name)
+        if m and not pid_alive(int(m.group(1))):
+            kill_namespace(name)
+            sh("ip", "netns", "del", name, check=False)
+            reaped.append(name)
+    return reaped
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 class Cluster:
-    """`with Cluster() as c:` or `c.start()` ... `c.stop()`; `c.sbatch(...)`, `c.job(id)`, `c.kill_node("node2")`."""
+    """`with Cluster(dir) as c:` (or `c.start()` ... `c.stop()`); `c.sbatch(...)`, `c.job(id)`, `c.kill_node(...)`."""
 
     def __init__(self, workdir: Optional[Path] = None):
-        self.tag = f"{os.getpid() % 100000}{secrets.token_hex(2)}"
+        self.prefix = f"ft{os.getpid()}-{secrets.token_hex(2)}"
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="slurm-")).resolve()
-        self.ctl_ns = f"ft{self.tag}-ctl"
-        self.node_ns = {n: f"ft{self.tag}-{n}" for n in NODES}
         self.conf = self.dir / "slurm.conf"
+        self.on = self.dir / "on"
         self.procs: dict[str, subprocess.Popen] = {}
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf),
-                    "PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin"}
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf), "PATH": search_path()}
+
+    def ns(self, host: str) -> str:
+        return f"{self.prefix}-{host}"
 
     # ---- lifecycle
     def __enter__(self) -> "Cluster":
-        self.start()
-        return self
+        return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -136,11 +182,14 @@ class Cluster:
         missing = missing_tools()
         if missing:
             raise ClusterError(f"not installed: {', '.join(missing)}; run `make slurm` (apt-get install {PACKAGES})")
+        reap_stale()
         try:
             self._write_files()
             self._network()
-            self._munged()
-            self._slurmctld()
+            self._start("munged", "ctl", ["munged", "--foreground", "--force", *self._munge_paths()])
+            self._wait_for(lambda: (self.dir / "munge" / "munge.sock").exists(), "munged", 20)
+            self._start("slurmctld", "ctl", ["slurmctld", "-D", "-i", "-f", str(self.conf)])
+            self._wait_for(lambda: self.scontrol("ping", check=False).returncode == 0, "slurmctld", 30)
             for node in NODES:
                 self.start_node(node)
             self.wait_nodes("idle", timeout)
@@ -150,122 +199,99 @@ class Cluster:
         return self
 
     def stop(self) -> None:
-        """Everything this cluster started ends: daemons, job processes in the namespaces, the namespaces."""
-        for name in ("slurmd-node1", "slurmd-node2", "slurmctld"):
-            proc = self.procs.get(name)
-            if proc and proc.poll() is None:
-                proc.terminate()
-        for ns in [*self.node_ns.values(), self.ctl_ns]:
-            self._kill_namespace(ns)
-            sh("ip", "netns", "del", ns, check=False)
-        munged = self.procs.get("munged")
-        if munged and munged.poll() is None:
-            munged.terminate()
+        """Everything this cluster started ends (daemons, jobs: all run inside its namespaces), then the namespaces."""
+        for host in [*NODES, "ctl"]:
+            kill_namespace(self.ns(host))
+            sh("ip", "netns", "del", self.ns(host), check=False)
         for proc in self.procs.values():
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait()
         self.procs.clear()
 
     # ---- set-up steps
     def _write_files(self) -> None:
-        (self.dir / "ctld").mkdir(parents=True, exist_ok=True)
+        for d in ("ctld", *NODES):
+            (self.dir / d).mkdir(parents=True, exist_ok=True)
         (self.dir / "munge").mkdir(mode=0o700, exist_ok=True)
-        for node in NODES:
-            (self.dir / node).mkdir(exist_ok=True)
         key = self.dir / "munge" / "munge.key"
         key.write_bytes(secrets.token_bytes(1024))
         key.chmod(0o400)
-        nodes = "\n".join(f"NodeName={n} NodeAddr={a} CPUs={os.cpu_count() or 1} State=UNKNOWN"
-                          for n, a in NODES.items())
-        # Job ids differ between clusters, so outputs/<job name>-<job id> never meets an earlier session's run.
-        first_job = int(time.time()) % 1_000_000 * 10
-        self.conf.write_text(CONF.format(tag=self.tag, ctl_addr=CTL_ADDR, ctl_port=CTL_PORT, dir=self.dir,
-                                         first_job=first_job, nodes=nodes, node_list=",".join(NODES)))
+        cpus = os.cpu_count() or 1
+        nodes = "\n".join(f"NodeName={n} NodeAddr={a} CPUs={cpus} State=UNKNOWN" for n, a in NODES.items())
+        # Job ids differ between clusters (Slurm starts at 1), so outputs/<job name>-<job id> never meets another
+        # session's run: not an earlier one's, nor a concurrent one's in the same repository.
+        first_job = 1 + secrets.randbelow(60_000_000)  # below Slurm's MaxJobId (67,043,328)
+        self.conf.write_text(CONF.format(ctl_addr=CTL_ADDR, dir=self.dir, first_job=first_job, nodes=nodes,
+                                         node_list=",".join(NODES)))
         hosts = f"127.0.0.1 localhost\n{CTL_ADDR} ctl\n" + "".join(f"{a} {n}\n" for n, a in NODES.items())
         (self.dir / "hosts").write_text(hosts)
+        self.on.write_text(ON.format(dir=self.dir, prefix=self.prefix, hosts="|".join(["ctl", *NODES])))
+        self.on.chmod(0o755)
+
+    def _munge_paths(self) -> list[str]:
+        m = self.dir / "munge"
+        return [f"--socket={m}/munge.sock", f"--key-file={m}/munge.key", f"--log-file={m}/munged.log",
+                f"--pid-file={m}/munged.pid", f"--seed-file={m}/munged.seed"]
 
     def _network(self) -> None:
-        """A bridge in the controller's namespace; each node a veth pair: eth0 in the node, its peer on the bridge."""
-        sh("ip", "netns", "add", self.ctl_ns)
-        self.ns(self.ctl_ns, "ip", "link", "set", "lo", "up")
-        self.ns(self.ctl_ns, "ip", "link", "add", "br0", "type", "bridge")
-        self.ns(self.ctl_ns, "ip", "addr", "add", f"{CTL_ADDR}/24", "dev", "br0")
-        self.ns(self.ctl_ns, "ip", "link", "set", "br0", "up")
+        """A bridge in the controller's namespace; each node a veth pair: eth0 in the node, its peer on the bridge
+        (named after the node, so `ip link set node2 down` there cuts node2 off)."""
+        ctl = self.ns("ctl")
+        sh("ip", "netns", "add", ctl)
+        for cmd in (["link", "set", "lo", "up"], ["link", "add", "br0", "type", "bridge"],
+                    ["addr", "add", f"{CTL_ADDR}/24", "dev", "br0"], ["link", "set", "br0", "up"]):
+            sh("ip", "-n", ctl, *cmd)
         for node, addr in NODES.items():
-            ns = self.node_ns[node]
+            ns = self.ns(node)
             sh("ip", "netns", "add", ns)
-            sh("ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", node, "netns", self.ctl_ns)
-            self.ns(self.ctl_ns, "ip", "link", "set", node, "master", "br0")
-            self.ns(self.ctl_ns, "ip", "link", "set", node, "up")
-            self.ns(ns, "ip", "link", "set", "lo", "up")
-            self.ns(ns, "ip", "addr", "add", f"{addr}/24", "dev", "eth0")
-            self.ns(ns, "ip", "link", "set", "eth0", "up")
+            sh("ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", node, "netns", ctl)
+            sh("ip", "-n", ctl, "link", "set", node, "master", "br0")
+            sh("ip", "-n", ctl, "link", "set", node, "up")
+            for cmd in (["link", "set", "lo", "up"], ["addr", "add", f"{addr}/24", "dev", "eth0"],
+                        ["link", "set", "eth0", "up"]):
+                sh("ip", "-n", ns, *cmd)
 
-    def _munged(self) -> None:
-        m = self.dir / "munge"
-        self.procs["munged"] = subprocess.Popen(
-            ["munged", "--foreground", "--force", f"--socket={m}/munge.sock", f"--key-file={m}/munge.key",
-             f"--log-file={m}/munged.log", f"--pid-file={m}/munged.pid", f"--seed-file={m}/munged.seed"],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self._wait_for(lambda: (m / "munge.sock").exists(), "munged", 20)
-
-    def _slurmctld(self) -> None:
-        self.procs["slurmctld"] = self._host_process(self.ctl_ns, "ctl", ["slurmctld", "-D", "-i", "-f", str(self.conf)])
-        self._wait_for(lambda: self.scontrol("ping", check=False).returncode == 0, "slurmctld", 30)
+    def _start(self, name: str, host: str, cmd: list[str]) -> None:
+        """A daemon on `host`. Through `on` (nsenter), not `ip netns exec`: the latter mounts a fresh /sys, hiding
+        the cgroup filesystem that slurmd insists on finding at start even with proctrack/linuxproc."""
+        log = open(self.dir / f"{name}.stderr", "ab")
+        self.procs[name] = subprocess.Popen([str(self.on), host, *cmd], env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
 
     def start_node(self, node: str) -> None:
-        """(Re)start a node's slurmd; with ReturnToService=2 a DOWN node is back in service once it registers."""
-        self.ns(self.ctl_ns, "ip", "link", "set", node, "up")
-        self.procs[f"slurmd-{node}"] = self._host_process(
-            self.node_ns[node], node, ["slurmd", "-D", "-N", node, "-f", str(self.conf)])
-
-    def _host_process(self, ns: str, hostname: str, cmd: list[str]) -> subprocess.Popen:
-        """`cmd` as the host `hostname`: in namespace `ns`, its own UTS (hostname) and mount (/etc/hosts)."""
-        log = open(self.dir / f"{hostname}.stderr", "a")
-        # nsenter, not `ip netns exec`: the latter mounts a fresh /sys, hiding the cgroup filesystem slurmd
-        # insists on finding at start (even with proctrack/linuxproc), so slurmd sees this machine's, as it would
-        # if it ran here without namespaces.
-        boot = 'hostname "$0" && mount --bind "$1" /etc/hosts && shift && exec "$@"'
-        return subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", "unshare", "--uts", "--mount", "sh", "-c", boot,
-                                 hostname, str(self.dir / "hosts"), *cmd],
-                                env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        """(Re)start a node: its link up, its slurmd started (back in service once it registers)."""
+        sh("ip", "-n", self.ns("ctl"), "link", "set", node, "up")
+        self._start(f"slurmd-{node}", node, ["slurmd", "-D", "-N", node, "-f", str(self.conf)])
 
     # ---- use
-    def ns(self, ns: str, *cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-        return sh("ip", "netns", "exec", ns, *cmd, check=check, env=kw.pop("env", self.env), **kw)
-
-    def client(self, *cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-        """A SLURM client command (sbatch, scontrol, ...) run on the controller's host."""
-        return self.ns(self.ctl_ns, *cmd, check=check, **kw)
+    def run_on(self, host: str, *cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+        return sh(str(self.on), host, *cmd, check=check, env={**self.env, **kw.pop("env", {})}, **kw)
 
     def scontrol(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self.client("scontrol", *args, check=check)
+        return self.run_on("ctl", "scontrol", *args, check=check)
 
     def sbatch(self, *args: str, cwd: Path, env: Optional[dict] = None) -> int:
-        """Submit; returns the job id. `args`: sbatch options, the script, then the script's arguments."""
-        proc = self.client("sbatch", "--parsable", *args, cwd=cwd, env={**self.env, **(env or {})})
-        return int(proc.stdout.strip().split(";")[0])
+        """Submit from the controller's host; returns the job id. `args`: sbatch options, the script, its args."""
+        return int(self.run_on("ctl", "sbatch", "--parsable", *args, cwd=cwd, env=env or {}).stdout.split(";")[0])
 
     def job(self, job_id: int) -> dict[str, str]:
-        """`scontrol show job` as a dict (JobState, Reason, NodeList, ExitCode, Restarts, ...)."""
-        out = self.scontrol("show", "job", "--oneliner", str(job_id)).stdout
-        return dict(re.findall(r"(\w+)=(\S*)", out))
+        """`scontrol show job` as a dict: JobState, Reason, NodeList, ExitCode, Restarts, ..."""
+        return dict(re.findall(r"(\w+)=(\S*)", self.scontrol("show", "job", "--oneliner", str(job_id)).stdout))
 
-    def wait_job(self, job_id: int, states: set[str], timeout: float) -> dict[str, str]:
+    def wait_job(self, job_id: int, states: set[str], timeout: float, poll: float = 0.5) -> dict[str, str]:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             info = self.job(job_id)
             if info.get("JobState") in states:
                 return info
-            time.sleep(0.5)
-        raise ClusterError(f"job {job_id} not in {states} after {timeout:.0f} s: {self.job(job_id)}")
+            time.sleep(poll)
+        raise ClusterError(f"job {job_id} not {'/'.join(sorted(states))} after {timeout:.0f} s: {self.job(job_id)}")
 
     def node_state(self, node: str) -> str:
-        out = self.scontrol("show", "node", "--oneliner", node).stdout
-        return re.search(r"State=(\S+)", out).group(1)
+        return re.search(r"State=(\S+)", self.scontrol("show", "node", "--oneliner", node).stdout).group(1)
 
     def wait_nodes(self, state: str, timeout: float) -> None:
         self._wait_for(lambda: all(self.node_state(n).lower().startswith(state) for n in NODES),
@@ -273,9 +299,9 @@ class Cluster:
 
     def kill_node(self, node: str) -> None:
         """Power loss: the node drops off the network first (nothing more reaches its peers, not even a TCP
-        reset), then everything running on it dies: slurmd, slurmstepd, the training ranks."""
-        self.ns(self.ctl_ns, "ip", "link", "set", node, "down")
-        self._kill_namespace(self.node_ns[node])
+        reset), then everything on it dies: slurmd, slurmstepd, the launcher and the training ranks."""
+        sh("ip", "-n", self.ns("ctl"), "link", "set", node, "down")
+        kill_namespace(self.ns(node))
         proc = self.procs.pop(f"slurmd-{node}", None)
         if proc:
             proc.wait(timeout=10)
@@ -286,14 +312,6 @@ class Cluster:
         return path.read_text(errors="replace") if path.exists() else ""
 
     # ---- helpers
-    def _kill_namespace(self, ns: str) -> None:
-        pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
     def _wait_for(self, cond, what: str, timeout: float) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -307,7 +325,7 @@ class Cluster:
         raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}; logs in {self.dir}:\n" + self._tails())
 
     def _tails(self) -> str:
-        logs = sorted(self.dir.glob("*.log")) + sorted(self.dir.glob("*.stderr")) + [self.dir / "munge" / "munged.log"]
+        logs = [*sorted(self.dir.glob("*.log")), *sorted(self.dir.glob("*.stderr")), self.dir / "munge" / "munged.log"]
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}" for p in logs if p.exists())
 
 
@@ -315,15 +333,17 @@ def main() -> None:
     reason = unavailable()
     if reason:
         sys.exit(reason)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill <pid>` tears down too (finally below)
     with Cluster() as c:
-        print(f"SLURM cluster up: nodes {', '.join(f'{n} ({a})' for n, a in NODES.items())}, files in {c.dir}\n"
-              f"submit from the controller's host, e.g.:\n"
-              f"  ip netns exec {c.ctl_ns} env SLURM_CONF={c.conf} sbatch --nodes 2 launch/slurm/train.sbatch "
-              f"recipe=tiny_lora\n"
-              f"a shell on a node: ip netns exec {c.node_ns['node1']} bash\n"
+        print(f"SLURM cluster up: {', '.join(f'{n} ({a})' for n, a in NODES.items())}, controller ctl ({CTL_ADDR})\n"
+              f"files and logs: {c.dir}\n"
+              f"run a command on a host (ctl, node1, node2) with its hostname and network:\n"
+              f"  {c.on} ctl sbatch --nodes 2 launch/slurm/train.sbatch recipe=tiny_lora\n"
+              f"  {c.on} node1 bash\n"
               f"Ctrl-C stops the cluster.", flush=True)
         try:
-            signal.pause()
+            while True:
+                time.sleep(3600)
         except KeyboardInterrupt:
             pass
 
