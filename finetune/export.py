@@ -1,9 +1,11 @@
-"""Export a run: `python finetune/export.py run=outputs/<run> [merge=true] [dtype=bfloat16] [merge_base=original]`.
+"""Export a run: `python finetune/export.py run=outputs/<run> [merge=true] [dtype=bfloat16] [merge_base=original]`,
+`... format=gguf [gguf.type=q4_k_m]` for llama.cpp and Ollama.
 
 Always: <run>/adapter/README.md, a model card from the run's config and metrics. With merge=true: <run>/merged/
 (config, sharded safetensors + index, tokenizer, licence files, card), merged shard by shard in bounded memory
 (finetune/merge.py), then checked against the adapter model on prompts from the run's data; above the
-tolerance the export fails with the numbers and no merged/ is left behind.
+tolerance the export fails with the numbers and no merged/ is left behind. format=gguf: <run>/gguf/ from merged/
+(finetune/ship/gguf_export.py), each file checked in llama.cpp against merged/.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 if __package__ in (None, ""):  # run as a script: import the package, never sibling files as top-level modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
@@ -35,13 +37,23 @@ class VerifyConfig:
 
 
 @dataclass
+class GGUFConfig:
+    type: Any = "q8_0"  # one type or a list: [f16,q8_0,q4_k_m]
+    tolerance: Optional[float] = None  # null: per type (finetune/ship/llamacpp.py)
+    sequences: int = 8  # held-out conversations for the perplexity of types below 8 bits
+    max_tokens: int = 256
+
+
+@dataclass
 class ExportConfig:
     run: str = MISSING
+    format: str = "safetensors"  # safetensors | gguf (implies merged/: reused if newer than the adapter)
     merge: bool = False
     merge_base: str = "auto"
     dtype: Optional[str] = None
     max_shard_size: str = "2GB"
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    gguf: GGUFConfig = field(default_factory=GGUFConfig)
 
 
 config.register()
@@ -59,6 +71,12 @@ def check(cfg: ExportConfig, run: Path) -> list[str]:
         problems.append(f"dtype={cfg.dtype}: use one of {', '.join(config.DTYPES)} (or leave it out)")
     if cfg.verify.prompts < 1:
         problems.append("verify.prompts must be >= 1: every merge is verified")
+    if cfg.format not in ("safetensors", "gguf"):
+        problems.append(f"format={cfg.format}: use safetensors (adapter/, merged/ with merge=true) or gguf")
+    if cfg.format == "gguf":
+        from finetune.ship import gguf_export
+
+        problems += gguf_export.problems(cfg.gguf.type)
     return problems
 
 
@@ -84,7 +102,7 @@ def base_dir(train_cfg, adapter_dir: Path, tokenizer) -> Path:
                                   allow_patterns=["*.json", "*.safetensors", "tokenizer.model"]))
 
 
-def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path):
+def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path, serve: str = ""):
     """Write <run>/merged.partial, verify it, rename it to <run>/merged; (folder, [checked drift, reported ...])."""
     import torch
 
@@ -132,7 +150,7 @@ def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path):
     (partial / "verification.json").write_text(json.dumps(
         {"merge_base": merge_base, "dtype": str(stored).removeprefix("torch."), "prompt_source": source,
          "checks": [dataclasses.asdict(d) for d in drifts]}, indent=2))
-    modelcard.write(partial, run, "merged", merge_section(merge_base, stored, stats, source, drifts))
+    modelcard.write(partial, run, "merged", merge_section(merge_base, stored, stats, source, drifts) + serve)
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
     return final, drifts
@@ -166,18 +184,43 @@ def main(dict_cfg: DictConfig) -> None:
     from finetune.runs import card as modelcard
     from finetune.runs.rundir import run_config
 
-    # The adapter folder, with a card built from the run's config and metrics
+    from finetune.ship import serving
+
+    # The adapter folder, safetensors only, with a card built from the run's config and metrics
     train_cfg = run_config(run)
     adapter_dir = run / "adapter"
-    modelcard.write(adapter_dir, run, "adapter")
+    if (pickle := adapter_dir / "training_args.bin").is_file():  # written by older runs: a pickle, not needed
+        pickle.unlink()
+        console.info(f"removed {pickle} (a pickle of TrainingArguments; adapter/ ships safetensors only)")
+    serve = serving.section(modelcard.base_of(train_cfg, adapter_dir).hub_id or "<base model>", run.name,
+                            adapter_dir)
+    modelcard.write(adapter_dir, run, "adapter", serve)
     console.info(f"adapter: {adapter_dir} ({', '.join(sorted(p.name for p in adapter_dir.iterdir()))})")
-    if not cfg.merge:
-        return
+    for warning in serving.adapter_warnings(adapter_dir):
+        console.info(f"warning: vLLM: {warning}")
+    merged = run / "merged"
+    reuse = cfg.format == "gguf" and not cfg.merge and (merged / "verification.json").is_file() and \
+        merged.stat().st_mtime >= (adapter_dir / "adapter_model.safetensors").stat().st_mtime
+    if cfg.merge or (cfg.format == "gguf" and not reuse):
+        # Merge shard by shard, verify against the adapter model, then publish the folder as merged/
+        out, drifts = merge_and_verify(cfg, train_cfg, run, serve)
+        console.info(f"merged: {out}\nverified {drifts[0].summary()}"
+                     + "".join(f"\nreported {d.summary(checked=False)}" for d in drifts[1:]))
+    if cfg.format == "gguf":
+        export_gguf(cfg, train_cfg, run)
 
-    # Merge shard by shard, verify against the adapter model, then publish the folder as merged/
-    out, drifts = merge_and_verify(cfg, train_cfg, run)
-    console.info(f"merged: {out}\nverified {drifts[0].summary()}"
-                 + "".join(f"\nreported {d.summary(checked=False)}" for d in drifts[1:]))
+
+def export_gguf(cfg: ExportConfig, train_cfg, run: Path) -> None:
+    """GGUF files from merged/, each verified in llama.cpp; Modelfiles, card and licences beside them."""
+    import sentencepiece as spm
+
+    from finetune.runs import card as modelcard
+    from finetune.ship import gguf_export
+
+    sp = spm.SentencePieceProcessor(model_file=str(run / "merged" / "tokenizer.model"))
+    out, done = gguf_export.export(run, train_cfg, sp, run / "merged", cfg.gguf, cfg.verify)
+    modelcard.write(out, run, "gguf", gguf_export.card_section(out))
+    console.info(f"gguf: {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Publish a run: `python finetune/publish.py run=outputs/<run> repo_id=me/name [what=merged] [private=true]`.
+"""Publish a run: `python finetune/publish.py run=outputs/<run> repo_id=me/name [what=merged|gguf] [private=true]`.
 
 `dry_run=true` prints what would be uploaded and sends nothing. The work is in finetune/hub.py.
 """
@@ -43,11 +43,12 @@ def main(dict_cfg: DictConfig) -> None:
     if unknown := config.unknown_keys(dict_cfg):  # `+key=...` adds keys Hydra's own check lets through
         raise config.ConfigError(unknown)
     cfg: PublishConfig = OmegaConf.to_object(dict_cfg)  # type: ignore[assignment]
-    if cfg.what not in ("adapter", "merged"):
-        raise config.ConfigError([f"what={cfg.what}: use adapter or merged"])
+    if cfg.what not in ("adapter", "merged", "gguf"):
+        raise config.ConfigError([f"what={cfg.what}: use adapter, merged or gguf"])
     folder = Path(cfg.run).expanduser().resolve() / cfg.what
     if not folder.is_dir():
-        fix = "python finetune/export.py run=<run> merge=true" if cfg.what == "merged" else "finish training first"
+        fix = {"merged": "python finetune/export.py run=<run> merge=true",
+               "gguf": "python finetune/export.py run=<run> format=gguf"}.get(cfg.what, "finish training first")
         raise hub.PublishError(f"{folder}: no such folder; {fix}")
 
     # What goes out, and whether any of it looks like a secret (checked before any network call)

@@ -1,9 +1,9 @@
 """A test double of the Hugging Face Hub's HTTP API: in memory, stdlib only, started by the tests.
 
 It is NOT the Hub: it speaks only the routes the unmodified `huggingface_hub` 2.x client uses to create a
-repo, make a branch, commit (regular files inline, `*.safetensors` through the LFS "basic" transfer, as the
-real Hub asks for weights) and download (repo info, tree, resolve). It checks bearer tokens and hides private
-repos from anyone else, as the Hub does. It does not model Xet storage (clients must run with
+repo, make a branch, commit (regular files inline, `*.safetensors` and `*.gguf` through the LFS "basic"
+transfer, as the real Hub asks for weights) and download (repo info, tree, resolve). It checks bearer tokens
+and hides private repos from anyone else, as the Hub does. It does not model Xet storage (clients must run with
 `HF_HUB_DISABLE_XET=1`), YAML validation, gating, rate limits, or real permission rules.
 
     hub = HubDouble(tokens={"hf_...": "tester"}).start()   # hub.url -> HF_ENDPOINT
@@ -18,6 +18,9 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
+
+
+LFS_SUFFIXES = (".safetensors", ".gguf")  # weights go through LFS, as the Hub's .gitattributes asks
 
 
 def git_blob_sha(content: bytes) -> str:
@@ -138,8 +141,9 @@ def _handler(hub: HubDouble):
                 return self.reply(409, {"error": "You already created this model repo", "url": f"{hub.url}/{repo_id}"})
             repo = hub.repos[repo_id] = Repo(owner=user, private=req.get("visibility", "public") == "private"
                                              or bool(req.get("private")))
-            hub.commit(repo, "main", {".gitattributes": (b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n",
-                                                         False)}, "initial commit")
+            hub.commit(repo, "main", {".gitattributes": (b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
+                                                         b"*.gguf filter=lfs diff=lfs merge=lfs -text\n", False)},
+                       "initial commit")
             self.reply(200, {"url": f"{hub.url}/{repo_id}"})
 
         def model_route(self, repo_id: str, rest: list[str]):
@@ -162,7 +166,7 @@ def _handler(hub: HubDouble):
             elif rest[0] == "preupload":
                 files = json.loads(self.body())["files"]
                 self.reply(200, {"files": [{"path": f["path"], "shouldIgnore": False, "uploadMode":
-                                            "lfs" if f["path"].endswith(".safetensors") else "regular"}
+                                            "lfs" if f["path"].endswith(LFS_SUFFIXES) else "regular"}
                                            for f in files]})
             elif rest[0] == "branch":
                 if rest[1] in repo.branches:

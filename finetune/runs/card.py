@@ -56,6 +56,27 @@ def final_metrics(run_dir: Path) -> dict:
     return out
 
 
+def gguf_types(run_dir: Optional[Path]) -> list[str]:
+    """The types of the GGUF files export.py verified in <run>/gguf (its verification.json)."""
+    path = Path(run_dir or ".") / "gguf" / "verification.json"
+    return sorted({f["type"] for f in json.loads(path.read_text())["files"].values()}) if path.is_file() else []
+
+
+# How each stack reproduces the trained ids, and where it cannot (model/tokenizer.py and ship/modelfile.py).
+PROMPT_IDS = """Stock `tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)` gives exactly
+the ids training used (`finetune/data/chat_format.py`: each turn `<s>` + SentencePiece(`[INST] … [/INST] answer `)
++ `</s>`), including runs of spaces, non-ASCII text and a system prompt; so does llama.cpp with the chat template
+embedded in the GGUF (tested through llama-cpp-python's `create_chat_completion` path; `llama-server --jinja`
+renders the same template with its C++ engine and drops the leading `<s>` for its own BOS, not run here).
+Where a stack differs:
+- Tokenizing the rendered text yourself: `tokenizer(text, add_special_tokens=False)`; the default adds a second BOS.
+- Message text containing the literal strings `<s>`, `</s>` or `<unk>` becomes those special tokens in every stock
+  stack (transformers, vLLM, TGI, llama.cpp, Ollama); training encoded them as plain text.
+- Raw text (no template) that starts with a space gets one "▁" less from the Hugging Face tokenizer than from
+  SentencePiece; chat prompts never do (every turn starts with `[INST]`).
+- Ollama's Modelfile template (Go) cannot strip whitespace: strip each message yourself, as Meta's format does."""
+
+
 def prompt_example(system: Optional[str]) -> str:
     """The Llama 2 chat format as text, for the card (the ids come from `chat_format`)."""
     user = "What is the capital of France?"
@@ -64,15 +85,19 @@ def prompt_example(system: Optional[str]) -> str:
     return f"<s>{chat_format.B_INST} {user} {chat_format.E_INST} The capital of France is Paris. </s>"
 
 
-def metadata(cfg: TrainConfig, base: Base, kind: str) -> dict:
+def metadata(cfg: TrainConfig, base: Base, kind: str, run_dir: Optional[Path] = None) -> dict:
     method = "qlora" if cfg.quant.mode in ("nf4", "fp4") else "lora"
     tags = ["llama-2", method, cfg.trainer.kind, "trl", "finetune-llama2"]
     if kind == "adapter":
         tags.append("peft")
         if base.hub_id:
             tags.append(f"base_model:adapter:{base.hub_id}")
-    meta = {"license": "llama2", "library_name": "peft" if kind == "adapter" else "transformers",
+    if kind == "gguf":  # the Hub lists a repository with .gguf files and these tags as a GGUF repository
+        tags += ["gguf", "llama.cpp", "ollama", *gguf_types(run_dir)]
+    meta = {"license": "llama2", "library_name": {"adapter": "peft", "gguf": "gguf"}.get(kind, "transformers"),
             "pipeline_tag": "text-generation", "tags": tags}
+    if kind == "gguf":
+        meta["quantization"] = gguf_types(run_dir)
     if base.hub_id:
         meta["base_model"] = base.hub_id
     if not looks_local(cfg.data.path):
@@ -81,13 +106,13 @@ def metadata(cfg: TrainConfig, base: Base, kind: str) -> dict:
 
 
 def render(run_dir: Path, kind: str, merge_section: str = "", adapter_dir: Optional[Path] = None) -> str:
-    """The README.md text (front matter + body) for `kind` = adapter | merged."""
+    """The README.md text (front matter + body) for `kind` = adapter | merged | gguf."""
     from huggingface_hub import ModelCard, ModelCardData
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     base = base_of(cfg, adapter_dir or run_dir / "adapter")
-    data = ModelCardData(**metadata(cfg, base, kind))
+    data = ModelCardData(**metadata(cfg, base, kind, run_dir))
     m, t, lo, q = final_metrics(run_dir), cfg.trainer, cfg.lora, cfg.quant
     quant = {"none": "none (16-bit LoRA)", "int8": "LLM.int8 (8-bit) base"}.get(
         q.mode, f"4-bit {q.mode} base{' with double quantization' if q.double_quant else ''} (QLoRA)")
@@ -97,7 +122,8 @@ def render(run_dir: Path, kind: str, merge_section: str = "", adapter_dir: Optio
                         for key, label in (("loss", "final train loss"), ("eval_loss", "final eval loss"),
                                            ("step", "steps"), ("train_runtime", "train runtime (s)")))
     base_ref = base.hub_id or base.path
-    what = "LoRA adapter" if kind == "adapter" else "model (LoRA adapter merged into the base weights)"
+    what = {"adapter": "LoRA adapter", "gguf": "GGUF (merged weights for llama.cpp and Ollama)"}.get(
+        kind, "model (LoRA adapter merged into the base weights)")
     body = f"""
 # {run_dir.name}: {cfg.model.name} {cfg.trainer.kind.upper()} {what}
 
@@ -133,6 +159,8 @@ Meta's Llama 2 chat format; every tokenizer saved here carries it as its chat te
 {prompt_example(cfg.data.system_prompt)}
 ```
 
+{PROMPT_IDS}
+
 ## How to load
 
 {load_snippet(kind, base_ref)}
@@ -148,6 +176,16 @@ Meta's Llama 2 chat format; every tokenizer saved here carries it as its chat te
 
 
 def load_snippet(kind: str, base_ref: str) -> str:
+    if kind == "gguf":
+        return """```bash
+ollama create my-llama2 -f Modelfile.<type> && ollama run my-llama2       # Ollama (Modelfile beside each file)
+llama-cli -m <run>.<type>.gguf --jinja -cnv                                 # llama.cpp, the embedded chat template
+```
+```python
+from llama_cpp import Llama   # llama-cpp-python: create_chat_completion uses the embedded template
+llm = Llama(model_path="<run>.<type>.gguf")
+print(llm.create_chat_completion([{"role": "user", "content": "Hi"}])["choices"][0]["message"]["content"])
+```"""
     if kind == "merged":
         return f"""```python
 from transformers import AutoModelForCausalLM, AutoTokenizer

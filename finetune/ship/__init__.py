@@ -1,5 +1,5 @@
 """Shipping a trained run: the streaming merge into safetensors, its verification against the model as
-trained, and publishing to the Hugging Face Hub.
+trained, GGUF files for llama.cpp and Ollama (verified in llama.cpp), serving limits, and publishing to the Hub.
 
 May import config, runtime, data, model and runs; never training, planning or sweeps.
 """

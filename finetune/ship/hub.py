@@ -1,8 +1,9 @@
-"""Publish a run's adapter/ or merged/ folder to the Hugging Face Hub, in one commit, or say exactly why not.
+"""Publish a run's adapter/, merged/ or gguf/ folder to the Hugging Face Hub, in one commit, or say exactly why not.
 
 The token comes from `HF_TOKEN` or `hf auth login` (huggingface_hub's `get_token`), is passed to the client
 only, and is never printed or written. A folder in which any file holds something that looks like a token
-(`hf_` + 30 or more letters/digits, or the token in use) is refused before anything is sent.
+(`hf_` + 30 or more letters/digits, or the token in use) is refused before anything is sent, and so is a folder
+holding a pickle (`.bin`, `.pt`, `.pkl`, ...): what we publish is safetensors, GGUF and text.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from typing import Optional
 from finetune.config import UserError
 
 TOKEN_RE = re.compile(rb"hf_[A-Za-z0-9]{30,}")
-IGNORED = ("training_args.bin",)  # a pickle of TrainingArguments: not needed to load, and the Hub flags pickles
+# Pickle-based formats: loading one runs arbitrary code. Everything we ship is safetensors, GGUF or text.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 class PublishError(UserError, ValueError):
@@ -46,8 +48,11 @@ def plan(folder: Path, repo_id: str, private: bool, revision: Optional[str], mes
                            "(add merge=true for merged/) first")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise PublishError(f"repo_id={repo_id}: write it as <user or org>/<name>, e.g. me/llama2-13b-oasst-qlora")
-    files = sorted((p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*")
-                   if p.is_file() and p.name not in IGNORED)
+    files = sorted((p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+    if pickles := [f for f, _ in files if f.endswith(PICKLE_SUFFIXES)]:
+        raise PublishError(f"{folder} holds pickle files, refusing to publish: {', '.join(pickles)}. Loading a pickle "
+                           "runs code; this folder should hold safetensors only. Delete them (training_args.bin: "
+                           "`python finetune/export.py run=<run>` removes it; it is not needed to load)")
     return Plan(folder, repo_id, private, revision, message or f"Upload {folder.name} from {folder.parent.name}",
                 files)
 
@@ -62,9 +67,10 @@ def token_findings(folder: Path, token: Optional[str]) -> list[str]:
     """Files that look like they hold a token: every file read whole, except weights (their header only)."""
     found = []
     for p in sorted(folder.rglob("*")):
-        if not p.is_file() or p.name in IGNORED:
+        if not p.is_file():
             continue
-        blob = safetensors_header(p) if p.suffix == ".safetensors" else p.read_bytes()
+        blob = safetensors_header(p) if p.suffix == ".safetensors" else gguf_header(p) if p.suffix == ".gguf" \
+            else p.read_bytes()
         m = TOKEN_RE.search(blob) or (re.search(re.escape(token.encode()), blob) if token else None)
         if m:
             found.append(f"{p.relative_to(folder)} (byte {m.start()}: {m.group()[:5].decode(errors='replace')}...)")
@@ -76,6 +82,15 @@ def safetensors_header(path: Path) -> bytes:
     with path.open("rb") as fh:
         (n,) = struct.unpack("<Q", fh.read(8))
         return fh.read(min(n, 100_000_000))
+
+
+def gguf_header(path: Path) -> bytes:
+    """The metadata of a GGUF file (strings: name, licence, chat template, vocabulary) up to the tensor data."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    with path.open("rb") as fh:
+        return fh.read(min(reader.data_offset, 100_000_000))
 
 
 def publish(p: Plan, token: str) -> str:
@@ -94,7 +109,7 @@ def publish(p: Plan, token: str) -> str:
         if p.revision:
             api.create_branch(p.repo_id, branch=p.revision, exist_ok=True)
         info = api.upload_folder(folder_path=p.folder, repo_id=p.repo_id, revision=p.revision,
-                                 commit_message=p.message, ignore_patterns=list(IGNORED))
+                                 commit_message=p.message)
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         state = nothing_sent(p, created)

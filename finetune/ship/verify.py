@@ -6,6 +6,7 @@ verification needs one model's memory at a time.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,30 @@ def sample_prompts(train_cfg: TrainConfig, sp, n: int, max_tokens: int) -> tuple
         if len(prompts) == n:
             break
     return prompts, source
+
+
+def heldout_sequences(train_cfg: TrainConfig, sp, n: int, max_tokens: int) -> tuple[list[tuple[list, list]], str]:
+    """Up to `n` (ids, mask) sequences of at most `max_tokens`, held-out first, encoded as training encodes them
+    (mask = the tokens training scores); for a perplexity. Without readable data: the built-in prompts, all
+    their tokens scored."""
+    from finetune.data import sft
+    from finetune.data.stats import Stats
+
+    try:
+        train, held_out = examples.splits(train_cfg.data)
+        exs, source = held_out + train, f"the run's data ({train_cfg.data.path})"
+    except (DataError, OSError):
+        ids = [chat_format.encode_text(sp, p) for p in FALLBACK_PROMPTS]
+        return ids[:n], "built-in prompts (the run's data is not readable here)"
+    dcfg = dataclasses.replace(train_cfg.data, max_length=max_tokens, too_long="truncate")
+    seqs = []
+    for ex in exs:
+        if "prompt" in ex:  # a preference pair: the dialog ending with the chosen answer
+            ex = {"messages": [*ex["prompt"], {"role": "assistant", "content": ex["chosen"]}]}
+        seqs += [(ids, mask) for ids, mask in sft.encode(ex, sp, dcfg, Stats()) if any(mask)]
+        if len(seqs) >= n:
+            break
+    return seqs[:n], source
 
 
 @torch.no_grad()

@@ -9,8 +9,6 @@ import torch
 from huggingface_hub import ModelCard
 
 from tests.conftest import run_entry
-from finetune import config
-from finetune.runs import checkpoints
 from finetune.runs import rundir
 
 pytestmark = pytest.mark.slow
@@ -32,6 +30,8 @@ def test_training_ends_with_a_real_adapter_card(tiny_sft_run):
     card = ModelCard.load(tiny_sft_run / "adapter" / "README.md")  # written by checkpoints.save, not peft's template
     assert card.data.library_name == "peft" and card.data.license == "llama2" and "qlora" in card.data.tags
     assert "| final train loss |" in card.text and "## How to load" in card.text
+    assert "tokenize=True)` gives exactly" in card.text  # how each stack reproduces the trained ids
+    assert not [p.name for p in (tiny_sft_run / "adapter").iterdir() if p.suffix in (".bin", ".pt", ".pkl")]
 
 
 def test_qlora_merge_reproduces_the_adapter_model(tiny_sft_run, tmp_path):
@@ -53,6 +53,8 @@ def test_qlora_merge_reproduces_the_adapter_model(tiny_sft_run, tmp_path):
     assert card.data.library_name == "transformers" and card.data.license == "llama2"
     assert "`merge_base=dequantized`" in card.text and f"| {check['max_abs']:.2e} |" in card.text
     assert ModelCard.load(run / "adapter" / "README.md").data.library_name == "peft"
+    assert "## Serving" in card.text and "vllm serve" in card.text
+    assert not [p.name for p in merged.iterdir() if p.suffix in (".bin", ".pt", ".pkl")]  # safetensors only
     model = AutoModelForCausalLM.from_pretrained(merged)  # stock loading, no peft, no bitsandbytes
     assert model.config.model_type == "llama" and not hasattr(model.config, "quantization_config")
 

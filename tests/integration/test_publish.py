@@ -14,7 +14,6 @@ import pytest
 
 from tests.conftest import ROOT, run_entry
 from tests.hub_double import HubDouble
-from finetune import export
 
 pytestmark = pytest.mark.slow
 TOKEN = "hf_" + "T3stT0ken" * 4  # what the double accepts; a real token has the same shape
@@ -143,3 +142,13 @@ def test_token_like_string_is_refused(run, hub, tmp_path):
 def test_merged_needs_export_first(run, hub, tmp_path):
     proc = publish(run, hub, tmp_path, "repo_id=tester/m", "what=merged", check=False)
     assert proc.returncode == 2 and "python finetune/export.py run=<run> merge=true" in proc.stderr
+
+
+def test_a_pickle_is_refused_with_the_file_named(run, hub, tmp_path):
+    assert not list((run / "adapter").glob("*.bin")), "training writes adapter/ without training_args.bin"
+    (run / "adapter" / "training_args.bin").write_bytes(b"\x80\x04\x95pickle")
+    before = len(hub.requests)
+    proc = publish(run, hub, tmp_path, "repo_id=tester/pickled", check=False)
+    assert proc.returncode == 2
+    assert "holds pickle files, refusing to publish: training_args.bin. Loading a pickle runs code" in proc.stderr
+    assert len(hub.requests) == before
