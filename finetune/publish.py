@@ -52,11 +52,11 @@ def main(dict_cfg: DictConfig) -> None:
         raise hub.PublishError(f"{folder}: no such folder; {fix}")
 
     # What goes out, and whether any of it looks like a secret (checked before any network call)
-    plan = hub.plan(folder, cfg.repo_id, cfg.private, cfg.revision, cfg.commit_message)
-    token = hub.token_or_none()
+    token = hub.token_or_none()  # a leaked token is named first, whatever file holds it
     if leaks := hub.token_findings(folder, token):
         raise hub.PublishError(f"{folder} holds token-like strings, refusing to publish: {'; '.join(leaks)}. "
                                "Remove them (and revoke the token if it was real)")
+    plan = hub.plan(folder, cfg.repo_id, cfg.private, cfg.revision, cfg.commit_message)
     console.info(plan.describe())
     if cfg.dry_run:
         found = "a token is set" if token else "no token found: set HF_TOKEN or run `hf auth login` before publishing"

@@ -2,11 +2,13 @@
 
 The token comes from `HF_TOKEN` or `hf auth login` (huggingface_hub's `get_token`), is passed to the client
 only, and is never printed or written. A folder in which any file holds something that looks like a token
-(`hf_` + 30 or more letters/digits, or the token in use) is refused before anything is sent, and so is a folder
-holding a pickle (`.bin`, `.pt`, `.pkl`, ...): what we publish is safetensors, GGUF and text.
+(`hf_` + 30 or more letters/digits, or the token in use; as bytes and as UTF-16 text) is refused before anything is
+sent, and so is a folder holding a pickle (`.bin`, `.pt`, `.pkl`, ...) or any file outside the allow-list of what
+a model repository holds (`ALLOWED`): what we publish is safetensors, GGUF and text.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -18,6 +20,10 @@ from typing import Optional
 from finetune.config import UserError
 
 TOKEN_RE = re.compile(rb"hf_[A-Za-z0-9]{30,}")
+# What a model repository holds (weights, configs, tokenizer, template, cards, licences); anything else is refused
+# by name: a scan for secrets cannot know every encoding a file may hide one in.
+ALLOWED = ("*.safetensors", "*.gguf", "*.json", "*.jinja", "*.md", "tokenizer.model", "Modelfile*", "LICENSE*",
+           "NOTICE")
 # Pickle-based formats: loading one runs arbitrary code. Everything we ship is safetensors, GGUF or text.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
@@ -53,6 +59,10 @@ def plan(folder: Path, repo_id: str, private: bool, revision: Optional[str], mes
         raise PublishError(f"{folder} holds pickle files, refusing to publish: {', '.join(pickles)}. Loading a pickle "
                            "runs code; this folder should hold safetensors only. Delete them (training_args.bin: "
                            "`python finetune/export.py run=<run>` removes it; it is not needed to load)")
+    if others := [f for f, _ in files if not any(fnmatch.fnmatch(Path(f).name, pat) for pat in ALLOWED)]:
+        raise PublishError(f"{folder} holds files a model repository does not need, refusing to publish: "
+                           f"{', '.join(others)}. Published are only {', '.join(ALLOWED)}; remove the others (or "
+                           "publish the folder export.py wrote)")
     return Plan(folder, repo_id, private, revision, message or f"Upload {folder.name} from {folder.parent.name}",
                 files)
 
@@ -71,10 +81,24 @@ def token_findings(folder: Path, token: Optional[str]) -> list[str]:
             continue
         blob = safetensors_header(p) if p.suffix == ".safetensors" else gguf_header(p) if p.suffix == ".gguf" \
             else p.read_bytes()
-        m = TOKEN_RE.search(blob) or (re.search(re.escape(token.encode()), blob) if token else None)
-        if m:
-            found.append(f"{p.relative_to(folder)} (byte {m.start()}: {m.group()[:5].decode(errors='replace')}...)")
+        for text, encoding in readings(blob):
+            m = TOKEN_RE.search(text) or (re.search(re.escape(token.encode()), text) if token else None)
+            if m:
+                at = f"byte {m.start()}" if encoding == "byte" else f"{encoding} text"
+                found.append(f"{p.relative_to(folder)} ({at}: {m.group()[:5].decode(errors='replace')}...)")
+                break
     return found
+
+
+def readings(blob: bytes) -> list[tuple[bytes, str]]:
+    """The bytes as written, and as UTF-16 text re-encoded to UTF-8 when they hold NUL bytes (what PowerShell 5's
+    `>` and Notepad's "Unicode" write); both byte orders and both alignments."""
+    out = [(blob, "byte")]
+    if b"\x00" in blob:
+        for enc in ("utf-16-le", "utf-16-be"):
+            for start in (0, 1):
+                out.append((blob[start:].decode(enc, errors="ignore").encode("utf-8", errors="ignore"), enc))
+    return out
 
 
 def safetensors_header(path: Path) -> bytes:

@@ -152,3 +152,24 @@ def test_a_pickle_is_refused_with_the_file_named(run, hub, tmp_path):
     assert proc.returncode == 2
     assert "holds pickle files, refusing to publish: training_args.bin. Loading a pickle runs code" in proc.stderr
     assert len(hub.requests) == before
+
+
+def test_a_utf16_token_is_refused(run, hub, tmp_path):
+    """What PowerShell 5's `>` writes: UTF-16 with a byte order mark; the scan reads it as text too."""
+    (run / "adapter" / "NOTES.md").write_bytes("token: hf_".encode("utf-16") + ("a1B2" * 9).encode("utf-16-le"))
+    before = len(hub.requests)
+    proc = publish(run, hub, tmp_path, "repo_id=tester/leaky16", check=False)
+    assert proc.returncode == 2
+    assert "holds token-like strings, refusing to publish: NOTES.md (utf-16-le text: hf_a1...)" in proc.stderr
+    assert len(hub.requests) == before
+
+
+def test_files_outside_the_allow_list_are_refused_by_name(run, hub, tmp_path):
+    (run / "adapter" / "notes.txt").write_text("my notes\n")
+    (run / "adapter" / "secrets.tar.gz").write_bytes(b"\x1f\x8b\x08\x00")
+    before = len(hub.requests)
+    proc = publish(run, hub, tmp_path, "repo_id=tester/extra", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert ("holds files a model repository does not need, refusing to publish: notes.txt, secrets.tar.gz. "
+            "Published are only *.safetensors, *.gguf, *.json") in proc.stderr
+    assert len(hub.requests) == before
