@@ -207,5 +207,5 @@ base with `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")` to 
 def write(folder: Path, run_dir: Path, kind: str, merge_section: str = "") -> Path:
     """Write `folder/README.md`; returns its path."""
     out = Path(folder) / "README.md"
-    out.write_text(render(run_dir, kind, merge_section))
+    out.write_text(render(run_dir, kind, merge_section, adapter_dir=Path(folder) if kind == "adapter" else None))
     return out

@@ -126,8 +126,13 @@ def last_step(ckpt: str, max_steps: int) -> bool:
 
 
 def save(trainer, tokenizer, path: Path) -> Path:
-    """adapter/ (adapter weights + config, tokenizer with its licence files) in the run directory."""
-    out = path / "adapter"
+    """adapter/ (adapter weights + config, tokenizer with its licence files, card) in the run directory, written
+    aside and renamed into place once complete: a run killed while saving has no adapter/ (which would read as
+    finished) and its rerun saves the same adapter from the last checkpoint."""
+    out, final = path / ".adapter.partial", path / "adapter"
+    if trainer.args.should_save:
+        shutil.rmtree(out, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     if trainer.is_fsdp_enabled:  # checkpoints stay sharded; the adapter is gathered into ordinary safetensors
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(out))
@@ -142,6 +147,9 @@ def save(trainer, tokenizer, path: Path) -> Path:
         for name in set(peft_model.peft_config) - {peft_model.active_adapter}:
             shutil.rmtree(out / name, ignore_errors=True)
         card.write(out, path, "adapter")  # replaces peft's template card: metadata, hyperparameters, metrics
+        fsync_tree(out)
+        shutil.rmtree(final, ignore_errors=True)  # overwrite=true, or an adapter from before this run
+        out.rename(final)
         shutil.rmtree(staging_dir(path), ignore_errors=True)  # only TRL's checkpoint README is left there
     trainer.accelerator.wait_for_everyone()
-    return out
+    return final

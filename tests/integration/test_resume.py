@@ -158,10 +158,13 @@ def test_killed_during_the_final_save_ends_with_the_uninterrupted_adapter(tiny_s
     21 (issue 20: it ended 1.9e-3 away); the last checkpoint's adapter is the final one, bitwise."""
     out = tmp_path / "run"
     shutil.copytree(tiny_sft_run, out)
-    shutil.rmtree(out / "adapter")
+    (out / "adapter").rename(out / ".adapter.partial")  # killed mid-save: adapter/ never appeared
+    (out / ".adapter.partial" / "README.md").unlink()
+    assert not rundir.finished(out)
     done = run_entry("train.py", "recipe=tiny_qlora", f"output_dir={out}", *FAST)
     assert "checkpoint-4 is the last step: training was complete" in done.stdout, done.stdout[-3000:]
     assert max_diff(out / "adapter", tiny_sft_run / "adapter") == 0.0
+    assert (out / "adapter" / "README.md").is_file() and not (out / ".adapter.partial").exists()
     steps = [r["step"] for r in metrics.read(out / "metrics.jsonl") if "loss" in r]
     assert steps == [1, 2, 3, 4]
 
