@@ -73,10 +73,6 @@ def trainer_problems(t) -> list[str]:
     for key in ("save_steps", "logging_steps"):
         if getattr(t, key) < 1:
             problems.append(f"trainer.{key}={getattr(t, key)}: must be >= 1 (optimizer steps)")
-    if t.save_steps >= 1 and t.logging_steps >= 1 and t.save_steps % t.logging_steps:
-        problems.append(f"trainer.save_steps={t.save_steps} is not a multiple of trainer.logging_steps="
-                        f"{t.logging_steps}: a resumed run's first logged loss would average a part of a window; "
-                        f"use trainer.save_steps={-(-t.save_steps // t.logging_steps) * t.logging_steps}")
     return problems
 
 

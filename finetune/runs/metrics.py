@@ -15,7 +15,7 @@ class MetricsCallback(TrainerCallback):
 
     A resumed run continues the rows of the run it resumes: time, token count, runtime and the final train_loss
     count from the run's start, not from the restart (Trainer and TRL restart them from zero). The loss window
-    itself is whole because checkpoints fall on logging steps (config: save_steps % logging_steps == 0)."""
+    itself is whole because a checkpoint step is always a logging step (`LogAtSave`)."""
 
     def __init__(self, run_dir: Path, perplexity: bool = False):
         self.path = Path(run_dir) / "metrics.jsonl"
@@ -58,6 +58,15 @@ class MetricsCallback(TrainerCallback):
                 plot_loss(self.path, self.path.with_name("loss.png"))
             except ImportError:  # a GPU image without matplotlib still finishes and saves its adapter
                 print("loss.png not written: matplotlib is not installed (pip install matplotlib)", flush=True)
+
+
+class LogAtSave(TrainerCallback):
+    """Log at every checkpoint step too, so a resumed run's first logged loss averages a whole window (the steps
+    since the checkpoint, as the uninterrupted run's row does). Runs after Trainer's flow callback decides."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            control.should_log = True
 
 
 def first(trainer, callback) -> None:
