@@ -1,54 +1,75 @@
 #!/usr/bin/env bash
-# Issue 8 on one GPU (H100 80GB or H200), in under ~8 minutes: plain HF against our training path on random-init
-# Llama-2 7B (QLoRA, LoRA bf16), the Liger correctness test, OASST-length conversations, then 13B QLoRA if the
-# time budget still allows. Every stage is bounded by `timeout`; a stage that cannot fit is skipped and says so.
+# Issue 14 on one GPU (H100 80GB or H200) in one short slot: the fused LoRA path and offloaded, budgeted checkpointing
+# checked on CUDA, then random-init Llama-2 7B QLoRA rows (plain HF, ours as shipped, fused, fused without
+# checkpointing, fused within a memory budget, unsloth), all gated on the baseline's losses and gradient norms; then,
+# while the time budget lasts, OASST-length conversations, 7B LoRA and 13B QLoRA. Every stage is bounded by `timeout`;
+# a stage that cannot fit is skipped and says so.
 #
 # Prepare here (no registry on the GPU machine), then carry .whl/ with the tree:
 #   EXTRA_WHEELS="liger-kernel==0.8.5 sentencepiece==0.2.3 protobuf==7.36.2 pytest==9.2.0 pluggy==1.7.0 \
-#     iniconfig==2.3.1 pygments==2.21.0" ../shared/gpu/wheels.sh      # .whl/ is 48 MB: carry it
+#     iniconfig==2.3.1 pygments==2.21.0" ../shared/gpu/wheels.sh       # .whl/*.whl, 48 MB
+#   bash bench/unsloth_wheels.sh                                         # .whl/unsloth-site.tar.gz, 7 MB
 # On the GPU machine, from the repository root:
-#   bash bench/gpu_session.sh            # BUDGET=<seconds> (default 440) bounds the benchmark stages
+#   bash bench/gpu_session.sh            # BUDGET=<seconds> (default 480) bounds the stages
 # Results: $OUT/bench/ (throughput.md, throughput.jsonl, one log per stage, gpu.txt), else bench/results/gpu/.
 set -uo pipefail
 start=$SECONDS
-budget=${BUDGET:-440}
+budget=${BUDGET:-480}
 res=${OUT:-bench/results/gpu}/bench
 mkdir -p "$res"
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site:$PWD || exit 1
+if [[ -f .whl/unsloth-site.tar.gz ]]; then  # unsloth and its older pins, seen by the unsloth arm's process only
+  mkdir -p /tmp/unsloth-site && tar -xzf .whl/unsloth-site.tar.gz -C /tmp/unsloth-site \
+    && export UNSLOTH_SITE=/tmp/unsloth-site
+fi
 # Random weights go to local disk, never into the repository (7B: 13.5 GB, 13B: 26 GB).
 export FINETUNE_CACHE=/tmp/ftcache HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
   TQDM_DISABLE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 nvidia-smi --query-gpu=name,memory.total,power.limit,clocks.max.sm,driver_version --format=csv | tee "$res/gpu.txt"
 df -h /tmp | tail -1
 
+left() { echo $((budget - (SECONDS - start))); }
+
 # stage NAME SECONDS_NEEDED ARGS...: run one benchmark if the budget still holds SECONDS_NEEDED.
 stage() {
   local name=$1 need=$2; shift 2
-  local left=$((budget - (SECONDS - start)))
-  if (( left < need )); then
-    echo "SKIPPED $name: ${left}s of the budget left, needs ~${need}s" | tee -a "$res/skipped.txt"
+  if (( $(left) < need )); then
+    echo "SKIPPED $name: $(left)s of the budget left, needs ~${need}s" | tee -a "$res/skipped.txt"
     return
   fi
-  echo "== $name ($(date -u +%H:%M:%S), limit ${left}s)"
-  timeout "$left" python3 bench/train_throughput.py --results "$res" "$@" > "$res/$name.log" 2>&1
+  echo "== $name ($(date -u +%H:%M:%S), limit $(left)s)"
+  timeout "$(left)" python3 bench/train_throughput.py --results "$res" "$@" > "$res/$name.log" 2>&1
   echo "   exit $? after $((SECONDS - start))s total"
-  grep -E "^(baseline|pad_to_max|ours[a-z0-9_-]*): |model ready|Error|error:" "$res/$name.log" | tail -8
+  grep -E "^(baseline|pad_to_max|unsloth|ours[a-z0-9_-]*): |model ready|memory plan|fused LoRA|Error|error:" \
+    "$res/$name.log" | tail -12
 }
 
-# Random full-length rows (2 x 2048, nothing to pack): our kernels and memory knobs against plain HF, same batches,
-# gated on equal losses and gradient norms at every step.
-stage qlora_7b 200 --model 7b --quant nf4 --arms baseline,ours-nopack,ours-nopack-nogc,ours-nopack-offload-adam8bit
-stage lora_7b 80 --model 7b --quant none --arms baseline,ours-nopack-nogc
-# Liger in fp32 against the eager path, per LoRA tensor (the gate above compares whole runs in bf16).
-left=$((budget - (SECONDS - start)))
-if (( left > 60 )); then
-  timeout 90 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_liger.py 2>&1 | tail -3 | tee "$res/test_liger.log"
-fi
-# OASST-length conversations: plain HF padded to max_length against the recipe as shipped (packing on).
-stage oasst_qlora_7b 100 --model 7b --quant nf4 --data oasst --arms pad_to_max,ours,ours-nogc
+# pytest FILE SECONDS: a GPU test file in its own process, bounded.
+gpu_test() {
+  if (( $(left) > $2 )); then
+    timeout "$2" python3 -m pytest -q -p no:cacheprovider "$1" 2>&1 | tail -4 | tee "$res/$(basename "$1" .py).log"
+  else
+    echo "SKIPPED $1: $(left)s left" | tee -a "$res/skipped.txt"
+  fi
+}
+
+# 1. The fused functions against peft on CUDA (float32 exact, bf16 autocast no worse than peft), offloaded
+#    checkpoints: same gradients, less memory. Seconds, on the tiny model.
+gpu_test tests/gpu/test_fused_gpu.py 120
+# 2. Random full-length rows (2 x 2048, nothing to pack), same batches, gated step by step against plain HF:
+#    ours as shipped (checkpointing), fused, fused without checkpointing, fused within 5.86 GB (issue 14's target:
+#    0.7 x plain HF's 8.37 GiB; the planner picks the layers to checkpoint and offloads their inputs) and within
+#    12 GB, and unsloth (its loader, kernels and offloaded checkpointing, its own process).
+stage qlora_7b 300 --model 7b --quant nf4 \
+  --arms baseline,ours-nopack,ours-nopack-fused,ours-nopack-fused-nogc,ours-nopack-fused-fit6,ours-nopack-fused-fit12,unsloth
+# 3. OASST-length conversations: plain HF padded to max_length against the recipe as shipped and fused (packing on).
+stage oasst_qlora_7b 100 --model 7b --quant nf4 --data oasst --arms pad_to_max,ours,ours-fused
+# 4. 16-bit LoRA, then 13B QLoRA, while time is left.
+stage lora_7b 80 --model 7b --quant none --arms baseline,ours-nopack-nogc,ours-nopack-fused-nogc
 [[ -z "${KEEP_7B:-}" ]] && rm -rf "$FINETUNE_CACHE/models/random-llama2_7b"  # room for 13B (KEEP_7B=1: reuse after)
-stage qlora_13b 200 --model 13b --quant nf4 --arms baseline,ours-nopack
+stage qlora_13b 200 --model 13b --quant nf4 --arms baseline,ours-nopack,ours-nopack-fused,unsloth
+gpu_test tests/gpu/test_liger.py 90
 echo "== results ($((SECONDS - start))s)"
 cat "$res/throughput.md" 2>/dev/null || echo "no results recorded"

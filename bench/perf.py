@@ -31,6 +31,7 @@ class ArmResult:
     losses: list[float] = field(default_factory=list)  # every step, warmup included
     grad_norms: list[float] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)  # for our arms: the config overrides on top of the recipe
+    notes: list[str] = field(default_factory=list)  # for a peer: its versions and settings
 
 
 def llama_flops_per_token(arch, lora_r: int, lora_modules: list[str], attn_len: float) -> float:
@@ -112,6 +113,8 @@ def table(run: dict, results: list[ArmResult], gates: dict[str, str]) -> str:
     for r in results:
         if r.overrides:
             lines.append(f"\n{r.arm}: recipe + `{' '.join(r.overrides)}`")
+        if r.notes:
+            lines.append(f"\n{r.arm}: {'; '.join(r.notes)}")
     for name, why in run.get("failed", {}).items():
         lines.append(f"\n{name}: FAILED {why}")
     return "\n".join(lines) + "\n"

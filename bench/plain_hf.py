@@ -12,8 +12,7 @@ def trainer(a, quant_mode: str, model_dir: str, ds, run_dir: Path, lora_settings
     """The baseline: AutoModelForCausalLM (SDPA) + bitsandbytes NF4 + peft's prepare_model_for_kbit_training +
     get_peft_model + transformers Trainer with activation checkpointing, hyperparameters as in our arms."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import (AutoModelForCausalLM, BitsAndBytesConfig, Trainer, TrainingArguments,
-                              default_data_collator)
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Trainer, default_data_collator
 
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -27,12 +26,21 @@ def trainer(a, quant_mode: str, model_dir: str, ds, run_dir: Path, lora_settings
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=True)
     lora = LoraConfig(r=lora_settings["r"], lora_alpha=lora_settings["alpha"], lora_dropout=lora_settings["dropout"],
                       target_modules=list(LLAMA_LINEARS), task_type="CAUSAL_LM")
-    args = TrainingArguments(
+    torch.manual_seed(0)  # the same LoRA A matrices in every arm, so grad norms compare step by step
+    return Trainer(model=get_peft_model(base, lora), args=training_args(a, run_dir), train_dataset=ds,
+                   data_collator=default_data_collator)
+
+
+def training_args(a, run_dir: Path, gradient_checkpointing: bool = True):
+    """The Trainer's arguments, shared with the unsloth arm (which checkpoints its own way)."""
+    from transformers import TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
         output_dir=str(run_dir), per_device_train_batch_size=a.micro_batch, gradient_accumulation_steps=a.grad_accum,
         max_steps=a.warmup + a.steps, learning_rate=2e-4, lr_scheduler_type="constant", warmup_steps=0,
-        max_grad_norm=1e9, optim="adamw_torch", bf16=cuda, use_cpu=not cuda, gradient_checkpointing=True,
-        gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1, save_strategy="no",
-        report_to="none", seed=42, data_seed=42, include_num_input_tokens_seen="non_padding",
-        remove_unused_columns=False)
-    torch.manual_seed(0)  # the same LoRA A matrices in every arm, so grad norms compare step by step
-    return Trainer(model=get_peft_model(base, lora), args=args, train_dataset=ds, data_collator=default_data_collator)
+        max_grad_norm=1e9, optim="adamw_torch", bf16=cuda, use_cpu=not cuda,
+        gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
+        logging_steps=1, save_strategy="no", report_to="none", seed=42, data_seed=42,
+        include_num_input_tokens_seen="non_padding", remove_unused_columns=False)

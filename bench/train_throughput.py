@@ -7,7 +7,8 @@ path, in one process on one card, on the same examples in the same order with th
 
 The base model is the real Llama 2 architecture with random weights, written once and loaded with from_pretrained,
 so the 4-bit path is a user's. "ours" is the shipped recipe (recipes/<q>lora_<size>.yaml); "ours-nogc-nopack" adds
-the overrides of those KNOBS.
+the overrides of those KNOBS. "unsloth" is the peer: unsloth's own loader, LoRA and offloaded checkpointing, in its own
+process (unsloth_arm.py), on the baseline's rows from the baseline's starting LoRA.
 Reports real (non-pad) tokens/s, peak allocated/reserved GPU memory, MFU against a matmul peak measured in this run,
 and a gate: every arm's loss and grad norm at the same steps agree with the baseline's. Results are appended to
 <results>/throughput.{md,jsonl}.
@@ -31,11 +32,13 @@ from transformers import TrainerCallback  # noqa: E402
 
 import perf  # noqa: E402
 import plain_hf  # noqa: E402
+import unsloth_arm  # noqa: E402
 from finetune import config  # noqa: E402
 from finetune.data import load as data  # noqa: E402
 from finetune.data.load import Prepared  # noqa: E402
 from finetune.data.stats import Stats  # noqa: E402
-from finetune.model import base as model_base, lora, tokenizer as model  # noqa: E402
+from finetune.model import base as model_base, checkpointing, fused_layers, lora, tokenizer as model  # noqa: E402
+from finetune.planning import report as plan_report  # noqa: E402
 from finetune.training import args as train_args, sft  # noqa: E402
 
 RECIPES = {("tiny", "nf4"): "tiny_qlora", ("tiny", "none"): "tiny_lora", ("7b", "nf4"): "qlora_7b",
@@ -51,8 +54,12 @@ KNOBS = {
     "upcast": "quant.upcast_fp32=true",
     "offload": "trainer.activation_offloading=true",
     "adam8bit": "trainer.optim=paged_adamw_8bit",
+    "fused": "trainer.fused_lora=true",  # fused LoRA autograd functions for q/k/v, o and the MLP
+    "fit6": "trainer.memory_budget=5.86GB",  # issue 14's target, 0.7 x plain HF's 8.37 GiB (7B QLoRA, H200): the
+    "fit12": "trainer.memory_budget=12GB",  # planner picks the layers to checkpoint and offloads their inputs
 }
 PLAIN = ("baseline", "pad_to_max")
+PEERS = ("unsloth",)  # other libraries, each in its own process (unsloth_arm.py): they patch transformers on import
 LORA = dict(r=16, alpha=16, dropout=0.0)  # both arms: r=16 on all 7 linear layers, no dropout
 
 
@@ -120,7 +127,13 @@ def ours(a, recipe: str, overrides: list[str], model_dir: str, ds, run_dir: Path
     tok = model.load_tokenizer(cfg.model)
     base = model_base.load_base(cfg.model, cfg.quant, train_args.gradient_checkpointing(cfg))
     torch.manual_seed(0)  # the same LoRA A matrices as the baseline's
-    trainer = sft.build(cfg, lora.apply_lora(base, cfg.lora), tok, Prepared(ds, None, Stats()), run_dir)
+    peft_model = lora.apply_lora(base, cfg.lora)
+    if cfg.trainer.fused_lora:  # as finetune/train.py does
+        print(fused_layers.apply(peft_model), flush=True)
+    if layers := plan_report.budget_plan(cfg):  # trainer.memory_budget: the planner's per-layer checkpointing
+        print(layers.line(), flush=True)
+        checkpointing.apply(peft_model, layers.checkpointed(), layers.setup.offload_checkpoints)
+    trainer = sft.build(cfg, peft_model, tok, Prepared(ds, None, Stats()), run_dir)
     for cb in list(trainer.callback_handler.callbacks):  # no metrics.jsonl, loss.png or samples in a benchmark
         if type(cb).__module__.startswith("finetune."):
             trainer.remove_callback(cb)
@@ -157,22 +170,38 @@ def run_arm(a, name: str, recipe: str, cfg, model_dir: str, dsets, attn_len: flo
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    if name in PEERS:  # its own process, the baseline's rows and starting LoRA
+        return unsloth_arm.run(a, cfg.quant.mode, model_dir, plain_ds, LORA, flops(attn_len))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         if name in PLAIN:
             trainer, overrides = plain_hf.trainer(a, cfg.quant.mode, model_dir, plain_ds, Path(tmp), LORA), []
+            if name == "baseline" and a.lora_init:
+                unsloth_arm.save_lora(trainer.model, a.lora_init)
         else:
             overrides = arm_overrides(name) + list(a.override)
             trainer = ours(a, recipe, overrides, model_dir, ours_ds, Path(tmp))
         load_s = time.perf_counter() - t0
-        timer = StepTimer()
-        trainer.add_callback(timer)
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        trainer.train()
-        peak = (torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30) \
-            if torch.cuda.is_available() else (None, None)
+        timer, peak = train(trainer)
         del trainer
+    return result(a, name, timer, load_s, peak, flops(attn_len), overrides)
+
+
+def train(trainer) -> tuple[StepTimer, tuple]:
+    """Train with a StepTimer; the timer and (peak allocated, peak reserved) GiB after loading (None on a CPU)."""
+    timer = StepTimer()
+    trainer.add_callback(timer)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    peak = (torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30) \
+        if torch.cuda.is_available() else (None, None)
+    return timer, peak
+
+
+def result(a, name: str, timer: StepTimer, load_s: float, peak: tuple, flops_per_token: float,
+           overrides: list[str]) -> perf.ArmResult:
+    """The timed steps' tokens/s, step time and MFU, and every step's loss and grad norm."""
     last, first = a.warmup + a.steps, a.warmup + 1
     seen = {s: float(lg.get("num_tokens", lg.get("num_input_tokens_seen", 0))) for s, lg in timer.logs.items()}
     tokens = seen[last] - seen[a.warmup] if a.warmup else seen[last]
@@ -182,7 +211,7 @@ def run_arm(a, name: str, recipe: str, cfg, model_dir: str, dsets, attn_len: flo
     return perf.ArmResult(
         arm=name, tokens_per_s=tps, step_s_median=statistics.median(timer.end[s] - timer.begin[s]
                                                                     for s in range(first, last + 1)),
-        tokens_per_step=tokens / a.steps, mfu=tps * flops(attn_len) / a.peak, peak_alloc_gib=peak[0],
+        tokens_per_step=tokens / a.steps, mfu=tps * flops_per_token / a.peak, peak_alloc_gib=peak[0],
         peak_reserved_gib=peak[1], load_s=load_s, losses=[timer.logs[s]["loss"] for s in steps],
         grad_norms=[timer.grad_norm[s] for s in steps], overrides=overrides)
 
@@ -196,8 +225,10 @@ def arm_overrides(name: str) -> list[str]:
 
 
 def ordered(arms: list[str]) -> list[str]:
-    """Baselines first, Liger arms last: Liger replaces transformers' Llama classes for the rest of the process."""
-    return sorted(arms, key=lambda name: 0 if name in PLAIN else 1 if "noliger" in name.split("-") else 2)
+    """Baselines first (the peer starts from the baseline's LoRA), Liger arms last: Liger replaces transformers'
+    Llama classes for the rest of the process."""
+    return sorted(arms, key=lambda name: 0 if name in PLAIN else 1 if "noliger" in name.split("-") or name in PEERS
+                  else 2)
 
 
 def parse(argv=None):
@@ -206,7 +237,8 @@ def parse(argv=None):
     p.add_argument("--quant", default="nf4", choices=["nf4", "none"])
     p.add_argument("--data", default="random", choices=["random", "oasst"])
     p.add_argument("--arms", default="baseline,ours",
-                   help=f"comma-separated: baseline, pad_to_max, ours[-knob...] with knobs {', '.join(KNOBS)}")
+                   help=f"comma-separated: baseline, pad_to_max, unsloth, ours[-knob...] with knobs "
+                        f"{', '.join(KNOBS)}")
     p.add_argument("--override", action="append", default=[], help="extra key=value for our arms (repeatable)")
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--micro-batch", type=int, default=2)
@@ -221,11 +253,12 @@ def parse(argv=None):
     unknown = []
     for x in a.arms.split(","):
         try:
-            x in PLAIN or arm_overrides(x)
+            x in PLAIN + PEERS or arm_overrides(x)
         except KeyError:
             unknown.append(x)
     if unknown or (a.model, a.quant) not in RECIPES:
-        p.error(f"unknown arms {unknown}: use baseline, pad_to_max, ours[-knob...] with knobs {', '.join(KNOBS)}"
+        p.error(f"unknown arms {unknown}: use baseline, pad_to_max, unsloth, ours[-knob...] with knobs "
+                f"{', '.join(KNOBS)}"
                 if unknown else f"no recipe for --model {a.model} --quant {a.quant}")
     return a
 
@@ -240,6 +273,8 @@ def main(argv=None) -> list[perf.ArmResult]:
     ours_ds, plain_ds, attn_len = datasets(a, cfg, tok)
     flops = lambda L: perf.llama_flops_per_token(cfg.model.arch, LORA["r"], config.LLAMA_LINEARS, L)  # noqa: E731
     results, failed = [], {}
+    scratch = tempfile.TemporaryDirectory()
+    a.lora_init = str(Path(scratch.name) / "lora_init.pt") if set(PEERS) & set(a.arms.split(",")) else None
     for name in ordered(a.arms.split(",")):
         try:
             r = run_arm(a, name, recipe, cfg, model_dir, (ours_ds, plain_ds), attn_len, flops)
@@ -251,6 +286,7 @@ def main(argv=None) -> list[perf.ArmResult]:
               f"GiB, MFU {r.mfu:.1%}, load {r.load_s:.0f} s, step {r.step_s_median:.2f} s, "
               f"losses {[round(x, 4) for x in r.losses[:4]]}", flush=True)
         results.append(r)
+    scratch.cleanup()
     if not results:
         raise SystemExit(f"every arm failed: {failed}")
     cuda = torch.cuda.is_available()

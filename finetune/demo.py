@@ -1,7 +1,10 @@
 """`make demo`: the whole toolkit on this machine, through the same commands a user types.
 
 QLoRA SFT of the tiny Llama-2-architecture model (real tokenizer, bundled OpenAssistant conversations),
-then DPO from that adapter on the bundled Orca preference pairs, then a verified merged export.
+then DPO from that adapter on OpenAssistant's ranked replies, then a verified merged export.
+
+`python -m finetune.demo [key=value ...]`: extra overrides go to both training runs, e.g. `trainer.max_steps=4
+data.max_samples=32` for a quicker look (tests/integration/test_demo.py runs it so).
 """
 from __future__ import annotations
 
@@ -30,17 +33,19 @@ def accelerate(*overrides: str) -> list[str]:
             "--mixed_precision", "no", "--dynamo_backend", "no", "finetune/train.py", *overrides]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    extra = list(sys.argv[1:] if argv is None else argv)  # key=value overrides for both training runs
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything the demo needs is in this repository
     out = Path("outputs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     sft, dpo = out / "sft", out / "dpo"
     t0 = time.perf_counter()
-    step("1/3 SFT: QLoRA on OpenAssistant conversations", accelerate("recipe=tiny_qlora", f"output_dir={sft}"))
+    step("1/3 SFT: QLoRA on OpenAssistant conversations",
+         accelerate("recipe=tiny_qlora", f"output_dir={sft}", *extra))
     # OpenAssistant's ranked replies (the SFT conversations' trees); pairs too long for the toy lengths are dropped,
     # never cut, so every answer keeps the EOS the model learns to stop at
     step("2/3 DPO: from the SFT adapter, on OpenAssistant ranked replies (best vs a worse sibling)",
          accelerate("recipe=tiny_dpo", f"init_adapter={sft}/adapter", "data=oasst_pairs", "data.too_long=drop",
-                    f"output_dir={dpo}"))
+                    f"output_dir={dpo}", *extra))
     step("3/3 Export: merge into the dequantized 4-bit base and verify",
          ["python", "finetune/export.py", f"run={dpo}", "merge=true"])
     py = os.path.relpath(sys.executable, ROOT) if sys.prefix != sys.base_prefix else "python"

@@ -48,9 +48,10 @@ def main(dict_cfg: DictConfig) -> None:
     p, cuda = cfg.plan, torch.cuda.is_available()
     gpus = p.gpus or (torch.cuda.device_count() if cuda else 1)
     sharding = p.sharding or launched_sharding() or "ddp"
-    fits, text = plan_report.report(cfg, plan_report.setup(cfg, gpus, sharding), plan_report.card(p, cuda),
-                                    p.utilization)
-    print(text)
+    layers = plan_report.budget_plan(cfg)  # trainer.memory_budget: the per-layer checkpointing plan within it
+    setup = layers.setup if layers else plan_report.setup(cfg, gpus, sharding)
+    fits, text = plan_report.report(cfg, setup, plan_report.card(p, cuda), p.utilization)
+    print(text + (f"\n{layers.line()}" if layers else ""))
     sys.exit(0 if fits else 1)
 
 

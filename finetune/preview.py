@@ -48,13 +48,14 @@ def main(dict_cfg: DictConfig) -> None:
     if cfg.format not in ("text", "json") or cfg.n < 0:
         raise ConfigError([f"format={cfg.format} n={cfg.n}: use format=text or format=json, and n >= 0"])
     tokenizer = load_tokenizer(cfg.model)
-    dcfg, pairs = cfg.data, cfg.trainer.kind == "dpo"
+    dcfg, pairs = cfg.data, cfg.trainer.kind in ("dpo", "orpo", "simpo", "kto")  # KTO: labelled answers, or pairs
     if pairs:  # each pair as the two sequences DPO scores: prompt + chosen, prompt + rejected (answer trained)
         dcfg = replace(cfg.data, train_on="last")
         train_ds, stats, sample = pair_rows(dcfg, tokenizer.sp)
+        labels = train_ds["label"] if "label" in train_ds.column_names else None
     else:
         prepared = data.load(dcfg, tokenizer)
-        train_ds, stats, sample = prepared.train, prepared.stats, prepared.sample
+        train_ds, stats, sample, labels = prepared.train, prepared.stats, prepared.sample, None
     verdict = preflight.run(tokenizer, train_ds, stats, sample, dcfg)
     rows = train_ds.select(range(min(cfg.n * (2 if pairs else 1), len(train_ds)))).to_list()
     if cfg.format == "json":
@@ -65,7 +66,8 @@ def main(dict_cfg: DictConfig) -> None:
         color = sys.stdout.isatty()
         for i, row in enumerate(rows):
             ids, mask = row["input_ids"], row["assistant_masks"]
-            what = f"pair {i // 2} ({('chosen', 'rejected')[i % 2]})" if pairs else f"example {i}"
+            what = f"pair {i // 2} ({('chosen', 'rejected')[i % 2]})" if pairs and not labels else f"example {i}"
+            what += f" ({'good' if labels[i] else 'bad'})" if labels else ""
             print(f"── {what}: {len(ids)} tokens, {sum(mask)} trained ({'green' if color else 'inside ⟦…⟧'}) ──")
             print(render(tokenizer.sp, ids, mask, color) + "\n")
         out = sys.stdout
@@ -76,7 +78,8 @@ def main(dict_cfg: DictConfig) -> None:
 
 
 def pair_rows(dcfg, sp):
-    """(Dataset of prompt + chosen, prompt + rejected rows, stats, the conversations) for pairs that fit."""
+    """(Dataset of prompt + chosen, prompt + rejected rows, stats, the conversations) for pairs that fit; answers
+    marked good or bad (KTO's unpaired records) one row each, with their `label`."""
     from datasets import Dataset
 
     from finetune.data import examples, sft
@@ -84,8 +87,10 @@ def pair_rows(dcfg, sp):
     from finetune.data.stats import Stats
 
     stats, cols, convs = Stats(), {"input_ids": [], "assistant_masks": []}, []
+    labels = []
     for ex in examples.examples(dcfg, stats):
-        sides = [{"messages": ex["prompt"] + [{"role": "assistant", "content": ex[s]}]} for s in ("chosen", "rejected")]
+        sides = [{"messages": ex["prompt"] + [{"role": "assistant", "content": ex[s]}]} for s in ("chosen", "rejected")] \
+            if "prompt" in ex else [{"messages": ex["messages"]}]
         encoded = [sft.encode(side, sp, dcfg, stats) for side in sides]
         if all(encoded):  # a pair shows only when both sequences fit
             for (ids, mask), in encoded:
@@ -93,8 +98,9 @@ def pair_rows(dcfg, sp):
                 cols["assistant_masks"].append(mask)
                 stats.lengths.append(len(ids))
             convs += sides
+            labels += [ex["label"]] if "label" in ex else []
     stats.examples = len(cols["input_ids"])
-    return Dataset.from_dict(cols), stats, convs[:PREFLIGHT_SAMPLE]
+    return Dataset.from_dict({**cols, **({"label": labels} if labels else {})}), stats, convs[:PREFLIGHT_SAMPLE]
 
 
 def to_json(index: int, ids: list[int], mask: list[int]) -> str:

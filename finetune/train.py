@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from finetune import config
-from finetune.runtime import console
+from finetune.runtime import console, dist
 
 config.register()
 
@@ -27,14 +27,15 @@ def main(dict_cfg: DictConfig) -> None:
     from transformers import set_seed
 
     from finetune.data import load as data, preflight
-    from finetune.model import base, fused_layers, lora, tokenizer as tok
+    from finetune.model import base, checkpointing, fused_layers, lora, padding_free, tokenizer as tok, variants
     from finetune.planning import report as plan
     from finetune.runs import checkpoints, rundir
     from finetune.training import args, checks, kinds, tracking
 
     # Check everything that needs no weights, before anything is written: config, model, data, memory plan
     cfg = checks.before_weights(dict_cfg)
-    console.info(plan.check_before_training(cfg))  # memory plan for these GPUs; stops here if it cannot fit
+    layers = plan.budget_plan(cfg)  # trainer.memory_budget: which layers to checkpoint, fastest that fits
+    console.info(layers.line() if layers else plan.check_before_training(cfg))  # stops here if it cannot fit
     tokenizer = tok.load_tokenizer(cfg.model)
     prepared = data.load(cfg.data, tokenizer, cfg.trainer.kind)  # read once: tokens, preflight sample, prompts
     console.info(preflight.require(tokenizer, prepared, cfg.data).report())  # pad != EOS, EOS trained, ...
@@ -49,9 +50,15 @@ def main(dict_cfg: DictConfig) -> None:
     base.prepare_path(cfg.model, tokenizer)
     model = base.load_base(cfg.model, cfg.quant, args.gradient_checkpointing(cfg))
     set_seed(cfg.seed)  # LoRA's random init: the same start in every run, for any number of processes
-    peft_model = lora.apply_lora(model, cfg.lora, cfg.init_adapter)
+    peft_model = lora.apply_lora(model, cfg.lora, cfg.init_adapter, cfg.model)
+    if cfg.lora.init in variants.CONVERTED:  # PiSSA/OLoRA: the final save converts against this starting point
+        variants.save_initial(peft_model, run_dir / rundir.LORA_INIT, dist.is_main())
     if cfg.trainer.fused_lora:  # Llama's attention and MLP instances replaced by fused LoRA ones (or why not)
         console.info(fused_layers.apply(peft_model))
+    if cfg.trainer.packing and cfg.trainer.kind == "dpo":  # packed DPO: each micro-batch one padding-free row
+        console.info(padding_free.enable(peft_model))
+    if layers:  # the budget's per-layer checkpointing, inputs offloaded to pinned CPU memory where planned
+        checkpointing.apply(peft_model, layers.checkpointed(), layers.setup.offload_checkpoints)
 
     # Train with TRL (the trainer kind's builder: SFT or DPO)
     trainer = kinds.build(cfg, peft_model, tokenizer, prepared, run_dir)

@@ -58,6 +58,18 @@ def tiny_lora_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_lora_merged(tiny_lora_run, tmp_path_factory) -> Path:
+    """A copy of `tiny_lora_run` (no checkpoints) with merged/ from `export.py merge=true` (float32, verified):
+    for the tests that need merged weights (chat merged=true, publish what=merged). Read it, never change it."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("runs") / "tiny_lora_merged"
+    shutil.copytree(tiny_lora_run, out, ignore=shutil.ignore_patterns("checkpoints"))
+    run_entry("export.py", f"run={out}", "merge=true", "verify.prompts=2", "verify.max_new_tokens=4")
+    return out
+
+
 def compose(*overrides: str):
     """The composed train config (a DictConfig), as the entry points see it, without running anything."""
     from hydra import compose as hydra_compose

@@ -33,6 +33,17 @@ class QuantMode(Choice):
 class Kind(Choice):
     sft = "sft"
     dpo = "dpo"
+    orpo = "orpo"  # reference-free: odds ratio + NLL (TRL's ORPOTrainer)
+    simpo = "simpo"  # reference-free: length-normalised margin (TRL's CPOTrainer, loss_type=simpo)
+    kto = "kto"  # unpaired thumbs-up/down answers (TRL's KTOTrainer)
+
+
+class LoraInit(Choice):
+    default = "default"  # peft's: A Kaiming-uniform, B = 0
+    gaussian = "gaussian"  # A ~ N(0, 1/r), B = 0
+    pissa = "pissa"  # A, B = the principal singular vectors of W; the base keeps the residual
+    olora = "olora"  # A, B = QR of W; the base keeps the residual
+    loftq = "loftq"  # B A = the low-rank part of W - NF4(W): the 4-bit base + LoRA start closer to W
 
 
 class TooLong(Choice):
@@ -66,6 +77,6 @@ class Sharding(Choice):
 # Every key whose value is one of a fixed set, and that set; checked by `config.load`, read by the stages.
 CHOICES: dict[str, type[Choice]] = {
     "model.dtype": Dtype, "quant.mode": QuantMode, "quant.storage_dtype": Dtype, "trainer.kind": Kind,
-    "data.too_long": TooLong, "data.train_on": TrainOn, "data.invalid": OnInvalid, "tracking.backend": Tracker,
-    "plan.sharding": Sharding,
+    "lora.init": LoraInit, "data.too_long": TooLong, "data.train_on": TrainOn, "data.invalid": OnInvalid,
+    "tracking.backend": Tracker, "plan.sharding": Sharding,
 }

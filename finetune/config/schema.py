@@ -57,6 +57,9 @@ class LoraConfig:
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LINEARS))
     bias: str = "none"
+    use_dora: bool = False  # DoRA: a trained magnitude per output row times the LoRA-updated direction (QDoRA on nf4)
+    use_rslora: bool = False  # rsLoRA: scale alpha/sqrt(r) instead of alpha/r (steadier at large r)
+    init: str = "default"  # default | gaussian | pissa | olora (16-bit base) | loftq (nf4 base): model/variants.py
 
 
 @dataclass
@@ -77,6 +80,7 @@ class FieldsConfig:
     instances: Optional[str] = None  # self_instruct
     messages: Optional[str] = None  # messages
     conversations: Optional[str] = None  # sharegpt
+    label: Optional[str] = None  # unpaired (KTO): true for a thumbs-up answer, false for a thumbs-down one
 
 
 @dataclass
@@ -104,7 +108,7 @@ class DataConfig:
 
 @dataclass
 class TrainerConfig:
-    kind: str = "sft"  # sft | dpo
+    kind: str = "sft"  # sft | dpo | orpo | simpo | kto (finetune/training/kinds.py)
     learning_rate: float = 2e-4
     lr_scheduler: str = "constant"
     warmup_ratio: float = 0.03
@@ -116,13 +120,15 @@ class TrainerConfig:
     micro_batch_size: int = 1  # per device; effective batch = micro x grad_accum x world size
     grad_accum: int = 16
     gradient_checkpointing: Optional[bool] = None  # None: on with CUDA, off on CPU
-    packing: bool = False
+    packing: bool = False  # SFT: TRL best-fit packing into padding-free rows; DPO: each micro-batch one padding-free row
     liger: bool = False  # Liger Triton kernels (RMSNorm, RoPE, SwiGLU): faster, less activation memory;
     #                      CUDA only (ignored on a CPU); needs `pip install liger-kernel`
     activation_offloading: bool = False  # saved activations wait in pinned CPU memory (TRL): less GPU
     #                                      memory for PCIe traffic; pays off without checkpointing
     fused_lora: bool = False  # fused LoRA autograd functions for q/k/v, o and the MLP (model/fused.py): peft's math,
     #                           fewer saved tensors and kernels; needs lora.dropout=0 (else says why, runs peft's)
+    memory_budget: Optional[str] = None  # e.g. 40GB, or auto (the GPU's free memory): the planner picks which layers
+    #                                      to checkpoint and whether to offload their inputs, fastest that fits
     logging_steps: int = 10
     save_steps: int = 200
     save_total_limit: int = 2
@@ -131,6 +137,12 @@ class TrainerConfig:
     beta: float = 0.1  # higher: stay closer to the reference policy (IPO: the regulariser tau)
     loss_type: str = "sigmoid"  # a name in finetune.training.dpo.LOSS_TYPES (TRL's): sigmoid (DPO), ipo, hinge, robust...
     precompute_ref: bool = False  # reference log-probs computed once before training, cached on disk, reused
+    # ORPO (beta = the paper's lambda), SimPO (beta, simpo_gamma), KTO (beta, loss_type kto, the weights below)
+    simpo_gamma: float = 0.5  # SimPO's target reward margin gamma (the loss is -log sigmoid(beta * margin - gamma))
+    desirable_weight: float = 1.0  # KTO: weight of thumbs-up losses; raise it when they are the rarer kind
+    undesirable_weight: float = 1.0  # KTO: weight of thumbs-down losses
+    loraplus_lr_ratio: Optional[float] = None  # LoRA+: lora_B (and DoRA magnitudes) learn this many times faster
+    neftune_alpha: Optional[float] = None  # NEFTune: uniform noise alpha/sqrt(length x hidden) on the embeddings
 
 
 @dataclass

@@ -3,6 +3,7 @@
   SFT (conversational): {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
   preference:           {"prompt": [messages ending with a user message], "chosen": str, "rejected": str}
   raw text:             {"text": str}  (continued pretraining: every token trained)
+  unpaired (KTO):       {"messages": [... ending with the assistant's answer], "label": bool}
 
 Each adapter is `fn(record, fields) -> iterator of examples`; `fields` is `data.fields` (our name -> your field,
 dotted for nesting: `data.fields.prompt=input.question`). A missing field raises `MissingField`; a record whose
@@ -182,6 +183,14 @@ def openai_preference(record: Record, fields: Mapping[str, str]) -> Iterator[Exa
     yield {"prompt": prompt, "chosen": sides[0], "rejected": sides[1]}
 
 
+def unpaired(record: Record, fields: Mapping[str, str]) -> Iterator[Example]:
+    """One answer with thumbs-up/down feedback (KTO): {"messages": [..., the assistant's answer], "label": bool}."""
+    label = get(record, "label", fields)
+    if label not in (True, False) or not isinstance(label, (bool, int)):
+        raise Invalid(f"label is {label!r}, not true or false (a thumbs-up or thumbs-down on the last answer)")
+    yield {"messages": [_message(m, "role", "content") for m in get(record, "messages", fields)], "label": bool(label)}
+
+
 # ------------------------------------------------------------------------------------------ any schema
 def mapped(record: Record, fields: Mapping[str, str]) -> Iterator[Example]:
     """Any schema, by `data.fields`: prompt (+ optional input, system) and response -> one conversation; prompt,
@@ -223,6 +232,7 @@ ADAPTERS: dict[str, Callable[[Record, Mapping[str, str]], Iterator[Example]]] = 
     "oasst_pairs": oasst_pairs,
     "hh_rlhf": hh_rlhf,
     "openai_preference": openai_preference,
+    "unpaired": unpaired,
     "fields": mapped,
     "text": text,
 }

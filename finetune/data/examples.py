@@ -2,6 +2,8 @@
 
 `examples()` reads a source (`sources`), adapts every record (`adapters`), checks it (`chat_format`) and
 shuffles; SFT examples are {"messages"} or {"text"}, preference examples {"prompt", "chosen", "rejected"}.
+`adapted()` streams the same examples in file order and `order()` gives their shuffled, capped order from their
+count alone: how `build` handles data of any size.
 """
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ import random
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
+
+import numpy as np
 
 from finetune.config import choice_problem
 from finetune.data import sources
@@ -37,6 +42,8 @@ def check(dcfg) -> list[str]:
         problems += choice_problem(f"data.{key}", getattr(dcfg, key))
     if dcfg.max_samples is not None and dcfg.max_samples < 1:
         problems.append(f"data.max_samples={dcfg.max_samples}: must be >= 1, or null for every example")
+    if dcfg.num_proc is not None and dcfg.num_proc < 1:
+        problems.append(f"data.num_proc={dcfg.num_proc}: must be >= 1, or null for every core this process may use")
     if dcfg.max_length < 16:
         problems.append(f"data.max_length={dcfg.max_length}: too short for a Llama 2 chat turn; use >= 16")
     return problems
@@ -46,17 +53,32 @@ def check(dcfg) -> list[str]:
 def examples(dcfg, stats: Stats | None = None, path: str | None = None) -> list[Example]:
     """Adapted, checked examples of `data.path` (or `path`), shuffled by `data.seed`, capped at `data.max_samples`.
 
-    SFT examples are {"messages"} or {"text"}; preference examples {"prompt", "chosen", "rejected"}.
+    SFT examples are {"messages"} or {"text"}; preference examples {"prompt", "chosen", "rejected"}. Holds every
+    example in memory; the tokenizer (`data.build`) streams them instead, in the same order (`order`).
     """
     stats = stats if stats is not None else Stats()
     path = path or dcfg.path
-    adapter, skipped, out = ADAPTERS[dcfg.adapter], Counter(), []
+    skipped = sum(stats.skipped.values())
+    out = [ex for ex, _ in adapted(dcfg, stats, path)]
+    random.Random(dcfg.seed).shuffle(out)
+    out = out[: dcfg.max_samples] if dcfg.max_samples else out
+    if not out:
+        raise DataError(none_read(dcfg, stats, path, sum(stats.skipped.values()) - skipped))
+    return out
+
+
+def adapted(dcfg, stats: Stats, path: str | None = None,
+            start: sources.Position | None = None) -> Iterator[tuple[Example, sources.Position]]:
+    """(example, position of its record) for every adapted, checked example of `data.path` (or `path`) in file
+    order, from the record at `start` on. A bad record raises DataError naming its file:line, or with
+    `data.invalid=skip` is counted in `stats.skipped` (when the reading ends); `stats.records` counts records."""
+    adapter, skipped = ADAPTERS[dcfg.adapter], Counter()
     fields = {k: v for k, v in vars(dcfg.fields).items() if v}  # data.fields that are set: our name -> yours
     try:
-        for record, where in sources.read_records(path, dcfg.split, dcfg.revision):
+        for record, where, position in sources.records(path or dcfg.path, dcfg.split, dcfg.revision, start):
             stats.records += 1
             try:
-                out += [_checked(ex, dcfg) for ex in adapter(record, fields)]
+                exs = [_checked(ex, dcfg) for ex in adapter(record, fields)]
             except MissingField as exc:
                 raise DataError(f"{where}: {exc}") from None
             except (Invalid, DialogError) as exc:
@@ -64,17 +86,30 @@ def examples(dcfg, stats: Stats | None = None, path: str | None = None) -> list[
                     raise DataError(f"{where}: {exc}; fix the record, or set data.invalid=skip to skip such "
                                     "records (they are counted)") from None
                 skipped[re.sub(r"\d+", "N", str(exc))] += 1
+                continue
+            for ex in exs:
+                yield ex, position
     except sources.SourceError as exc:
         raise DataError(str(exc)) from None
     for reason, n in skipped.items():
         stats.skip(reason, n)
-    random.Random(dcfg.seed).shuffle(out)
-    out = out[: dcfg.max_samples] if dcfg.max_samples else out
-    if not out:
-        raise DataError(f"data.path={path}: no examples from {stats.records} records with data.adapter="
-                        f"{dcfg.adapter}" + (f" ({sum(skipped.values())} skipped as invalid)" if skipped else "")
-                        + "; check data.adapter and data.fields, or the file")
-    return out
+
+
+def none_read(dcfg, stats: Stats, path: str, skipped: int) -> str:
+    """The error for a source that gave no example."""
+    return (f"data.path={path}: no examples from {stats.records} records with data.adapter={dcfg.adapter}"
+            + (f" ({skipped} skipped as invalid)" if skipped else "")
+            + "; check data.adapter and data.fields, or the file")
+
+
+def order(n: int, dcfg) -> np.ndarray:
+    """The indices (in file order) of the examples used, in training order, for a source of `n` examples: what
+    `examples` does to the examples themselves. `random.Random(seed).shuffle` permutes by position only (it
+    swaps items at random indices of a sequence of length n), so shuffling the indices 0..n-1 gives the same
+    order as shuffling the examples, without holding them; then `data.max_samples` caps it."""
+    index = list(range(n))
+    random.Random(dcfg.seed).shuffle(index)
+    return np.asarray(index[: dcfg.max_samples] if dcfg.max_samples else index, dtype=np.int64)
 
 
 def _checked(ex: Example, dcfg) -> Example:

@@ -1,25 +1,32 @@
-"""The one data path for every trainer: read once, split, tokenize by kind, cache, and keep a head of the
-examples for the preflight and the fixed sample prompts (so nothing reads the data file a second time).
+"""The one data path for every trainer: read, split, tokenize by kind (`build`: streaming, on every core), cache,
+and keep a head of the examples for the preflight and the fixed sample prompts (so nothing reads the data a
+second time).
 
 Tokenized data is cached under $FINETUNE_CACHE/data/<name>-<key> by a key over the tokenizer model, the
 format code, the trainer kind, every data setting that changes the tokens and the data files' bytes, so
-changing any of them re-tokenizes. DPO's reference log-prob table (TRL) is written beside the cached pairs.
+changing any of them re-tokenizes. One process builds it (a file lock: other ranks, nodes on a shared
+filesystem, or a `prepare.py` run wait and then read); a build that is interrupted leaves only a temporary
+folder, which the next build removes. DPO's reference log-prob table (TRL) is written beside the cached pairs.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import socket
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from finetune.config import cache_root
-from finetune.data import adapters, chat_format, examples, pairs, sft, sources
-from finetune.data.stats import DataError, Stats
+from finetune.data import adapters, build, chat_format, examples, sources
+from finetune.data.build import ENCODERS, HEAD, PREFLIGHT_SAMPLE  # noqa: F401  (preview, tests)
+from finetune.data.stats import Stats
+from finetune.runtime import console
 from finetune.runtime.cache import build_once
 
-ENCODERS = {"sft": sft, "dpo": pairs}  # trainer.kind -> how its examples become token columns
-PREFLIGHT_SAMPLE = 64  # conversations whose inference prompts the preflight re-encodes
-HEAD = 256  # examples (held-out first) kept for sample prompts
+NOT_IN_KEY = ("name", "cache", "num_proc")  # settings that never change the tokens
 
 
 @dataclass
@@ -35,64 +42,51 @@ def cache_key(dcfg, sp, kind: str) -> str:
     """sha256 over the tokenizer model, the format code, the kind, every data setting that changes the tokens
     (masking, max length, truncation, sampling, split) and the data's bytes."""
     h = hashlib.sha256(sp.serialized_model_proto())
-    for module in (chat_format, adapters, sources, examples, ENCODERS[kind]):
+    encoders = dict.fromkeys(ENCODERS.values())  # every encoder: KTO's unpaired one encodes pairs through `pairs`
+    for module in (chat_format, adapters, sources, examples, build, *encoders):
         h.update(Path(module.__file__).read_bytes())
     h.update(Path(__file__).read_bytes())
-    settings = {k: v for k, v in asdict(dcfg).items() if k not in ("name", "cache")}
+    settings = {k: v for k, v in asdict(dcfg).items() if k not in NOT_IN_KEY}
     h.update(json.dumps({"kind": kind, **settings}, sort_keys=True, default=str).encode())
     h.update(examples.fingerprint(dcfg).encode())
     return h.hexdigest()
 
 
-def load(dcfg, tokenizer, kind: str = "sft") -> Prepared:
-    """Tokenized train (and eval) `datasets.Dataset`s for `kind`, from the cache when the key matches."""
-    if not dcfg.cache:
-        return tokenized(dcfg, tokenizer.sp, kind)
+def load(dcfg, tokenizer, kind: str = "sft", progress: bool = False) -> Prepared:
+    """Tokenized train (and eval) `datasets.Dataset`s for `kind`, from the cache when the key matches.
+    `progress`: print what the tokenizer does and its progress bar (prepare.py)."""
+    if not dcfg.cache:  # built aside, then held in memory and the files removed
+        tmp = Path(tempfile.mkdtemp(prefix=f"uncached-{socket.gethostname()}-{os.getpid()}-", dir=_uncached_dir()))
+        try:
+            build.build(dcfg, tokenizer.sp, kind, tmp, progress=progress)
+            return Prepared(*build.read(tmp, in_memory=True))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     where = cache_root() / "data" / f"{dcfg.name}-{cache_key(dcfg, tokenizer.sp, kind)[:20]}"
     built = build_once(where, lambda p: (p / "stats.json").is_file(),
-                       lambda tmp: save(tokenized(dcfg, tokenizer.sp, kind), tmp, str(where)))
-    prepared = read(where)
+                       lambda tmp: build.build(dcfg, tokenizer.sp, kind, tmp, str(where), progress),
+                       lambda: console.info(f"data: another process is preparing {where.name}; waiting for it"))
+    prepared = Prepared(*build.read(where))
     prepared.stats.cache = "miss" if built else "hit"
     return prepared
 
 
-def tokenized(dcfg, sp, kind: str) -> Prepared:
-    stats, encoder = Stats(), ENCODERS[kind]
-    exs = examples.examples(dcfg, stats)
-    train, held_out = ((exs, examples.examples(dcfg, stats, path=dcfg.eval_path)) if dcfg.eval_path
-                       else examples.split(exs, dcfg.eval_fraction))
-    encoder.check_examples(train + held_out, dcfg)
-    train_cols = encoder.tokenize(train, sp, dcfg, stats)
-    n_train = stats.examples
-    eval_cols = encoder.tokenize(held_out, sp, dcfg, stats)
-    stats.eval_examples = stats.examples - n_train
-    if n_train == 0:
-        raise DataError(encoder.nothing_left(dcfg))
-    from datasets import Dataset
-
-    return Prepared(Dataset.from_dict(train_cols), Dataset.from_dict(eval_cols) if stats.eval_examples else None,
-                    stats, exs[:PREFLIGHT_SAMPLE], (held_out + train)[:HEAD])
+def _uncached_dir() -> Path:
+    """Where `data.cache=false` builds, after removing what runs on this host that were killed left there."""
+    root = cache_root() / "data"
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.glob(f"uncached-{socket.gethostname()}-*-*"):
+        pid = int(old.name.split("-")[-2])
+        if not _alive(pid):
+            shutil.rmtree(old, ignore_errors=True)
+    return root
 
 
-def save(p: Prepared, folder: Path, final: str) -> None:
-    import datasets
-
-    quiet = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()  # a bar per save is noise; datasets' own bars elsewhere stay as they were
-    p.train.save_to_disk(str(folder / "train"))
-    if p.eval is not None:
-        p.eval.save_to_disk(str(folder / "eval"))
-    if not quiet:
-        datasets.enable_progress_bars()
-    p.stats.cache_dir = final
-    (folder / "head.json").write_text(json.dumps({"sample": p.sample, "head": p.head}, ensure_ascii=False))
-    (folder / "stats.json").write_text(json.dumps(asdict(p.stats)))
-
-
-def read(where: Path) -> Prepared:
-    from datasets import load_from_disk
-
-    stats = Stats(**json.loads((where / "stats.json").read_text()))
-    heads = json.loads((where / "head.json").read_text())
-    evals = load_from_disk(str(where / "eval")) if (where / "eval").is_dir() else None
-    return Prepared(load_from_disk(str(where / "train")), evals, stats, heads["sample"], heads["head"])
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True

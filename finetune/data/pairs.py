@@ -31,25 +31,48 @@ def tokenize(exs: list[dict], sp, dcfg, stats: Stats) -> dict[str, list]:
     we never read); pairs over the length limits are dropped or cut per `data.too_long`, counted."""
     cols: dict[str, list] = {c: [] for c in COLUMNS}
     for i, ex in enumerate(exs):
-        try:
-            prompt, chosen, rejected = encode_pair(sp, ex)
-        except DialogError as exc:
-            raise DataError(f"{dcfg.path}: pair {i}: {exc}") from None
-        if dcfg.max_prompt_length and len(prompt) > dcfg.max_prompt_length:
-            stats.skip("prompt longer than data.max_prompt_length")
-            continue
-        room = dcfg.max_length - len(prompt)
-        if len(prompt) + max(len(chosen), len(rejected)) > dcfg.max_length:
-            if dcfg.too_long == "drop" or room < 1:
-                stats.dropped_too_long += 1
-                continue
-            chosen, rejected = chosen[:room], rejected[:room]
-            stats.cut += 1  # the answers lose their EOS
-        for col, value in zip(cols, ("", "", "", prompt, chosen, rejected)):
-            cols[col].append(value)
-        stats.lengths.append(len(prompt) + max(len(chosen), len(rejected)))
-        stats.examples += 1
+        for row in encode(ex, sp, dcfg, stats, i):
+            for col in COLUMNS:
+                cols[col].append(row[col])
     return cols
+
+
+def encode(ex: dict, sp, dcfg, stats: Stats, index: int = 0) -> list[dict]:
+    """The row of one pair (none when dropped), its length and every count in `stats`; `index` names it in an
+    error."""
+    try:
+        prompt, chosen, rejected = encode_pair(sp, ex)
+    except DialogError as exc:
+        raise DataError(f"{dcfg.path}: pair {index}: {exc}") from None
+    if dcfg.max_prompt_length and len(prompt) > dcfg.max_prompt_length:
+        stats.skip("prompt longer than data.max_prompt_length")
+        return []
+    room = dcfg.max_length - len(prompt)
+    if len(prompt) + max(len(chosen), len(rejected)) > dcfg.max_length:
+        if dcfg.too_long == "drop" or room < 1:
+            stats.dropped_too_long += 1
+            return []
+        chosen, rejected = chosen[:room], rejected[:room]
+        stats.cut += 1  # the answers lose their EOS
+    stats.lengths.append(len(prompt) + max(len(chosen), len(rejected)))
+    stats.examples += 1
+    return [dict(zip(COLUMNS, ("", "", "", prompt, chosen, rejected)))]
+
+
+rows = encode  # the streaming build's name for it (data.build)
+
+
+def features() -> dict:
+    from datasets import List, Value
+
+    return {c: Value("string") for c in COLUMNS[:3]} | {c: List(Value("int64")) for c in ID_COLUMNS}
+
+
+def lengths(n):
+    """Tokens per row from `n(column)`, the per-row list lengths: the prompt and the longer answer."""
+    import numpy as np
+
+    return n("llama_prompt_ids") + np.maximum(n("llama_chosen_ids"), n("llama_rejected_ids"))
 
 
 def check_examples(exs: list[dict], dcfg) -> None:

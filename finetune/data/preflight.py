@@ -87,17 +87,19 @@ def require(tokenizer, prepared, dcfg) -> Verdict:
 
 
 def _pairs(v: Verdict, dataset, stats) -> Verdict:
-    """Preference pairs: each prompt starts with one BOS, and every answer that was not cut ends with EOS."""
+    """Preference pairs (or unpaired answers, KTO): each prompt starts with one BOS, and every answer that was not
+    cut ends with EOS."""
+    answers = [c for c in ("llama_chosen_ids", "llama_rejected_ids", "llama_completion_ids")
+               if c in dataset.column_names]
     bad_bos = no_eos = 0
-    for batch in dataset.select_columns(["llama_prompt_ids", "llama_chosen_ids", "llama_rejected_ids"]).iter(1024):
-        for prompt, chosen, rejected in zip(batch["llama_prompt_ids"], batch["llama_chosen_ids"],
-                                            batch["llama_rejected_ids"]):
+    for batch in dataset.select_columns(["llama_prompt_ids", *answers]).iter(1024):
+        for i, prompt in enumerate(batch["llama_prompt_ids"]):
             bad_bos += prompt[:1] != [BOS_ID] or prompt[:2] == [BOS_ID, BOS_ID]
-            no_eos += (chosen[-1:] != [EOS_ID]) + (rejected[-1:] != [EOS_ID])
+            no_eos += sum(batch[c][i][-1:] != [EOS_ID] for c in answers)
     _check(v, not bad_bos, "every prompt starts with one BOS id",
            f"{bad_bos} prompts start without BOS or with two; encode with finetune.data.chat_format")
-    _check(v, no_eos <= 2 * stats.cut, "EOS ends every chosen and rejected answer that fits in data.max_length",
-           f"{no_eos} answers lack EOS although only {stats.cut} pairs were cut; every answer must end with EOS")
+    _check(v, no_eos <= len(answers) * stats.cut, "EOS ends every answer that fits in data.max_length",
+           f"{no_eos} answers lack EOS although only {stats.cut} examples were cut; every answer must end with EOS")
     return v
 
 

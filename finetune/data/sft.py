@@ -13,6 +13,9 @@ def check_examples(exs: list[Example], dcfg) -> None:
     if any("prompt" in ex for ex in exs):
         raise DataError(f"data={dcfg.name} (adapter {dcfg.adapter}) gives preference pairs (prompt/chosen/"
                         "rejected); SFT needs conversations or text: use an SFT data config, or trainer=dpo")
+    if any("label" in ex for ex in exs):
+        raise DataError(f"data={dcfg.name} (adapter {dcfg.adapter}) gives answers marked good or bad (label); SFT "
+                        "would learn the bad ones too: train them with trainer=kto")
 
 
 def encode(ex: Example, sp, dcfg, stats: Stats) -> list[tuple[list[int], list[int]]]:
@@ -46,6 +49,22 @@ def encode(ex: Example, sp, dcfg, stats: Stats) -> list[tuple[list[int], list[in
         return []
     stats.cut += 1
     return [(ids, mask)]
+
+
+def rows(ex: Example, sp, dcfg, stats: Stats, index: int = 0) -> list[dict]:
+    """The rows of one example for the streaming build (data.build); `index` is unused (SFT errors name the line)."""
+    return [{"input_ids": ids, "assistant_masks": mask} for ids, mask in encode(ex, sp, dcfg, stats)]
+
+
+def features() -> dict:
+    from datasets import List, Value
+
+    return {"input_ids": List(Value("int32")), "assistant_masks": List(Value("int64"))}
+
+
+def lengths(n):
+    """Tokens per row from `n(column)`, the per-row list lengths."""
+    return n("input_ids")
 
 
 def tokenize(exs: list[Example], sp, dcfg, stats: Stats) -> dict[str, list]:

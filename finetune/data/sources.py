@@ -1,16 +1,22 @@
 """Raw records from local files, folders or Hugging Face Hub dataset ids, each with where it came from.
 
 JSON Lines (`.jsonl`, `.jsonl.gz`) and `.json` are parsed here, so a malformed line names its file and line and
-a non-UTF-8 byte its offset in the file. Tabular files (`.parquet`, `.csv`) and hub ids (`org/name`, with
-`data.split` and `data.revision`) go through `datasets.load_dataset` on one code path (`_load_dataset`).
+a non-UTF-8 byte its offset in the file. JSON Lines stream (one line in memory at a time, gzip decompressed on
+the fly); a `.json` document is one value and is read whole. Tabular files (`.parquet`, `.csv`) and hub ids
+(`org/name`, with `data.split` and `data.revision`) go through `datasets.load_dataset` on one code path
+(`_load_dataset`), which converts them to memory-mapped Arrow once, in bounded memory.
+
+Every record comes with its `Position`, from which `records(..., start=position)` reads on without reading
+what came before (a seek for JSON Lines): the parallel tokenizer's processes each start at their own share.
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple, Optional
 
 from finetune.config import UserError, looks_local
 
@@ -18,6 +24,15 @@ Record = dict
 JSON_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 TABULAR = {".parquet": "parquet", ".csv": "csv"}  # suffix -> datasets builder
 SUFFIXES = JSON_SUFFIXES + tuple(TABULAR)
+
+
+class Position(NamedTuple):
+    """Where a record starts: the file's index in `files(path)` (0 for a hub id), then the byte offset of its
+    line in the (uncompressed) JSON Lines file and that line's number, or its row / record index and 0."""
+
+    file: int
+    offset: int
+    line: int = 0
 
 
 class SourceError(UserError, ValueError):
@@ -53,14 +68,28 @@ def files(path: str) -> list[Path]:
 
 def read_records(path: str, split: str = "train", revision: str | None = None) -> Iterator[tuple[Record, str]]:
     """(record, where) pairs in a stable order; `where` is "file:line", "file row N" or "org/name[split] row N"."""
+    for record, where, _ in records(path, split, revision):
+        yield record, where
+
+
+def records(path: str, split: str = "train", revision: str | None = None,
+            start: Optional[Position] = None) -> Iterator[tuple[Record, str, Position]]:
+    """(record, where, position) in the order of `read_records`, from `start` (a position this function gave)
+    or from the beginning."""
+    start = start or Position(0, 0, 0)
     if is_hub_id(path):
-        yield from _rows(_load_dataset(path, None, split, revision), f"{path}[{split}]")
+        yield from _rows(_load_dataset(path, None, split, revision), f"{path}[{split}]", 0, start.offset)
         return
-    for f in files(path):
-        if f.name.lower().endswith(JSON_SUFFIXES):
-            yield from _json_records(f)
+    for i, f in enumerate(files(path)):
+        if i < start.file:
+            continue
+        at = start if i == start.file else Position(i, 0, 0)
+        if ".jsonl" in f.name.lower():
+            yield from _json_lines(f, i, at)
+        elif f.name.lower().endswith(JSON_SUFFIXES):
+            yield from _json_document(f, i, at.offset)
         else:
-            yield from _rows(_load_dataset(TABULAR[f.suffix.lower()], str(f), "train", None), str(f))
+            yield from _rows(_load_dataset(TABULAR[f.suffix.lower()], str(f), "train", None), str(f), i, at.offset)
 
 
 def _load_dataset(name: str, data_file: str | None, split: str, revision: str | None):
@@ -77,53 +106,90 @@ def _load_dataset(name: str, data_file: str | None, split: str, revision: str | 
         raise SourceError(f"{what}: could not be read ({type(exc).__name__}: {str(exc)[:300]}); {fix}") from None
 
 
-def _rows(ds, where: str) -> Iterator[tuple[Record, str]]:
-    for i, row in enumerate(ds):
-        yield row, f"{where} row {i + 1}"
+def _rows(ds, where: str, file: int, first: int) -> Iterator[tuple[Record, str, Position]]:
+    for i, row in enumerate(ds.select(range(first, len(ds))) if first else ds, first):
+        yield row, f"{where} row {i + 1}", Position(file, i)
+
+
+def _gzip_error(f: Path, exc: BaseException) -> SourceError:  # BadGzipFile is an OSError; a cut-off file: EOFError
+    return SourceError(f"{f}: not a complete gzip file ({type(exc).__name__}: {exc}); re-download or "
+                       "re-compress it, or give the uncompressed file")
+
+
+def _empty(f: Path) -> SourceError:
+    return SourceError(f"{f}: the file is empty" + (" (after decompressing)" if f.suffix.lower() == ".gz" else "")
+                       + "; give a file with one record per line")
+
+
+def _not_utf8(f: Path, line: int, offset: int, byte: bytes) -> SourceError:
+    return SourceError(f"{f}:{line}: not UTF-8 (byte offset {offset} in the file"
+                       f"{', uncompressed' if f.suffix == '.gz' else ''}: {byte!r}); "
+                       "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`")
+
+
+def _json_lines(f: Path, file: int, at: Position) -> Iterator[tuple[Record, str, Position]]:
+    """JSON Lines, one line in memory at a time, from byte `at.offset` (line `at.line`) of the uncompressed text;
+    a byte order mark (Excel and Notepad write one) is skipped."""
+    gz = f.suffix.lower() == ".gz"
+    offset, lineno, seen = at.offset, at.line or 1, at.offset > 0
+    try:
+        with gzip.open(f, "rb") if gz else open(f, "rb") as fh:
+            fh.seek(offset)  # gzip: decompresses up to it (fast next to tokenizing)
+            for raw in fh:
+                skip = 3 if offset == 0 and raw.startswith(codecs.BOM_UTF8) else 0
+                body = raw[skip:-1] if raw.endswith(b"\n") else raw[skip:]  # an error's column is on this line
+                try:
+                    line = body.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise _not_utf8(f, lineno, offset + skip + exc.start, body[exc.start:exc.start + 1]) from None
+                if line.strip():
+                    seen = True
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise SourceError(f"{f}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno}); "
+                                          "each line must be one complete JSON object") from None
+                    yield record, f"{f}:{lineno}", Position(file, offset, lineno)
+                offset += len(raw)
+                lineno += 1
+    except (OSError, EOFError) as exc:
+        if not gz:
+            raise
+        raise _gzip_error(f, exc) from None
+    if not seen:
+        raise _empty(f)
 
 
 def _text(f: Path) -> str:
-    """The file's text: gunzipped for .gz, UTF-8 with or without a byte order mark (Excel and Notepad write one)."""
+    """The whole file's text: gunzipped for .gz, UTF-8 with or without a byte order mark."""
     gz = f.suffix.lower() == ".gz"
     try:
         raw = gzip.decompress(f.read_bytes()) if gz else f.read_bytes()
-    except (OSError, EOFError) as exc:  # BadGzipFile is an OSError; a cut-off file ends in EOFError
-        raise SourceError(f"{f}: not a complete gzip file ({type(exc).__name__}: {exc}); re-download or "
-                          "re-compress it, or give the uncompressed file") from None
+    except (OSError, EOFError) as exc:
+        raise _gzip_error(f, exc) from None
     if not raw.strip():
-        raise SourceError(f"{f}: the file is empty" + (" (after decompressing)" if gz else "")
-                          + "; give a file with one record per line")
+        raise _empty(f)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise SourceError(f"{f}:{line}: not UTF-8 (byte offset {exc.start} in the file"
-                          f"{', uncompressed' if f.suffix == '.gz' else ''}: {raw[exc.start:exc.start + 1]!r}); "
-                          "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
+        raise _not_utf8(f, raw.count(b"\n", 0, exc.start) + 1, exc.start, raw[exc.start:exc.start + 1]) from None
 
 
-def _json_records(f: Path) -> Iterator[tuple[Record, str]]:
-    """A .json file holding a list of records (or one record), or JSON Lines under any of the JSON suffixes."""
+def _json_document(f: Path, file: int, first: int) -> Iterator[tuple[Record, str, Position]]:
+    """A .json file holding a list of records (or one record), read whole, from record index `first`; several
+    documents, one a line, are read as JSON Lines."""
     text = _text(f)
-    if ".jsonl" not in f.name.lower():
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            if exc.msg != "Extra data":  # "Extra data" = several documents: read it as JSON Lines below
-                raise SourceError(f"{f}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-        else:
-            for i, record in enumerate(doc if isinstance(doc, list) else [doc]):
-                yield record, f"{f} record {i + 1}"
-            return
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"{f}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno}); "
-                              "each line must be one complete JSON object") from None
-        yield record, f"{f}:{lineno}"
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg != "Extra data":  # "Extra data" = several documents: JSON Lines in a .json file
+            raise SourceError(f"{f}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        lines = ((r, w) for r, w, _ in _json_lines(f, file, Position(file, 0, 1)))
+    else:
+        lines = ((r, f"{f} record {i + 1}") for i, r in enumerate(doc if isinstance(doc, list) else [doc]))
+    for i, (record, where) in enumerate(lines):
+        if i >= first:
+            yield record, where, Position(file, i)
 
 
 def fingerprint(path: str, split: str = "train", revision: str | None = None) -> str:

@@ -1,32 +1,46 @@
-"""LoRA through peft: a new adapter on `lora.target_modules`, or one continued from `init_adapter`."""
+"""LoRA through peft: a new adapter on `lora.target_modules` (plain, or a variant: `model.variants`), or one
+continued from `init_adapter`."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Optional
 
-from finetune.config import LoraConfig
+from finetune.config import LoraConfig, ModelConfig
+from finetune.model import variants
 
 
-def apply_lora(base, lcfg: LoraConfig, init_adapter: Optional[str] = None):
-    """A PeftModel with trainable LoRA on `lora.target_modules`, new or continued from `init_adapter`."""
+def apply_lora(base, lcfg: LoraConfig, init_adapter: Optional[str] = None, mcfg: Optional[ModelConfig] = None):
+    """A PeftModel with trainable LoRA on `lora.target_modules`, new or continued from `init_adapter`. `mcfg` (the
+    base's config) is needed by `lora.init=loftq`, which reads the checkpoint's own weights."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import PeftModel, get_peft_model
 
     if init_adapter:
         return PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
     peft_cfg = PeftLoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
-                              target_modules=list(lcfg.target_modules), bias=lcfg.bias, task_type="CAUSAL_LM")
-    return get_peft_model(base, peft_cfg)
+                              target_modules=list(lcfg.target_modules), bias=lcfg.bias, task_type="CAUSAL_LM",
+                              **variants.peft_kwargs(lcfg))
+    model = get_peft_model(base, peft_cfg)
+    if lcfg.init in variants.CONVERTED:  # the base holds W_res now: an adapter added later from this config (TRL's
+        model.peft_config["default"].init_lora_weights = True  # frozen reference copy) must not decompose it again
+    if lcfg.init == "loftq":
+        if mcfg is None:
+            raise ValueError("lora.init=loftq reads the base checkpoint: pass its model config (mcfg)")
+        variants.loftq(model, mcfg)
+    return model
 
 
 def check(cfg) -> list[str]:
-    """An `init_adapter` that is missing or was trained on another base, found before any weight loads."""
+    """LoRA variant combinations that cannot work, and an `init_adapter` that is missing or was trained on another
+    base, found before any weight loads."""
+    found = variants.problems(cfg)
     if not cfg.init_adapter:
-        return []
+        return found
     if not (Path(cfg.init_adapter) / "adapter_config.json").is_file():
-        return [f"init_adapter={cfg.init_adapter}: no adapter_config.json there; point it at a run's adapter/ folder"]
-    return adapter_base_problems(Path(cfg.init_adapter), cfg.model)
+        return found + [f"init_adapter={cfg.init_adapter}: no adapter_config.json there; point it at a run's "
+                        "adapter/ folder"]
+    return found + adapter_base_problems(Path(cfg.init_adapter), cfg.model)
 
 
 def adapter_base_problems(adapter: Path, mcfg) -> list[str]:

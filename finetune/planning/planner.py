@@ -10,17 +10,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from finetune.planning import methods
+from finetune.planning.shapes import OPTIMIZER_BYTES, linear_params, optimizer_bytes, param_counts  # noqa: F401
+
 GiB = 2**30
 CUDA_CONTEXT = 0.6 * GiB  # CUDA context, cuBLAS/cuDNN workspaces: outside torch's allocator, on every card
 ALLOCATOR_RESERVE = 0.05  # cached but unusable blocks (fragmentation), as a fraction of the allocated peak
 
 # Optimizer state bytes per trainable parameter (trainer.optim names as transformers spells them).
-OPTIMIZER_BYTES = {
-    "adamw_torch": 8, "adamw_torch_fused": 8, "adamw_torch_4bit": 1, "adamw_torch_8bit": 2, "adamw_hf": 8,
-    "adamw_apex_fused": 8, "adamw_bnb_8bit": 2, "adamw_8bit": 2, "paged_adamw_32bit": 8, "paged_adamw_8bit": 2,
-    "paged_adamw": 8, "lion_32bit": 4, "lion_8bit": 1, "paged_lion_32bit": 4, "paged_lion_8bit": 1,
-    "adafactor": 0, "sgd": 0, "adagrad": 4, "rmsprop": 4,
-}
 # 7B/13B LoRA bf16 with checkpointing peaked 3.0/6.2 GiB above the tensors counted here (H100, issue 8), while
 # QLoRA with checkpointing and bf16 without it agree within 3%: kept as a measured term until it is explained.
 BF16_CHECKPOINTING_EXCESS = 0.245
@@ -48,12 +45,15 @@ class Setup:
     micro_batch: int = 1
     max_length: int = 2048
     checkpointing: bool = True
+    kept_layers: int = 0  # with checkpointing: layers that keep their activations, not recomputed
+    offload_checkpoints: bool = False  # checkpointed layer inputs wait in pinned CPU memory (model/checkpointing.py)
     packing: bool = False
     liger: bool = False
     offload_activations: bool = False
     eager_attention: bool = False
     loss_head: str = "trl"  # trl: TRL's fused LM head (tiles); hf: transformers' float32 loss; liger: Liger's FLCE
-    kind: str = "sft"  # sft | dpo
+    kind: str = "sft"  # sft | dpo | orpo | simpo | kto (planning/methods.py)
+    dora: bool = False  # lora.use_dora: magnitudes, saved outputs and a weight-norm pass (planning/methods.py)
     precompute_ref: bool = False
     gpus: int = 1
     sharding: str = "ddp"
@@ -69,21 +69,6 @@ class Estimate:
     need: float  # what the card must hold: allocated + allocator reserve + CUDA context
     flops_per_token: float  # hardware FLOPs per trained token (recompute included)
     notes: list[str] = field(default_factory=list)
-
-
-def linear_params(s: Setup) -> dict[str, tuple[int, int]]:
-    """(in, out) of each linear layer in one decoder layer; k/v are narrower with grouped-query attention."""
-    d, kv = s.hidden, s.hidden * s.kv_heads // s.heads
-    return {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (d, d),
-            "gate_proj": (d, s.ffn), "up_proj": (d, s.ffn), "down_proj": (s.ffn, d)}
-
-
-def param_counts(s: Setup) -> dict[str, int]:
-    lin = linear_params(s)
-    return {"layers": s.layers * sum(i * o for i, o in lin.values()),
-            "embed_head": 2 * s.vocab * s.hidden,  # Llama 2 does not tie embeddings and lm_head
-            "norms": (2 * s.layers + 1) * s.hidden,
-            "lora": s.layers * s.lora_r * sum(i + o for m, (i, o) in lin.items() if m in s.lora_modules)}
 
 
 def weight_bits(s: Setup) -> float:
@@ -140,10 +125,6 @@ def logits_bytes(s: Setup, tokens: int) -> float:
     return min(tokens, 4096) * s.vocab * s.dtype_bytes + tokens * s.hidden * 4
 
 
-def optimizer_bytes(optim: str) -> int:
-    return OPTIMIZER_BYTES.get(optim, 8)
-
-
 def memory(s: Setup) -> Estimate:
     n = param_counts(s)
     notes: list[str] = []
@@ -168,22 +149,22 @@ def memory(s: Setup) -> Estimate:
         notes.append(f"optimizer {s.optim} unknown to the planner: counted as AdamW 32-bit (8 B/param)")
     if s.optim.startswith("paged_"):
         notes.append("paged optimizer: its states can move to CPU memory under pressure")
-    seqs = 2 * s.micro_batch if s.kind == "dpo" else s.micro_batch  # DPO: chosen + rejected in one batch
-    tokens = seqs * s.max_length
+    tokens = methods.sequences(s) * s.max_length  # pairs: chosen + rejected in one micro-batch
     layer = layer_activation_bytes(s) * tokens
     logits = logits_bytes(s, tokens)
     res = 4 if (s.quant != "none" and s.upcast_fp32) else s.dtype_bytes
     transients = {f"loss buffer ({s.loss_head} LM head, {tokens} tokens x {s.vocab} vocab)": logits}
+    ckpt = s.layers - s.kept_layers if s.checkpointing else 0  # layers recomputed in backward
+    where = ", offloaded" if s.offload_checkpoints else ""  # to pinned CPU memory: two on the GPU in flight
     if s.offload_activations:
         parts["activations (offloaded to CPU: two layers in flight)"] = 2 * layer
-    elif s.checkpointing:
-        parts[f"checkpointed layer inputs ({s.layers} layers x {tokens} tokens)"] = s.layers * tokens * res * s.hidden
+    elif ckpt:  # the rest of the layers keep their activations
+        parts[f"checkpointed layer inputs ({ckpt} layers x {tokens} tokens{where})"] = \
+            (min(2, ckpt) if where else ckpt) * tokens * res * s.hidden
         transients["one recomputed layer (checkpointing)"] = layer
-    else:
-        parts[f"activations ({s.layers} layers x {tokens} tokens, no checkpointing)"] = s.layers * layer
-    if s.kind == "dpo" and not s.precompute_ref:  # TRL: after the policy forward, adapter off, no grad
-        transients["reference forward (DPO, no grad): one layer's intermediates + LM head tiles"] = \
-            tokens * (3 * s.ffn + 2 * s.hidden) * s.dtype_bytes + logits_bytes(s, tokens)
+    if s.layers > ckpt and not s.offload_activations:
+        parts[f"activations ({s.layers - ckpt} layers x {tokens} tokens, no checkpointing)"] = (s.layers - ckpt) * layer
+    methods.add(s, parts, transients, tokens, logits_bytes(s, tokens))  # reference pass and adapter, DoRA
     if s.quant == "none" and s.checkpointing and s.dtype_bytes == 2:  # fitted on two H100 rows; cause not found
         parts["16-bit base + checkpointing: measured excess (24.5% of base weights)"] = \
             BF16_CHECKPOINTING_EXCESS * n["layers"] * s.dtype_bytes / shard_w
@@ -202,16 +183,13 @@ def memory(s: Setup) -> Estimate:
 def flops_per_token(s: Setup) -> float:
     """Hardware FLOPs per trained token: frozen-base forward + input-gradient backward (4 N), LoRA forward and
     both gradients (6 N_lora), causal attention (3 x fwd), + a recomputed forward with checkpointing,
-    + DPO's reference forward (2 N + attention) unless precomputed."""
+    + passes without gradients (DPO's reference, KTO's reference and KL) and DoRA's work (planning/methods.py)."""
     n = param_counts(s)
     n_mat = n["layers"] + s.vocab * s.hidden
     attn = 2 * s.layers * s.hidden * s.max_length
     f = 4 * n_mat + 3 * attn + 6 * n["lora"]
-    if s.checkpointing:
-        f += 2 * n["layers"] + attn + 2 * n["lora"]
-    if s.kind == "dpo" and not s.precompute_ref:
-        f += 2 * n_mat + attn
-    return f
+    f += (2 * n["layers"] + attn + 2 * n["lora"]) * (1 - s.kept_layers / s.layers if s.checkpointing else 0)
+    return f + methods.extra_flops(s, n_mat, attn)
 
 
 # Dense bf16 tensor-core peak (spec, FLOP/s) and memory (GiB, as torch reports it) of common cards.
@@ -239,7 +217,7 @@ def tokens_per_second(s: Setup, peak_flops: float, utilization: float = UTILIZAT
     base, one dequantization of every frozen weight per pass (forward, backward, recompute, reference)."""
     t = flops_per_token(s) / (utilization * peak_flops)
     if s.quant != "none":
-        passes = 2 + s.checkpointing + (s.kind == "dpo" and not s.precompute_ref)
-        seqs = 2 * s.micro_batch if s.kind == "dpo" else s.micro_batch
-        t += passes * param_counts(s)["layers"] * DEQUANT_S_PER_PARAM / (seqs * s.max_length)
+        passes = 3 - s.kept_layers / s.layers if s.checkpointing else 2  # + recompute of checkpointed layers
+        passes += methods.no_grad_passes(s)
+        t += passes * param_counts(s)["layers"] * DEQUANT_S_PER_PARAM / (methods.sequences(s) * s.max_length)
     return (LIGER_SPEEDUP if s.liger else 1) / t

@@ -57,7 +57,7 @@ def setup(cfg: TrainConfig, gpus: int, sharding: str) -> Setup:
                  checkpointing=t.gradient_checkpointing is not False,  # None: on with CUDA, and this is a GPU plan
                  packing=t.packing, liger=t.liger,
                  offload_activations=t.activation_offloading,
-                 eager_attention=cfg.model.attn_implementation == "eager", kind=t.kind,
+                 eager_attention=cfg.model.attn_implementation == "eager", kind=t.kind, dora=cfg.lora.use_dora,
                  precompute_ref=t.precompute_ref, gpus=gpus, sharding=sharding)
 
 
@@ -175,3 +175,33 @@ def check_before_training(cfg: TrainConfig) -> Optional[str]:
     if p.strict:
         raise PlanError(f"this run cannot fit the GPU memory (plan.strict=false runs it anyway):\n{text}")
     return f"warning: the plan says this run does not fit (plan.strict=false, going on):\n{text}"
+
+
+def budget_plan(cfg: TrainConfig):
+    """`trainer.memory_budget`: the fastest per-layer checkpointing plan within it (planning/budget.py), or None
+    when unset; PlanError with the smallest plan's breakdown and the changes that fit when none does."""
+    import dataclasses
+
+    import torch
+
+    from finetune.planning import budget
+
+    t, p, cuda = cfg.trainer, cfg.plan, torch.cuda.is_available()
+    if t.memory_budget is None:
+        return None
+    if str(t.memory_budget).lower() == "auto":
+        if not cuda:
+            raise ConfigError(["trainer.memory_budget=auto reads the GPU's free memory and there is no GPU; give a "
+                               "size like 40GB"])
+        size, what = torch.cuda.mem_get_info()[0], "trainer.memory_budget=auto, the GPU's free memory"
+    else:
+        size = parse_size(t.memory_budget, "trainer.memory_budget", "G", "a size like 40GB, or auto")
+        what = f"trainer.memory_budget={t.memory_budget}"
+    s = setup(cfg, p.gpus or int(os.environ.get("WORLD_SIZE", "1")), p.sharding or launched_sharding() or "ddp")
+    c = card(p, cuda)
+    plan = budget.choose(s, size, c.peak_flops, p.utilization)
+    if plan is None:
+        smallest = s.but(checkpointing=True, kept_layers=0, offload_checkpoints=True, offload_activations=False)
+        _, text = report(cfg, smallest, dataclasses.replace(c, memory=size, source=what), p.utilization)
+        raise PlanError(f"no checkpointing plan fits {what} ({size / GiB:.1f} GiB); the smallest:\n{text}")
+    return dataclasses.replace(plan, source=what)

@@ -85,9 +85,37 @@ def prompt_example(system: Optional[str]) -> str:
     return f"<s>{chat_format.B_INST} {user} {chat_format.E_INST} The capital of France is Paris. </s>"
 
 
+# trainer.kind -> (the method, the TRL trainer that runs it)
+METHODS = {"sft": ("SFT", "SFT"), "dpo": ("DPO", "DPO"), "orpo": ("ORPO", "ORPO"), "simpo": ("SimPO", "CPO (loss simpo)"),
+           "kto": ("KTO", "KTO")}
+
+
+def variants(cfg: TrainConfig, adapter_dir: Optional[Path] = None) -> list[tuple[str, str]]:
+    """(tag, description) of each LoRA variant and training addition the run used; DoRA and rsLoRA as the saved
+    adapter_config.json says (an init_adapter keeps its own)."""
+    saved = {}
+    if adapter_dir is not None and (adapter_dir / "adapter_config.json").is_file():
+        saved = json.loads((adapter_dir / "adapter_config.json").read_text())
+    lo, t, out = cfg.lora, cfg.trainer, []
+    if saved.get("use_dora", lo.use_dora):
+        out.append(("dora", "DoRA (a trained magnitude per output row)"))
+    if saved.get("use_rslora", lo.use_rslora):
+        out.append(("rslora", "rsLoRA (scale alpha/sqrt(r))"))
+    if lo.init in ("pissa", "olora"):
+        out.append((lo.init, f"{lo.init.replace('pissa', 'PiSSA').replace('olora', 'OLoRA')} initialisation, saved "
+                             "converted to a plain LoRA of rank 2r on the original base"))
+    elif lo.init != "default":
+        out.append((lo.init, "LoftQ initialisation over the 4-bit base" if lo.init == "loftq" else "gaussian init"))
+    if t.loraplus_lr_ratio is not None:
+        out.append(("loraplus", f"LoRA+ (lora_B learning rate x{t.loraplus_lr_ratio:g})"))
+    if t.neftune_alpha is not None:
+        out.append(("neftune", f"NEFTune (noise alpha {t.neftune_alpha:g})"))
+    return out
+
+
 def metadata(cfg: TrainConfig, base: Base, kind: str, run_dir: Optional[Path] = None) -> dict:
     method = "qlora" if cfg.quant.mode in ("nf4", "fp4") else "lora"
-    tags = ["llama-2", method, cfg.trainer.kind, "trl", "finetune-llama2"]
+    tags = ["llama-2", method, cfg.trainer.kind, *(tag for tag, _ in variants(cfg)), "trl", "finetune-llama2"]
     if kind == "adapter":
         tags.append("peft")
         if base.hub_id:
@@ -122,20 +150,22 @@ def render(run_dir: Path, kind: str, merge_section: str = "", adapter_dir: Optio
                         for key, label in (("loss", "final train loss"), ("eval_loss", "final eval loss"),
                                            ("step", "steps"), ("train_runtime", "train runtime (s)")))
     base_ref = base.hub_id or base.path
+    name, trl_trainer = METHODS.get(t.kind, (t.kind.upper(), t.kind.upper()))
+    extras = "".join(f", {text}" for _, text in variants(cfg, adapter_dir or run_dir / "adapter"))
     what = {"adapter": "LoRA adapter", "gguf": "GGUF (merged weights for llama.cpp and Ollama)"}.get(
         kind, "model (LoRA adapter merged into the base weights)")
     body = f"""
-# {run_dir.name}: {cfg.model.name} {cfg.trainer.kind.upper()} {what}
+# {run_dir.name}: {cfg.model.name} {name} {what}
 
 Fine-tuned from {base.note}, on the `{cfg.data.name}` data (`{cfg.data.path}`, adapter `{cfg.data.adapter}`),
-with TRL's {cfg.trainer.kind.upper()} trainer and peft LoRA (the `finetune` Llama 2 toolkit).
+with TRL's {trl_trainer} trainer and peft LoRA (the `finetune` Llama 2 toolkit).
 Use is governed by the Llama 2 Community License (LICENSE-LLAMA2, USE_POLICY.md in this folder).
 
 ## Training
 
 | hyperparameter | value |
 | --- | --- |
-| method | {cfg.trainer.kind.upper()}, LoRA r={lo.r}, alpha={lo.alpha}, dropout={lo.dropout} |
+| method | {name}, LoRA r={lo.r}, alpha={lo.alpha}, dropout={lo.dropout}{extras} |
 | LoRA targets | {", ".join(lo.target_modules)} |
 | quantization | {quant} |
 | learning rate | {t.learning_rate} ({t.lr_scheduler}, warmup ratio {t.warmup_ratio}) |

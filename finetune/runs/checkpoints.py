@@ -18,7 +18,7 @@ import torch
 from transformers import TrainerCallback
 
 from finetune.runs import card
-from finetune.runs.rundir import STAGING, step_of
+from finetune.runs.rundir import LORA_INIT, STAGING, step_of
 from finetune.runtime import console, dist
 
 
@@ -125,6 +125,18 @@ def last_step(ckpt: str, max_steps: int) -> bool:
     return 0 < limit <= state.get("global_step", 0)
 
 
+def convert(peft_model, out: Path, initial: Path) -> bool:
+    """PiSSA/OLoRA trained an adapter on the residual base W - s·B0·A0 (model.variants): rewrite out/'s adapter as
+    peft converts it, a plain LoRA of rank 2r holding s·(B·A - B0·A0), which applies to the original base. False
+    when the run has no initial adapter to convert against (every other initialisation)."""
+    if not (initial / "adapter_config.json").is_file():
+        return False
+    peft_model.save_pretrained(str(out), selected_adapters=[peft_model.active_adapter],
+                               path_initial_model_for_weight_conversion=str(initial))
+    shutil.rmtree(initial, ignore_errors=True)
+    return True
+
+
 def save(trainer, tokenizer, path: Path) -> Path:
     """adapter/ (adapter weights + config, tokenizer with its licence files, card) in the run directory, written
     aside and renamed into place once complete: a run killed while saving has no adapter/ (which would read as
@@ -146,6 +158,7 @@ def save(trainer, tokenizer, path: Path) -> Path:
         peft_model = trainer.accelerator.unwrap_model(trainer.model)
         for name in set(peft_model.peft_config) - {peft_model.active_adapter}:
             shutil.rmtree(out / name, ignore_errors=True)
+        convert(peft_model, out, path / LORA_INIT)
         card.write(out, path, "adapter")  # replaces peft's template card: metadata, hyperparameters, metrics
         fsync_tree(out)
         shutil.rmtree(final, ignore_errors=True)  # overwrite=true, or an adapter from before this run

@@ -21,12 +21,13 @@ from finetune.runtime import console, dist
 
 STAGING = ".incomplete"  # where Trainer writes a checkpoint before it is complete (runs.checkpoints)
 WANDB_ID_FILE = "wandb_run_id"  # training.tracking keeps the wandb run id there; a resume reuses it
+LORA_INIT = "lora_init"  # PiSSA/OLoRA: the adapter as initialised, until the final save converts against it
 
 
 # Keys a resumed run may change: where it logs and how often, and how long it goes on (more steps continue the
 # schedule from the checkpoint's step; config.yaml then records the new length), never what it trains.
 RESUMABLE = ("output_dir", "resume", "overwrite", "tracking.", "plan.", "eval.samples", "eval.max_new_tokens",
-             "eval.prompts", "data.cache", "trainer.logging_steps", "trainer.save_total_limit",
+             "eval.prompts", "data.cache", "data.num_proc", "trainer.logging_steps", "trainer.save_total_limit",
              "trainer.dataloader_workers", "trainer.max_steps")
 
 

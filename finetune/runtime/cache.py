@@ -1,25 +1,43 @@
 """One way to fill a cache folder: under a file lock, written aside and renamed into place, so concurrent
-ranks (or jobs) never see half of it and a process killed mid-write leaves only a temporary folder."""
+ranks (or jobs, or nodes sharing the filesystem) never see half of it and a process killed mid-write leaves
+only a temporary folder, which the next builder removes."""
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 
-def build_once(path: Path, ready: Callable[[Path], bool], write: Callable[[Path], None]) -> bool:
+def build_once(path: Path, ready: Callable[[Path], bool], write: Callable[[Path], None],
+               waiting: Optional[Callable[[], None]] = None) -> bool:
     """Make `path` by `write(tmp)` unless `ready(path)`; True when this call built it. A stale folder that is
-    not ready (an older format) is replaced. Other processes asking for the same path wait on the lock."""
-    from filelock import FileLock
+    not ready (an older format) is replaced. Other processes asking for the same path wait on the lock (after
+    calling `waiting`, when the lock is held)."""
+    from filelock import FileLock, Timeout
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    lock = FileLock(str(path) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if waiting:
+            waiting()
+        lock.acquire()
+    try:
         if ready(path):
             return False
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        write(tmp)
+        for stale in path.parent.glob(f"{path.name}.tmp*"):  # a builder killed mid-write: the lock was its own
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+        try:
+            write(tmp)
+        except BaseException:  # an error or Ctrl-C: nothing half-written stays behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
-    return True
+        return True
+    finally:
+        lock.release()

@@ -12,8 +12,11 @@ from finetune.training import samples, tracking
 
 
 def gradient_checkpointing(cfg: TrainConfig) -> bool:
-    """`trainer.gradient_checkpointing`, or by default: on with CUDA (memory), off on a CPU (speed)."""
+    """`trainer.gradient_checkpointing`, or by default: on with CUDA (memory), off on a CPU (speed). Off for the
+    Trainer under `trainer.memory_budget`: the plan checkpoints its own layers (model/checkpointing.py)."""
     gc = cfg.trainer.gradient_checkpointing
+    if cfg.trainer.memory_budget is not None:
+        return False
     return torch.cuda.is_available() if gc is None else gc
 
 
@@ -57,6 +60,7 @@ def common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool) -> dict:
         dataloader_num_workers=t.dataloader_workers,
         report_to=tracking.report_to(cfg.tracking),  # wandb/tensorboard callbacks log on rank 0 only
         run_name=run_dir.name,
+        neftune_noise_alpha=t.neftune_alpha,  # NEFTune (training.extras checks where it may be used)
     )
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from finetune.runtime import console
 from finetune.training.args import callbacks, common_args
+from finetune.training.extras import optimizers
 
 
 def loss_types() -> tuple[str, ...]:
@@ -84,7 +85,8 @@ def build(cfg, model, tokenizer, prepared, run_dir: Path):
     before = reference_tables(train_ds)
     trainer = DPOTrainer(model=model, args=args, data_collator=collate(tokenizer.pad_id), train_dataset=train_ds,
                          eval_dataset=eval_ds, processing_class=tokenizer.hf,
-                         callbacks=callbacks(cfg, tokenizer, prepared.head, run_dir))
+                         callbacks=callbacks(cfg, tokenizer, prepared.head, run_dir),
+                         optimizers=optimizers(cfg, model, args))
     if t.precompute_ref:
         made = reference_tables(train_ds) - before
         console.info(f"reference log-probs: {'computed and cached' if made else 'reused from the cache'} in "

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from finetune.runs import metrics
-from finetune.training import dpo, progress, sft
+from finetune.training import dpo, kto, orpo, progress, sft, simpo
 
-TRAINERS = {"sft": sft, "dpo": dpo}
+TRAINERS = {"sft": sft, "dpo": dpo, "orpo": orpo, "simpo": simpo, "kto": kto}
 
 
 def build(cfg, model, tokenizer, prepared, run_dir: Path):
@@ -16,4 +16,5 @@ def build(cfg, model, tokenizer, prepared, run_dir: Path):
     progress.use(trainer)
     for cb in [c for c in trainer.callback_handler.callbacks if isinstance(c, metrics.MetricsCallback)]:
         metrics.first(trainer, cb)  # tokens/s, perplexity and resumed counts reach TensorBoard and wandb too
+    trainer.add_callback(metrics.LogAtSave())
     return trainer

@@ -95,18 +95,26 @@ def test_second_run_reuses_the_cached_reference(sft_dpo, tiny_sft_run, tmp_path,
     assert sorted(p.name for p in cache_dir(first).iterdir()) == before
 
 
-def test_lora_learns_a_toy_preference(tmp_path):
-    """Fixed answers to varied prompts: reward accuracy and margin rise, on held-out prompts too."""
+@pytest.fixture(scope="module")
+def toy_preference(tmp_path_factory) -> tuple[Path, Path]:
+    """(the toy pair file, the run): fixed answers to varied prompts, 16-bit LoRA DPO for 12 steps."""
+    tmp = tmp_path_factory.mktemp("toy_dpo")
     topics = ["rivers", "bread", "chess", "clouds", "violins", "maps", "owls", "glass", "tides", "salt"]
     lines = [json.dumps({"input": {"messages": [{"role": "user", "content": f"Tell me about {t}, please ({i})."}]},
                          "preferred_output": [{"role": "assistant", "content": "Gladly: here is a short note."}],
                          "non_preferred_output": [{"role": "assistant", "content": "No. Ask someone else."}]})
              for i in range(4) for t in topics]
-    (tmp_path / "toy.jsonl").write_text("\n".join(lines) + "\n")
-    out = tmp_path / "run"
-    run_entry("train.py", "recipe=tiny_dpo", "quant=none", f"data.path={tmp_path / 'toy.jsonl'}",
+    (tmp / "toy.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp / "run"
+    run_entry("train.py", "recipe=tiny_dpo", "quant=none", f"data.path={tmp / 'toy.jsonl'}",
               "data.eval_fraction=0.2", "trainer.max_steps=12", "trainer.logging_steps=1", "trainer.save_steps=12",
               "trainer.micro_batch_size=4", "eval.samples=0", f"output_dir={out}")
+    return tmp / "toy.jsonl", out
+
+
+def test_lora_learns_a_toy_preference(toy_preference):
+    """Fixed answers to varied prompts: reward accuracy and margin rise, on held-out prompts too."""
+    _, out = toy_preference
     rows = [r for r in metrics.read(out / "metrics.jsonl") if "loss" in r]
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-4) and rows[0]["rewards/margins"] == 0.0
     assert rows[0]["rewards/accuracies"] == 0.0  # equal rewards: no pair is ranked right yet
@@ -116,6 +124,42 @@ def test_lora_learns_a_toy_preference(tmp_path):
     final_eval = [r for r in metrics.read(out / "metrics.jsonl") if "eval_loss" in r][-1]
     assert final_eval["eval_rewards/accuracies"] == 1.0 and final_eval["eval_rewards/margins"] > 0.3
     assert final_eval["eval_loss"] < math.log(2) - 0.1  # held-out prompts: the preference generalises
+
+
+def test_after_dpo_the_model_prefers_the_answer_the_source_data_prefers(toy_preference):
+    """Read from the pair file itself (`preferred_output` vs `non_preferred_output`), not from our examples: on every
+    prompt, held-out ones included, the trained model moved log p(preferred) - log p(non-preferred) up from the
+    base it started from (the reference), by what the run logged as its reward margin (beta x that gain). A
+    pipeline that swapped the answers would train the model the other way and still log rising reward margins."""
+    from finetune.data import chat_format
+    from finetune.runs import rundir
+    from finetune.ship import loading
+
+    path, out = toy_preference
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    train_cfg = rundir.run_config(out)
+    tokenizer = loading.load_tokenizer(out, train_cfg)
+    model = loading.add_adapter(loading.load_base(out, train_cfg, tokenizer, None), out)
+
+    def preference(net, record) -> float:
+        prompt = chat_format.encode_prompt(tokenizer.sp, record["input"]["messages"])
+        logp = {}
+        for side in ("preferred_output", "non_preferred_output"):
+            ids, _ = chat_format.encode_dialog(tokenizer.sp, record["input"]["messages"] + record[side][-1:])
+            assert ids[:len(prompt)] == prompt
+            logp[side] = answer_logp(net, prompt, ids[len(prompt):])
+        return logp["preferred_output"] - logp["non_preferred_output"]
+
+    with torch.no_grad():
+        trained = torch.tensor([preference(model, r) for r in records])
+        with model.disable_adapter():
+            base = torch.tensor([preference(model, r) for r in records])
+    gain = trained - base  # DPO's implicit reward margin / beta, per prompt
+    beta = train_cfg.trainer.beta
+    final = [r for r in metrics.read(out / "metrics.jsonl") if "eval_loss" in r][-1]
+    print(f"log-prob preference gain over the base: min {gain.min():.3f}, mean {gain.mean():.3f}")
+    assert (gain > 0).all(), f"{int((gain <= 0).sum())} of {len(records)} prompts moved toward the non-preferred answer"
+    assert gain.mean() * beta == pytest.approx(final["eval_rewards/margins"], rel=0.25)  # what the run logged
 
 
 def test_conversations_for_dpo_stop_before_any_weight_loads(tmp_path):

@@ -45,3 +45,25 @@ def test_missing_run_and_bad_split_are_reported_together_before_weights_load():
     assert proc.returncode == 2
     assert "split=test: use one of eval, train, all" in proc.stderr
     assert "run: required; give run=outputs/<run>, or model=<name> data=<name>" in proc.stderr
+
+
+@pytest.mark.slow
+def test_split_all_scores_both_splits_token_weighted(tiny_sft_run, tmp_path):
+    """README: `split=eval|train|all`; all = the training and the held-out conversations together, token-weighted."""
+    from finetune import evaluate
+    from finetune.runs import rundir
+    from finetune.ship import loading
+
+    out = tmp_path / "all.json"
+    run_entry("evaluate.py", f"run={tiny_sft_run}", "split=all", "base=false", f"out={out}")
+    (every,) = json.loads(out.read_text())["results"]
+    train_cfg = rundir.run_config(tiny_sft_run)
+    tokenizer = loading.load_tokenizer(tiny_sft_run, train_cfg)
+    model = loading.add_adapter(loading.load_base(tiny_sft_run, train_cfg, tokenizer, None), tiny_sft_run)
+    parts = [evaluate.split_dataset(train_cfg.data, tokenizer, split) for split in ("train", "eval")]
+    assert every["examples"] == sum(len(p) for p in parts) == 16  # 12 trained on + 4 held out
+    assert every["tokens"] == sum(sum(map(sum, p["assistant_masks"])) for p in parts)  # answers + EOS, both splits
+    losses = [evaluate.token_loss(model, p, 4, tokenizer.pad_id) for p in parts]
+    weighted = sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
+    assert every["loss"] == pytest.approx(weighted, abs=1e-5)
+    assert every["perplexity"] == pytest.approx(math.exp(every["loss"]), rel=1e-9)

@@ -44,3 +44,10 @@ def test_training_stops_with_the_breakdown_before_loading_weights(tmp_path):
     assert "base weights (NF4 + double quant, 4.127 bits)" in err and "verdict: DOES NOT FIT" in err
     assert "changes that fit" in err or "no change the planner knows makes it fit" in err
     assert not out.exists()  # stopped before the run directory, the tokenizer or any weight
+
+
+def test_a_run_that_fits_exits_0_and_says_so():
+    """README: exit code 0 when the run fits, 1 when it does not (scripts branch on it)."""
+    proc = run_entry("plan.py", "recipe=qlora_7b", "gpus=1", "gpu_memory=80GB", "model.path=/nowhere", check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "verdict: FITS, " in proc.stdout and "DOES NOT FIT" not in proc.stdout

@@ -96,3 +96,48 @@ def test_dpo_run_logs_held_out_reward_accuracy_and_margins_and_writes_samples(tm
     assert "eval_perplexity" not in row  # a DPO loss is not a token NLL
     rows = read_jsonl(out / "samples.jsonl")
     assert [r["step"] for r in rows] == [0, 2] and rows[0]["messages"][-1]["role"] == "user"
+    # The logged held-out numbers are those of the saved adapter on the held-out pairs: recomputed here with the
+    # 4-bit base (the reference: a new LoRA starts at zero) and base + adapter, one pair at a time.
+    margins, chosen = held_out_rewards(out)
+    n = len(margins)
+    assert n == 3, margins  # data.max_samples=16, a quarter held out, one of them over data.max_prompt_length
+    # TRL averages per eval batch (trainer.micro_batch_size=2 pairs), then over the batches
+    assert row["eval_rewards/margins"] == pytest.approx(batch_mean(margins, 2), rel=2e-3, abs=1e-5)
+    assert row["eval_rewards/chosen"] == pytest.approx(batch_mean(chosen, 2), rel=2e-3, abs=1e-5)
+    right = [float(m > 0) for m in margins]
+    assert min(abs(m) for m in margins) < 1e-4 or row["eval_rewards/accuracies"] == batch_mean(right, 2), margins
+
+
+def batch_mean(values: list[float], size: int) -> float:
+    means = [sum(values[i:i + size]) / len(values[i:i + size]) for i in range(0, len(values), size)]
+    return sum(means) / len(means)
+
+
+def held_out_rewards(run) -> tuple[list[float], list[float]]:
+    """DPO's implicit rewards beta * (log p_policy - log p_reference) of each held-out pair: (chosen - rejected,
+    chosen), from the run's own tokenized eval rows."""
+    import torch
+
+    from finetune.data import load as data_load
+
+    train_cfg = rundir.run_config(run)
+    tokenizer = loading.load_tokenizer(run, train_cfg)
+    held_out = data_load.load(train_cfg.data, tokenizer, "dpo").eval
+    model = loading.add_adapter(loading.load_base(run, train_cfg, tokenizer, None), run)
+
+    def logp(prompt: list[int], answer: list[int]) -> float:
+        ids = torch.tensor([prompt + answer])
+        token_logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1).gather(1, ids[0, 1:, None])
+        return token_logp[len(prompt) - 1:].sum().item()
+
+    margins, chosen = [], []
+    with torch.no_grad():
+        for row in held_out:
+            p, c, r = row["llama_prompt_ids"], row["llama_chosen_ids"], row["llama_rejected_ids"]
+            policy = (logp(p, c), logp(p, r))
+            with model.disable_adapter():
+                ref = (logp(p, c), logp(p, r))
+            beta = train_cfg.trainer.beta
+            margins.append(beta * ((policy[0] - ref[0]) - (policy[1] - ref[1])))
+            chosen.append(beta * (policy[0] - ref[0]))
+    return margins, chosen

@@ -113,3 +113,25 @@ def test_misspelled_key_stops_the_sweep_before_any_trial(tmp_path):
     assert "launch/sweeps/qlora_lr.yaml: finetune/train.py rejects the trial overrides" in proc.stderr
     assert "Key 'rank' not in 'LoraConfig'" in proc.stderr
     assert not out.exists()
+
+
+def test_resuming_with_an_edited_sweep_file_is_refused_before_any_trial(tmp_path):
+    """README: the sweep directory keeps the file as the sweep started; a changed file is refused on resume (its
+    recorded trials were proposed from the old search space)."""
+    sweep_file = tmp_path / "lr.yaml"
+    original = (ROOT / "launch" / "sweeps" / "qlora_lr.yaml").read_text()
+    sweep_file.write_text(original)
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.yaml").write_text(original)  # what the first run of the sweep left
+    record = json.dumps({"trial": 1, "status": "started", "params": {"lora.r": 8}, "output_dir": str(out / "t")})
+    (out / "trials.jsonl").write_text(record + "\n")
+    edited = original.replace("values: [8, 16, 32, 64]", "values: [4, 8]")
+    assert edited != original
+    sweep_file.write_text(edited)
+    proc = run_entry("sweep.py", str(sweep_file), f"sweep_dir={out}", "recipe=tiny_lora", *TRIAL_FAST, check=False)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"{sweep_file} differs from the one this sweep started with ({out / 'sweep.yaml'}); choose a new " \
+           "sweep_dir= or restore the file" in proc.stderr
+    assert (out / "sweep.yaml").read_text() == original and (out / "trials.jsonl").read_text() == record + "\n"
+    assert sorted(p.name for p in out.iterdir()) == ["sweep.yaml", "trials.jsonl"]  # no trial ran

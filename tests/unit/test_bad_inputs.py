@@ -31,6 +31,7 @@ CONFIG_CORPUS = [
     (["model.arch.hidden_size=63"], "model.arch.hidden_size=63 is not a multiple of model.arch.num_heads=4"),
     (["data.max_samples=0"], "data.max_samples=0: must be >= 1, or null for every example"),
     (["data.max_samples=-1"], "data.max_samples=-1: must be >= 1, or null for every example"),
+    (["data.num_proc=0"], "data.num_proc=0: must be >= 1, or null for every core this process may use"),
     (["data.max_length=8192"], "data.max_length=8192 is longer than the model's context"),
     (["quant.mode=nf5"], "quant.mode=nf5: use one of none, nf4, fp4, int8"),
     (["data.too_long=cut"], "data.too_long=cut: use drop or truncate"),

@@ -85,6 +85,19 @@ print(json.dumps({"cache": stats.cache, "first": train[0]["input_ids"], "module"
 """
 
 
+# Appended to the copy's chat_format.py: its public encoder now drops the "▁" Meta puts before each EOS.
+DROP_SPACE_BEFORE_EOS = """
+
+_meta_encode_dialog = encode_dialog
+
+
+def encode_dialog(sp, messages, train_on="all"):
+    ids, mask = _meta_encode_dialog(sp, messages, train_on)
+    keep = [i for i in range(len(ids)) if not (ids[i] == 29871 and ids[i + 1:i + 2] == [EOS_ID])]
+    return [ids[i] for i in keep], [mask[i] for i in keep]
+"""
+
+
 def test_changed_chat_format_code_retokenizes(oasst, tmp_path):
     """A copy of the package whose chat format drops Meta's space before EOS (an old bug of ours) must not reuse
     tokens cached by the real format."""
@@ -101,9 +114,7 @@ def test_changed_chat_format_code_retokenizes(oasst, tmp_path):
     assert first["module"].startswith(str(copy)) and first["cache"] == "miss"
     assert load(cfg(oasst, max_samples=4, eval_fraction=0.0))[2].cache == "hit", "same code, same key, any process"
     fmt = copy / "finetune" / "data" / "chat_format.py"
-    source = fmt.read_text()
-    assert source.count('{answer.strip()} ")') == 1
-    fmt.write_text(source.replace('{answer.strip()} ")', '{answer.strip()}")'))
+    fmt.write_text(fmt.read_text() + DROP_SPACE_BEFORE_EOS)  # a behaviour change, whatever the code looks like
     changed = run()
     assert changed["cache"] == "miss" and changed["first"] != first["first"]
     assert 29871 not in changed["first"][-2:] and first["first"][-2:] == [29871, 2]

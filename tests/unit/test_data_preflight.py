@@ -78,3 +78,35 @@ def test_every_answer_cut_fails_and_require_stops_with_the_reason():
         preflight.require(tok, prepared, dcfg)
     assert isinstance(err.value, DataError)  # train.py's console prints it and exits 2
     assert f"EOS is in no example's labels (all {len(train)} were cut at data.max_length=24)" in str(err.value)
+
+
+def rendered_then_tokenized(sp, messages: list[dict]) -> list[int]:
+    """The prompt a stock stack builds: the dialog rendered as text (Meta's format, "<s>" written as text) and
+    tokenized whole. The text "<s>" is not the BOS id, and turn boundaries tokenize differently."""
+    msgs = list(messages)
+    system = msgs.pop(0)["content"] if msgs[0]["role"] == "system" else None
+    text = ""
+    for i, m in enumerate(msgs):
+        content = m["content"].strip()
+        if i == 0 and system:
+            content = f"<<SYS>>\n{system}\n<</SYS>>\n\n{content}"
+        text += f"<s>[INST] {content} [/INST]" if m["role"] == "user" else f" {content} </s>"
+    return sp.encode(text)
+
+
+def test_an_inference_prompt_that_is_not_the_training_prefix_stops_training(loaded, monkeypatch):
+    """chat.py prompts with `chat_format.encode_prompt` and training encodes with `encode_dialog`; they share one
+    turn encoder, so the bundled data cannot fail this check. The drift it guards against is planted here: the
+    inference side replaced by the rendered-then-tokenized prompt. train.py must stop with the reason."""
+    import types
+
+    from finetune.data import chat_format
+
+    tok, train, stats, exs, dcfg = loaded
+    for module in (chat_format, preflight):  # wherever the preflight takes the inference encoder from
+        if hasattr(module, "encode_prompt"):
+            monkeypatch.setattr(module, "encode_prompt", rendered_then_tokenized)
+    with pytest.raises(preflight.PreflightError) as err:
+        preflight.require(tok, types.SimpleNamespace(train=train, stats=stats, sample=exs), dcfg)
+    assert ("inference prompt != training prefix in 24 of 24 conversations: [\"answer 1: the inference prompt's "
+            "tokens differ from the training tokens\"]") in str(err.value)

@@ -119,12 +119,74 @@ def test_unsupported_adapters_are_refused(checkpoint, tmp_path):
     import shutil
 
     _, adapter_dir = checkpoint
-    dora = tmp_path / "dora"
-    shutil.copytree(adapter_dir, dora)
-    cfg = json.loads((dora / "adapter_config.json").read_text())
-    (dora / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True, "rank_pattern": {"q": 8}}))
-    with pytest.raises(merge.MergeError, match=r"\['use_dora', 'rank_pattern'\].*merge_and_unload"):
-        merge.read_adapter(dora)
+    odd = tmp_path / "odd"
+    shutil.copytree(adapter_dir, odd)
+    cfg = json.loads((odd / "adapter_config.json").read_text())
+    (odd / "adapter_config.json").write_text(json.dumps({**cfg, "rank_pattern": {"q": 8}, "init_lora_weights": "pissa"}))
+    with pytest.raises(merge.MergeError, match=r"\['rank_pattern', 'init_lora_weights=pissa'\].*merge_and_unload"):
+        merge.read_adapter(odd)
+    (odd / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))  # DoRA without magnitudes
+    with pytest.raises(merge.MergeError, match=r"needs a magnitude for every LoRA weight"):
+        merge.read_adapter(odd)
+
+
+@pytest.fixture(scope="module")
+def dora_adapter(checkpoint, tmp_path_factory):
+    """A DoRA adapter on the checkpoint's base: random A, B, and magnitudes moved off their initial norms (as
+    training moves them), so the merge's row rescaling is exercised."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base_dir, _ = checkpoint
+    torch.manual_seed(1)
+    pm = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                        LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False, use_dora=True,
+                                   task_type="CAUSAL_LM"))
+    for name, p in pm.named_parameters():
+        if "lora_magnitude_vector" in name:
+            p.data.mul_(1 + 0.2 * torch.randn_like(p))
+    out = tmp_path_factory.mktemp("dora") / "adapter"
+    pm.save_pretrained(out)
+    return out
+
+
+def test_dora_streaming_merge_equals_merge_and_unload(checkpoint, dora_adapter, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    base_dir, _ = checkpoint
+    lora = merge.read_adapter(dora_adapter)
+    assert sorted(lora.magnitudes) == sorted(lora.pairs) and len(lora.pairs) == 2 * len(TARGETS)
+    merge.merge(base_dir, lora, tmp_path)
+    ours = merged_tensors(tmp_path)
+    theirs = peft_merged(AutoModelForCausalLM.from_pretrained(base_dir), dora_adapter)
+    worst = max(float((ours[k] - theirs[k]).abs().max()) for k in ours)
+    assert worst < 1e-6, worst
+    plain = merge.Lora(pairs=lora.pairs, scale=lora.scale)  # the same A, B without DoRA's rescaling
+    w = "model.layers.0.self_attn.q_proj.weight"
+    assert (plain.add_to(w, load_base_tensor(base_dir, w).clone()) - ours[w]).abs().max() > 1e-2
+
+
+def test_qdora_dequantized_merge_reproduces_the_4bit_dora_model(checkpoint, dora_adapter, tmp_path):
+    """QDoRA: the magnitudes' norms are taken over the NF4 roundtrip, as the 4-bit model computes them."""
+    import bitsandbytes as bnb
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    base_dir, _ = checkpoint
+    merge.merge(base_dir, merge.read_adapter(dora_adapter), tmp_path, quant=merge.Quant("nf4", True, torch.float32))
+    bnb_cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=torch.float32)
+    four_bit = AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=bnb_cfg, dtype=torch.float32,
+                                                    device_map="cpu")
+    for mod in four_bit.modules():
+        if isinstance(mod, bnb.nn.Linear4bit):
+            mod.support_avx512bf16_for_cpu = False
+    qdora = PeftModel.from_pretrained(four_bit, str(dora_adapter)).eval()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(3, 512, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        diff = (qdora(input_ids=ids).logits - merged(input_ids=ids).logits).abs().max()
+    assert diff < 1e-5, diff
 
 
 def test_adapter_for_another_base_is_refused(checkpoint, tmp_path):

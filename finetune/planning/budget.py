@@ -1,0 +1,73 @@
+"""`trainer.memory_budget`: the fastest per-layer checkpointing plan that fits a memory budget, from the planner's
+arithmetic alone (no weights load).
+
+Per decoder layer the choice is: keep its activations (fastest), or checkpoint it (recompute in backward, keep only
+its input), with the checkpointed inputs either on the GPU or offloaded to pinned CPU memory on a side stream
+(model/checkpointing.py). Every layer of a plan has the same sizes, so for each offload setting the plan that keeps
+the most layers within the budget is the fastest; of the two, the faster wins (offloading is free while the copies
+hide behind compute, and stalls when the link cannot keep up). The kept layers are the last ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from finetune.planning import planner
+from finetune.planning.planner import GiB, Setup
+
+LINK_BYTES_PER_S = 25e9  # pinned host <-> GPU copies, PCIe Gen4 x16 (Gen5 sustains ~50 GB/s): conservative
+
+
+@dataclass
+class LayerPlan:
+    setup: Setup  # the chosen plan as the planner sees it (checkpointing, kept_layers, offload_checkpoints)
+    need: float  # bytes the card must hold (the planner's total)
+    tokens_per_s: float
+    budget: float
+    source: str = ""  # where the budget came from, said in the line
+
+    def checkpointed(self) -> list[bool]:
+        """Per decoder layer, in order: recompute it in backward."""
+        s = self.setup
+        n = s.layers - s.kept_layers if s.checkpointing else 0
+        return [i < n for i in range(s.layers)]
+
+    def line(self) -> str:
+        s, n = self.setup, sum(self.checkpointed())
+        where = "offloaded to pinned CPU memory" if s.offload_checkpoints else "kept on the GPU"
+        how = f"{'layer 0' if n == 1 else f'layers 0-{n - 1}'} checkpointed, inputs {where}" if n else \
+            "none checkpointed"
+        return (f"memory plan: {s.layers - n} of {s.layers} layers keep their activations, {how}: "
+                f"{self.need / GiB:.2f} of {self.budget / GiB:.2f} GiB ({self.source or 'budget'}), "
+                f"~{self.tokens_per_s:,.0f} tokens/s estimated")
+
+
+def offload_seconds_per_token(s: Setup, link: float = LINK_BYTES_PER_S) -> float:
+    """Seconds per token the link needs for one direction of the checkpointed inputs' copies."""
+    if not (s.checkpointing and s.offload_checkpoints):
+        return 0.0
+    res = 4 if (s.quant != "none" and s.upcast_fp32) else s.dtype_bytes
+    return (s.layers - s.kept_layers) * res * s.hidden / link
+
+
+def speed(s: Setup, peak_flops: float, utilization: float, link: float = LINK_BYTES_PER_S) -> float:
+    """The planner's tokens/s, less the stalls of copies that outlast the compute they hide behind: the device
+    -> host copies behind the forward (about a third of the step), host -> device behind the backward."""
+    t = 1 / planner.tokens_per_second(s, peak_flops, utilization)
+    copy = offload_seconds_per_token(s, link)
+    return 1 / (t + max(0.0, copy - t / 3) + max(0.0, copy - 2 * t / 3))
+
+
+def choose(s: Setup, budget: float, peak_flops: float, utilization: float,
+           link: float = LINK_BYTES_PER_S) -> Optional[LayerPlan]:
+    """The fastest plan for `s` whose planner total fits `budget` bytes (ties: less memory); None if none fits."""
+    found = []
+    for offload in (False, True):
+        for kept in range(s.layers, -1, -1):
+            c = s.but(checkpointing=kept < s.layers, kept_layers=kept if kept < s.layers else 0,
+                      offload_checkpoints=offload and kept < s.layers, offload_activations=False)
+            need = planner.memory(c).need
+            if need <= budget:
+                found.append(LayerPlan(c, need, speed(c, peak_flops, utilization, link), budget))
+                break
+    return max(found, key=lambda p: (p.tokens_per_s, -p.need), default=None)

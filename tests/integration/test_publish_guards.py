@@ -1,0 +1,72 @@
+"""publish.py's guards and the README's other publishing claims, against the Hub test double (tests/hub_double.py):
+the token in use is found in a folder whatever its shape, a token without write rights (403) publishes nothing and
+says so, and `what=merged` uploads the verified merged folder as it is on disk."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.conftest import run_entry
+from tests.hub_double import HubDouble
+
+pytestmark = pytest.mark.slow
+TOKEN = "hf_" + "Gu4rdT0ken" * 4
+ODD_TOKEN = "corp-proxy-7Q2x9Lm4"  # an enterprise proxy or a Hub-compatible server issues other shapes
+USER = "tester"
+
+
+@pytest.fixture(scope="module")
+def hub():
+    double = HubDouble(tokens={TOKEN: USER, ODD_TOKEN: USER}).start()
+    yield double
+    double.stop()
+
+
+def publish(run, hub, tmp_path, *overrides, token=TOKEN):
+    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": token, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
+           "HF_HOME": str(tmp_path / "hf_home")}
+    return run_entry("publish.py", f"run={run}", *overrides, env=env, check=False)
+
+
+@pytest.fixture
+def run(tiny_sft_run, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(tiny_sft_run / "adapter", dst / "adapter")
+    return dst
+
+
+def test_the_active_token_is_found_whatever_its_shape(run, hub, tmp_path):
+    card = run / "adapter" / "README.md"  # a model card someone pasted their setup into
+    text = card.read_bytes()
+    card.write_bytes(text + f"\nexport HF_TOKEN={ODD_TOKEN}\n".encode())
+    before = len(hub.requests)
+    proc = publish(run, hub, tmp_path, "repo_id=tester/leaky", token=ODD_TOKEN)
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    at = len(text) + len("\nexport HF_TOKEN=")
+    assert f"holds token-like strings, refusing to publish: README.md (byte {at}: corp-...)" in proc.stderr
+    assert ODD_TOKEN not in proc.stdout + proc.stderr  # the message shows 5 characters, never the token
+    assert len(hub.requests) == before and "tester/leaky" not in hub.repos
+
+
+def test_a_token_without_write_rights_publishes_nothing(run, hub, tmp_path):
+    proc = publish(run, hub, tmp_path, "repo_id=acme/tiny")  # tester is no member of acme: the Hub answers 403
+    assert proc.returncode == 2
+    assert f"error: {hub.url} refused the token (403) for acme/tiny: check it with `hf auth whoami`; it needs " \
+           "write access to that namespace. Nothing was published." in proc.stderr
+    assert "acme/tiny" not in hub.repos and "Traceback" not in proc.stderr
+
+
+def test_what_merged_publishes_the_verified_merged_folder(tiny_lora_merged, hub, tmp_path):
+    run = tiny_lora_merged
+    proc = publish(run, hub, tmp_path, "repo_id=tester/tiny-merged", "what=merged")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"published: {hub.url}/tester/tiny-merged/commit/" in proc.stdout
+    remote = {k: v for k, v in hub.files("tester/tiny-merged").items() if k != ".gitattributes"}
+    local = {p.relative_to(run / "merged").as_posix(): p.read_bytes() for p in (run / "merged").rglob("*")
+             if p.is_file()}
+    assert remote == local  # every file, byte for byte, in one commit
+    assert {"config.json", "model.safetensors.index.json", "verification.json", "README.md"} <= set(remote)
+    assert b"library_name: transformers" in remote["README.md"]
+    repo = hub.repos["tester/tiny-merged"]
+    assert repo.messages[repo.branches["main"]] == f"Upload merged from {run.name}"
