@@ -61,13 +61,16 @@ def test_sft_to_dpo_starts_at_ln2_and_logs_rewards(sft_dpo):
 
 def test_reference_is_the_sft_policy_not_the_base(sft_dpo, tiny_sft_run):
     """The cached reference log-probs equal base + SFT adapter's, computed here with stock peft."""
-    from datasets import Dataset, load_from_disk
+    from datasets import Dataset
     from peft import PeftModel
 
+    from finetune.data import build
+
     out, proc = sft_dpo
-    pairs = load_from_disk(str(cache_dir(proc)))
+    pairs = build.read(cache_dir(proc).parent.parent)[0]  # the cached pairs in training order
     tables = [Dataset.from_file(str(f)) for f in cache_dir(proc).glob("cache-*.arrow")]
-    [table] = [t for t in tables if "ref_chosen_logps" in t.column_names]
+    # train and eval pairs share one Arrow source, so the eval split's table sits beside the train split's
+    [table] = [t for t in tables if "ref_chosen_logps" in t.column_names and len(t) == len(pairs)]
     cfg = config.load(compose("recipe=tiny_dpo", f"model.path={config_of(out)['model']['path']}"))
     sft = PeftModel.from_pretrained(model_base.load_base(cfg.model, cfg.quant), str(tiny_sft_run / "adapter")).eval()
 
