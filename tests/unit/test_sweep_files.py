@@ -149,3 +149,19 @@ def test_shipped_files_state_their_commands():
     for path in SWEEPS:
         head = Path(path).read_text()
         assert "wandb sweep launch/sweeps/" in head and "python finetune/sweep.py launch/sweeps/" in head, path
+
+
+def test_a_misspelled_key_is_caught_when_the_command_runs_train_py_through_program(tmp_path):
+    """Issue 20: `${program}` in the command skipped the check, and every trial then failed on its own."""
+    import pytest as _pytest
+
+    from finetune import sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text("program: finetune/train.py\nmethod: grid\nmetric: {name: eval/loss, goal: minimize}\n"
+                    "parameters:\n  recipe: {value: tiny_lora}\n  trainer.learnin_rate: {values: [0.001]}\n"
+                    "command:\n  - ${env}\n  - ${interpreter}\n  - ${program}\n  - ${args_no_hyphens}\n")
+    s = sweep_space.load(path, {})
+    assert sweep.trains(s)
+    with _pytest.raises(ConfigError, match="trainer.learnin_rate"):
+        sweep.precheck(s, tmp_path / "out")
