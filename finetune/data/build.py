@@ -17,6 +17,7 @@ The rows stay in file order on disk; `read` gives them in training order through
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -140,12 +141,16 @@ def tokenize(dcfg, sp, kind: str, src: Source, used: np.ndarray, out: Path, proc
     scratch = out.with_name(out.name + ".scratch")
     (scratch / "side").mkdir(parents=True)
     procs = min(procs, len(shares))
-    rows = shares.map(_encode, batched=True, batch_size=1, num_proc=procs if procs > 1 else None,
-                      desc=f"data: tokenizing {out.name} in shares of ~{STEP} examples",
-                      features=_features(kind), remove_columns=shares.column_names,
-                      fn_kwargs={"dcfg": dcfg, "sp": sp, "kind": kind, "path": src.path, "side": str(scratch / "side"),
-                                 "build": uuid.uuid4().hex},
-                      cache_file_name=str(scratch / "rows.arrow"), new_fingerprint=uuid.uuid4().hex)
+    gc.freeze()  # forked processes share this one's objects; the collector would write to (and so copy) them all
+    try:
+        rows = shares.map(_encode, batched=True, batch_size=1, num_proc=procs if procs > 1 else None,
+                          desc=f"data: tokenizing {out.name} in shares of ~{STEP} examples",
+                          features=_features(kind), remove_columns=shares.column_names,
+                          fn_kwargs={"dcfg": dcfg, "sp": sp, "kind": kind, "path": src.path,
+                                     "side": str(scratch / "side"), "build": uuid.uuid4().hex},
+                          cache_file_name=str(scratch / "rows.arrow"), new_fingerprint=uuid.uuid4().hex)
+    finally:
+        gc.unfreeze()
     out.mkdir()
     files = [f"{i:05d}.arrow" for i in range(len(rows.cache_files))]
     for name, cached in zip(files, rows.cache_files):

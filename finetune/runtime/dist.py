@@ -41,8 +41,10 @@ def wait_for_everyone() -> None:
         state().wait_for_everyone()
 
 
-def launched_sharding(env=os.environ) -> Optional[str]:
-    """What `accelerate launch` set up: "fsdp", "zero2", "zero3", or None for plain data parallel / one process."""
+def launched_sharding(env=None) -> Optional[str]:
+    """What `accelerate launch` set up: "fsdp", "zero2", "zero3", or None for plain data parallel / one process.
+    Reads the environment as it is now (`env` for a launcher's prepared one)."""
+    env = os.environ if env is None else env
     if env.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         return "fsdp"
     if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":

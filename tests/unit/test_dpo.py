@@ -132,8 +132,9 @@ def test_init_adapter_from_another_base_is_refused_before_loading(tmp_path):
     key = "base_model.model.model.layers.{}.self_attn.q_proj.lora_{}.weight"
     other = fake_adapter(tmp_path / "13b", "meta-llama/Llama-2-13b-hf", {key.format(0, "A"): (8, 5120)})
     problems = checks.problems(compose("recipe=tiny_dpo", f"init_adapter={other}"))
+    here = config.load(compose("recipe=tiny_dpo")).model.path  # ${FINETUNE_CACHE}/models/llama2-tiny
     assert problems == [f"init_adapter={other} was trained on meta-llama/Llama-2-13b-hf, not on model.path="
-                        f"{ROOT}/.cache/test/models/llama2-tiny; train the SFT adapter on this model, or pick the "
+                        f"{here}; train the SFT adapter on this model, or pick the "
                         "model it was trained on (model=... or model.path=...)"]
     tiny = config.load(compose("recipe=tiny_dpo")).model
     fake_adapter(tmp_path / "wide", "/somewhere/llama2-tiny", {key.format(0, "A"): (8, 128)})
