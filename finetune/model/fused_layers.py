@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Optional
 
 from torch import nn
+from transformers.activations import ACT2FN
 
 from finetune.model.fused import LoraMLP, LoraProjections, Proj, is_4bit
 
@@ -90,7 +91,8 @@ class FusedLlamaMLP(nn.Module):
         super().__init__()
         self.config, self.hidden_size, self.intermediate_size = mlp.config, mlp.hidden_size, mlp.intermediate_size
         self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
-        self.act_fn = mlp.act_fn
+        # from the config, not mlp.act_fn: Liger's kernel patch swaps Llama's MLP class for one without act_fn
+        self.act_fn = ACT2FN[mlp.config.hidden_act]  # why_not() allowed SiLU only
 
     def forward(self, x):
         found = gather(self.gate_proj, self.up_proj, self.down_proj)

@@ -20,6 +20,17 @@ def gradient_checkpointing(cfg: TrainConfig) -> bool:
     return torch.cuda.is_available() if gc is None else gc
 
 
+def checkpointing_args(on: bool) -> dict:
+    """The TrainingArguments keys for activation checkpointing: `activation_checkpointing` since transformers 5.2x
+    (TRL's configs default the old alias to True, so the new key must be given), `gradient_checkpointing` in 5.17."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    name = "activation" if "activation_checkpointing" in {f.name for f in fields(TrainingArguments)} else "gradient"
+    return {f"{name}_checkpointing": on, f"{name}_checkpointing_kwargs": {"use_reentrant": False} if on else None}
+
+
 def liger(cfg: TrainConfig) -> bool:
     """`trainer.liger` where its Triton kernels can run (CUDA); a CPU trains without them."""
     return cfg.trainer.liger and torch.cuda.is_available()
@@ -54,8 +65,7 @@ def common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool) -> dict:
         bf16=cuda and cfg.model.dtype == "bfloat16",
         fp16=cuda and cfg.model.dtype == "float16",
         use_cpu=not cuda,
-        activation_checkpointing=gc,  # transformers 5's name; TRL's configs default the old alias to True
-        activation_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+        **checkpointing_args(gc),
         ddp_find_unused_parameters=False,  # LoRA: every trainable parameter is used
         dataloader_num_workers=t.dataloader_workers,
         report_to=tracking.report_to(cfg.tracking),  # wandb/tensorboard callbacks log on rank 0 only

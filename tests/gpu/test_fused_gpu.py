@@ -79,7 +79,7 @@ def test_offloaded_checkpoints_give_the_same_gradients_and_less_memory(tmp_path)
     want, _ = peak([False] * 4, False)
     kept, on_gpu = peak([True] * 4, False)
     got, offloaded = peak([True] * 4, True)
-    assert_close(kept, want)
-    assert_close(got, want)
+    assert_close(kept, want, layers=4)
+    assert_close(got, want, layers=4)
     inputs = 4 * 1024 * 512 * 4  # one layer's input: tokens x hidden x float32
     assert on_gpu - offloaded >= 1.5 * inputs, (on_gpu, offloaded)  # 4 inputs kept vs at most 2 in flight
