@@ -58,11 +58,14 @@ golang:
 			golang-go >/dev/null && echo "installed golang-go"; } || echo "make golang: apt-get failed"; \
 	else echo "make golang: no Go and no root apt-get; tests/unit/test_modelfile.py will skip"; fi
 
+# One line per test file with its dots and the seconds it took, then the 15 slowest tests.
+PYTEST := $(BIN)/python -m pytest -p no:cacheprovider -o console_output_style=times --durations=15
+
 test: setup slurm golang
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(PYTEST) tests
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 clean:
 	rm -rf outputs .cache

@@ -16,6 +16,7 @@ continued pretraining is `BOS + text + EOS` (`encode_text`).
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import sentencepiece as spm
@@ -66,11 +67,22 @@ def _turn(sp: spm.SentencePieceProcessor, user: str, answer: str | None) -> tupl
     prompt = [BOS_ID] + sp.encode(f"{B_INST} {user.strip()} {E_INST}")
     if answer is None:
         return prompt, len(prompt)
+    if splits_at_spaces(sp):  # the whole turn's ids, with the prompt's text encoded once (~10% of data prep)
+        return prompt + sp.encode(f"{answer.strip()} ") + [EOS_ID], len(prompt)
     full = [BOS_ID] + sp.encode(f"{B_INST} {user.strip()} {E_INST} {answer.strip()} ") + [EOS_ID]
     n = 0  # the prompt is a token prefix of the turn unless a piece spans the boundary; train after the common part
     while n < len(prompt) and full[n] == prompt[n]:
         n += 1
     return full, n
+
+
+@functools.lru_cache(maxsize=8)
+def splits_at_spaces(sp: spm.SentencePieceProcessor) -> bool:
+    """Whether no piece of this vocabulary holds "▁" after another character (Llama 2's: none does). Then no
+    piece spans the space between "[/INST]" and a (stripped) answer, and with the identity normalizer the turn
+    encodes as encode(prompt) + encode(answer + " "): the dummy prefix stands for that space."""
+    pieces = (sp.id_to_piece(i) for i in range(sp.get_piece_size()))
+    return sp.normalize("a\u00a0b  ") == "▁a\u00a0b▁▁" and not any("▁" in p.lstrip("▁") for p in pieces)
 
 
 def encode_dialog(sp: spm.SentencePieceProcessor, messages: Sequence[dict],

@@ -15,8 +15,8 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from finetune.config import CONFIGS_DIR, TrainConfig, looks_local
-from finetune.data import chat_format
 from finetune.runs import metrics
+from finetune.runs.card_text import PROMPT_IDS, load_snippet, prompt_example
 from finetune.runs.rundir import run_config
 
 
@@ -60,29 +60,6 @@ def gguf_types(run_dir: Optional[Path]) -> list[str]:
     """The types of the GGUF files export.py verified in <run>/gguf (its verification.json)."""
     path = Path(run_dir or ".") / "gguf" / "verification.json"
     return sorted({f["type"] for f in json.loads(path.read_text())["files"].values()}) if path.is_file() else []
-
-
-# How each stack reproduces the trained ids, and where it cannot (model/tokenizer.py and ship/modelfile.py).
-PROMPT_IDS = """Stock `tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)` gives exactly
-the ids training used (`finetune/data/chat_format.py`: each turn `<s>` + SentencePiece(`[INST] … [/INST] answer `)
-+ `</s>`), including runs of spaces, non-ASCII text and a system prompt; so does llama.cpp with the chat template
-embedded in the GGUF (tested through llama-cpp-python's `create_chat_completion` path; `llama-server --jinja`
-renders the same template with its C++ engine and drops the leading `<s>` for its own BOS, not run here).
-Where a stack differs:
-- Tokenizing the rendered text yourself: `tokenizer(text, add_special_tokens=False)`; the default adds a second BOS.
-- Message text containing the literal strings `<s>`, `</s>` or `<unk>` becomes those special tokens in every stock
-  stack (transformers, vLLM, TGI, llama.cpp, Ollama); training encoded them as plain text.
-- Raw text (no template) that starts with a space gets one "▁" less from the Hugging Face tokenizer than from
-  SentencePiece; chat prompts never do (every turn starts with `[INST]`).
-- Ollama's Modelfile template (Go) cannot strip whitespace: strip each message yourself, as Meta's format does."""
-
-
-def prompt_example(system: Optional[str]) -> str:
-    """The Llama 2 chat format as text, for the card (the ids come from `chat_format`)."""
-    user = "What is the capital of France?"
-    if system:
-        user = chat_format.B_SYS + system + chat_format.E_SYS + user
-    return f"<s>{chat_format.B_INST} {user} {chat_format.E_INST} The capital of France is Paris. </s>"
 
 
 # trainer.kind -> (the method, the TRL trainer that runs it)
@@ -193,7 +170,7 @@ Meta's Llama 2 chat format; every tokenizer saved here carries it as its chat te
 
 ## How to load
 
-{load_snippet(kind, base_ref)}
+{load_snippet(kind, base_ref, cfg)}
 
 <details><summary>Resolved training config (config.yaml)</summary>
 
@@ -203,35 +180,6 @@ Meta's Llama 2 chat format; every tokenizer saved here carries it as its chat te
 </details>
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").content
-
-
-def load_snippet(kind: str, base_ref: str) -> str:
-    if kind == "gguf":
-        return """```bash
-ollama create my-llama2 -f Modelfile.<type> && ollama run my-llama2       # Ollama (Modelfile beside each file)
-llama-cli -m <run>.<type>.gguf --jinja -cnv                                 # llama.cpp, the embedded chat template
-```
-```python
-from llama_cpp import Llama   # llama-cpp-python: create_chat_completion uses the embedded template
-llm = Llama(model_path="<run>.<type>.gguf")
-print(llm.create_chat_completion([{"role": "user", "content": "Hi"}])["choices"][0]["message"]["content"])
-```"""
-    if kind == "merged":
-        return f"""```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-model = AutoModelForCausalLM.from_pretrained("path/to/this/folder or its Hub repo id", dtype="auto")
-tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder or its Hub repo id")
-```"""
-    return f"""```python
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
-base = AutoModelForCausalLM.from_pretrained("{base_ref}", dtype="auto")
-model = PeftModel.from_pretrained(base, "path/to/this/folder or its Hub repo id")
-tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder or its Hub repo id")
-```
-With the base available where `adapter_config.json` says (`base_model_name_or_path`),
-`peft.AutoPeftModelForCausalLM.from_pretrained("path/to/this/folder")` does both steps; for QLoRA, load the
-base with `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")` to reproduce training exactly."""
 
 
 def write(folder: Path, run_dir: Path, kind: str, merge_section: str = "") -> Path:

@@ -108,3 +108,48 @@ def test_malformed_dialogs_are_refused(dialog, message):
 def test_a_prompt_must_end_with_a_user_turn():
     with pytest.raises(DialogError, match="a prompt must end with a user message"):
         encode_prompt(SP, DIALOG)
+
+
+def whole_turn_reference(sp, user: str, answer: str) -> tuple[list[int], int]:
+    """The turn encoded as one string and its trained part after the longest prefix it shares with the prompt's
+    ids alone: the rule `_turn` follows whatever the vocabulary."""
+    prompt = [1] + sp.encode(f"[INST] {user.strip()} [/INST]")
+    full = [1] + sp.encode(f"[INST] {user.strip()} [/INST] {answer.strip()} ") + [2]
+    n = next((i for i, (a, b) in enumerate(zip(prompt, full)) if a != b), len(prompt))
+    return full, n
+
+
+def adversarial_texts(count: int, seed: int = 0) -> list[str]:
+    """Spaces and their runs, newlines, tabs, U+2581 itself, "]" and "[/INST]", no-break spaces, combining
+    marks, CJK, emoji (byte fallback), digits: what could make a piece span the space before an answer."""
+    import random
+
+    rng = random.Random(seed)
+    parts = [" ", "  ", "   ", "\n", "\t", "▁", "▁▁", "]", "[/INST]", "\u00a0", "e\u0301", "\u0301", "日本語", "🙂",
+             "12", "the", "ok.", "<s>", "</s>", "\\", "x"]
+    return ["".join(rng.choice(parts) for _ in range(rng.randint(1, 12))) for _ in range(count)]
+
+
+def test_a_turn_encoded_in_two_parts_equals_the_whole_turn():
+    """Data prep encodes the prompt and the answer apart (each text once); the ids and the trained part must be
+    those of the whole turn encoded at once, on adversarial text too."""
+    assert chat_format.splits_at_spaces(SP)
+    texts = [t for t in adversarial_texts(1200) if t.strip()]
+    for user, answer in zip(texts[::2], texts[1::2]):
+        assert chat_format._turn(SP, user, answer) == whole_turn_reference(SP, user, answer), (user, answer)
+
+
+def test_a_vocabulary_with_pieces_across_spaces_encodes_whole_turns(tmp_path):
+    """A tokenizer.model with a piece holding "▁" after another character (not Llama 2's): the two-part
+    shortcut could split that piece, so the turn is encoded whole."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString((ROOT / "data/llama2-tokenizer/tokenizer.model").read_bytes())
+    piece = proto.pieces.add()
+    piece.piece, piece.score = "]▁ok", 0.0  # outscores every merge: "] ok" becomes one piece
+    sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+    assert not chat_format.splits_at_spaces(sp)
+    ids, n = chat_format._turn(sp, "fine [/INST]", "ok then")
+    assert (ids, n) == whole_turn_reference(sp, "fine [/INST]", "ok then")
+    assert sp.piece_to_id("]▁ok") in ids and n < len([1] + sp.encode("[INST] fine [/INST] [/INST]"))

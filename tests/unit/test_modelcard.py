@@ -69,3 +69,30 @@ def test_config_keeps_tokenizer_path_and_hides_secrets():
                               "max_new_tokens": 16})
     assert redacted == {"model": {"tokenizer": "data/llama2-tokenizer"}, "hf_token": "***", "api_key": "***",
                         "max_new_tokens": 16}
+
+
+def loading_code(text: str) -> str:
+    return text.split("```python\nfrom peft import PeftModel\n", 1)[1].split("```", 1)[0]
+
+
+def test_a_qlora_card_loads_the_base_quantized_as_trained(tmp_path):
+    """Stock peft on a 16-bit base gives other logits than the 4-bit model the adapter trained against: the card's
+    code builds the run's own BitsAndBytesConfig (a LoRA card keeps the plain 16-bit load)."""
+    import torch
+
+    from finetune.model import base as model_base
+
+    run = make_run(tmp_path, "recipe=qlora_13b", "model.path=/models/Llama-2-13b-hf")
+    cfg = config.load(compose("recipe=qlora_13b"))
+    code = loading_code(ModelCard(modelcard.render(run, "adapter")).text)
+    quant_expr = code.split("quantization_config=", 1)[1].split(")  # as trained", 1)[0]
+    from transformers import BitsAndBytesConfig
+
+    shown = eval(quant_expr, {"torch": torch, "BitsAndBytesConfig": BitsAndBytesConfig})  # noqa: S307
+    trained = model_base.bnb_config(cfg.quant, getattr(torch, cfg.model.dtype))
+    assert shown.to_dict() == trained.to_dict()
+    assert f"dtype=torch.{cfg.model.dtype}," in code and "import torch" in code
+
+    (tmp_path / "lora").mkdir()
+    lora = make_run(tmp_path / "lora", "recipe=lora_7b")
+    assert "quantization_config" not in loading_code(ModelCard(modelcard.render(lora, "adapter")).text)
