@@ -39,6 +39,7 @@ def main(dict_cfg: DictConfig) -> None:
     tokenizer = tok.load_tokenizer(cfg.model)
     prepared = data.load(cfg.data, tokenizer, cfg.trainer.kind)  # read once: tokens, preflight sample, prompts
     console.info(preflight.require(tokenizer, prepared, cfg.data).report())  # pad != EOS, EOS trained, ...
+    base.prepare_path(cfg.model, tokenizer)  # random weights written once; a Hub base reachable, or one error
 
     # One run directory for every rank; resume from its latest complete checkpoint
     recipe = HydraConfig.get().runtime.choices.get("recipe", "run")
@@ -47,7 +48,6 @@ def main(dict_cfg: DictConfig) -> None:
     tracking.start(cfg.tracking, run_dir, dict_cfg, resumed=resume is not None)  # wandb/tensorboard (rank 0)
 
     # Load the base model (quantized for QLoRA) and add LoRA
-    base.prepare_path(cfg.model, tokenizer)
     model = base.load_base(cfg.model, cfg.quant, args.gradient_checkpointing(cfg))
     set_seed(cfg.seed)  # LoRA's random init: the same start in every run, for any number of processes
     peft_model = lora.apply_lora(model, cfg.lora, cfg.init_adapter, cfg.model)

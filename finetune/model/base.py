@@ -9,10 +9,14 @@ from typing import Optional
 
 import torch
 
-from finetune.config import ConfigError, ModelConfig, QuantConfig, cache_root, looks_local
+from finetune.config import ConfigError, ModelConfig, QuantConfig, UserError, cache_root, looks_local
 from finetune.data.chat_format import BOS_ID, EOS_ID
 from finetune.runtime.cache import build_once
 from finetune.runtime.dist import launched_sharding
+
+
+class BaseModelError(UserError):
+    """The base checkpoint cannot be had (gated, misspelled, offline): the message names model.path and the fix."""
 
 
 def compute_dtype(mcfg: ModelConfig) -> torch.dtype:
@@ -140,6 +144,37 @@ def prepare_path(mcfg: ModelConfig, tokenizer) -> None:
         mcfg.path = str(materialize_random(mcfg, tokenizer))
     elif looks_local(mcfg.path):
         mcfg.path = str(Path(mcfg.path).expanduser().resolve())
+    else:
+        fetch_config(mcfg)
+
+
+def fetch_config(mcfg: ModelConfig) -> None:
+    """The Hub base's config.json (a few hundred bytes), fetched before anything is written: a gated, misspelled
+    or unreachable base is one BaseModelError naming the fix, not a traceback after the run directory exists."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    where = f"model.path={mcfg.path}" + (f" (model.revision={mcfg.revision})" if mcfg.revision else "")
+    local = "or set model.path= to a local checkpoint folder"
+    try:
+        hf_hub_download(mcfg.path, "config.json", revision=mcfg.revision)
+    except GatedRepoError:
+        why = f"gated on the Hub; accept Meta's licence on its Hub page, run `hf auth login` with that account, {local}"
+    except RepositoryNotFoundError:
+        why = f"no such model on the Hub, or a private one (check the id; `hf auth login` for private ones), {local}"
+    except RevisionNotFoundError:
+        why = "the Hub has no such revision; give a branch, tag or commit of it"
+    except LocalEntryNotFoundError:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached"
+        why = f"not in the local Hugging Face cache and {why}; download it once with network " \
+              f"(`hf download {mcfg.path}`), {local}"
+    except HfHubHTTPError as exc:
+        why = f"the Hub answered {str(exc).splitlines()[0][:200]}; try again, {local}"
+    else:
+        return
+    raise BaseModelError(f"{where}: {why}")
 
 
 def check(cfg) -> list[str]:

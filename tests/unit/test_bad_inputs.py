@@ -123,3 +123,19 @@ def test_a_bad_data_file_through_train_py_is_one_error_line_and_no_run_dir(tmp_p
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
         f"error: {path}: unsupported file type; use one of .jsonl, .jsonl.gz, .json, .json.gz, .parquet, .csv"]
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_hub_base_that_cannot_be_had_is_one_error_line_and_no_run_dir(tmp_path):
+    """A GPU recipe's Hub base offline (a new user's first `train.py recipe=qlora_13b` on a laptop): one line naming
+    model.path and the fix, before the run directory exists (it was a 40-line traceback after it)."""
+    out = tmp_path / "run"
+    proc = run_entry("train.py", "recipe=tiny_qlora", "model.path=meta-llama/Llama-2-13b-hf", "model.random_init=false",
+                     "model.tokenizer=null", f"output_dir={out}", check=False,
+                     env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})  # an empty Hub cache
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
+        "error: model.path=meta-llama/Llama-2-13b-hf: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+        "download it once with network (`hf download meta-llama/Llama-2-13b-hf`), or set model.path= to a local "
+        "checkpoint folder"]
+    assert not out.exists()
