@@ -24,7 +24,7 @@ class ArmResult:
     tokens_per_s: float  # real (non-pad) tokens / wall time over the timed steps
     step_s_median: float
     tokens_per_step: float  # real tokens per optimizer step, timed steps
-    mfu: float  # model FLOPs (no recompute) / measured matmul peak
+    mfu: float | None  # model FLOPs (no recompute) / measured matmul peak; None where not computed (DPO)
     peak_alloc_gib: float | None  # torch.cuda.max_memory_allocated, reset after loading; None on a CPU
     peak_reserved_gib: float | None
     load_s: float
@@ -101,7 +101,8 @@ def table(run: dict, results: list[ArmResult], gates: dict[str, str]) -> str:
              f"{run['env']['date']} · {run['env']['card']} · CUDA {run['env']['cuda']} · "
              + ", ".join(f"{k} {v}" for k, v in run['env']['versions'].items() if v),
              f"matmul peak {run['peak_tflops']:.3g} TFLOP/s ({run['peak_what']}) · data: {run['data']} · "
-             f"{run['steps']} timed steps after {run['warmup']} warmup",
+             f"{run['steps']} timed steps after {run['warmup']} warmup"
+             + (", then 1 under torch.profiler (profile-<arm>.txt)" if run.get("profile") else ""),
              f"`{run['command']}`", "",
              "| arm | tokens/s | × first | peak alloc GiB | peak reserved GiB | MFU | tokens/step | gate |",
              "|---|---|---|---|---|---|---|---|"]
@@ -110,22 +111,27 @@ def table(run: dict, results: list[ArmResult], gates: dict[str, str]) -> str:
         lines.append(f"| {r.arm} | {r.tokens_per_s:,.0f} | {r.tokens_per_s / base.tokens_per_s:.2f} | "
                      f"{gib(r.peak_alloc_gib)} | {gib(r.peak_reserved_gib)} | {r.mfu:.1%} | "
                      f"{r.tokens_per_step:,.0f} | {gates.get(r.arm, '')} |")
+    return "\n".join(lines + footer(results, run, "recipe")) + "\n"
+
+
+def footer(results: list[ArmResult], run: dict, recipe: str) -> list[str]:
+    """The lines under a table: each arm's overrides of `recipe` and notes, then the arms that failed and why."""
+    lines = []
     for r in results:
         if r.overrides:
-            lines.append(f"\n{r.arm}: recipe + `{' '.join(r.overrides)}`")
+            lines.append(f"\n{r.arm}: {recipe} + `{' '.join(r.overrides)}`")
         if r.notes:
             lines.append(f"\n{r.arm}: {'; '.join(r.notes)}")
-    for name, why in run.get("failed", {}).items():
-        lines.append(f"\n{name}: FAILED {why}")
-    return "\n".join(lines) + "\n"
+    return lines + [f"\n{name}: FAILED {why}" for name, why in run.get("failed", {}).items()]
 
 
-def record(results_dir: Path, run: dict, results: list[ArmResult], gates: dict[str, str]) -> str:
-    """Append the run to throughput.jsonl (everything) and throughput.md (the table); return the table."""
+def record(results_dir: Path, run: dict, results: list[ArmResult], gates: dict[str, str], name: str = "throughput",
+           render=table) -> str:
+    """Append the run to <name>.jsonl (everything) and <name>.md (the table `render` makes); return the table."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    with (results_dir / "throughput.jsonl").open("a") as fh:
+    with (results_dir / f"{name}.jsonl").open("a") as fh:
         fh.write(json.dumps({**run, "arms": [asdict(r) for r in results], "gates": gates}) + "\n")
-    text = table(run, results, gates)
-    with (results_dir / "throughput.md").open("a") as fh:
+    text = render(run, results, gates)
+    with (results_dir / f"{name}.md").open("a") as fh:
         fh.write(text + "\n")
     return text

@@ -4,6 +4,7 @@ path, in one process on one card, on the same examples in the same order with th
   python bench/train_throughput.py --model 7b --quant nf4 --arms baseline,ours-nopack,ours-nopack-nogc
   python bench/train_throughput.py --model 7b --quant nf4 --data oasst --arms pad_to_max,ours
   python bench/train_throughput.py --smoke          # tiny model on a CPU in seconds (tests/integration/test_bench.py)
+  python bench/train_throughput.py --model 7b --arms baseline,ours-nopack-fused --steps 2 --warmup 1 --profile
 
 The base model is the real Llama 2 architecture with random weights, written once and loaded with from_pretrained,
 so the 4-bit path is a user's. "ours" is the shipped recipe (recipes/<q>lora_<size>.yaml); "ours-nogc-nopack" adds
@@ -11,7 +12,9 @@ the overrides of those KNOBS. "unsloth" is the peer: unsloth's own loader, LoRA 
 process (unsloth_arm.py), on the baseline's rows from the baseline's starting LoRA.
 Reports real (non-pad) tokens/s, peak allocated/reserved GPU memory, MFU against a matmul peak measured in this run,
 and a gate: every arm's loss and grad norm at the same steps agree with the baseline's. Results are appended to
-<results>/throughput.{md,jsonl}.
+<results>/throughput.{md,jsonl}. --profile: each arm in this process runs one more step after the timed ones under
+torch.profiler and writes its top 40 ops by self time (GPU time on CUDA, CPU time on a CPU) to
+<results>/profile-<arm>.txt.
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ from finetune import config  # noqa: E402
 from finetune.data import load as data  # noqa: E402
 from finetune.data.load import Prepared  # noqa: E402
 from finetune.data.stats import Stats  # noqa: E402
-from finetune.model import base as model_base, checkpointing, fused_layers, lora, tokenizer as model  # noqa: E402
+from finetune.model import base as model_base, checkpointing, fused_layers, lora, padding_free  # noqa: E402
+from finetune.model import tokenizer as model  # noqa: E402
 from finetune.planning import report as plan_report  # noqa: E402
 from finetune.training import args as train_args, sft  # noqa: E402
 
@@ -77,9 +81,9 @@ def shared_overrides(a, model_dir: str, run_dir: Path) -> list[str]:
     return [f"model.path={model_dir}", "model.random_init=false", f"lora.r={LORA['r']}", f"lora.alpha={LORA['alpha']}",
             f"lora.dropout={LORA['dropout']}", f"data.max_length={a.seq_len}", "data.eval_fraction=0",
             f"trainer.micro_batch_size={a.micro_batch}", f"trainer.grad_accum={a.grad_accum}",
-            f"trainer.max_steps={a.warmup + a.steps}", "trainer.learning_rate=2e-4", "trainer.lr_scheduler=constant",
-            "trainer.warmup_ratio=0", "trainer.max_grad_norm=1e9", "trainer.logging_steps=1",
-            "trainer.save_steps=1000000", "seed=42", f"output_dir={run_dir}"]
+            f"trainer.max_steps={plain_hf.train_steps(a)}", "trainer.learning_rate=2e-4",
+            "trainer.lr_scheduler=constant", "trainer.warmup_ratio=0", "trainer.max_grad_norm=1e9",
+            "trainer.logging_steps=1", "trainer.save_steps=1000000", "seed=42", f"output_dir={run_dir}"]
 
 
 def materialize(a, recipe: str) -> tuple[str, object]:
@@ -100,7 +104,7 @@ def datasets(a, cfg, tok):
     finetune.data (assistant tokens trained), repeated to last the run; plain HF pads each one to seq_len."""
     from datasets import Dataset
 
-    n = a.micro_batch * a.grad_accum * (a.warmup + a.steps)
+    n = a.micro_batch * a.grad_accum * plain_hf.train_steps(a)
     if a.data == "random":
         g = torch.Generator().manual_seed(0)
         ids = torch.randint(3, cfg.model.arch.vocab_size, (n, a.seq_len), generator=g).tolist()
@@ -122,18 +126,26 @@ def datasets(a, cfg, tok):
 
 
 def ours(a, recipe: str, overrides: list[str], model_dir: str, ds, run_dir: Path):
-    """This toolkit's path, as finetune/train.py runs it: load_base -> apply_lora -> trainers.build_sft."""
+    """This toolkit's SFT path, as finetune/train.py runs it: load_base -> apply_lora -> sft.build."""
     cfg = compose(recipe, shared_overrides(a, model_dir, run_dir) + overrides)
+    return our_trainer(cfg, Prepared(ds, None, Stats()), run_dir, sft.build)
+
+
+def our_trainer(cfg, prepared: Prepared, run_dir: Path, build):
+    """load_base -> apply_lora -> fused layers, padding-free DPO, the budget's checkpointing (each where the config
+    asks, as finetune/train.py applies them) -> `build` (sft.build or dpo.build), without our own callbacks."""
     tok = model.load_tokenizer(cfg.model)
     base = model_base.load_base(cfg.model, cfg.quant, train_args.gradient_checkpointing(cfg))
     torch.manual_seed(0)  # the same LoRA A matrices as the baseline's
     peft_model = lora.apply_lora(base, cfg.lora)
     if cfg.trainer.fused_lora:  # as finetune/train.py does
         print(fused_layers.apply(peft_model), flush=True)
+    if cfg.trainer.packing and cfg.trainer.kind == "dpo":  # packed DPO: each micro-batch one padding-free row
+        print(padding_free.enable(peft_model), flush=True)
     if layers := plan_report.budget_plan(cfg):  # trainer.memory_budget: the planner's per-layer checkpointing
         print(layers.line(), flush=True)
         checkpointing.apply(peft_model, layers.checkpointed(), layers.setup.offload_checkpoints)
-    trainer = sft.build(cfg, peft_model, tok, Prepared(ds, None, Stats()), run_dir)
+    trainer = build(cfg, peft_model, tok, prepared, run_dir)
     for cb in list(trainer.callback_handler.callbacks):  # no metrics.jsonl, loss.png or samples in a benchmark
         if type(cb).__module__.startswith("finetune."):
             trainer.remove_callback(cb)
@@ -165,12 +177,43 @@ class StepTimer(TrainerCallback):
             self.logs[state.global_step] = logs
 
 
+class ProfileStep(TrainerCallback):
+    """Optimizer step `step` under torch.profiler (CPU, and CUDA kernels where there is a GPU); its top 40 ops by
+    self time (GPU time on CUDA, CPU time on a CPU) written to `path`: a few KB of text."""
+
+    def __init__(self, step: int, path: Path, title: str):
+        self.step, self.path, self.title, self.prof = step, path, title, None
+
+    def on_step_begin(self, args, state, control, **kw):
+        if state.global_step + 1 == self.step:
+            kinds = torch.profiler.ProfilerActivity
+            activities = [kinds.CPU, kinds.CUDA] if torch.cuda.is_available() else [kinds.CPU]
+            perf.sync()
+            self.prof = torch.profiler.profile(activities=activities)
+            self.prof.start()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.prof is None or state.global_step != self.step:
+            return
+        perf.sync()
+        self.prof.stop()
+        by = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(f"{self.title}\nstep {self.step} (after the timed steps), sorted by {by}\n\n"
+                             + self.prof.key_averages().table(sort_by=by, row_limit=40, max_name_column_width=100)
+                             + "\n")  # kernel names run long; 100 characters tell them apart
+        print(f"profile: {self.path}", flush=True)
+        self.prof = None
+
+
 def run_arm(a, name: str, recipe: str, cfg, model_dir: str, dsets, attn_len: float, flops) -> perf.ArmResult:
     ours_ds, plain_ds = dsets
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     if name in PEERS:  # its own process, the baseline's rows and starting LoRA
+        if a.profile:
+            print(f"profile: not taken for {name} (its own process)", flush=True)
         return unsloth_arm.run(a, cfg.quant.mode, model_dir, plain_ds, LORA, flops(attn_len))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -182,15 +225,21 @@ def run_arm(a, name: str, recipe: str, cfg, model_dir: str, dsets, attn_len: flo
             overrides = arm_overrides(name) + list(a.override)
             trainer = ours(a, recipe, overrides, model_dir, ours_ds, Path(tmp))
         load_s = time.perf_counter() - t0
-        timer, peak = train(trainer)
+        profile = ProfileStep(trainer.args.max_steps, Path(a.results) / f"profile-{name}.txt",
+                              f"{name}: {a.model} {a.quant}, {a.data} data, micro-batch {a.micro_batch} x {a.seq_len}, "
+                              f"{perf.environment()['card']}") if a.profile else None
+        timer, peak = train(trainer, profile)
         del trainer
     return result(a, name, timer, load_s, peak, flops(attn_len), overrides)
 
 
-def train(trainer) -> tuple[StepTimer, tuple]:
-    """Train with a StepTimer; the timer and (peak allocated, peak reserved) GiB after loading (None on a CPU)."""
+def train(trainer, profile: ProfileStep | None = None) -> tuple[StepTimer, tuple]:
+    """Train with a StepTimer (and `profile` taking its step); the timer and (peak allocated, peak reserved) GiB
+    after loading (None on a CPU)."""
     timer = StepTimer()
     trainer.add_callback(timer)
+    if profile is not None:
+        trainer.add_callback(profile)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
@@ -216,12 +265,12 @@ def result(a, name: str, timer: StepTimer, load_s: float, peak: tuple, flops_per
         grad_norms=[timer.grad_norm[s] for s in steps], overrides=overrides)
 
 
-def arm_overrides(name: str) -> list[str]:
+def arm_overrides(name: str, knobs: dict = KNOBS) -> list[str]:
     """`ours-nogc-nopack` -> the overrides of knobs nogc and nopack; KeyError names an unknown knob."""
-    head, *knobs = name.split("-")
+    head, *names = name.split("-")
     if head != "ours":
         raise KeyError(name)
-    return [KNOBS[k] for k in knobs]
+    return [knobs[k] for k in names]
 
 
 def ordered(arms: list[str]) -> list[str]:
@@ -247,6 +296,8 @@ def parse(argv=None):
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
     p.add_argument("--smoke", action="store_true", help="tiny model, CPU, seconds: checks the benchmark itself")
+    p.add_argument("--profile", action="store_true",
+                   help="one more step per arm under torch.profiler: <results>/profile-<arm>.txt (not the peer's)")
     a = p.parse_args(argv)
     if a.smoke:
         a.model, a.seq_len, a.warmup, a.steps = "tiny", 512 if a.data == "oasst" else 64, 1, 2
@@ -298,7 +349,7 @@ def main(argv=None) -> list[perf.ArmResult]:
     run = {"title": f"{a.model} {'QLoRA' if a.quant == 'nf4' else 'LoRA ' + str(cfg.model.dtype)}, {a.data} data, "
                     f"micro-batch {a.micro_batch} x {a.seq_len}, grad accum {a.grad_accum}, LoRA r={LORA['r']}",
            "env": perf.environment(), "peak_tflops": a.peak / 1e12, "peak_what": peak_what, "data": a.data,
-           "steps": a.steps, "warmup": a.warmup, "recipe": recipe, "failed": failed,
+           "steps": a.steps, "warmup": a.warmup, "profile": a.profile, "recipe": recipe, "failed": failed,
            "command": "python bench/train_throughput.py " + shlex.join(sys.argv[1:] if argv is None else argv)}
     print(perf.record(Path(a.results), run, results, gates), flush=True)
     return results
