@@ -234,20 +234,11 @@ def main(argv=None) -> list[perf.ArmResult]:
     tok = model.load_tokenizer(cfg.model)
     chosen = pick_pairs(cfg, tok, a.micro_batch * a.grad_accum * (a.warmup + a.steps))
     dsets = datasets(chosen, cfg, tok)
-    results, failed = [], {}
-    for name in sorted(a.arms.split(","), key=lambda x: x != "trl"):  # TRL's first: the column "× trl"
-        try:
-            r = run_arm(a, name, recipe, cfg.quant.mode, model_dir, dsets)
-        except Exception as exc:  # one arm failing (out of memory, a kernel) must not lose the other arms' numbers
-            failed[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
-            print(f"{name}: FAILED {failed[name]}", flush=True)
-            continue
-        print(f"{name}: {r.tokens_per_s:,.0f} real tokens/s, {r.tokens_per_step:,.0f} tokens/step, peak alloc/reserved "
-              f"{r.peak_alloc_gib}/{r.peak_reserved_gib} GiB, load {r.load_s:.0f} s, step {r.step_s_median:.2f} s, "
-              f"losses {[round(x, 4) for x in r.losses[:4]]}", flush=True)
-        results.append(r)
-    if not results:
-        raise SystemExit(f"every arm failed: {failed}")
+    results, failed = perf.run_arms(
+        sorted(a.arms.split(","), key=lambda x: x != "trl"),  # TRL's first: the column "× trl"
+        lambda name: run_arm(a, name, recipe, cfg.quant.mode, model_dir, dsets),
+        lambda r: f"{r.tokens_per_s:,.0f} real tokens/s, {r.tokens_per_step:,.0f} tokens/step, peak alloc/reserved "
+                  f"{r.peak_alloc_gib}/{r.peak_reserved_gib} GiB")
     gates = {r.arm: gate(r) for r in results}
     run = {"title": f"{a.model} DPO {'QLoRA' if cfg.quant.mode == 'nf4' else 'LoRA ' + str(cfg.model.dtype)}, "
                     f"micro-batch {a.micro_batch} pairs, grad accum {a.grad_accum}, LoRA r={LORA['r']}",

@@ -135,3 +135,23 @@ def record(results_dir: Path, run: dict, results: list[ArmResult], gates: dict[s
     with (results_dir / f"{name}.md").open("a") as fh:
         fh.write(text + "\n")
     return text
+
+
+def run_arms(names: list[str], run_one, describe) -> tuple[list[ArmResult], dict[str, str]]:
+    """Each arm in turn, one line each (`describe(result)` then load, step time and the first losses); (results,
+    {arm: why it failed}). One arm failing (out of memory, a kernel) must not lose the other arms' numbers; every
+    arm failing ends the benchmark."""
+    results, failed = [], {}
+    for name in names:
+        try:
+            r = run_one(name)
+        except Exception as exc:
+            failed[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            print(f"{name}: FAILED {failed[name]}", flush=True)
+            continue
+        print(f"{name}: {describe(r)}, load {r.load_s:.0f} s, step {r.step_s_median:.2f} s, "
+              f"losses {[round(x, 4) for x in r.losses[:4]]}", flush=True)
+        results.append(r)
+    if not results:
+        raise SystemExit(f"every arm failed: {failed}")
+    return results, failed

@@ -323,23 +323,13 @@ def main(argv=None) -> list[perf.ArmResult]:
     tok = model.load_tokenizer(compose(recipe, [f"model.path={model_dir}", "model.random_init=false"]).model)
     ours_ds, plain_ds, attn_len = datasets(a, cfg, tok)
     flops = lambda L: perf.llama_flops_per_token(cfg.model.arch, LORA["r"], config.LLAMA_LINEARS, L)  # noqa: E731
-    results, failed = [], {}
-    scratch = tempfile.TemporaryDirectory()
-    a.lora_init = str(Path(scratch.name) / "lora_init.pt") if set(PEERS) & set(a.arms.split(",")) else None
-    for name in ordered(a.arms.split(",")):
-        try:
-            r = run_arm(a, name, recipe, cfg, model_dir, (ours_ds, plain_ds), attn_len, flops)
-        except Exception as exc:  # one arm failing (out of memory, a kernel) must not lose the other arms' numbers
-            failed[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
-            print(f"{name}: FAILED {failed[name]}", flush=True)
-            continue
-        print(f"{name}: {r.tokens_per_s:,.0f} tokens/s, peak alloc/reserved {r.peak_alloc_gib}/{r.peak_reserved_gib} "
-              f"GiB, MFU {r.mfu:.1%}, load {r.load_s:.0f} s, step {r.step_s_median:.2f} s, "
-              f"losses {[round(x, 4) for x in r.losses[:4]]}", flush=True)
-        results.append(r)
-    scratch.cleanup()
-    if not results:
-        raise SystemExit(f"every arm failed: {failed}")
+    with tempfile.TemporaryDirectory() as scratch:
+        a.lora_init = str(Path(scratch) / "lora_init.pt") if set(PEERS) & set(a.arms.split(",")) else None
+        results, failed = perf.run_arms(
+            ordered(a.arms.split(",")),
+            lambda name: run_arm(a, name, recipe, cfg, model_dir, (ours_ds, plain_ds), attn_len, flops),
+            lambda r: f"{r.tokens_per_s:,.0f} tokens/s, peak alloc/reserved {r.peak_alloc_gib}/{r.peak_reserved_gib} "
+                      f"GiB, MFU {r.mfu:.1%}")
     cuda = torch.cuda.is_available()
     gates = {}
     if a.data == "random" and results[0].arm == "baseline":  # same batches at every step: compare step by step

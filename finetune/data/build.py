@@ -16,7 +16,6 @@ The rows stay in file order on disk; `read` gives them in training order through
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import os
@@ -69,7 +68,7 @@ def build(dcfg, sp, kind: str, folder: Path, final: str = "", progress: bool = F
     say(f"data: {sum(src.n for src in sources)} examples from {stats.records} records; tokenizing "
         f"{sum(map(len, used))} on {procs} process{'es' if procs > 1 else ''}")
     folder.mkdir(parents=True, exist_ok=True)
-    with _bars(progress):
+    with console.datasets_bars(progress):
         made = [tokenize(dcfg, sp, kind, src, use, folder / "rows" / name, procs)
                 for name, src, use in zip(("train", "eval"), sources, used)]
     splits = {"train": "train", "eval": "eval" if dcfg.eval_path else "train"}  # split -> the rows it is from
@@ -227,18 +226,3 @@ def read(folder: Path, in_memory: bool = False):
                        .remove_columns("position") if len(order[split]) else None for split in ("train", "eval"))
     heads = json.loads((folder / "head.json").read_text())
     return train, held_out, Stats(**json.loads((folder / "stats.json").read_text())), heads["sample"], heads["head"]
-
-
-@contextlib.contextmanager
-def _bars(show: bool):
-    """datasets' progress bar only where the caller reports progress (prepare.py), not inside a training run."""
-    import datasets
-
-    was_off = datasets.are_progress_bars_disabled()
-    if not show:
-        datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not was_off:
-            datasets.enable_progress_bars()

@@ -29,10 +29,16 @@ def encode_pair(sp, ex: dict) -> tuple[list[int], list[int], list[int]]:
 def tokenize(exs: list[dict], sp, dcfg, stats: Stats) -> dict[str, list]:
     """Our ids in `llama_*_ids` columns, and empty text columns for TRL (its tokenization of them is a no-op
     we never read); pairs over the length limits are dropped or cut per `data.too_long`, counted."""
-    cols: dict[str, list] = {c: [] for c in COLUMNS}
+    return columns(encode, COLUMNS, exs, sp, dcfg, stats)
+
+
+def columns(encode, names: tuple[str, ...], exs: list[dict], sp, dcfg, stats: Stats) -> dict[str, list]:
+    """The `names` columns of every row `encode(ex, sp, dcfg, stats, index)` makes of `exs` (the in-memory form
+    of what the streaming build writes; pairs and unpaired examples alike)."""
+    cols: dict[str, list] = {c: [] for c in names}
     for i, ex in enumerate(exs):
         for row in encode(ex, sp, dcfg, stats, i):
-            for col in COLUMNS:
+            for col in names:
                 cols[col].append(row[col])
     return cols
 

@@ -56,12 +56,7 @@ rows = encode  # the streaming build's name for it (data.build)
 
 def tokenize(exs: list[dict], sp, dcfg, stats: Stats) -> dict[str, list]:
     """Columns of every kept row of `exs`."""
-    cols: dict[str, list] = {c: [] for c in COLUMNS}
-    for i, ex in enumerate(exs):
-        for row in encode(ex, sp, dcfg, stats, i):
-            for col in COLUMNS:
-                cols[col].append(row[col])
-    return cols
+    return pairs.columns(encode, COLUMNS, exs, sp, dcfg, stats)
 
 
 def features() -> dict:

@@ -1,6 +1,7 @@
 """What a run prints: one clear error instead of a traceback for bad input, and rank-0-only messages."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
@@ -36,3 +37,19 @@ def exit_cleanly(fn):
             sys.exit(2)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def datasets_bars(show: bool):
+    """`datasets`' progress bars on only where the caller reports progress (prepare.py), never inside a training
+    run (TRL's preparation of data we already tokenized drew six); the previous setting comes back after."""
+    import datasets
+
+    was_off = datasets.are_progress_bars_disabled()
+    if not show:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_off:
+            datasets.enable_progress_bars()

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from finetune.runs import metrics
+from finetune.runtime import console
 from finetune.training import dpo, kto, orpo, progress, sft, simpo
 
 TRAINERS = {"sft": sft, "dpo": dpo, "orpo": orpo, "simpo": simpo, "kto": kto}
@@ -11,7 +12,7 @@ TRAINERS = {"sft": sft, "dpo": dpo, "orpo": orpo, "simpo": simpo, "kto": kto}
 
 def build(cfg, model, tokenizer, prepared, run_dir: Path):
     """The TRL trainer for `trainer.kind` over the prepared data, showing our progress bar."""
-    with progress.quiet_datasets():
+    with console.datasets_bars(False):  # TRL's own passes over data we already tokenized
         trainer = TRAINERS[cfg.trainer.kind].build(cfg, model, tokenizer, prepared, run_dir)
     progress.use(trainer)
     for cb in [c for c in trainer.callback_handler.callbacks if isinstance(c, metrics.MetricsCallback)]:

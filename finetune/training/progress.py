@@ -2,8 +2,6 @@
 one line per evaluation; replaces Trainer's dict printouts and its nested evaluation bars (rank 0 only)."""
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -49,16 +47,3 @@ def use(trainer) -> None:
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(Progress())
 
-
-@contextmanager
-def quiet_datasets():
-    """No `datasets` progress bars for TRL's preparation of data we already tokenized (six bars per SFT run)."""
-    import datasets
-
-    was_off = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not was_off:
-            datasets.enable_progress_bars()
