@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from finetune import config
 from finetune.runtime import console
 from finetune.config import ConfigError, DataConfig, ModelConfig, QuantConfig, TrainConfig
+from finetune.config.methods import METHODS
 
 SPLITS = ("eval", "train", "all")
 
@@ -132,9 +133,9 @@ def main(dict_cfg: DictConfig) -> None:
     run = Path(ecfg.run).expanduser().resolve() if ecfg.run else None
     train_cfg = run_config(run) if run else TrainConfig(model=ecfg.model, quant=QuantConfig())
     dcfg = ecfg.data or train_cfg.data
-    if not ecfg.data and train_cfg.trainer.kind in ("dpo", "orpo", "simpo", "kto"):
-        raise ConfigError([f"run={run} is a {train_cfg.trainer.kind.upper()} run: its data are preference "
-                           "examples, and evaluate scores conversations; pick an SFT data config: data=oasst"])
+    if not ecfg.data and not (method := METHODS[train_cfg.trainer.kind]).conversations:
+        raise ConfigError([f"run={run} is a {method.name.upper()} run: its data are {method.data}, and evaluate "
+                           "scores conversations; pick an SFT data config: data=oasst"])
     if problems := examples.check(dcfg):
         raise ConfigError(problems)
     tokenizer = loading.load_tokenizer(run, train_cfg) if run else load_tokenizer(ecfg.model)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from finetune import config
 from finetune.config import ConfigError, TrainConfig
+from finetune.config.methods import METHODS
 from finetune.runtime import console
 
 config.register()
@@ -48,7 +49,7 @@ def main(dict_cfg: DictConfig) -> None:
     if cfg.format not in ("text", "json") or cfg.n < 0:
         raise ConfigError([f"format={cfg.format} n={cfg.n}: use format=text or format=json, and n >= 0"])
     tokenizer = load_tokenizer(cfg.model)
-    dcfg, pairs = cfg.data, cfg.trainer.kind in ("dpo", "orpo", "simpo", "kto")  # KTO: labelled answers, or pairs
+    dcfg, pairs = cfg.data, not METHODS[cfg.trainer.kind].conversations  # KTO: labelled answers, or pairs
     if pairs:  # each pair as the two sequences DPO scores: prompt + chosen, prompt + rejected (answer trained)
         dcfg = replace(cfg.data, train_on="last")
         train_ds, stats, sample = pair_rows(dcfg, tokenizer.sp)

@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from finetune import config
+from finetune.config import methods
 from finetune.runtime import console, dist
 
 config.register()
@@ -55,12 +56,12 @@ def main(dict_cfg: DictConfig) -> None:
         variants.save_initial(peft_model, run_dir / rundir.LORA_INIT, dist.is_main())
     if cfg.trainer.fused_lora:  # Llama's attention and MLP instances replaced by fused LoRA ones (or why not)
         console.info(fused_layers.apply(peft_model))
-    if cfg.trainer.packing and cfg.trainer.kind == "dpo":  # packed DPO: each micro-batch one padding-free row
+    if cfg.trainer.packing and methods.METHODS[cfg.trainer.kind].packing == "padding_free":  # one row a micro-batch
         console.info(padding_free.enable(peft_model))
     if layers:  # the budget's per-layer checkpointing, inputs offloaded to pinned CPU memory where planned
         checkpointing.apply(peft_model, layers.checkpointed(), layers.setup.offload_checkpoints)
 
-    # Train with TRL (the trainer kind's builder: SFT or DPO)
+    # Train with TRL (the builder the method's record names: SFT, DPO, ORPO, SimPO, KTO)
     trainer = kinds.build(cfg, peft_model, tokenizer, prepared, run_dir)
     checkpoints.attach(trainer, run_dir, cfg.trainer.save_total_limit)  # checkpoints complete or absent; exact resume
     console.info(start_report(trainer, cfg, prepared.stats, run_dir, resume))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+from finetune.config.methods import METHODS
+
 
 class Choice(str, Enum):
     """A key with a fixed set of spellings (the `CHOICES` below). The schema keeps such keys typed `str` and
@@ -30,12 +32,7 @@ class QuantMode(Choice):
     int8 = "int8"
 
 
-class Kind(Choice):
-    sft = "sft"
-    dpo = "dpo"
-    orpo = "orpo"  # reference-free: odds ratio + NLL (TRL's ORPOTrainer)
-    simpo = "simpo"  # reference-free: length-normalised margin (TRL's CPOTrainer, loss_type=simpo)
-    kto = "kto"  # unpaired thumbs-up/down answers (TRL's KTOTrainer)
+Kind = Choice("Kind", {name: name for name in METHODS}, module=__name__)  # one per training method's record
 
 
 class LoraInit(Choice):

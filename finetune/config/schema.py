@@ -108,7 +108,7 @@ class DataConfig:
 
 @dataclass
 class TrainerConfig:
-    kind: str = "sft"  # sft | dpo | orpo | simpo | kto (finetune/training/kinds.py)
+    kind: str = "sft"  # a method of finetune/config/methods.py: sft, dpo, orpo, simpo or kto
     learning_rate: float = 2e-4
     lr_scheduler: str = "constant"
     warmup_ratio: float = 0.03

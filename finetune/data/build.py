@@ -26,12 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+from finetune.config.methods import METHODS
 from finetune.data import examples, pairs, sft, sources, unpaired
 from finetune.data.stats import DataError, Stats
 from finetune.runtime import console
 
-# trainer.kind -> how its examples become token rows (check_examples, rows, features, lengths, nothing_left)
-ENCODERS = {"sft": sft, "dpo": pairs, "orpo": pairs, "simpo": pairs, "kto": unpaired}
+# the encoders a method's record names: how its examples become token rows (check_examples, rows, features, lengths,
+# nothing_left); ENCODERS: trainer.kind -> its encoder
+ENCODER_MODULES = {"sft": sft, "pairs": pairs, "unpaired": unpaired}
+ENCODERS = {name: ENCODER_MODULES[m.encoder] for name, m in METHODS.items()}
 PREFLIGHT_SAMPLE = 64  # conversations whose inference prompts the preflight re-encodes
 HEAD = 256  # examples (held-out first) kept for sample prompts
 STEP = 1000  # examples between resume points: the finest share of the reading a process is given

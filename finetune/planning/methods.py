@@ -1,6 +1,7 @@
 """What each trainer kind and LoRA variant adds to the plan (`planner.memory`, `flops_per_token`): sequences per
-micro-batch, passes without gradients, DPO/KTO's frozen reference adapter, and DoRA's magnitudes, saved outputs
-and weight-norm pass. Counted from peft's and TRL's code paths (peft 0.21 `tuners/lora/dora.py`, TRL 1.16):
+micro-batch, passes without gradients, DPO/KTO's frozen reference adapter (each method's record in
+config.methods), and DoRA's magnitudes, saved outputs and weight-norm pass. Counted from peft's and TRL's code
+paths (peft 0.21 `tuners/lora/dora.py`, TRL 1.16):
 
 - pairs (DPO, ORPO, SimPO): chosen and rejected sequences in one micro-batch; KTO: one answer per sequence.
 - passes without gradients: DPO's reference (none when precomputed); KTO's reference over the answers and over
@@ -12,19 +13,19 @@ and weight-norm pass. Counted from peft's and TRL's code paths (peft 0.21 `tuner
 """
 from __future__ import annotations
 
+from finetune.config.methods import METHODS
 from finetune.planning.shapes import linear_params, optimizer_bytes, param_counts
-
-PAIRED = ("dpo", "orpo", "simpo")
 
 
 def sequences(s) -> int:
     """Sequences in one micro-batch."""
-    return 2 * s.micro_batch if s.kind in PAIRED else s.micro_batch
+    return METHODS[s.kind].sequences * s.micro_batch
 
 
 def no_grad_passes(s) -> int:
     """Forward passes without gradients per step, besides the policy's own."""
-    return {"dpo": 0 if s.precompute_ref else 1, "kto": 3}.get(s.kind, 0)
+    m = METHODS[s.kind]
+    return 0 if m.precomputable and s.precompute_ref else m.no_grad_passes
 
 
 def targets(s) -> dict[str, tuple[int, int]]:
@@ -34,7 +35,7 @@ def targets(s) -> dict[str, tuple[int, int]]:
 def add(s, parts: dict, transients: dict, tokens: int, lm_head_bytes: float) -> None:
     """Add the kind's and the variant's memory to `parts` (held at the peak) and `transients` (the largest counts)."""
     c, shard = s.dtype_bytes, s.gpus if s.sharding in ("fsdp", "zero2", "zero3") else 1
-    if s.kind in ("dpo", "kto"):  # TRL copies the starting adapter into a frozen "ref" adapter on the same base
+    if METHODS[s.kind].reference:  # TRL copies the starting adapter into a frozen "ref" adapter on the same base
         parts["reference adapter (frozen copy of the starting LoRA)"] = param_counts(s)["lora"] * 4 / shard
     if no_grad_passes(s):
         transients[f"reference forward ({s.kind.upper()}, no grad): one layer's intermediates + LM head tiles"] = \

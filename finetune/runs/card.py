@@ -15,6 +15,7 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from finetune.config import CONFIGS_DIR, TrainConfig, looks_local
+from finetune.config.methods import METHODS
 from finetune.runs import metrics
 from finetune.runs.card_text import PROMPT_IDS, load_snippet, prompt_example
 from finetune.runs.rundir import run_config
@@ -60,11 +61,6 @@ def gguf_types(run_dir: Optional[Path]) -> list[str]:
     """The types of the GGUF files export.py verified in <run>/gguf (its verification.json)."""
     path = Path(run_dir or ".") / "gguf" / "verification.json"
     return sorted({f["type"] for f in json.loads(path.read_text())["files"].values()}) if path.is_file() else []
-
-
-# trainer.kind -> (the method, the TRL trainer that runs it)
-METHODS = {"sft": ("SFT", "SFT"), "dpo": ("DPO", "DPO"), "orpo": ("ORPO", "ORPO"), "simpo": ("SimPO", "CPO (loss simpo)"),
-           "kto": ("KTO", "KTO")}
 
 
 def variants(cfg: TrainConfig, adapter_dir: Optional[Path] = None) -> list[tuple[str, str]]:
@@ -127,7 +123,7 @@ def render(run_dir: Path, kind: str, merge_section: str = "", adapter_dir: Optio
                         for key, label in (("loss", "final train loss"), ("eval_loss", "final eval loss"),
                                            ("step", "steps"), ("train_runtime", "train runtime (s)")))
     base_ref = base.hub_id or base.path
-    name, trl_trainer = METHODS.get(t.kind, (t.kind.upper(), t.kind.upper()))
+    name, trl_trainer = METHODS[t.kind].title, METHODS[t.kind].trl_trainer
     extras = "".join(f", {text}" for _, text in variants(cfg, adapter_dir or run_dir / "adapter"))
     what = {"adapter": "LoRA adapter", "gguf": "GGUF (merged weights for llama.cpp and Ollama)"}.get(
         kind, "model (LoRA adapter merged into the base weights)")

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from finetune.config import TrainConfig
+from finetune.config.methods import METHODS
 from finetune.runs import checkpoints
 from finetune.runs.metrics import MetricsCallback
 from finetune.training import samples, tracking
@@ -76,5 +77,5 @@ def common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool) -> dict:
 
 def callbacks(cfg: TrainConfig, tokenizer, head: list[dict], run_dir: Path) -> list:
     """metrics.jsonl + loss.png, and samples.jsonl for the fixed prompts (`eval.samples`) from `head`."""
-    metrics = MetricsCallback(run_dir, perplexity=cfg.trainer.kind == "sft")  # a DPO loss is no token NLL
+    metrics = MetricsCallback(run_dir, perplexity=METHODS[cfg.trainer.kind].token_nll)  # a DPO loss is no token NLL
     return [metrics, *samples.callbacks(cfg, tokenizer, head, run_dir)]

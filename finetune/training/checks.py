@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from finetune import config
-from finetune.config import ConfigError, TrainConfig
+from finetune.config import ConfigError, TrainConfig, methods
 from finetune.data import examples, prompts
 from finetune.model import base, checkpointing, lora
 from finetune.runs import rundir
@@ -26,7 +26,7 @@ def problems(dict_cfg: DictConfig) -> list[str]:
         return found  # the stage checks below read those values
     cfg = dict_cfg
     found += base.check(cfg) + lora.check(cfg) + examples.check(cfg.data) + prompts.check(cfg.eval)
-    found += rundir.check(cfg) + checkpointing.check(cfg) + extras.check(cfg)
+    found += rundir.check(cfg) + checkpointing.check(cfg) + extras.check(cfg) + methods.check(cfg)
     if cfg.trainer.kind in TRAINERS:
         found += TRAINERS[cfg.trainer.kind].check(cfg)
     found += trainer_problems(cfg)

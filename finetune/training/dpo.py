@@ -39,9 +39,6 @@ def check(cfg) -> list[str]:
         problems.append(f"trainer.loss_type={t.loss_type}: use one of {', '.join(valid)}")
     if t.beta <= 0:
         problems.append(f"trainer.beta={t.beta}: must be > 0 (0.1 is the DPO paper's; 0.01-0.5 is usual)")
-    if cfg.data.max_prompt_length is not None and cfg.data.max_prompt_length >= cfg.data.max_length:
-        problems.append(f"data.max_prompt_length={cfg.data.max_prompt_length} leaves no room for an answer in "
-                        f"data.max_length={cfg.data.max_length}; lower it or raise data.max_length")
     return problems
 
 

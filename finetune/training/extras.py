@@ -3,9 +3,8 @@
 """
 from __future__ import annotations
 
+from finetune.config.methods import METHODS, names
 from finetune.runtime.dist import launched_sharding
-
-REFERENCE_KINDS = ("dpo", "kto")  # trainers that score a reference pass through the same model
 
 
 def check(cfg) -> list[str]:
@@ -23,10 +22,11 @@ def check(cfg) -> list[str]:
         if t.neftune_alpha <= 0:
             found.append(f"trainer.neftune_alpha={t.neftune_alpha}: must be > 0 (the paper uses 5-15), or null "
                          "for no noise")
-        if t.kind in REFERENCE_KINDS:
+        if t.kind in METHODS and METHODS[t.kind].reference:  # a reference pass through the same model
+            free = names(lambda m: not m.reference)
             found.append(f"trainer.neftune_alpha with trainer.kind={t.kind}: the noise would reach the reference "
                          "pass too (the same model with a frozen adapter), so the policy would be compared with "
-                         "a noisy reference; use it with sft, orpo or simpo")
+                         f"a noisy reference; use it with {', '.join(free[:-1])} or {free[-1]}")
         if t.packing:
             found.append("trainer.neftune_alpha with trainer.packing=true: NEFTune scales its noise by "
                          "1/sqrt(sequence length x hidden), and a packed row holds many examples, so each would get "

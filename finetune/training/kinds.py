@@ -1,13 +1,17 @@
-"""The trainer registry: `trainer.kind` -> the module that checks its config and builds its TRL trainer."""
+"""The trainer registry: `trainer.kind` -> the module that checks its config and builds its TRL trainer, as the
+method's record (config.methods) names it."""
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
+from finetune.config.methods import METHODS
 from finetune.runs import metrics
 from finetune.runtime import console
-from finetune.training import dpo, kto, orpo, progress, sft, simpo
+from finetune.training import progress
 
-TRAINERS = {"sft": sft, "dpo": dpo, "orpo": orpo, "simpo": simpo, "kto": kto}
+# trainer.kind -> its trainer module (finetune/training/<the record's trainer>.py), named by the method's record
+TRAINERS = {name: importlib.import_module(f"finetune.training.{m.trainer}") for name, m in METHODS.items()}
 
 
 def build(cfg, model, tokenizer, prepared, run_dir: Path):

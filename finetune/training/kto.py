@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from finetune.training import pairwise
 from finetune.training.args import callbacks, common_args
 from finetune.training.extras import optimizers
 
@@ -67,10 +66,7 @@ def check(cfg) -> list[str]:
     if t.precompute_ref:
         problems.append("trainer.precompute_ref=true with trainer.kind=kto: not wired for KTO (its KL answers are "
                         "formed per micro-batch by our collator); set trainer.precompute_ref=false")
-    if cfg.data.max_prompt_length is not None and cfg.data.max_prompt_length >= cfg.data.max_length:
-        problems.append(f"data.max_prompt_length={cfg.data.max_prompt_length} leaves no room for an answer in "
-                        f"data.max_length={cfg.data.max_length}; lower it or raise data.max_length")
-    return problems + pairwise.sft_only(cfg, "KTO")
+    return problems
 
 
 def build(cfg, model, tokenizer, prepared, run_dir: Path):

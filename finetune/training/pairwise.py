@@ -52,20 +52,7 @@ def check(cfg, name: str) -> list[str]:
     if t.precompute_ref:
         problems.append(f"trainer.precompute_ref=true with trainer.kind={t.kind}: {name} has no reference model "
                         "to precompute; set trainer.precompute_ref=false")
-    if cfg.data.max_prompt_length is not None and cfg.data.max_prompt_length >= cfg.data.max_length:
-        problems.append(f"data.max_prompt_length={cfg.data.max_prompt_length} leaves no room for an answer in "
-                        f"data.max_length={cfg.data.max_length}; lower it or raise data.max_length")
-    return problems + sft_only(cfg, name)
-
-
-def sft_only(cfg, name: str) -> list[str]:
-    """Settings only SFT's trainer (packing: DPO's too) reads, set for a trainer that would ignore them."""
-    t, kind = cfg.trainer, cfg.trainer.kind
-    why = {"packing": f"{name}'s TRL trainer takes padded sequences from our collator, never packed ones",
-           "liger": f"the Liger kernels are wired into SFT only; {name} would run without them",
-           "activation_offloading": f"activation offloading is wired into SFT only; {name} would keep activations"}
-    return [f"trainer.{key}=true with trainer.kind={kind}: {reason}; set trainer.{key}=false"
-            for key, reason in why.items() if getattr(t, key)]
+    return problems
 
 
 def build(trainer_cls, config_cls, cfg, model, tokenizer, prepared, run_dir, **settings):
