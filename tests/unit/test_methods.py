@@ -63,6 +63,9 @@ def hand_written_kind_tables() -> list[str]:
                 names += [c.value for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)]
                 if any(n in METHODS for n in names) and "loss_type" not in ast.unparse(node):
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+            elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                if sum(isinstance(e, ast.Constant) and e.value in METHODS for e in node.elts) >= 2:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
             elif isinstance(node, ast.Dict):
                 keys = [k.value for k in node.keys if isinstance(k, ast.Constant)]
                 if sum(k in METHODS for k in keys) >= 2:
