@@ -132,7 +132,7 @@ def interactive(model, tokenizer, gen, system: Optional[str]) -> None:
         history.append({"role": "assistant", "content": tokenizer.sp.decode(new)})
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="chat")
+@hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="chat")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
     # Check the run and the prompts before any weights load

@@ -116,7 +116,7 @@ def table(results: list[Result], dcfg: DataConfig, split: str) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="evaluate")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
     from finetune.data import examples

@@ -172,7 +172,7 @@ def merge_section(merge_base: str, dtype, stats, source: str, drifts) -> str:
     return "\n".join(lines) + "\n"
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="export")
+@hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="export")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
     if unknown := config.unknown_keys(dict_cfg):  # `+key=...` adds keys Hydra's own check lets through

@@ -36,7 +36,7 @@ def expand(args: list[str]) -> list[str]:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="plan")
+@hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="plan")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
     import torch
@@ -55,6 +55,11 @@ def main(dict_cfg: DictConfig) -> None:
     sys.exit(0 if fits else 1)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python finetune/plan.py ...` and the `finetune-plan` command."""
     sys.argv[1:] = expand(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -25,7 +25,7 @@ from finetune.runtime import console
 config.register()
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="prepare")
+@hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="prepare")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
     from finetune.data import load as data

@@ -38,7 +38,7 @@ class PreviewConfig(TrainConfig):
 ConfigStore.instance().store(name="preview_schema", node=PreviewConfig)
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="preview")
+@hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="preview")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
     from finetune.data import load as data, preflight

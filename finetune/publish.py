@@ -35,7 +35,7 @@ config.register()
 ConfigStore.instance().store(name="publish_schema", node=PublishConfig)
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="publish")
+@hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="publish")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
     from finetune.ship import hub

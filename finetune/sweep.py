@@ -50,8 +50,8 @@ class Options:
 
 
 @console.exit_cleanly
-def main(argv: list[str]) -> int:
-    path, opts, overrides = parse_args(argv)
+def main(argv: list[str] | None = None) -> int:  # None: the command line (the `finetune-sweep` command)
+    path, opts, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     sweep = sweep_space.load(path, overrides)
     total = trial_count(sweep, opts.trials)
     out = Path(opts.sweep_dir or Path("outputs", "sweeps", path.stem)).resolve()

@@ -21,7 +21,7 @@ from finetune.runtime import console, dist
 config.register()
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="train")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
     # heavy imports after `--cfg job` has returned

@@ -1,12 +1,28 @@
-"""Where things are: the repository's config roots, the cache root, and local path vs hub id."""
+"""Where things are: the toolkit's configs, recipes and bundled data, the cache root, and local path vs hub id."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+from omegaconf import OmegaConf
+
+PACKAGE = Path(__file__).resolve().parent.parent  # finetune/
+# An installed wheel carries configs/, recipes/ and data/ as package data in finetune/bundled/ (pyproject.toml); a
+# checkout (editable install, or `python finetune/train.py`) has them beside finetune/.
+ROOT = PACKAGE / "bundled" if (PACKAGE / "bundled" / "configs").is_dir() else PACKAGE.parent
 RECIPES_DIR = ROOT / "recipes"
 CONFIGS_DIR = ROOT / "configs"
+DATA_DIR = ROOT / "data"
+
+
+def bundled(relative: str) -> str:
+    """The `${bundled:data/...}` resolver of the configs: a file the toolkit ships (the Llama 2 tokenizer, the sample
+    data), as an absolute path that holds from any working directory, in a checkout or an installed wheel."""
+    return str(ROOT / relative)
+
+
+# registered with the paths, so that every reader of a config (Hydra's apps, OmegaConf.load) resolves it
+OmegaConf.register_new_resolver("bundled", bundled, replace=True)
 
 
 def cache_root() -> Path:

@@ -44,3 +44,18 @@ def test_every_import_points_down_the_stages():
 def test_modules_stay_small():
     sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in (ROOT / "finetune").rglob("*.py")}
     assert {p: n for p, n in sizes.items() if n > 250} == {}
+
+
+def test_the_wheel_lists_every_package_and_what_it_ships():
+    """pyproject.toml names each sub-package (a new one missing there is absent from the wheel) and maps configs/,
+    recipes/ and data/ into finetune/bundled/, where finetune/config/paths.py looks in an installed toolkit."""
+    import tomllib
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {f"finetune.{p.name}" for p in (ROOT / "finetune").iterdir() if (p / "__init__.py").is_file()}
+    shipped = {f"finetune.bundled.{name}": name for name in ("configs", "recipes", "data")}
+    assert set(setup["packages"]) == {"finetune", *packages, *shipped}
+    assert setup["package-dir"] == shipped
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    entry = {p.stem for p in (ROOT / "finetune").glob("*.py") if "__main__" in p.read_text()} - {"demo"}
+    assert {f"finetune-{name}" for name in entry} == set(scripts)
