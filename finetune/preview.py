@@ -2,14 +2,16 @@
 
 Prints `n` tokenized training examples with the trained tokens highlighted (green on a terminal, ⟦…⟧ otherwise),
 their token counts, a length and truncation summary, and the preflight verdict (the same checks that stop
-`train.py`). For DPO (`trainer=dpo` or a DPO recipe) each pair shows as its two sequences, prompt + chosen and
-prompt + rejected. `format=json` prints one JSON object per example instead ({"input_ids", "labels"}, -100 where
-masked), for tools; the summary and verdict then go to stderr. Exits 1 when the preflight fails. Loads no weights.
+`train.py`). The rows are what training reads (`data.load` for `trainer.kind`: the method's own encoder and length
+limits, `data.max_prompt_length` included); a preference pair shows as the two sequences its trainer scores,
+prompt + chosen and prompt + rejected, and an unpaired answer (KTO) as prompt + answer, marked good or bad.
+`format=json` prints one JSON object per sequence instead ({"input_ids", "labels"}, -100 where masked), for
+tools; the summary and verdict then go to stderr. Exits 1 when the preflight fails. Loads no weights.
 """
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: import the package, never sibling files as top-level modules
@@ -21,7 +23,6 @@ from omegaconf import DictConfig
 
 from finetune import config
 from finetune.config import ConfigError, TrainConfig
-from finetune.config.methods import METHODS
 from finetune.runtime import console
 
 config.register()
@@ -49,59 +50,37 @@ def main(dict_cfg: DictConfig) -> None:
     if cfg.format not in ("text", "json") or cfg.n < 0:
         raise ConfigError([f"format={cfg.format} n={cfg.n}: use format=text or format=json, and n >= 0"])
     tokenizer = load_tokenizer(cfg.model)
-    dcfg, pairs = cfg.data, not METHODS[cfg.trainer.kind].conversations  # KTO: labelled answers, or pairs
-    if pairs:  # each pair as the two sequences DPO scores: prompt + chosen, prompt + rejected (answer trained)
-        dcfg = replace(cfg.data, train_on="last")
-        train_ds, stats, sample = pair_rows(dcfg, tokenizer.sp)
-        labels = train_ds["label"] if "label" in train_ds.column_names else None
-    else:
-        prepared = data.load(dcfg, tokenizer)
-        train_ds, stats, sample, labels = prepared.train, prepared.stats, prepared.sample, None
-    verdict = preflight.run(tokenizer, train_ds, stats, sample, dcfg)
-    rows = train_ds.select(range(min(cfg.n * (2 if pairs else 1), len(train_ds)))).to_list()
+    prepared = data.load(cfg.data, tokenizer, cfg.trainer.kind)  # what train.py reads, from the same cache
+    verdict = preflight.run(tokenizer, prepared.train, prepared.stats, prepared.sample, cfg.data)
+    rows = prepared.train.select(range(min(cfg.n, len(prepared.train)))).to_list()
+    shown = [seq for k, row in enumerate(rows) for seq in sequences(k, row)]
     if cfg.format == "json":
-        for i, row in enumerate(rows):
-            print(to_json(i, row["input_ids"], row["assistant_masks"]))
+        for i, (_, ids, mask) in enumerate(shown):
+            print(to_json(i, ids, mask))
         out = sys.stderr
     else:
         color = sys.stdout.isatty()
-        for i, row in enumerate(rows):
-            ids, mask = row["input_ids"], row["assistant_masks"]
-            what = f"pair {i // 2} ({('chosen', 'rejected')[i % 2]})" if pairs and not labels else f"example {i}"
-            what += f" ({'good' if labels[i] else 'bad'})" if labels else ""
+        for what, ids, mask in shown:
             print(f"── {what}: {len(ids)} tokens, {sum(mask)} trained ({'green' if color else 'inside ⟦…⟧'}) ──")
             print(render(tokenizer.sp, ids, mask, color) + "\n")
         out = sys.stdout
-    print(f"data: {cfg.data.name}: {stats.summary()}", file=out)
+    print(f"data: {cfg.data.name}: {prepared.stats.summary()}", file=out)
     print(verdict.report(), file=out, flush=True)
     if not verdict.ok:
         sys.exit(1)
 
 
-def pair_rows(dcfg, sp):
-    """(Dataset of prompt + chosen, prompt + rejected rows, stats, the conversations) for pairs that fit; answers
-    marked good or bad (KTO's unpaired records) one row each, with their `label`."""
-    from datasets import Dataset
-
-    from finetune.data import examples, sft
-    from finetune.data.load import PREFLIGHT_SAMPLE
-    from finetune.data.stats import Stats
-
-    stats, cols, convs = Stats(), {"input_ids": [], "assistant_masks": []}, []
-    labels = []
-    for ex in examples.examples(dcfg, stats):
-        sides = [{"messages": ex["prompt"] + [{"role": "assistant", "content": ex[s]}]} for s in ("chosen", "rejected")] \
-            if "prompt" in ex else [{"messages": ex["messages"]}]
-        encoded = [sft.encode(side, sp, dcfg, stats) for side in sides]
-        if all(encoded):  # a pair shows only when both sequences fit
-            for (ids, mask), in encoded:
-                cols["input_ids"].append(ids)
-                cols["assistant_masks"].append(mask)
-                stats.lengths.append(len(ids))
-            convs += sides
-            labels += [ex["label"]] if "label" in ex else []
-    stats.examples = len(cols["input_ids"])
-    return Dataset.from_dict({**cols, **({"label": labels} if labels else {})}), stats, convs[:PREFLIGHT_SAMPLE]
+def sequences(k: int, row: dict) -> list[tuple[str, list[int], list[int]]]:
+    """(what, ids, trained mask) of each sequence the trainer scores for training row `k`: SFT's conversation; a
+    pair's prompt + chosen and prompt + rejected; an unpaired answer's prompt + answer. Answers are trained."""
+    if "input_ids" in row:
+        return [(f"example {k}", row["input_ids"], row["assistant_masks"])]
+    prompt = row["llama_prompt_ids"]
+    if "llama_completion_ids" in row:
+        sides = [(f"example {k} ({'good' if row['label'] else 'bad'})", row["llama_completion_ids"])]
+    else:
+        sides = [(f"pair {k} ({side})", row[f"llama_{side}_ids"]) for side in ("chosen", "rejected")]
+    return [(what, prompt + answer, [0] * len(prompt) + [1] * len(answer)) for what, answer in sides]
 
 
 def to_json(index: int, ids: list[int], mask: list[int]) -> str:

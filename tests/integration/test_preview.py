@@ -6,10 +6,13 @@ import json
 
 import pytest
 
-from tests.conftest import FAST, run_entry
+from tests.conftest import FAST, compose, run_entry
 from tests.unit.test_adapters import data_cfg
 from tests.unit.test_chat_format import SP
+from finetune import config
 from finetune.data import examples
+from finetune.data import load as data_load
+from finetune.model import tokenizer as tokenizer_mod
 
 LORA = ["recipe=tiny_lora"]  # 16-bit: preview and the failing runs never load weights, so skip bitsandbytes
 
@@ -77,16 +80,38 @@ def test_a_never_seen_schema_trains_through_field_mapping_alone(tmp_path):
 
 
 def test_preview_shows_each_preference_pair_as_its_two_sequences():
-    from dataclasses import replace
-
     from finetune import preview
+    from finetune.data import load as data_load
 
-    dcfg = replace(data_cfg("orca_dpo"), max_length=4096, train_on="last")
-    rows, stats, convs = preview.pair_rows(dcfg, SP)
-    assert len(rows) == 2 * 284 and stats.records == 284 and stats.dropped_too_long == 0
+    dcfg = data_cfg("orca_dpo", max_length=4096, max_prompt_length=None, eval_fraction=0.0)
+    prepared = data_load.load(dcfg, tokenizer_mod.load_tokenizer(config.load(compose("recipe=tiny_dpo")).model), "dpo")
+    rows = [seq for k, row in enumerate(prepared.train.to_list()) for seq in preview.sequences(k, row)]
+    assert len(rows) == 2 * 284 and prepared.stats.records == 284 and prepared.stats.dropped_too_long == 0
     for k in (0, 2, 100):
-        chosen, rejected = rows[k], rows[k + 1]
-        start = chosen["assistant_masks"].index(1)
-        assert chosen["input_ids"][:start] == rejected["input_ids"][:start], "both sides share the prompt tokens"
-        assert chosen["input_ids"][-2:] == rejected["input_ids"][-2:] == [29871, 2]
-    assert convs[0]["messages"][-1]["content"] != convs[1]["messages"][-1]["content"]
+        (what, chosen, c_mask), (_, rejected, r_mask) = rows[k], rows[k + 1]
+        assert what == f"pair {k // 2} (chosen)" and rows[k + 1][0] == f"pair {k // 2} (rejected)"
+        start = c_mask.index(1)
+        assert chosen[:start] == rejected[:start], "both sides share the prompt tokens"
+        assert chosen[-2:] == rejected[-2:] == [29871, 2]
+        assert chosen[start:] != rejected[start:]
+
+
+@pytest.mark.parametrize("kind", ["dpo", "kto"])
+def test_preview_shows_what_the_methods_trainer_reads(kind):
+    """preview.py's sequences are the rows `data.load(..., kind)` gives the trainer: the method's own encoder (KTO:
+    each answer alone, marked good or bad), `data.max_prompt_length` applied, the method's preflight."""
+    over = [f"recipe=tiny_{kind}", "data.max_samples=40", "data.max_prompt_length=128"]
+    out = run_entry("preview.py", *over, "n=6", "format=json")
+    shown = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    cfg = config.load(compose(*over))
+    train = data_load.load(cfg.data, tokenizer_mod.load_tokenizer(cfg.model), kind).train.select(range(6))
+    answers = ("llama_chosen_ids", "llama_rejected_ids") if kind == "dpo" else ("llama_completion_ids",)
+    expected = [(row["llama_prompt_ids"], row[a]) for row in train for a in answers]
+    assert [r["input_ids"] for r in shown] == [p + a for p, a in expected]
+    assert [r["labels"] for r in shown] == [[-100] * len(p) + a for p, a in expected]
+    assert max(r["labels"].count(-100) for r in shown) <= 128  # the prompt limit training applies
+    assert "skipped: prompt longer than data.max_prompt_length" in out.stderr
+    assert "ok    every prompt starts with one BOS id" in out.stderr  # the preference preflight
+    if kind == "kto":
+        text = run_entry("preview.py", *over, "n=6").stdout
+        assert text.count("── example ") == 6 and "(good): " in text and "(bad): " in text
