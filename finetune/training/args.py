@@ -9,6 +9,7 @@ from finetune.config import TrainConfig
 from finetune.config.methods import METHODS
 from finetune.runs import checkpoints
 from finetune.runs.metrics import MetricsCallback
+from finetune.runtime import console
 from finetune.training import samples, tracking
 
 
@@ -33,13 +34,16 @@ def checkpointing_args(on: bool) -> dict:
 
 
 def liger(cfg: TrainConfig) -> bool:
-    """`trainer.liger` where its Triton kernels can run (CUDA); a CPU trains without them."""
+    """`trainer.liger` where its Triton kernels can run (CUDA); a CPU trains without them (`common_args` says so)."""
     return cfg.trainer.liger and torch.cuda.is_available()
 
 
 def common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool) -> dict:
     """TrainingArguments shared by SFT and DPO, from the `trainer` sub-config."""
     t, cuda = cfg.trainer, torch.cuda.is_available()
+    if t.liger and not cuda:
+        console.info("trainer.liger=true: ignored without CUDA (Liger's kernels are Triton GPU kernels); training "
+                     "without them")
     gc = gradient_checkpointing(cfg)
     return dict(
         output_dir=str(checkpoints.staging_dir(run_dir)),  # runs.checkpoints.AtomicCheckpoints moves each out
