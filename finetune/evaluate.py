@@ -58,15 +58,18 @@ def token_loss(model, dataset, batch_size: int, pad_id: int) -> tuple[float, int
     """(mean NLL, scored tokens) over `input_ids` where `assistant_masks` is 1, token-weighted."""
     import torch
     import torch.nn.functional as F
+    from torch.nn.utils.rnn import pad_sequence
+
+    def pad(rows: list[list[int]], value: int = 0) -> torch.Tensor:
+        return pad_sequence([torch.tensor(row) for row in rows], batch_first=True, padding_value=value)
 
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(dataset), batch_size):
             rows = dataset[i: i + batch_size]
-            width = max(map(len, rows["input_ids"]))
-            ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows["input_ids"]])
-            keep = torch.tensor([m + [0] * (width - len(m)) for m in rows["assistant_masks"]]).bool()
-            attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows["input_ids"]])
+            ids = pad(rows["input_ids"], pad_id)
+            keep = pad(rows["assistant_masks"]).bool()
+            attention = pad([[1] * len(r) for r in rows["input_ids"]])
             labels = ids.masked_fill(~keep, -100)[:, 1:].to(model.device)
             logits = model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device)).logits
             total += float(F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(),

@@ -119,12 +119,12 @@ def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     names = [f.name for f in dataclasses.fields(schema)]
     out = []
     for key in cfg.keys():
-        node = cfg._get_node(key)
         if key not in names:
             near = difflib.get_close_matches(str(key), names, n=1)
             out.append(f"{prefix}{key}: no such key" + (f"; did you mean {prefix}{near[0]}?" if near else "")
                        + " (a +/++ override adds keys that nothing reads); remove it or fix the spelling")
-        elif isinstance(node, DictConfig) and not node._is_missing() and not node._is_none():
+        elif not OmegaConf.is_missing(cfg, key) and not OmegaConf.is_interpolation(cfg, key) \
+                and isinstance(node := cfg[key], DictConfig):  # a sub-config, neither ??? nor None
             out += unknown_keys(node, f"{prefix}{key}.")
     return out
 

@@ -14,7 +14,6 @@ contract (the collator's import path and input keys); pyproject pins trl to the 
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from finetune.runtime import console
@@ -23,13 +22,19 @@ from finetune.training.extras import optimizers
 
 
 def loss_types() -> tuple[str, ...]:
-    """TRL's DPO losses, as its DPOConfig documents them (sigmoid is the DPO paper's; ipo, hinge, robust...)."""
-    import dataclasses
+    """TRL's DPO losses (sigmoid is the DPO paper's; ipo, hinge, robust...): the `loss_type == "..."` branches of
+    DPOTrainer's loss, which TRL exposes as no list (its DPOConfig accepts any string; the trainer raises on an
+    unknown one only inside the first training step)."""
+    import ast
+    import inspect
+    import textwrap
 
-    from trl import DPOConfig
+    from trl import DPOTrainer
 
-    help_text = next(f for f in dataclasses.fields(DPOConfig) if f.name == "loss_type").metadata["help"]
-    return tuple(re.findall(r"`'(\w+)'`", help_text))
+    tree = ast.parse(textwrap.dedent(inspect.getsource(DPOTrainer._compute_loss)))
+    return tuple(node.comparators[0].value for node in ast.walk(tree)
+                 if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "loss_type"
+                 and isinstance(node.ops[0], ast.Eq) and isinstance(node.comparators[0], ast.Constant))
 
 
 def check(cfg) -> list[str]:

@@ -27,10 +27,10 @@ for _name in ("trl.experimental.orpo.orpo_trainer", "trl.experimental.cpo.cpo_tr
 def collate(pad_id: int):
     """chosen_/rejected_ input_ids, attention_mask and labels, right-padded, from our pair columns."""
     import torch
+    from torch.nn.utils.rnn import pad_sequence
 
     def pad(rows: list[list[int]], value: int) -> torch.Tensor:
-        width = max(map(len, rows))
-        return torch.tensor([row + [value] * (width - len(row)) for row in rows])
+        return pad_sequence([torch.tensor(row) for row in rows], batch_first=True, padding_value=value)
 
     def collate_fn(examples: list[dict]) -> dict:
         batch = {}
