@@ -70,7 +70,8 @@ def batch(model, tokenizer, prompts, gen, batch_size: int, out: Path) -> None:
     from finetune.model.generate import generate
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    console.info(f"answering {len(prompts)} prompts, {batch_size} at a time, up to {gen.max_new_tokens} new tokens each")
+    console.info(f"answering {len(prompts)} prompts, {batch_size} at a time, up to {gen.max_new_tokens} new tokens "
+                 "each")
     with out.open("w") as fh:
         for i in range(0, len(prompts), batch_size):
             chunk = prompts[i: i + batch_size]

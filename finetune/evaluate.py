@@ -22,9 +22,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from finetune import config
-from finetune.runtime import console
 from finetune.config import ConfigError, DataConfig, ModelConfig, QuantConfig, TrainConfig
 from finetune.config.methods import METHODS
+from finetune.runtime import console
 
 SPLITS = ("eval", "train", "all")
 

@@ -183,7 +183,6 @@ def main(dict_cfg: DictConfig) -> None:
         raise config.ConfigError(problems)
     from finetune.runs import card as modelcard
     from finetune.runs.rundir import run_config
-
     from finetune.ship import serving
 
     # The adapter folder, safetensors only, with a card built from the run's config and metrics

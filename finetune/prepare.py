@@ -1,4 +1,5 @@
-"""Tokenize before the GPU job: `python finetune/prepare.py recipe=qlora_13b [data=... data.path=...] [data.num_proc=16]`.
+"""Tokenize before the GPU job:
+`python finetune/prepare.py recipe=qlora_13b [data=... data.path=...] [data.num_proc=16]`.
 
 Reads, checks and tokenizes the data on every core of a CPU machine into the tokenized cache
 ($FINETUNE_CACHE/data/<name>-<key>) and prints the `data:` line; `train.py` with the same recipe and data settings

@@ -42,7 +42,8 @@ ConfigStore.instance().store(name="preview_schema", node=PreviewConfig)
 @hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="preview")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
-    from finetune.data import load as data, preflight
+    from finetune.data import load as data
+    from finetune.data import preflight
     from finetune.model.tokenizer import load_tokenizer
     from finetune.training import checks
 

@@ -27,8 +27,10 @@ def main(dict_cfg: DictConfig) -> None:
     # heavy imports after `--cfg job` has returned
     from transformers import set_seed
 
-    from finetune.data import load as data, preflight
-    from finetune.model import base, checkpointing, fused_layers, lora, padding_free, tokenizer as tok, variants
+    from finetune.data import load as data
+    from finetune.data import preflight
+    from finetune.model import base, checkpointing, fused_layers, lora, padding_free, variants
+    from finetune.model import tokenizer as tok
     from finetune.planning import report as plan
     from finetune.runs import checkpoints, rundir
     from finetune.training import args, checks, kinds, tracking

@@ -10,8 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.config.errors import ConfigError
 from finetune.config.choices import CHOICES
+from finetune.config.errors import ConfigError
 from finetune.config.schema import LLAMA_LINEARS, TrainConfig
 
 

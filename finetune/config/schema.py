@@ -95,7 +95,8 @@ class DataConfig:
     max_samples: Optional[int] = None
     seed: int = 0  # shuffle seed (deterministic)
     max_length: int = 1024
-    too_long: str = "drop"  # drop | truncate (keep whole turns that fit; cut the answer only if one turn is too long; counted)
+    too_long: str = "drop"  # drop | truncate (keep whole turns that fit; cut the answer only if one turn is too long;
+    #                         counted)
     max_prompt_length: Optional[int] = None  # DPO: pairs whose prompt is longer are dropped (counted)
     system_prompt: Optional[str] = None
     train_on: str = "all"  # all assistant turns, or `last` only
@@ -120,7 +121,7 @@ class TrainerConfig:
     micro_batch_size: int = 1  # per device; effective batch = micro x grad_accum x world size
     grad_accum: int = 16
     gradient_checkpointing: Optional[bool] = None  # None: on with CUDA, off on CPU
-    packing: bool = False  # SFT: TRL best-fit packing into padding-free rows; DPO: each micro-batch one padding-free row
+    packing: bool = False  # SFT: TRL best-fit packing into padding-free rows; DPO: one padding-free row a micro-batch
     liger: bool = False  # Liger Triton kernels (RMSNorm, RoPE, SwiGLU): faster, less activation memory;
     #                      CUDA only (ignored on a CPU); needs `pip install liger-kernel`
     activation_offloading: bool = False  # saved activations wait in pinned CPU memory (TRL): less GPU
@@ -135,7 +136,7 @@ class TrainerConfig:
     dataloader_workers: int = 0
     # DPO (trainer.kind=dpo)
     beta: float = 0.1  # higher: stay closer to the reference policy (IPO: the regulariser tau)
-    loss_type: str = "sigmoid"  # a name in finetune.training.dpo.LOSS_TYPES (TRL's): sigmoid (DPO), ipo, hinge, robust...
+    loss_type: str = "sigmoid"  # one of TRL's (finetune.training.dpo.loss_types): sigmoid (DPO), ipo, hinge, robust...
     precompute_ref: bool = False  # reference log-probs computed once before training, cached on disk, reused
     # ORPO (beta = the paper's lambda), SimPO (beta, simpo_gamma), KTO (beta, loss_type kto, the weights below)
     simpo_gamma: float = 0.5  # SimPO's target reward margin gamma (the loss is -log sigmoid(beta * margin - gamma))
@@ -169,12 +170,14 @@ class TrackingConfig:
 
 @dataclass
 class PlanConfig:
-    """The memory/speed plan (finetune/planning/planner.py): `finetune/plan.py`, and the check before training loads weights."""
+    """The memory/speed plan (finetune/planning/planner.py): `finetune/plan.py`, and the check before training loads
+    weights."""
 
     strict: bool = True  # training stops when the plan does not fit the GPUs; false: a warning, and it goes on
     gpus: Optional[int] = None  # GPUs (ranks) to plan for; null: the launched processes (none on a CPU: no check)
     gpu_memory: Optional[str] = None  # per GPU, e.g. 24GB or 80GiB (both 2**30 B); null: the card's own
-    gpu: Optional[str] = None  # a name in finetune.planning.planner.GPUS (peak FLOP/s, memory); null: the card present, else h100
+    gpu: Optional[str] = None  # a name in finetune.planning.planner.GPUS (peak FLOP/s, memory); null: the card
+    #                            present, else h100
     sharding: Optional[str] = None  # ddp | fsdp | zero2 | zero3; null: what accelerate launch set up (else ddp)
     utilization: float = 0.295  # share of the GPU's bf16 peak reached (plain HF stack, H100: bench/plan_calibration.md)
 

@@ -85,4 +85,5 @@ def build(cfg, model, tokenizer, prepared, run_dir: Path):
     )
     return KTOTrainer(model=model, args=args, data_collator=collate(tokenizer.pad_id), train_dataset=train_ds,
                       eval_dataset=eval_ds, processing_class=tokenizer.hf,
-                      callbacks=callbacks(cfg, tokenizer, prepared.head, run_dir), optimizers=optimizers(cfg, model, args))
+                      callbacks=callbacks(cfg, tokenizer, prepared.head, run_dir),
+                      optimizers=optimizers(cfg, model, args))

@@ -88,7 +88,7 @@ def test_preview_shows_each_preference_pair_as_its_two_sequences():
     rows = [seq for k, row in enumerate(prepared.train.to_list()) for seq in preview.sequences(k, row)]
     assert len(rows) == 2 * 284 and prepared.stats.records == 284 and prepared.stats.dropped_too_long == 0
     for k in (0, 2, 100):
-        (what, chosen, c_mask), (_, rejected, r_mask) = rows[k], rows[k + 1]
+        (what, chosen, c_mask), (_, rejected, _) = rows[k], rows[k + 1]
         assert what == f"pair {k // 2} (chosen)" and rows[k + 1][0] == f"pair {k // 2} (rejected)"
         start = c_mask.index(1)
         assert chosen[:start] == rejected[:start], "both sides share the prompt tokens"
