@@ -49,7 +49,9 @@ def test_modules_stay_small():
 def test_the_wheel_lists_every_package_and_what_it_ships():
     """pyproject.toml names each sub-package (a new one missing there is absent from the wheel) and maps configs/,
     recipes/ and data/ into finetune/bundled/, where finetune/config/paths.py looks in an installed toolkit."""
-    import tomllib
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     packages = {f"finetune.{p.name}" for p in (ROOT / "finetune").iterdir() if (p / "__init__.py").is_file()}
