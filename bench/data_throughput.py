@@ -240,8 +240,10 @@ def record(args, line: str, entry: dict | None = None) -> None:
 
 
 def _config_path(name: str) -> str:
-    return next(ln.split(":", 1)[1].strip() for ln in (ROOT / "configs" / "data" / f"{name}.yaml").read_text()
-                .splitlines() if ln.startswith("path:"))
+    """The repository file a data config names (`path: ${bundled:data/...}`)."""
+    value = next(ln.split(":", 1)[1].split("#")[0].strip() for ln in
+                 (ROOT / "configs" / "data" / f"{name}.yaml").read_text().splitlines() if ln.startswith("path:"))
+    return value.removeprefix("${bundled:").removesuffix("}")
 
 
 if __name__ == "__main__":
