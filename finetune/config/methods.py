@@ -61,12 +61,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 
 
-def method(kind: str) -> Method:
-    """The record of `kind` (a value `config.load` has checked)."""
-    return METHODS[kind]
-
-
 def names(pred=lambda m: True) -> list[str]:
+    """The methods whose record satisfies `pred`, in the records' order."""
     return [name for name, m in METHODS.items() if pred(m)]
 
 
