@@ -132,6 +132,7 @@ def interactive(model, tokenizer, gen, system: Optional[str]) -> None:
         history.append({"role": "assistant", "content": tokenizer.sp.decode(new)})
 
 
+@console.hydra_errors
 @hydra.main(version_base="1.3", config_path="../configs", config_name="chat")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:

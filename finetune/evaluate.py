@@ -115,6 +115,7 @@ def table(results: list[Result], dcfg: DataConfig, split: str) -> str:
     return "\n".join(lines)
 
 
+@console.hydra_errors
 @hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
@@ -133,8 +134,9 @@ def main(dict_cfg: DictConfig) -> None:
     train_cfg = run_config(run) if run else TrainConfig(model=ecfg.model, quant=QuantConfig())
     dcfg = ecfg.data or train_cfg.data
     if not ecfg.data and train_cfg.trainer.kind in ("dpo", "orpo", "simpo", "kto"):
+        from finetune.data.hints import sft_data_for
         raise ConfigError([f"run={run} is a {train_cfg.trainer.kind.upper()} run: its data are preference "
-                           "examples, and evaluate scores conversations; pick an SFT data config: data=oasst"])
+                           f"examples, and evaluate scores conversations; pick SFT data: {sft_data_for(train_cfg)}"])
     if problems := examples.check(dcfg):
         raise ConfigError(problems)
     tokenizer = loading.load_tokenizer(run, train_cfg) if run else load_tokenizer(ecfg.model)
