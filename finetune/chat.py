@@ -119,6 +119,9 @@ def interactive(model, tokenizer, gen, system: Optional[str]) -> None:
             said = f"system prompt: {system!r}" if system else "no system prompt"
             print("(history cleared)" + (f" {said}" if line.startswith("/system") else ""), flush=True)
             continue
+        if line.startswith("/"):  # /help, or a mistyped command: the commands again, never a prompt for the model
+            print("commands: /reset, /system <text>, /quit (or Ctrl-D)", flush=True)
+            continue
         if not line:
             continue
         history.append({"role": "user", "content": line})

@@ -31,6 +31,8 @@ def main(dict_cfg: DictConfig) -> None:
     early.check(dict_cfg)
     if found := rundir.check(dict_cfg):
         raise config.ConfigError(found)
+    if variants := config.variants_line(dict_cfg):  # DoRA, rsLoRA, PiSSA/OLoRA/LoftQ, LoRA+, NEFTune
+        console.info(variants)
 
     # heavy imports after `--cfg job` has returned and the checks above passed
     from transformers import set_seed

@@ -215,3 +215,31 @@ def test_sft_data_for_dpo_is_refused_before_torch_loads(tmp_path):
                            "data=self_instruct", f"output_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "not preference pairs (prompt/chosen/rejected)" in proc.stderr, proc.stderr[-3000:]
     assert "torch" not in importtime_modules(proc.stderr) and not out.exists()
+
+
+def test_the_lora_variants_on_are_named_in_one_line():
+    from finetune import config
+
+    assert config.variants_line(compose("recipe=tiny_lora")) is None
+    assert config.variants_line(compose("recipe=tiny_orpo", "lora.use_dora=true", "trainer.neftune_alpha=5",
+                                        "lora.use_rslora=true", "lora.init=loftq")) == (
+        "LoRA variants on: DoRA (lora.use_dora=true), rsLoRA (lora.use_rslora=true), LoftQ init (lora.init=loftq), "
+        "NEFTune (trainer.neftune_alpha=5.0)")
+
+
+def test_chat_help_and_unknown_commands_are_never_sent_to_the_model(monkeypatch, capsys):
+    import io
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from finetune import chat
+    from finetune.model.generate import greedy
+
+    tok = load_tokenizer(ModelConfig(name="llama2", path=str(ROOT / "data/llama2-tokenizer")))
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, vocab_size=32000))
+    monkeypatch.setattr("sys.stdin", io.StringIO("/help\n/sytem Be brief.\nHi\n"))
+    chat.interactive(model, tok, greedy(2, tok.pad_id), None)
+    out = capsys.readouterr().out
+    assert out.count("commands: /reset, /system <text>, /quit (or Ctrl-D)") == 2
+    assert out.count("assistant> ") == 1  # only "Hi" reached the model
