@@ -5,6 +5,7 @@ given to DPO, an output_dir that is a file), each as `python finetune/train.py .
     python bench/time_to_error.py                           # this tree
     python bench/time_to_error.py --old-rev 048bc46         # and the tree at that commit (git archive), for a before/after
     python bench/time_to_error.py --only hydra,data --no-record   # some groups, printed only
+    python bench/time_to_error.py --old-rev 048bc46 --per-group 3  # the first 3 cases of each group
 
 Measured from outside, per case: wall seconds, CPU seconds of the process (getrusage of the reaped child), the
 exit code, whether torch was imported before the error (`python -X importtime`) and the error's first line.
@@ -65,7 +66,8 @@ def measure(tree: Path, overrides: list[str], work: Path) -> dict:
     imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in proc.stderr.splitlines()
                 if line.startswith("import time:") and "|" in line}
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip() and not ln.startswith("import time:")]
-    first = next((ln for ln in lines if ln.startswith("error:")), lines[-1] if lines else "")
+    at = next((i for i, ln in enumerate(lines) if ln.startswith("error:")), len(lines) - 1)
+    first = " ".join(lines[at:at + 2]) if lines and lines[at].endswith(":") else (lines[at] if lines else "")
     return {"wall_s": round(wall, 2), "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2),
             "rc": proc.returncode, "torch": "torch" in imported, "error": first[:160]}
 
@@ -97,11 +99,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--old-rev", help="also measure the tree at this git revision (before)")
     ap.add_argument("--only", default="", help="groups to run: config,hydra,data,run (default: all)")
+    ap.add_argument("--per-group", type=int, default=0, help="the first N cases of each group only (default: all)")
     ap.add_argument("--no-record", action="store_true", help=f"print only; do not append to {RESULTS}")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="time_to_error-"))
     try:
         corpus = [c for c in cases(work) if not args.only or c[0] in args.only.split(",")]
+        if args.per_group:
+            corpus = [c for c in corpus if [d[0] for d in corpus].index(c[0]) + args.per_group > corpus.index(c)]
         trees = ([(f"before ({args.old_rev})", old_tree(args.old_rev, work))] if args.old_rev else [])
         rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
         trees.append((f"after ({rev.stdout.strip() or 'this tree'})", ROOT))
