@@ -112,3 +112,14 @@ def test_readme_command_runs_as_written(where, line, tiny_sft_run, tmp_path):
     ok = {"plan.py": (0, 1)}.get(next((k for k in ("plan.py",) if k in line), ""), (0,))
     assert proc.returncode in ok, f"{where}: {line}\n$ {shlex.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     assert "Traceback" not in proc.stderr
+
+
+def test_make_test_names_the_tests_that_skip_without_system_packages():
+    """`make test` installs no system package; it says which tests will skip and the command that enables them."""
+    proc = subprocess.run(["make", "-s", "system-deps-note", "SYSTEM_PATH=/nonexistent"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout == ("make test: tests/integration/test_slurm.py (slurm-wlm, munge) and tests/unit/"
+                           "test_modelfile.py's Go check (golang-go) will skip: their system packages are not "
+                           "installed; `sudo make system-deps` installs them\n")
+    dry = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    assert "apt-get" not in dry  # nothing is installed as root by `make test`
