@@ -58,7 +58,8 @@ def why_not(line: str):
 def fill(line: str, run, tmp, base: str) -> list[str]:
     """The README line with its placeholders filled, optional [...] words taken (their first alternative), and
     tiny overrides where it names a GPU recipe. `base`: a Llama 2 checkpoint folder (the tiny one)."""
-    line = re.sub(r"outputs/<[^>]+>", str(run), line)
+    line = re.sub(r"output_dir=outputs/sft-\w+", f"output_dir={tmp / 'x'}", line)  # an SFT run the next line uses
+    line = re.sub(r"outputs/(<[^>]+>|sft-\w+)", str(run), line)
     line = re.sub(r"(?<!\S)\[([^\]|]*)(\|[^\]]*)?\]", r"\1", line)  # `[what=merged|gguf]` -> `what=merged`
     line = line.replace("<branch>", "main").replace("/models/Llama-2-13b-hf", base)
     argv = shlex.split(line)
@@ -92,7 +93,7 @@ def test_readme_command_runs_as_written(where, line, tiny_sft_run, tmp_path):
     if why := why_not(line):
         pytest.skip(f"{where}: {why}")
     run = tmp_path / "run"
-    if "outputs/<" in line:
+    if re.search(r"outputs/(<|sft-)", line):
         import shutil
 
         shutil.copytree(tiny_sft_run, run)

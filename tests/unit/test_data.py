@@ -54,7 +54,7 @@ def test_a_hub_id_goes_through_load_dataset_and_fails_clearly_offline():  # conf
         examples.examples(cfg("tatsu-lab/alpaca", split="train", revision="v1"))
     msg = str(err.value)
     assert msg.startswith("hub dataset tatsu-lab/alpaca (split=train, revision=v1): could not be read")
-    assert "HF_DATASETS_OFFLINE" in msg and "huggingface-cli login" in msg
+    assert "HF_DATASETS_OFFLINE" in msg and "hf auth login" in msg
 
 
 # ------------------------------------------------------------------------------------------ bad input
