@@ -120,9 +120,7 @@ def table(results: list[Result], dcfg: DataConfig, split: str) -> str:
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
     from finetune.data import examples
-    from finetune.model.tokenizer import load_tokenizer
     from finetune.runs.rundir import run_config
-    from finetune.ship import loading
 
     # Check everything that needs no weights: the run or model, the data, the split
     if unknown := config.unknown_keys(dict_cfg):  # `+key=...` adds keys Hydra's own check lets through
@@ -139,6 +137,8 @@ def main(dict_cfg: DictConfig) -> None:
                            f"examples, and evaluate scores conversations; pick SFT data: {sft_data_for(train_cfg)}"])
     if problems := examples.check(dcfg):
         raise ConfigError(problems)
+    from finetune.model.tokenizer import load_tokenizer  # torch: after the checks above
+    from finetune.ship import loading
     tokenizer = loading.load_tokenizer(run, train_cfg) if run else load_tokenizer(ecfg.model)
     dataset = split_dataset(dcfg, tokenizer, ecfg.split)
 

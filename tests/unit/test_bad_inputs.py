@@ -243,3 +243,10 @@ def test_chat_help_and_unknown_commands_are_never_sent_to_the_model(monkeypatch,
     out = capsys.readouterr().out
     assert out.count("commands: /reset, /system <text>, /quit (or Ctrl-D)") == 2
     assert out.count("assistant> ") == 1  # only "Hi" reached the model
+
+
+def test_evaluate_refuses_a_missing_run_before_torch_loads(tmp_path):
+    proc = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "finetune" / "evaluate.py"),
+                           f"run={tmp_path / 'nope'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"run={tmp_path / 'nope'}: no config.yaml there" in proc.stderr, proc.stderr[-2000:]
+    assert "torch" not in importtime_modules(proc.stderr)
