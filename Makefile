@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export WANDB_MODE ?= offline
 
-.PHONY: setup slurm golang demo test test-fast bench clean
+.PHONY: setup system-deps system-deps-note demo test test-fast bench clean
 
 # With a CUDA torch in the system python (a GPU box), the venv sees it and pip keeps it.
 $(BIN)/python:
@@ -36,32 +36,41 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/python -m finetune.demo
 
-# The two-node SLURM tests (tests/integration/test_slurm.py) run real slurmctld/slurmd/munged in network
-# namespaces: as root on Debian/Ubuntu, install what is missing (a no-op once installed); elsewhere they skip or
-# name this target.
+# System packages two groups of tests need, installed only when asked, never by `make test`:
+#   slurm-wlm munge iproute2 util-linux  tests/integration/test_slurm.py: real slurmctld/slurmd/munged in network
+#                                        namespaces (also needs root to run)
+#   golang-go                            tests/unit/test_modelfile.py: Go's text/template renders Ollama Modelfiles
+# `make system-deps` installs what is missing with apt-get, as root (a no-op once installed); CI (.ci/run) runs it
+# before `make test`. Without them those tests skip and `make test` says so first.
 SLURM_PKGS := slurm-wlm munge iproute2 util-linux
-slurm:
-	@if [ "$$(id -u)" != 0 ]; then echo "make slurm: not root, skipping (the SLURM tests need root and skip)"; \
-	elif dpkg -s $(SLURM_PKGS) >/dev/null 2>&1; then :; \
-	elif command -v apt-get >/dev/null; then \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			$(SLURM_PKGS) >/dev/null && echo "installed $(SLURM_PKGS)"; } \
-		|| echo "make slurm: apt-get failed; the SLURM tests fail until $(SLURM_PKGS) are installed"; \
-	else echo "make slurm: no apt-get; install $(SLURM_PKGS) (slurmctld, slurmd, munged, ip, nsenter, unshare) yourself"; fi
+SLURM_TOOLS := slurmctld slurmd munged ip nsenter unshare
+GO_PKGS := golang-go
 
-# Go's text/template renders Ollama Modelfile templates: tests/unit/test_modelfile.py renders ours with it. As root
-# with apt (CI), install golang-go if missing (35 s); elsewhere that test skips and says so.
-golang:
-	@if command -v go >/dev/null; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			golang-go >/dev/null && echo "installed golang-go"; } || echo "make golang: apt-get failed"; \
-	else echo "make golang: no Go and no root apt-get; tests/unit/test_modelfile.py will skip"; fi
+system-deps:
+	@if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "make system-deps: needs root and apt-get (Debian/Ubuntu); install $(SLURM_PKGS) $(GO_PKGS) yourself"; exit 1; fi
+	@need="$$(dpkg -s $(SLURM_PKGS) >/dev/null 2>&1 || echo $(SLURM_PKGS)) \
+		$$(command -v go >/dev/null || [ -x /usr/lib/go/bin/go ] || echo $(GO_PKGS))"; \
+	if [ -n "$$(echo $$need)" ]; then \
+		echo "make system-deps: apt-get install $$need"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			$$need >/dev/null && echo "installed $$need"; fi
+
+# Which tests will skip for want of system packages, and the one command that enables them (the tests look for the
+# same programs on the same path).
+SYSTEM_PATH ?= $(PATH):/usr/sbin:/sbin:/usr/lib/go/bin
+system-deps-note:
+	@miss=""; for t in $(SLURM_TOOLS); do PATH="$(SYSTEM_PATH)" command -v $$t >/dev/null || miss=1; done; \
+	skip="$$( [ -n "$$miss" ] && echo 'tests/integration/test_slurm.py (slurm-wlm, munge)')"; \
+	if ! PATH="$(SYSTEM_PATH)" command -v go >/dev/null; then \
+		skip="$${skip:+$$skip and }tests/unit/test_modelfile.py's Go check (golang-go)"; fi; \
+	if [ -n "$$skip" ]; then echo "make test: $$skip will skip: their system packages are not installed;" \
+		"\`sudo make system-deps\` installs them"; fi
 
 # One line per test file with its dots and the seconds it took, then the 15 slowest tests.
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider -o console_output_style=times --durations=15
 
-test: setup slurm golang
+test: setup system-deps-note
 	$(PYTEST) tests
 
 test-fast: setup

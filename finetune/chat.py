@@ -120,6 +120,9 @@ def interactive(model, tokenizer, gen, system: Optional[str]) -> None:
             said = f"system prompt: {system!r}" if system else "no system prompt"
             print("(history cleared)" + (f" {said}" if line.startswith("/system") else ""), flush=True)
             continue
+        if line.startswith("/"):  # /help, or a mistyped command: the commands again, never a prompt for the model
+            print("commands: /reset, /system <text>, /quit (or Ctrl-D)", flush=True)
+            continue
         if not line:
             continue
         history.append({"role": "user", "content": line})
@@ -133,6 +136,7 @@ def interactive(model, tokenizer, gen, system: Optional[str]) -> None:
         history.append({"role": "assistant", "content": tokenizer.sp.decode(new)})
 
 
+@console.hydra_errors
 @hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="chat")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:

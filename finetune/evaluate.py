@@ -119,13 +119,12 @@ def table(results: list[Result], dcfg: DataConfig, split: str) -> str:
     return "\n".join(lines)
 
 
+@console.hydra_errors
 @hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="evaluate")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
     from finetune.data import examples
-    from finetune.model.tokenizer import load_tokenizer
     from finetune.runs.rundir import run_config
-    from finetune.ship import loading
 
     # Check everything that needs no weights: the run or model, the data, the split
     if unknown := config.unknown_keys(dict_cfg):  # `+key=...` adds keys Hydra's own check lets through
@@ -137,10 +136,13 @@ def main(dict_cfg: DictConfig) -> None:
     train_cfg = run_config(run) if run else TrainConfig(model=ecfg.model, quant=QuantConfig())
     dcfg = ecfg.data or train_cfg.data
     if not ecfg.data and not (method := METHODS[train_cfg.trainer.kind]).conversations:
+        from finetune.data.hints import sft_data_for
         raise ConfigError([f"run={run} is a {method.name.upper()} run: its data are {method.data}, and evaluate "
-                           "scores conversations; pick an SFT data config: data=oasst"])
+                           f"scores conversations; pick SFT data: {sft_data_for(train_cfg)}"])
     if problems := examples.check(dcfg):
         raise ConfigError(problems)
+    from finetune.model.tokenizer import load_tokenizer  # torch: after the checks above
+    from finetune.ship import loading
     tokenizer = loading.load_tokenizer(run, train_cfg) if run else load_tokenizer(ecfg.model)
     dataset = split_dataset(dcfg, tokenizer, ecfg.split)
 

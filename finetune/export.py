@@ -172,6 +172,7 @@ def merge_section(merge_base: str, dtype, stats, source: str, drifts) -> str:
     return "\n".join(lines) + "\n"
 
 
+@console.hydra_errors
 @hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="export")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:

@@ -36,6 +36,7 @@ def expand(args: list[str]) -> list[str]:
     return out
 
 
+@console.hydra_errors
 @hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="plan")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:

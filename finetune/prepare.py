@@ -26,6 +26,7 @@ from finetune.runtime import console
 config.register()
 
 
+@console.hydra_errors
 @hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="prepare")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:

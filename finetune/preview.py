@@ -39,9 +39,13 @@ class PreviewConfig(TrainConfig):
 ConfigStore.instance().store(name="preview_schema", node=PreviewConfig)
 
 
+@console.hydra_errors
 @hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="preview")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
+    from finetune.data import early
+
+    early.check(dict_cfg)  # the config and the data's first records, before torch loads
     from finetune.data import load as data
     from finetune.data import preflight
     from finetune.model.tokenizer import load_tokenizer

@@ -35,6 +35,7 @@ config.register()
 ConfigStore.instance().store(name="publish_schema", node=PublishConfig)
 
 
+@console.hydra_errors
 @hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="publish")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:

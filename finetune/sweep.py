@@ -32,10 +32,9 @@ from omegaconf import OmegaConf
 
 from finetune import config
 from finetune.config import ConfigError
-from finetune.runs import metrics
 from finetune.runs.rundir import finished
 from finetune.runtime import console  # first: it silences two library notices before transformers loads
-from finetune.sweeps import report as sweep_report
+from finetune.sweeps import logged, records as sweep_records, report as sweep_report
 from finetune.sweeps import space as sweep_space
 from finetune.sweeps.space import Sweep
 
@@ -51,13 +50,17 @@ class Options:
 
 @console.exit_cleanly
 def main(argv: list[str] | None = None) -> int:  # None: the command line (the `finetune-sweep` command)
-    path, opts, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"{USAGE}\n\n{__doc__}")
+        return 0
+    path, opts, overrides = parse_args(argv)
     sweep = sweep_space.load(path, overrides)
     total = trial_count(sweep, opts.trials)
     out = Path(opts.sweep_dir or Path("outputs", "sweeps", path.stem)).resolve()
     if trains(sweep):
         precheck(sweep, out)
-    records = open_sweep_dir(sweep, path, out)
+    records = sweep_records.open_dir(sweep, path, out)
     console.info(f"sweep {path} ({sweep.method}, {sweep.goal} {sweep.metric}): {total} trials in {out}"
                  + (f", {len(records)} recorded" if records else ""))
     for r in [r for r in records.values() if r["status"] == "started"]:  # interrupted: run again, same values
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:  # None: the command line (the `
 
 def parse_args(argv: list[str]) -> tuple[Path, Options, dict[str, str]]:
     """The sweep file, this script's options, and the key=value overrides for every trial."""
-    if not argv or "=" in argv[0] or argv[0] in ("-h", "--help"):
+    if not argv or "=" in argv[0]:
         raise ConfigError([USAGE])
     path = Path(argv[0])
     if not path.is_file():
@@ -112,25 +115,6 @@ def trial_count(sweep: Sweep, trials: Optional[int]) -> int:
     return min(n, grid) if grid else n
 
 
-def open_sweep_dir(sweep: Sweep, path: Path, out: Path) -> dict[int, dict]:
-    """Create the sweep directory (with a copy of the sweep file), or resume it: its recorded trials by number."""
-    out.mkdir(parents=True, exist_ok=True)
-    copy = out / "sweep.yaml"
-    text = path.read_text()
-    if copy.is_file() and copy.read_text() != text:
-        raise ConfigError([f"{path} differs from the one this sweep started with ({copy}); "
-                           "choose a new sweep_dir= or restore the file"])
-    copy.write_text(text)
-    records: dict[int, dict] = {}
-    log = out / "trials.jsonl"
-    if log.is_file():
-        for line in log.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                records[r["trial"]] = r  # the last line of a trial wins (started, then finished/failed)
-    return dict(sorted(records.items()))
-
-
 def trains(sweep: Sweep) -> bool:
     """The trials run finetune/train.py: named in the command, or as the file's `program:` via ${program}."""
     words = list(sweep.command) + ([sweep.program] if sweep.program and "${program}" in sweep.command else [])
@@ -139,23 +123,30 @@ def trains(sweep: Sweep) -> bool:
 
 def precheck(sweep: Sweep, out: Path) -> None:
     """Compose the training config with a trial's overrides before any trial runs: a misspelled key in the
-    sweep file or on the command line would otherwise fail every trial, one at a time."""
+    sweep file or on the command line would otherwise fail every trial, one at a time; and the sweep's metric
+    must be one the trials log."""
     from hydra import compose, initialize_config_dir
+
+    from finetune.config.hydra_errors import explain
+    from finetune.training import checks
 
     sample = {k: (d.choices[0] if hasattr(d, "choices") else d.low) for k, d in sweep.space.items()}
     args = [f"{k}={v}" for k, v in trial_args(sweep, sample, out / "trial-000").items()]
-    from finetune.training import checks
-
     config.register()
+    cfg = None
     try:
         with initialize_config_dir(config_dir=str(config.CONFIGS_DIR), version_base="1.3"):
-            problems = checks.problems(compose(config_name="train", overrides=args))
-    except Exception as exc:  # Hydra's and omegaconf's errors name the key
-        problems = [str(e) for e in (exc, exc.__cause__) if e is not None]
+            cfg = compose(config_name="train", overrides=args)
+        problems = checks.problems(cfg)
+    except Exception as exc:  # Hydra's and omegaconf's errors, in our words
+        problems = [explain(exc)]
     if problems:
         why = "\n".join(problems)
         raise ConfigError([f"{sweep.path}: finetune/train.py rejects the trial overrides {' '.join(args)}:\n    "
                            + why.replace("\n", "\n    ")])
+    evals = bool(cfg.data.eval_fraction or cfg.data.eval_path)
+    if bad := logged.problem(sweep.metric, sweep.metrics_key, cfg.trainer.kind, evals):
+        raise ConfigError([f"{sweep.path}: {bad}"])
 
 
 def trial_args(sweep: Sweep, params: dict[str, Any], trial_dir: Path) -> dict[str, Any]:
@@ -201,6 +192,8 @@ def run_trial(sweep: Sweep, n: int, total: int, params: dict[str, Any], out: Pat
 def watch(proc: subprocess.Popen, trial_dir: Path, n: int, total: int, every_s: float = 5.0) -> int:
     """Wait for a trial, printing its newest logged step and loss as they appear (its full output is in
     trial.log), so a sweep is never silent for a whole trial."""
+    from finetune.runs import metrics  # imports transformers: after --help and the sweep's checks
+
     shown = None
     while proc.poll() is None:
         time.sleep(every_s)
@@ -220,6 +213,8 @@ def read_metric(path: Path, key: str) -> Optional[float]:
     """The last logged value of `key` (what wandb's run summary, and so its sweep controller, would use)."""
     if not path.is_file():
         return None
+    from finetune.runs import metrics
+
     values = [row[key] for row in metrics.read(path) if isinstance(row.get(key), (int, float))]
     return float(values[-1]) if values and math.isfinite(values[-1]) else None
 
@@ -244,4 +239,4 @@ def fmt_params(params: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -21,10 +21,21 @@ from finetune.runtime import console, dist
 config.register()
 
 
+@console.hydra_errors
 @hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="train")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
-    # heavy imports after `--cfg job` has returned
+    # The config, the data's paths and first records, the run directory: checked before torch loads
+    from finetune.data import early
+    from finetune.runs import rundir
+
+    early.check(dict_cfg)
+    if found := rundir.check(dict_cfg):
+        raise config.ConfigError(found)
+    if variants := config.variants_line(dict_cfg):  # DoRA, rsLoRA, PiSSA/OLoRA/LoftQ, LoRA+, NEFTune
+        console.info(variants)
+
+    # heavy imports after `--cfg job` has returned and the checks above passed
     from transformers import set_seed
 
     from finetune.data import load as data
@@ -32,7 +43,7 @@ def main(dict_cfg: DictConfig) -> None:
     from finetune.model import base, checkpointing, fused_layers, lora, padding_free, variants
     from finetune.model import tokenizer as tok
     from finetune.planning import report as plan
-    from finetune.runs import checkpoints, rundir
+    from finetune.runs import checkpoints
     from finetune.training import args, checks, kinds, tracking
 
     # Check everything that needs no weights, before anything is written: config, model, data, memory plan

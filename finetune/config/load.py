@@ -129,6 +129,22 @@ def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return out
 
 
+INITS = {"gaussian": "Gaussian init", "pissa": "PiSSA init", "olora": "OLoRA init", "loftq": "LoftQ init"}
+
+
+def variants_line(cfg) -> str | None:
+    """One line naming every LoRA variant a config turns on (DoRA, rsLoRA, PiSSA/OLoRA/LoftQ init, LoRA+, NEFTune)
+    with the key that does it; None for plain LoRA."""
+    lo, t = cfg.lora, cfg.trainer
+    on = [("DoRA", "lora.use_dora=true") if lo.use_dora else None,
+          ("rsLoRA", "lora.use_rslora=true") if lo.use_rslora else None,
+          (INITS[lo.init], f"lora.init={lo.init}") if lo.init in INITS else None,
+          ("LoRA+", f"trainer.loraplus_lr_ratio={t.loraplus_lr_ratio}") if t.loraplus_lr_ratio else None,
+          ("NEFTune", f"trainer.neftune_alpha={t.neftune_alpha}") if t.neftune_alpha else None]
+    named = [f"{name} ({key})" for name, key in filter(None, on)]
+    return f"LoRA variants on: {', '.join(named)}" if named else None
+
+
 def to_yaml(dict_cfg: DictConfig) -> str:
     """The fully resolved config, secrets redacted (keys that name a token, key or password)."""
     container: Any = OmegaConf.to_container(dict_cfg, resolve=True)

@@ -20,6 +20,7 @@ from finetune.config import choice_problem
 from finetune.data import sources
 from finetune.data.adapters import ADAPTERS, Invalid, MissingField
 from finetune.data.chat_format import DialogError, check_dialog
+from finetune.data.fields import report as fields_report
 from finetune.data.stats import DataError, Stats
 
 Example = dict
@@ -79,8 +80,8 @@ def adapted(dcfg, stats: Stats, path: str | None = None,
             stats.records += 1
             try:
                 exs = [_checked(ex, dcfg) for ex in adapter(record, fields)]
-            except MissingField as exc:
-                raise DataError(f"{where}: {exc}") from None
+            except MissingField as exc:  # every field the record lacks, each with the column likeliest to hold it
+                raise DataError(f"{where}: {fields_report(record, dcfg.adapter, fields) or exc}") from None
             except (Invalid, DialogError) as exc:
                 if dcfg.invalid != "skip":
                     raise DataError(f"{where}: {exc}; fix the record, or set data.invalid=skip to skip such "

@@ -28,13 +28,14 @@ class Verdict:
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     passed: list[str] = field(default_factory=list)
+    loud: str = ""  # a warning that also goes on the headline: it changes what the run learns
 
     @property
     def ok(self) -> bool:
         return not self.failures
 
     def report(self) -> str:
-        lines = [f"preflight: {'PASS' if self.ok else 'FAIL'}"]
+        lines = [f"preflight: {'PASS' if self.ok else 'FAIL'}" + (f" -- WARNING: {self.loud}" if self.loud else "")]
         lines += [f"  ok    {p}" for p in self.passed]
         lines += [f"  WARN  {w}" for w in self.warnings]
         lines += [f"  FAIL  {f}" for f in self.failures]
@@ -51,6 +52,7 @@ def run(tokenizer, dataset, stats, sample: list[dict], dcfg) -> Verdict:
            f"the pad token is EOS (id {eos}) or unset: padding would mask EOS out of the labels and the model "
            "would never stop; use a distinct pad token (Llama 2: <unk>, id 0)")
     if "llama_prompt_ids" in dataset.column_names:
+        cut_warning(v, stats, dcfg)
         return _pairs(v, dataset, stats)
     double, empty, no_eos = _scan(dataset)
     _check(v, not double, "one BOS id at the start of every turn, never two",
@@ -68,14 +70,28 @@ def run(tokenizer, dataset, stats, sample: list[dict], dcfg) -> Verdict:
                           f"(first: #{no_eos[:1]}); every answer must end with the EOS id, trained")
     else:
         v.passed.append("EOS is trained at the end of every answer that fits in data.max_length")
-    if stats.cut:
-        v.warnings.append(f"{stats.cut} answers were cut at data.max_length={dcfg.max_length} and lose their EOS; "
-                          "raise data.max_length or set data.too_long=drop to train only whole answers")
+    cut_warning(v, stats, dcfg)
     convs = [ex["messages"] for ex in sample if "messages" in ex]  # raw text has no prompt to check
     bad = [b for b in (_prefix_problem(tokenizer.sp, conv, dcfg.train_on) for conv in convs) if b]
     _check(v, not bad, f"the inference prompt is the training prefix of every answer ({len(convs)} conversations)",
            f"inference prompt != training prefix in {len(bad)} of {len(convs)} conversations: {bad[:1]}")
     return v
+
+
+CUT_LOUD = 0.05  # above this share of examples with a cut answer, the warning goes on the headline
+
+
+def cut_warning(v: Verdict, stats, dcfg) -> None:
+    """Answers cut at data.max_length lose their EOS: a warning, on the headline when more than a few percent."""
+    if not stats.cut:
+        return
+    share = stats.cut / max(stats.examples, 1)
+    v.warnings.append(f"{stats.cut} of {stats.examples} examples had their answer cut at data.max_length="
+                      f"{dcfg.max_length} and lose their EOS; raise data.max_length or set data.too_long=drop to "
+                      "train only whole answers")
+    if share > CUT_LOUD:
+        v.loud = (f"{share:.0%} of the examples ({stats.cut} of {stats.examples}) have a cut answer: the model learns "
+                  f"answers that never end; raise data.max_length (now {dcfg.max_length}) or set data.too_long=drop")
 
 
 def require(tokenizer, prepared, dcfg) -> Verdict:

@@ -102,7 +102,7 @@ def _load_dataset(name: str, data_file: str | None, split: str, revision: str | 
         what = data_file or f"hub dataset {name} (split={split}, revision={revision or 'main'})"
         fix = ("check the file is valid UTF-8 " + name if data_file else
                "check the id, data.split and data.revision, the network (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) "
-               "and `huggingface-cli login` for gated datasets")
+               "and `hf auth login` for gated datasets")
         raise SourceError(f"{what}: could not be read ({type(exc).__name__}: {str(exc)[:300]}); {fix}") from None
 
 

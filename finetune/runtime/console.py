@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import sys
 import warnings
 
@@ -35,6 +36,37 @@ def exit_cleanly(fn):
             if dist.is_main():
                 print(f"error: {exc}", file=sys.stderr, flush=True)
             sys.exit(2)
+
+    return wrapper
+
+
+def hydra_errors(main):
+    """Around `@hydra.main`: Hydra's own errors (a misspelled key or recipe, a wrong type) end with our one line
+    and exit code 2 instead of Hydra's text (exit 1, and advice to add the key with `+`). Hydra re-raises
+    instead of printing when HYDRA_FULL_ERROR is set, its documented switch, set for this call only."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        from finetune.config.hydra_errors import explain
+
+        was = os.environ.get("HYDRA_FULL_ERROR")
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            return main(*args, **kwargs)
+        except (HydraException, OmegaConfBaseException) as exc:
+            if was == "1":  # the user asked for the full stack trace
+                raise
+            if dist.is_main():
+                print(f"error: {explain(exc)}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        finally:
+            if was is None:
+                os.environ.pop("HYDRA_FULL_ERROR", None)
+            else:
+                os.environ["HYDRA_FULL_ERROR"] = was
 
     return wrapper
 

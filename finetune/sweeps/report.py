@@ -40,6 +40,8 @@ def markdown(sweep: Sweep, header: list[str], table: list[list]) -> str:
         lines += [f"Best: trial {best[1]}, {sweep.metric} = {fmt(best[3])}, "
                   + ", ".join(f"{k}={fmt(v)}" for k, v in zip(header[4:-3], best[4:-3])) + f" ({best[-2]})", ""]
     lines += [f"{len(done)} finished, {len(table) - len(done)} failed or unfinished, of {len(table)} trials.", ""]
+    if sweep.overrides:
+        lines += ["Every trial with: " + " ".join(f"{k}={v}" for k, v in sweep.overrides.items()), ""]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     lines += ["| " + " | ".join(fmt(v).replace("|", "\\|") for v in row) + " |" for row in table]
@@ -51,6 +53,14 @@ def fmt(v) -> str:
 
 
 def plot(sweep: Sweep, done: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(sweep, done)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def figure(sweep: Sweep, done: list[dict]):
     """One panel per swept parameter: the metric of every finished trial against that parameter's value."""
     import matplotlib
 
@@ -61,13 +71,7 @@ def plot(sweep: Sweep, done: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.8), squeeze=False)
     best = done[0]["trial"] if done else None
     for ax, key in zip(axes[0], keys):
-        xs = [r["params"].get(key) for r in done]
-        if any(not isinstance(x, (int, float)) or isinstance(x, bool) for x in xs):  # categorical: one slot each
-            labels = sorted({str(x) for x in xs})
-            ax.set_xticks(range(len(labels)), labels)
-            xs = [labels.index(str(x)) for x in xs]
-        elif getattr(sweep.space[key], "log", False) or log_spaced(xs):
-            ax.set_xscale("log")
+        xs = x_axis(ax, sweep.space[key], [r["params"].get(key) for r in done])
         ys = [r["metric"] for r in done]
         ax.scatter(xs, ys, c=["tab:red" if r["trial"] == best else "tab:blue" for r in done], zorder=3)
         for x, y, r in zip(xs, ys, done):
@@ -78,8 +82,30 @@ def plot(sweep: Sweep, done: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(f"{sweep.path.name}: {len(done)} finished trials (best in red)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def x_axis(ax, dist, xs: list) -> list:
+    """Set up the x axis for a parameter and return the trials' x positions. Discrete values (`values: [8, 16]`,
+    or any text) get one labelled slot each, in the file's order; a log range gets ticks at 1, 2 and 5 per decade
+    labelled plainly (3e-05, 0.0001) with no minor labels; an integer range integer ticks."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    choices = list(getattr(dist, "choices", ()))
+    if choices or any(not isinstance(x, (int, float)) or isinstance(x, bool) for x in xs):
+        labels = [fmt(c) for c in choices] or sorted({fmt(x) for x in xs})
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_xlim(-0.5, len(labels) - 0.5)
+        return [labels.index(fmt(x)) for x in xs]
+    if getattr(dist, "log", False) or log_spaced(xs):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(axis="x", labelrotation=30)
+    elif all(isinstance(x, int) for x in xs):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return xs
 
 
 def log_spaced(xs: list) -> bool:

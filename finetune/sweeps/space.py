@@ -36,6 +36,7 @@ class Sweep:
     run_cap: Optional[int]
     fixed: dict[str, Any] = field(default_factory=dict)  # `value:` parameters and command-line overrides
     space: dict[str, Any] = field(default_factory=dict)  # swept key -> optuna distribution
+    overrides: dict[str, str] = field(default_factory=dict)  # key=value from the command line: part of its identity
 
     @property
     def metrics_key(self) -> str:
@@ -81,6 +82,7 @@ def load(path: Path, overrides: dict[str, str]) -> Sweep:
             if dist is not None:
                 sweep.space[key] = dist
     sweep.fixed.update(overrides)
+    sweep.overrides = dict(overrides)
     if not sweep.space and not problems:
         problems.append(f"{path}: parameters: nothing left to sweep (every key has one value)")
     if problems:

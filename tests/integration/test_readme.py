@@ -58,7 +58,8 @@ def why_not(line: str):
 def fill(line: str, run, tmp, base: str) -> list[str]:
     """The README line with its placeholders filled, optional [...] words taken (their first alternative), and
     tiny overrides where it names a GPU recipe. `base`: a Llama 2 checkpoint folder (the tiny one)."""
-    line = re.sub(r"outputs/<[^>]+>", str(run), line)
+    line = re.sub(r"output_dir=outputs/sft-\w+", f"output_dir={tmp / 'x'}", line)  # an SFT run the next line uses
+    line = re.sub(r"outputs/(<[^>]+>|sft-\w+)", str(run), line)
     line = re.sub(r"(?<!\S)\[([^\]|]*)(\|[^\]]*)?\]", r"\1", line)  # `[what=merged|gguf]` -> `what=merged`
     line = line.replace("<branch>", "main").replace("/models/Llama-2-13b-hf", base)
     argv = shlex.split(line)
@@ -92,7 +93,7 @@ def test_readme_command_runs_as_written(where, line, tiny_sft_run, tmp_path):
     if why := why_not(line):
         pytest.skip(f"{where}: {why}")
     run = tmp_path / "run"
-    if "outputs/<" in line:
+    if re.search(r"outputs/(<|sft-)", line):
         import shutil
 
         shutil.copytree(tiny_sft_run, run)
@@ -112,3 +113,14 @@ def test_readme_command_runs_as_written(where, line, tiny_sft_run, tmp_path):
     ok = {"plan.py": (0, 1)}.get(next((k for k in ("plan.py",) if k in line), ""), (0,))
     assert proc.returncode in ok, f"{where}: {line}\n$ {shlex.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     assert "Traceback" not in proc.stderr
+
+
+def test_make_test_names_the_tests_that_skip_without_system_packages():
+    """`make test` installs no system package; it says which tests will skip and the command that enables them."""
+    proc = subprocess.run(["make", "-s", "system-deps-note", "SYSTEM_PATH=/nonexistent"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout == ("make test: tests/integration/test_slurm.py (slurm-wlm, munge) and tests/unit/"
+                           "test_modelfile.py's Go check (golang-go) will skip: their system packages are not "
+                           "installed; `sudo make system-deps` installs them\n")
+    dry = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    assert "apt-get" not in dry  # nothing is installed as root by `make test`

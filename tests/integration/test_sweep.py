@@ -11,6 +11,7 @@ import yaml
 
 from tests.conftest import ROOT, run_entry
 from finetune.runs import metrics
+from finetune.sweeps import logged
 
 # A trial in a few seconds: 2 optimizer steps, evaluated (and checkpointed) at step 2, no sample generations.
 TRIAL_FAST = ["data.max_samples=12", "data.max_length=256", "data.too_long=truncate", "data.eval_fraction=0.25",
@@ -96,6 +97,8 @@ def test_bayes_sweep_of_the_shipped_file_on_the_tiny_model(tmp_path):
         assert set(r["params"]) == {"trainer.learning_rate", "lora.r"}
         assert 3.0e-5 <= r["params"]["trainer.learning_rate"] <= 1.0e-3 and r["params"]["lora.r"] in (8, 16, 32, 64)
         assert r["metric"] == pytest.approx(last_eval_loss(r["output_dir"]))
+        logged_keys = {k for row in metrics.read(Path(r["output_dir"]) / "metrics.jsonl") for k in row} - {"step"}
+        assert logged_keys <= set(logged.names("sft"))  # what a sweep's metric is checked against, before a trial
         run_cfg = yaml.safe_load((Path(r["output_dir"]) / "config.yaml").read_text())
         assert run_cfg["lora"]["r"] == r["params"]["lora.r"]  # the trial's values reached the run
         assert run_cfg["trainer"]["learning_rate"] == pytest.approx(r["params"]["trainer.learning_rate"])
@@ -111,7 +114,7 @@ def test_misspelled_key_stops_the_sweep_before_any_trial(tmp_path):
     proc = run_entry("sweep.py", "launch/sweeps/qlora_lr.yaml", f"sweep_dir={out}", "lora.rank=8", check=False)
     assert proc.returncode == 2
     assert "launch/sweeps/qlora_lr.yaml: finetune/train.py rejects the trial overrides" in proc.stderr
-    assert "Key 'rank' not in 'LoraConfig'" in proc.stderr
+    assert "lora.rank: no such key; did you mean lora.r?" in proc.stderr
     assert not out.exists()
 
 

@@ -8,7 +8,7 @@ all nodes, as a real cluster's NFS would be: the repository is the shared filesy
 
     python -m tests.slurm.cluster          # start one, print how to use it; Ctrl-C (or kill) tears it down
 
-Needs root (namespaces, bind mounts) and Debian's slurm-wlm, munge, iproute2 (`make slurm` installs them).
+Needs root (namespaces, bind mounts) and Debian's slurm-wlm, munge, iproute2 (`make system-deps` installs them).
 """
 from __future__ import annotations
 
@@ -91,8 +91,8 @@ def unavailable() -> Optional[str]:
     """Why this machine cannot run the cluster (a reason to skip), or None when it can."""
     if os.geteuid() != 0:
         return "the SLURM cluster needs root (network, UTS and mount namespaces); run as root or in a root container"
-    if missing_tools():
-        return None  # missing packages are a setup error (`start` names `make slurm`), not a reason to skip
+    if missing := missing_tools():
+        return f"needs {', '.join(missing)}: `make system-deps` installs slurm-wlm, munge, iproute2 (as root, apt)"
     probe = f"ftprobe{os.getpid()}"
     made = sh("ip", "netns", "add", probe, check=False)
     if made.returncode != 0:
@@ -181,7 +181,7 @@ class Cluster:
     def start(self, timeout: float = 60) -> "Cluster":
         missing = missing_tools()
         if missing:
-            raise ClusterError(f"not installed: {', '.join(missing)}; run `make slurm` (apt-get install {PACKAGES})")
+            raise ClusterError(f"not installed: {', '.join(missing)}; run `make system-deps` (apt-get install {PACKAGES})")
         reap_stale()
         try:
             self._write_files()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -139,3 +141,112 @@ def test_a_hub_base_that_cannot_be_had_is_one_error_line_and_no_run_dir(tmp_path
         "download it once with network (`hf download meta-llama/Llama-2-13b-hf`), or set model.path= to a local "
         "checkpoint folder"]
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------- first-hour mistakes
+# Hydra's own errors (misspelled key or recipe, wrong type, unparsable override) and data-schema mistakes: one
+# `error:` line in our words and exit code 2, Hydra's "+key=" advice never shown, and torch never imported first.
+HYDRA_CORPUS = [
+    (["trainer.learnin_rate=1e-3"], "trainer.learnin_rate: no such key; did you mean trainer.learning_rate?"),
+    (["lora.rr=8"], "lora.rr: no such key; did you mean lora.r?"),
+    (["recipe=tiny_qlra"], "recipe=tiny_qlra: no such recipe; did you mean recipe=tiny_qlora? available: "
+                           "dpo_lora_7b, dpo_qlora_13b"),
+    (["data=jsnl"], "data=jsnl: no such data; did you mean data=jsonl? available: alpaca, hh_rlhf, jsonl"),
+    (["lora.r=abc"], "lora.r=abc: lora.r takes an integer, not 'abc'"),
+    (["trainer.fused_lora=maybe"], "trainer.fused_lora=maybe: trainer.fused_lora takes true or false, not 'maybe'"),
+    (["data.max_samples=all"], "data.max_samples=all: data.max_samples takes an integer or null, not 'all'"),
+    (["+lora.r=8"], "+lora.r=8: lora.r already exists; write lora.r=8"),
+    (["lora.r=["], "cannot read the override 'lora.r=['"),
+]
+
+
+def error_lines(proc) -> list[str]:
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("overrides, error", HYDRA_CORPUS, ids=[" ".join(o) for o, _ in HYDRA_CORPUS])
+def test_hydras_own_errors_are_our_one_line(overrides, error):
+    from hydra.errors import HydraException
+
+    from finetune.config.hydra_errors import explain
+
+    with pytest.raises(HydraException) as err:
+        compose(*overrides)
+    line = explain(err.value)
+    assert line.startswith(error) and "\n" not in line, line
+    assert "+" not in line.replace("+lora.r=8:", ""), line  # never Hydra's "append with +key=" advice
+
+
+@pytest.mark.parametrize("script, override, error", [
+    ("train.py", "trainer.learnin_rate=1e-3", "trainer.learnin_rate: no such key; did you mean trainer.learning_rate?"),
+    ("export.py", "merge=maybe", "merge=maybe: merge takes true or false, not 'maybe'"),
+    ("evaluate.py", "splt=eval", "splt: no such key; did you mean split?")])
+def test_hydras_errors_through_an_entry_point_exit_2_with_one_line(script, override, error):
+    proc = run_entry(script, override, check=False)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode == 2 and lines == [f"error: {error}"], lines
+
+
+def importtime_modules(stderr: str) -> set[str]:
+    """Top-level packages imported, from `python -X importtime`'s report."""
+    return {line.rsplit("|", 1)[1].strip().split(".")[0] for line in stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+@pytest.mark.parametrize("script", ["train.py", "preview.py"])
+def test_a_wrong_data_field_is_every_field_and_its_fix_before_torch_loads(tmp_path, script):
+    path = write(tmp_path / "tickets.jsonl", json.dumps({"ticket_question": "Jammed?", "staff_reply": "Tray 2."}) + "\n")
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "finetune" / script), "data=jsonl",
+                           f"data.path={path}", "data.fields.prompt=question", "data.fields.response=answer",
+                           f"output_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and errors == [
+        f"error: {path}:1: missing fields 'question', 'answer' (the record has ['staff_reply', 'ticket_question']); "
+        "set data.fields.prompt=ticket_question data.fields.response=staff_reply, or pick another data.adapter"], \
+        proc.stderr[-3000:]
+    assert not {"torch", "transformers"} & importtime_modules(proc.stderr)
+    assert not out.exists()
+
+
+def test_sft_data_for_dpo_is_refused_before_torch_loads(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "finetune" / "train.py"), "recipe=tiny_dpo",
+                           "data=self_instruct", f"output_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not preference pairs (prompt/chosen/rejected)" in proc.stderr, proc.stderr[-3000:]
+    assert "torch" not in importtime_modules(proc.stderr) and not out.exists()
+
+
+def test_the_lora_variants_on_are_named_in_one_line():
+    from finetune import config
+
+    assert config.variants_line(compose("recipe=tiny_lora")) is None
+    assert config.variants_line(compose("recipe=tiny_orpo", "lora.use_dora=true", "trainer.neftune_alpha=5",
+                                        "lora.use_rslora=true", "lora.init=loftq")) == (
+        "LoRA variants on: DoRA (lora.use_dora=true), rsLoRA (lora.use_rslora=true), LoftQ init (lora.init=loftq), "
+        "NEFTune (trainer.neftune_alpha=5.0)")
+
+
+def test_chat_help_and_unknown_commands_are_never_sent_to_the_model(monkeypatch, capsys):
+    import io
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from finetune import chat
+    from finetune.model.generate import greedy
+
+    tok = load_tokenizer(ModelConfig(name="llama2", path=str(ROOT / "data/llama2-tokenizer")))
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, vocab_size=32000))
+    monkeypatch.setattr("sys.stdin", io.StringIO("/help\n/sytem Be brief.\nHi\n"))
+    chat.interactive(model, tok, greedy(2, tok.pad_id), None)
+    out = capsys.readouterr().out
+    assert out.count("commands: /reset, /system <text>, /quit (or Ctrl-D)") == 2
+    assert out.count("assistant> ") == 1  # only "Hi" reached the model
+
+
+def test_evaluate_refuses_a_missing_run_before_torch_loads(tmp_path):
+    proc = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "finetune" / "evaluate.py"),
+                           f"run={tmp_path / 'nope'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"run={tmp_path / 'nope'}: no config.yaml there" in proc.stderr, proc.stderr[-2000:]
+    assert "torch" not in importtime_modules(proc.stderr)

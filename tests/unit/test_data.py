@@ -54,7 +54,7 @@ def test_a_hub_id_goes_through_load_dataset_and_fails_clearly_offline():  # conf
         examples.examples(cfg("tatsu-lab/alpaca", split="train", revision="v1"))
     msg = str(err.value)
     assert msg.startswith("hub dataset tatsu-lab/alpaca (split=train, revision=v1): could not be read")
-    assert "HF_DATASETS_OFFLINE" in msg and "huggingface-cli login" in msg
+    assert "HF_DATASETS_OFFLINE" in msg and "hf auth login" in msg
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -75,9 +75,54 @@ def test_non_utf8_names_file_line_and_byte_offset(tmp_path):
 
 def test_missing_field_names_the_record_and_the_field(tmp_path):
     p = write_jsonl(tmp_path / "qa.jsonl", [{"question": "Q", "answer": "A"}])
-    with pytest.raises(DataError, match=rf"^{p}:1: missing field 'instruction' \(the record has \['answer', "
-                                        r"'question'\]\)"):
+    with pytest.raises(DataError) as err:
         examples.examples(cfg(p))
+    assert str(err.value) == (f"{p}:1: missing fields 'instruction', 'output' (the record has ['answer', 'question']); "
+                              "set data.fields.instruction=question data.fields.output=answer, or pick another "
+                              "data.adapter")
+
+
+def test_a_wrong_field_mapping_suggests_the_closest_column_not_the_one_that_failed(tmp_path):
+    p = write_jsonl(tmp_path / "tickets.jsonl", [{"ticket_question": "Printer jammed?", "staff_reply": "Tray 2."}])
+    fields = {"prompt": "question", "response": "answer"}
+    with pytest.raises(DataError) as err:
+        examples.examples(cfg(p, adapter="fields", fields=fields))
+    assert str(err.value) == (f"{p}:1: missing fields 'question', 'answer' (the record has ['staff_reply', "
+                              "'ticket_question']); set data.fields.prompt=ticket_question "
+                              "data.fields.response=staff_reply, or pick another data.adapter")
+    fields["response"] = "staff_reply"  # only the prompt wrong: it alone is named, with the column left for it
+    with pytest.raises(DataError, match=r"missing field 'question' .*; set data.fields.prompt=ticket_question, or"):
+        examples.examples(cfg(p, adapter="fields", fields=fields))
+
+
+def test_a_record_that_is_a_json_list_says_what_was_expected(tmp_path):
+    p = tmp_path / "lists.jsonl"
+    p.write_text('["How do I reset it?", "Hold the button."]\n')
+    with pytest.raises(DataError) as err:
+        examples.examples(cfg(p, adapter="fields"))
+    assert str(err.value) == (f'{p}:1: the record is a JSON list, not an object; data.adapter=fields reads one JSON '
+                              'object per record like {"prompt": ..., "response": ...} (pick the data.adapter that '
+                              'fits your data)')
+
+
+def test_evaluate_on_a_preference_run_names_the_users_own_data(tmp_path):
+    from finetune.config import FieldsConfig, TrainConfig
+    from finetune.data.hints import sft_data_for
+
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"q": "Q", "a": "A"}])
+    sft_run = tmp_path / "sft"
+    sft_run.mkdir()
+    sft_data = cfg(qa, name="jsonl", adapter="fields", eval_fraction=0.05, max_length=1024,
+                   fields=FieldsConfig(prompt="q", response="a"))
+    OmegaConf.save(OmegaConf.structured(TrainConfig(data=sft_data)), sft_run / "config.yaml")
+    pairs = cfg(qa, name="jsonl", adapter="fields", eval_fraction=0.05, max_length=1024,
+                fields=FieldsConfig(prompt="q", chosen="good", rejected="bad"))
+    dpo = TrainConfig(data=pairs, init_adapter=str(sft_run / "adapter"))
+    assert sft_data_for(dpo) == f"data=jsonl data.path={qa} data.fields.prompt=q data.fields.response=a"
+    dpo.init_adapter = None  # no SFT run to read: the run's own pairs, scored on their chosen answers
+    assert sft_data_for(dpo) == f"data=jsonl data.path={qa} data.fields.prompt=q data.fields.response=good"
+    dpo.data = cfg(qa, name="orca_dpo", adapter="openai_preference")
+    assert sft_data_for(dpo) == "data=oasst"
 
 
 def test_a_conversation_out_of_order_is_an_error_or_a_counted_skip(tmp_path):

@@ -55,7 +55,7 @@ def render(tmp_path_factory):
     """A Go program that renders a template as Ollama does (text/template over .System and .Messages)."""
     go = shutil.which("go") or ("/usr/lib/go/bin/go" if os.path.exists("/usr/lib/go/bin/go") else None)
     if go is None:
-        pytest.skip("needs Go (make setup installs golang-go where apt is available)")
+        pytest.skip("needs Go: `make system-deps` installs golang-go (as root, apt)")
     d = tmp_path_factory.mktemp("gotemplate")
     (d / "render.go").write_text(RENDER_GO)
     env = {**os.environ, "GOCACHE": str(d / "cache"), "GOPATH": str(d / "path"), "GOFLAGS": "-mod=mod",

@@ -1,6 +1,7 @@
 """Every shipped sweep file: wandb's format, a command wandb's agent can run, and overrides Hydra accepts."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,81 @@ def test_a_misspelled_key_is_caught_when_the_command_runs_train_py_through_progr
     assert sweep.trains(s)
     with _pytest.raises(ConfigError, match="trainer.learnin_rate"):
         sweep.precheck(s, tmp_path / "out")
+
+
+def tiny_sweep(tmp_path, metric: str, **extra) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "program": "finetune/train.py", "method": "grid", "metric": {"name": metric, "goal": "minimize"},
+        "parameters": {"recipe": {"value": "tiny_lora"}, "lora.r": {"values": [4, 8]}, **extra},
+        "command": ["${env}", "accelerate", "launch", "finetune/train.py", "${args_no_hyphens}"]}))
+    return path
+
+
+def test_a_misspelled_metric_is_refused_before_the_first_trial(tmp_path):
+    from finetune import sweep
+    from finetune.sweeps import logged
+
+    s = sweep_space.load(tiny_sweep(tmp_path, "eval/loos"), {"data.eval_fraction": "0.25"})
+    with pytest.raises(ConfigError) as err:
+        sweep.precheck(s, tmp_path / "out")
+    assert err.value.problems[0].startswith(f"{s.path}: metric eval/loos: a trainer.kind=sft run logs no such "
+                                            "metric; did you mean eval/loss? (it logs train/loss, ")
+    assert logged.problem("eval/loss", "eval_loss", "sft", has_eval=False).startswith(
+        "metric eval/loss: the trials have no eval split")
+    for metric, kind in (("eval/loss", "sft"), ("train/loss", "sft"), ("eval/mean_token_accuracy", "sft"),
+                         ("eval/perplexity", "sft"), ("eval/rewards/accuracies", "dpo"), ("train/kl", "kto")):
+        key = sweep_space.Sweep(Path("s"), "grid", metric, "minimize", [], None, None).metrics_key
+        assert logged.problem(metric, key, kind, has_eval=True) is None, metric
+
+
+def test_a_sweep_dir_refuses_other_overrides_naming_the_difference(tmp_path):
+    from finetune.sweeps import records
+
+    path = tiny_sweep(tmp_path, "eval/loss")
+    out = tmp_path / "out"
+    assert records.open_dir(sweep_space.load(path, {"recipe": "tiny_qlora", "trainer.max_steps": "4"}), path, out) == {}
+    (out / "trials.jsonl").write_text(json.dumps({"trial": 1, "status": "finished", "params": {"lora.r": 4},
+                                                  "metric": 1.5, "output_dir": "x"}) + "\n")
+    again = records.open_dir(sweep_space.load(path, {"recipe": "tiny_qlora", "trainer.max_steps": "4"}), path, out)
+    assert list(again) == [1]  # the same command resumes
+    with pytest.raises(ConfigError) as err:
+        records.open_dir(sweep_space.load(path, {"recipe": "tiny_lora"}), path, out)
+    assert err.value.problems == [
+        f"sweep_dir={out} holds a sweep run with other overrides (recipe=tiny_qlora then, tiny_lora now; "
+        "trainer.max_steps=4 then, (unset) now): its results would mix with these; rerun with the same overrides, "
+        "or choose a new sweep_dir="]
+    assert json.loads((out / "overrides.json").read_text()) == {"recipe": "tiny_qlora", "trainer.max_steps": "4"}
+
+
+def test_sweep_plot_has_one_slot_per_discrete_value_and_readable_log_ticks(tmp_path):
+    from finetune.sweeps import report
+
+    sweep = sweep_space.load(ROOT / "launch" / "sweeps" / "qlora_lr.yaml", {})
+    done = [{"trial": i + 1, "status": "finished", "metric": 1.0 + i / 10, "output_dir": f"t{i}",
+             "params": {"trainer.learning_rate": lr, "lora.r": r}}
+            for i, (lr, r) in enumerate([(3.1e-5, 8), (1.2e-4, 16), (9.5e-4, 8), (4.0e-4, 64)])]
+    fig = report.figure(sweep, done)
+    fig.canvas.draw()
+    lr_ax, r_ax = fig.axes
+    assert [t.get_text() for t in r_ax.get_xticklabels()] == ["8", "16", "32", "64"]  # categorical, file order
+    assert r_ax.collections[0].get_offsets()[:, 0].tolist() == [0, 1, 0, 3]
+    shown = [t for t in lr_ax.get_xticklabels() if t.get_text() and lr_ax.get_xlim()[0] <= t.get_position()[0]
+             <= lr_ax.get_xlim()[1]]
+    assert len(shown) >= 3 and all(float(t.get_text()) > 0 for t in shown), [t.get_text() for t in shown]
+    boxes = [t.get_window_extent() for t in shown] + [t.get_window_extent() for t in lr_ax.get_xminorticklabels()
+                                                      if t.get_text()]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])  # no label over another
+    report.write(sweep, done, tmp_path)
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("script", ["sweep.py", "train.py", "plan.py"])
+def test_help_exits_0_with_the_usage(script):
+    from tests.conftest import run_entry
+
+    out = run_entry(script, "--help").stdout
+    if script == "sweep.py":
+        assert out.startswith("usage: python finetune/sweep.py SWEEP_FILE") and "trials=N" in out
+    else:  # Hydra's help: the config groups and every key
+        assert "== Configuration groups ==" in out and "== Config ==" in out, out[:500]

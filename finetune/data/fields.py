@@ -1,0 +1,103 @@
+"""What a record lacks for its adapter, said once for every missing field, with the record's own column that
+most likely holds each one: `data.fields.prompt=ticket_question`, not the name that just failed.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Mapping, Optional
+
+from finetune.data.adapters import MissingField, get
+
+# The fields each adapter cannot do without (our names; `data.fields.<name>=<your field>` maps them).
+REQUIRED = {
+    "alpaca": ("instruction", "output"),
+    "self_instruct": ("instruction", "instances"),
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "oasst": ("prompt",),
+    "oasst_pairs": ("prompt",),
+    "hh_rlhf": ("chosen", "rejected"),
+    "openai_preference": ("input.messages", "preferred_output", "non_preferred_output"),
+    "unpaired": ("messages", "label"),
+    "text": ("text",),
+}
+# Column names that usually hold one of our fields, for a column that is not spelled like it.
+SYNONYMS = {
+    "prompt": ("question", "instruction", "query", "input", "user", "request", "ask", "q"),
+    "instruction": ("question", "prompt", "query", "task", "request", "q"),
+    "response": ("answer", "output", "reply", "completion", "assistant", "target", "a"),
+    "output": ("answer", "response", "reply", "completion", "target", "a"),
+    "chosen": ("preferred", "good", "better", "accepted", "winner"),
+    "rejected": ("non_preferred", "bad", "worse", "dispreferred", "loser"),
+    "text": ("content", "body", "document", "passage"),
+    "label": ("thumbs_up", "good", "desirable", "feedback", "rating"),
+    "messages": ("conversation", "conversations", "dialog", "turns", "chat"),
+    "conversations": ("messages", "conversation", "dialog", "turns", "chat"),
+}
+
+
+def required(adapter: str, record: dict, fields: Mapping[str, str]) -> tuple[str, ...]:
+    if adapter != "fields":
+        return REQUIRED.get(adapter, ())
+    pairs = "chosen" in fields or ("response" not in fields and "chosen" in record)
+    return ("prompt", "chosen", "rejected") if pairs else ("prompt", "response")
+
+
+def shape(names: tuple[str, ...]) -> str:
+    return "{" + ", ".join(f'"{n}": ...' for n in names) + "}"
+
+
+def report(record, adapter: str, fields: Mapping[str, str]) -> Optional[str]:
+    """Every required field the record lacks, each with the fix, in one message; None if none is missing."""
+    names = required(adapter, record if isinstance(record, dict) else {}, fields)
+    if not isinstance(record, dict):
+        kind = {list: "a JSON list", str: "a JSON string"}.get(type(record), f"a JSON {type(record).__name__}")
+        return (f"the record is {kind}, not an object; data.adapter={adapter} reads one JSON object per record"
+                + (f" like {shape(names)}" if names else "") + " (pick the data.adapter that fits your data)")
+    missing = [n for n in names if _lacks(record, n, fields)]
+    if not missing:
+        return None
+    used = {fields.get(n, n).split(".")[0] for n in names if n not in missing}
+    guesses = suggest(missing, [str(k) for k in record if k not in used], fields)
+    paths = ", ".join(f"'{fields.get(n, n)}'" for n in missing)
+    fixes = [f"data.fields.{n}={guesses[n]}" for n in missing if n in guesses]
+    unknown = [n for n in missing if n not in guesses]
+    return (f"missing field{'s' if len(missing) > 1 else ''} {paths} (the record has {sorted(record)}); "
+            + (f"set {' '.join(fixes)}" if fixes else "")
+            + ("; " if fixes and unknown else "")
+            + (f"map {', '.join(f'data.fields.{n}' for n in unknown)} to one of the record's fields" if unknown else "")
+            + ", or pick another data.adapter")
+
+
+def _lacks(record: dict, name: str, fields: Mapping[str, str]) -> bool:
+    try:
+        get(record, name, fields)
+    except MissingField:
+        return True
+    return False
+
+
+def score(name: str, path: str, column: str) -> float:
+    """How likely `column` holds our field `name` (asked for as `path`): a usual synonym, a name containing the
+    asked-for one, or a close spelling."""
+    col = column.lower()
+    if col in SYNONYMS.get(name, ()) or any(len(s) > 2 and s in col for s in SYNONYMS.get(name, ())):
+        return 1.0
+    close = max(difflib.SequenceMatcher(None, x.lower(), col).ratio() for x in (path, name))
+    contains = any(len(x) > 2 and (x.lower() in col or col in x.lower()) for x in (path, name))
+    return close + (0.5 if contains else 0.0)
+
+
+def suggest(missing: list[str], columns: list[str], fields: Mapping[str, str]) -> dict[str, str]:
+    """Our name -> the record's column, each column given once, the likeliest pairs first; a name whose best
+    column is no likelier than chance gets none (unless it is the last column left for the last name)."""
+    scored = sorted(((score(n, fields.get(n, n), c), n, c) for n in missing for c in columns), reverse=True)
+    out: dict[str, str] = {}
+    for s, name, column in scored:
+        if s >= 0.5 and name not in out and column not in out.values():
+            out[name] = column
+    left = [c for c in columns if c not in out.values()]
+    unmatched = [n for n in missing if n not in out]
+    if len(left) == 1 and len(unmatched) == 1:
+        out[unmatched[0]] = left[0]
+    return out
