@@ -38,6 +38,7 @@ def main(dict_cfg: DictConfig) -> None:
     console.info(layers.line() if layers else plan.check_before_training(cfg))  # stops here if it cannot fit
     tokenizer = tok.load_tokenizer(cfg.model)
     prepared = data.load(cfg.data, tokenizer, cfg.trainer.kind)  # read once: tokens, preflight sample, prompts
+    kinds.check_data(cfg, prepared)  # what the method cannot learn from (KTO: answers of one kind only)
     console.info(preflight.require(tokenizer, prepared, cfg.data).report())  # pad != EOS, EOS trained, ...
     base.prepare_path(cfg.model, tokenizer)  # random weights written once; a Hub base reachable, or one error
 

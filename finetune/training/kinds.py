@@ -3,11 +3,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from finetune.data.stats import DataError
 from finetune.runs import metrics
 from finetune.runtime import console
 from finetune.training import dpo, kto, orpo, progress, sft, simpo
 
 TRAINERS = {"sft": sft, "dpo": dpo, "orpo": orpo, "simpo": simpo, "kto": kto}
+
+
+def check_data(cfg, prepared) -> None:
+    """One DataError for tokenized data the trainer kind cannot learn from (KTO: answers of one kind only), raised
+    before any weight loads; trainers without such a check accept any data their encoder made."""
+    check = getattr(TRAINERS[cfg.trainer.kind], "data_problems", None)
+    if found := (check(cfg, prepared) if check else []):
+        raise DataError("; ".join(found))
 
 
 def build(cfg, model, tokenizer, prepared, run_dir: Path):
