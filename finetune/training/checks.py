@@ -15,6 +15,7 @@ from finetune.config import ConfigError, TrainConfig
 from finetune.data import examples, prompts
 from finetune.model import base, checkpointing, lora
 from finetune.runs import rundir
+from finetune.runtime import memory
 from finetune.training import extras
 from finetune.training.kinds import TRAINERS
 
@@ -54,10 +55,24 @@ def trainer_problems(cfg) -> list[str]:
     if t.activation_offloading and not torch.cuda.is_available():
         found.append("trainer.activation_offloading=true moves activations from the GPU to CPU memory; "
                      "without a GPU set trainer.activation_offloading=false")
+    if t.memory_budget is not None and not torch.cuda.is_available() and (err := ram_problem(t.memory_budget)):
+        found.append(err)
     if t.liger and (err := liger_problem()):
         found.append(f"trainer.liger=true needs liger-kernel: {err}; install it with `pip install liger-kernel` "
                      "or set trainer.liger=false")
     return found
+
+
+def ram_problem(budget: str) -> Optional[str]:
+    """A CPU run trains in RAM: a memory budget beyond it (which the GPU plan would accept) is refused. On a GPU the
+    budget plan compares it with the card (planning.report.budget_plan)."""
+    if str(budget).lower() == "auto":
+        return None  # refused without a GPU by the budget's own check
+    try:
+        size = config.parse_size(budget, "trainer.memory_budget", "G")
+    except ConfigError:
+        return None  # named by the budget's own check
+    return memory.beyond(size, f"trainer.memory_budget={budget}", memory.ram(), "this machine's RAM (no GPU)", False)
 
 
 def liger_problem() -> Optional[str]:

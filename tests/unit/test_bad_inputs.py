@@ -139,3 +139,26 @@ def test_a_hub_base_that_cannot_be_had_is_one_error_line_and_no_run_dir(tmp_path
         "download it once with network (`hf download meta-llama/Llama-2-13b-hf`), or set model.path= to a local "
         "checkpoint folder"]
     assert not out.exists()
+
+
+# Budgets, disks and weights the machine does not have: each one line before any weight loads.
+
+def test_a_memory_budget_larger_than_this_machines_ram_is_refused_naming_both():
+    """On a CPU a run trains in RAM: 900TB was accepted (the plan was made for an imagined H100)."""
+    ram = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal:")).split()[1]) * 1024
+    problems = checks.problems(compose("recipe=tiny_qlora", "trainer.memory_budget=900TB"))
+    assert (f"trainer.memory_budget=900TB (921,600.0 GiB) is more than this machine's RAM (no GPU) has "
+            f"({ram / 2**30:,.1f} GiB); give at most {ram // 2**30}GB") in problems, problems
+    assert not any("memory_budget" in p for p in checks.problems(compose("recipe=tiny_qlora",
+                                                                        "trainer.memory_budget=1GB")))
+
+
+def test_a_memory_budget_larger_than_the_planned_gpu_is_refused_naming_both():
+    from finetune import config
+    from finetune.planning.report import budget_plan
+
+    with pytest.raises(UserError) as err:
+        budget_plan(config.load(compose("recipe=qlora_7b", "trainer.memory_budget=60GB", "plan.gpu=a100-40gb")))
+    assert str(err.value).splitlines()[-1] == (
+        "  - trainer.memory_budget=60GB (60.0 GiB) is more than the GPU the plan is for (plan.gpu) has (39.4 GiB); "
+        "give at most 39GB, or auto for the GPU's free memory")
