@@ -14,8 +14,8 @@ def ram() -> int:
 
 def beyond(size: float, what: str, memory: float, where: str, gpu: bool) -> Optional[str]:
     """The error when a budget of `size` bytes (`what`, the setting as given) exceeds the `memory` bytes it is
-    spent on (`where`, the card, `gpu`, or the machine's RAM), or None: a plan for memory that is not there would be taken at
-    its word and fail at the first step, or never checkpoint at all."""
+    spent on (`where`: a GPU when `gpu`, else the machine's RAM), or None: a plan for memory that is not there
+    would be taken at its word and fail at the first step, or never checkpoint at all."""
     if size <= memory:
         return None
     return (f"{what} ({size / GiB:,.1f} GiB) is more than {where} has ({memory / GiB:,.1f} GiB); give at most "
