@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from finetune import config
-from finetune.config import ConfigError, TrainConfig
+from finetune.config import ConfigError, TrainConfig, UserError
 from finetune.data import examples, prompts
 from finetune.model import base, checkpointing, lora
 from finetune.runs import rundir
@@ -35,11 +35,20 @@ def problems(dict_cfg: DictConfig) -> list[str]:
     return found
 
 
-def before_weights(dict_cfg: DictConfig) -> TrainConfig:
-    """The schema object after every check; one ConfigError otherwise."""
+def before_weights(dict_cfg: DictConfig, recipe: Optional[str] = None, training: bool = False) -> TrainConfig:
+    """The schema object after every check; one ConfigError otherwise. `training`: first, what this machine cannot
+    train at all (a GPU-sized `recipe` or FSDP without a GPU), alone on one line: nothing else matters here."""
+    if training and (found := machine_problems(dict_cfg, recipe)):
+        raise ConfigError(found) if len(found) > 1 else UserError(found[0])
     if found := problems(dict_cfg):
         raise ConfigError(found)
     return config.load(dict_cfg)
+
+
+def machine_problems(cfg, recipe: Optional[str]) -> list[str]:
+    """A recipe sized for a GPU on a machine without one, or a launch that shards over GPUs that are not there."""
+    fsdp = [p for p in base.launch_problems(cfg.model, cfg.quant) if p.startswith("FSDP ")]
+    return base.gpu_sized(cfg, recipe) + fsdp
 
 
 def trainer_problems(cfg) -> list[str]:
