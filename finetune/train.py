@@ -55,11 +55,14 @@ def train(dict_cfg: DictConfig, run: dict) -> None:
     console.info(layers.line() if layers else plan.check_before_training(cfg))  # stops here if it cannot fit
     run["disk"] = budget.disk_bytes(plan.setup(cfg, 1, "ddp"))  # one checkpoint, the final adapter
     stop.room(cfg, run["disk"])  # the disk holds the checkpoints kept at once and the adapter
+    if not cfg.model.random_init:  # the base first: a local folder, or a Hub base's config.json (one request)
+        base.prepare_path(cfg.model, None)  # reachable, or one error before any tokenizer or data download
     tokenizer = tok.load_tokenizer(cfg.model)
+    if cfg.model.random_init:
+        base.prepare_path(cfg.model, tokenizer)  # random weights written once, by one process per machine
     prepared = data.load(cfg.data, tokenizer, cfg.trainer.kind)  # read once: tokens, preflight sample, prompts
     kinds.check_data(cfg, prepared)  # what the method cannot learn from (KTO: answers of one kind only)
     console.info(preflight.require(tokenizer, prepared, cfg.data).report())  # pad != EOS, EOS trained, ...
-    base.prepare_path(cfg.model, tokenizer)  # random weights written once; a Hub base reachable, or one error
 
     # One run directory for every rank; resume from its latest complete checkpoint
     run_dir, resume = rundir.start(cfg.output_dir, f"{recipe}-{cfg.data.name}", cfg.resume, cfg.overwrite)
