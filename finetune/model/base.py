@@ -190,13 +190,17 @@ def prepare_path(mcfg: ModelConfig, tokenizer) -> None:
 def fetch_config(mcfg: ModelConfig) -> None:
     """The Hub base's config.json (a few hundred bytes), fetched before anything is written: a gated, misspelled
     or unreachable base is one BaseModelError naming the fix, not a traceback after the run directory exists."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     where = f"model.path={mcfg.path}" + (f" (model.revision={mcfg.revision})" if mcfg.revision else "")
     local = "or set model.path= to a local checkpoint folder"
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    if isinstance(try_to_load_from_cache(mcfg.path, "config.json", revision=mcfg.revision), str):
+        return  # in the local cache: no request at all
     try:
+        if not offline:  # one request without retries: a machine without network is told at once
+            get_hf_file_metadata(hf_hub_url(mcfg.path, "config.json", revision=mcfg.revision), timeout=10)
         hf_hub_download(mcfg.path, "config.json", revision=mcfg.revision)
     except GatedRepoError:
         why = f"gated on the Hub; accept Meta's licence on its Hub page, run `hf auth login` with that account, {local}"
@@ -204,13 +208,12 @@ def fetch_config(mcfg: ModelConfig) -> None:
         why = f"no such model on the Hub, or a private one (check the id; `hf auth login` for private ones), {local}"
     except RevisionNotFoundError:
         why = "the Hub has no such revision; give a branch, tag or commit of it"
-    except LocalEntryNotFoundError:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-        why = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached"
-        why = f"not in the local Hugging Face cache and {why}; download it once with network " \
-              f"(`hf download {mcfg.path}`), {local}"
     except HfHubHTTPError as exc:
         why = f"the Hub answered {str(exc).splitlines()[0][:200]}; try again, {local}"
+    except Exception as exc:  # LocalEntryNotFoundError offline; httpx's connection errors and timeouts otherwise
+        why = "HF_HUB_OFFLINE is set" if offline else f"the Hub could not be reached ({type(exc).__name__})"
+        why = f"not in the local Hugging Face cache and {why}; download it once with network " \
+              f"(`hf download {mcfg.path}`), {local}"
     else:
         return
     raise BaseModelError(f"{where}: {why}")

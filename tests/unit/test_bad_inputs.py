@@ -218,3 +218,22 @@ def test_a_damaged_latest_checkpoint_is_one_line_naming_the_file_and_the_earlier
             f"output_dir={run}: checkpoint-4/{name} {why}") and problems[0].endswith(fix), (name, problems)
         (latest / name).write_bytes(intact[latest / name])
     assert checks.problems(compose(f"output_dir={run}", "overwrite=true")) == []
+
+
+@pytest.mark.slow
+def test_a_hub_base_on_a_machine_without_network_is_one_request_and_one_line(tmp_path):
+    """HF_HUB_OFFLINE unset and the Hub unreachable (a port nothing listens on): one request, no retries, then
+    the line (huggingface_hub's download retried with backoff and printed each retry)."""
+    import time
+
+    start = time.monotonic()
+    proc = run_entry("train.py", "recipe=tiny_qlora", "model.path=meta-llama/Llama-2-13b-hf", "model.random_init=false",
+                     "model.tokenizer=null", f"output_dir={tmp_path / 'run'}", check=False,
+                     env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
+        "error: model.path=meta-llama/Llama-2-13b-hf: not in the local Hugging Face cache and the Hub could not be "
+        "reached (ConnectError); download it once with network (`hf download meta-llama/Llama-2-13b-hf`), or set "
+        "model.path= to a local checkpoint folder"]
+    assert "etry" not in proc.stderr + proc.stdout and not (tmp_path / "run").exists(), proc.stderr[-2000:]
+    print(f"time to the error: {time.monotonic() - start:.1f} s")
