@@ -222,8 +222,8 @@ def test_a_damaged_latest_checkpoint_is_one_line_naming_the_file_and_the_earlier
 
 @pytest.mark.slow
 def test_a_hub_base_on_a_machine_without_network_is_one_request_and_one_line(tmp_path):
-    """HF_HUB_OFFLINE unset and the Hub unreachable (a port nothing listens on): one request, no retries, then
-    the line (huggingface_hub's download retried with backoff and printed each retry)."""
+    """HF_HUB_OFFLINE unset and the Hub unreachable (a port nothing listens on): the line names why (the connection
+    error's type), before the tokenizer or any data is fetched, and nothing is written."""
     import time
 
     start = time.monotonic()
