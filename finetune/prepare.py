@@ -32,7 +32,7 @@ config.register()
 def main(dict_cfg: DictConfig) -> None:
     from finetune.data import load as data
     from finetune.model.tokenizer import load_tokenizer
-    from finetune.training import checks
+    from finetune.training import checks, kinds
 
     cfg = checks.before_weights(dict_cfg)
     if not cfg.data.cache:
@@ -41,6 +41,7 @@ def main(dict_cfg: DictConfig) -> None:
     tokenizer = load_tokenizer(cfg.model)
     start = time.time()
     prepared = data.load(cfg.data, tokenizer, cfg.trainer.kind, progress=True)
+    kinds.check_data(cfg, prepared)  # the training run would refuse it too (KTO: answers of one kind only)
     stats = prepared.stats
     console.info(f"data: {cfg.data.name}: {stats.summary()}\n"
                  f"cache: {stats.cache_dir} ({'tokenized' if stats.cache == 'miss' else 'already there'}, "

@@ -28,6 +28,7 @@ def main(dict_cfg: DictConfig) -> None:
     # The config, the data's paths and first records, the run directory: checked before torch loads
     from finetune.data import early
     from finetune.runs import rundir
+    from finetune.training import stop
 
     early.check(dict_cfg)
     if found := rundir.check(dict_cfg):
@@ -35,6 +36,20 @@ def main(dict_cfg: DictConfig) -> None:
     if variants := config.variants_line(dict_cfg):  # DoRA, rsLoRA, PiSSA/OLoRA/LoftQ, LoRA+, NEFTune
         console.info(variants)
 
+    run: dict = {}  # the config, run directory and trainer once they exist: what Ctrl-C and a full disk report
+    overrides = list(HydraConfig.get().overrides.task)
+    try:
+        train(dict_cfg, run)
+    except KeyboardInterrupt:  # every checkpoint is complete or absent: nothing complete is lost
+        stop.say(stop.interrupted(run.get("trainer"), run.get("dir"), overrides))
+        sys.exit(130)
+    except Exception as exc:
+        if not (full := stop.full(exc)) or "dir" not in run:
+            raise
+        raise stop.disk_full(full, run["dir"], run["cfg"], run["disk"], overrides, run.get("trainer")) from None
+
+
+def train(dict_cfg: DictConfig, run: dict) -> None:
     # heavy imports after `--cfg job` has returned and the checks above passed
     from transformers import set_seed
 
@@ -42,22 +57,30 @@ def main(dict_cfg: DictConfig) -> None:
     from finetune.data import preflight
     from finetune.model import base, checkpointing, fused_layers, lora, padding_free, variants
     from finetune.model import tokenizer as tok
+    from finetune.planning import budget
     from finetune.planning import report as plan
-    from finetune.runs import checkpoints
-    from finetune.training import args, checks, kinds, tracking
+    from finetune.runs import checkpoints, rundir
+    from finetune.training import args, checks, kinds, stop, tracking
 
-    # Check everything that needs no weights, before anything is written: config, model, data, memory plan
-    cfg = checks.before_weights(dict_cfg)
+    # Check everything that needs no weights, before anything is written: config, model, data, memory plan, disk
+    recipe = HydraConfig.get().runtime.choices.get("recipe", "run")
+    run["cfg"] = cfg = checks.before_weights(dict_cfg, recipe, training=True)
     layers = plan.budget_plan(cfg)  # trainer.memory_budget: which layers to checkpoint, fastest that fits
     console.info(layers.line() if layers else plan.check_before_training(cfg))  # stops here if it cannot fit
+    run["disk"] = budget.disk_bytes(plan.setup(cfg, 1, "ddp"))  # one checkpoint, the final adapter
+    stop.room(cfg, run["disk"])  # the disk holds the checkpoints kept at once and the adapter
+    if not cfg.model.random_init:  # the base first: a local folder, or a Hub base's config.json (one request)
+        base.prepare_path(cfg.model, None)  # reachable, or one error before any tokenizer or data download
     tokenizer = tok.load_tokenizer(cfg.model)
+    if cfg.model.random_init:
+        base.prepare_path(cfg.model, tokenizer)  # random weights written once, by one process per machine
     prepared = data.load(cfg.data, tokenizer, cfg.trainer.kind)  # read once: tokens, preflight sample, prompts
+    kinds.check_data(cfg, prepared)  # what the method cannot learn from (KTO: answers of one kind only)
     console.info(preflight.require(tokenizer, prepared, cfg.data).report())  # pad != EOS, EOS trained, ...
-    base.prepare_path(cfg.model, tokenizer)  # random weights written once; a Hub base reachable, or one error
 
     # One run directory for every rank; resume from its latest complete checkpoint
-    recipe = HydraConfig.get().runtime.choices.get("recipe", "run")
     run_dir, resume = rundir.start(cfg.output_dir, f"{recipe}-{cfg.data.name}", cfg.resume, cfg.overwrite)
+    run["dir"] = run_dir
     rundir.prepare(run_dir, dict_cfg, resume)
     tracking.start(cfg.tracking, run_dir, dict_cfg, resumed=resume is not None)  # wandb/tensorboard (rank 0)
 
@@ -75,7 +98,7 @@ def main(dict_cfg: DictConfig) -> None:
         checkpointing.apply(peft_model, layers.checkpointed(), layers.setup.offload_checkpoints)
 
     # Train with TRL (the builder the method's record names: SFT, DPO, ORPO, SimPO, KTO)
-    trainer = kinds.build(cfg, peft_model, tokenizer, prepared, run_dir)
+    run["trainer"] = trainer = kinds.build(cfg, peft_model, tokenizer, prepared, run_dir)
     checkpoints.attach(trainer, run_dir, cfg.trainer.save_total_limit)  # checkpoints complete or absent; exact resume
     console.info(start_report(trainer, cfg, prepared.stats, run_dir, resume))
     checkpoints.train(trainer, resume)  # trainer.train, resumed; nothing left to train after the last step

@@ -29,7 +29,7 @@ import numpy as np
 from finetune.config.methods import METHODS
 from finetune.data import examples, pairs, sft, sources, unpaired
 from finetune.data.stats import DataError, Stats
-from finetune.runtime import console
+from finetune.runtime import children, console
 
 # the encoders a method's record names: how its examples become token rows (check_examples, rows, features, lengths,
 # nothing_left); ENCODERS: trainer.kind -> its encoder
@@ -145,12 +145,13 @@ def tokenize(dcfg, sp, kind: str, src: Source, used: np.ndarray, out: Path, proc
     procs = min(procs, len(shares))
     gc.freeze()  # forked processes share this one's objects; the collector would write to (and so copy) them all
     try:
-        rows = shares.map(_encode, batched=True, batch_size=1, num_proc=procs if procs > 1 else None,
-                          desc=f"data: tokenizing {out.name} in shares of ~{STEP} examples",
-                          features=_features(kind), remove_columns=shares.column_names,
-                          fn_kwargs={"dcfg": dcfg, "sp": sp, "kind": kind, "path": src.path,
-                                     "side": str(scratch / "side"), "build": uuid.uuid4().hex},
-                          cache_file_name=str(scratch / "rows.arrow"), new_fingerprint=uuid.uuid4().hex)
+        with children.bound():  # the pool's workers and datasets' queue manager die with this process (kill -9)
+            rows = shares.map(_encode, batched=True, batch_size=1, num_proc=procs if procs > 1 else None,
+                              desc=f"data: tokenizing {out.name} in shares of ~{STEP} examples",
+                              features=_features(kind), remove_columns=shares.column_names,
+                              fn_kwargs={"dcfg": dcfg, "sp": sp, "kind": kind, "path": src.path,
+                                         "side": str(scratch / "side"), "build": uuid.uuid4().hex},
+                              cache_file_name=str(scratch / "rows.arrow"), new_fingerprint=uuid.uuid4().hex)
     finally:
         gc.unfreeze()
     out.mkdir()

@@ -12,6 +12,7 @@ import torch
 from finetune.config import ConfigError, ModelConfig, QuantConfig, UserError, cache_root, looks_local
 from finetune.data.chat_format import BOS_ID, EOS_ID
 from finetune.runtime.cache import build_once
+from finetune.runtime import dist
 from finetune.runtime.dist import launched_sharding
 
 
@@ -46,8 +47,9 @@ def materialize_random(mcfg: ModelConfig, tokenizer) -> Path:
     path = Path(mcfg.path).expanduser().resolve()
     stamp = {"arch": dataclasses.asdict(mcfg.arch), "seed": mcfg.seed, "dtype": mcfg.dtype}
 
-    def ready(p: Path) -> bool:
-        return (p / "random_init.json").is_file() and json.loads((p / "random_init.json").read_text()) == stamp
+    def ready(p: Path) -> bool:  # the files a load reads, checked: a stamp alone once hid a folder without them
+        return (p / "random_init.json").is_file() and json.loads((p / "random_init.json").read_text()) == stamp \
+            and (p / "config.json").is_file() and weights_complete(p)
 
     def write(tmp: Path) -> None:
         torch.manual_seed(mcfg.seed)
@@ -56,8 +58,25 @@ def materialize_random(mcfg: ModelConfig, tokenizer) -> Path:
         tokenizer.save(tmp)
         (tmp / "random_init.json").write_text(json.dumps(stamp))
 
-    build_once(path, ready, write)
+    if dist.distributed() and not dist.is_local_main():  # one process per machine builds it, outside any
+        dist.wait_for_everyone()  # sharding: under FSDP the other ranks would build the model on the meta device
+    else:
+        build_once(path, ready, write)
+        dist.wait_for_everyone()
+    if not ready(path):
+        raise BaseModelError(f"model.path={mcfg.path}: the random-weight model at {path} is incomplete (no "
+                             "config.json or weights); delete that folder and rerun")
     return path
+
+
+def weights_complete(p: Path) -> bool:
+    """A saved model's weights are all there: model.safetensors, or every shard its index names."""
+    if (p / "model.safetensors").is_file():
+        return True
+    index = p / "model.safetensors.index.json"
+    if not index.is_file():
+        return False
+    return all((p / shard).is_file() for shard in set(json.loads(index.read_text())["weight_map"].values()))
 
 
 def load_base(mcfg: ModelConfig, qcfg: QuantConfig, gradient_checkpointing: bool = False):
@@ -100,11 +119,31 @@ def launch_problems(mcfg: ModelConfig, qcfg: QuantConfig) -> list[str]:
         problems.append(f"quant.mode={qcfg.mode} under DeepSpeed ZeRO-3 is not supported here (the 4-bit base is "
                         "loaded before deepspeed.zero.Init exists): shard QLoRA with "
                         "launch/accelerate/fsdp_qlora.yaml, or use deepspeed_zero2.yaml")
+    if sharding == "fsdp" and not torch.cuda.is_available():
+        problems.append("FSDP (launch/accelerate/fsdp_qlora.yaml) shards the model across GPUs and this machine has "
+                        "none; on CPUs launch data-parallel processes with --config_file "
+                        "launch/accelerate/multi_gpu.yaml, or one process with python finetune/train.py")
     if sharding == "fsdp" and compute_dtype(mcfg) == torch.float32 and torch.cuda.is_available():  # seen on an H200
         problems.append(f"model.dtype={mcfg.dtype} under FSDP: launch/accelerate/fsdp_qlora.yaml computes in bf16 "
                         "and float32 weights then fail the first matmul (BFloat16 != float); "
                         "set model.dtype=bfloat16")
     return problems
+
+
+def gpu_sized(cfg, recipe: Optional[str]) -> list[str]:
+    """A recipe sized for a GPU (a 7B/13B/70B base) on a machine without CUDA: one line naming the CPU recipe of the
+    same method, before anything is downloaded or tokenized (a CPU would take days a step, if the base fits RAM)."""
+    a, m = cfg.model.arch, cfg.model
+    params = a.num_layers * (2 * a.hidden_size ** 2 * (1 + a.num_kv_heads / a.num_heads)
+                             + 3 * a.hidden_size * a.intermediate_size) + 2 * a.vocab_size * a.hidden_size
+    if torch.cuda.is_available() or params < 1e9:
+        return []
+    kind = cfg.trainer.kind
+    tiny = f"tiny_{kind}" if kind != "sft" else ("tiny_lora" if cfg.quant.mode == "none" else "tiny_qlora")
+    what = f"recipe={recipe}" if recipe else f"model={m.name}"
+    return [f"{what} is sized for a GPU ({m.name}, {params / 1e9:.1f}B parameters) and this machine has no CUDA "
+            f"GPU; on this machine try recipe={tiny} (the same method on a toy Llama 2), or see which GPU it needs: "
+            f"python finetune/plan.py {what}"]
 
 
 def bnb_config(qcfg: QuantConfig, dtype: torch.dtype):
@@ -151,13 +190,17 @@ def prepare_path(mcfg: ModelConfig, tokenizer) -> None:
 def fetch_config(mcfg: ModelConfig) -> None:
     """The Hub base's config.json (a few hundred bytes), fetched before anything is written: a gated, misspelled
     or unreachable base is one BaseModelError naming the fix, not a traceback after the run directory exists."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     where = f"model.path={mcfg.path}" + (f" (model.revision={mcfg.revision})" if mcfg.revision else "")
     local = "or set model.path= to a local checkpoint folder"
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    if isinstance(try_to_load_from_cache(mcfg.path, "config.json", revision=mcfg.revision), str):
+        return  # in the local cache: no request at all
     try:
+        if not offline:  # one request without retries: a machine without network is told at once
+            get_hf_file_metadata(hf_hub_url(mcfg.path, "config.json", revision=mcfg.revision), timeout=10)
         hf_hub_download(mcfg.path, "config.json", revision=mcfg.revision)
     except GatedRepoError:
         why = f"gated on the Hub; accept Meta's licence on its Hub page, run `hf auth login` with that account, {local}"
@@ -165,13 +208,12 @@ def fetch_config(mcfg: ModelConfig) -> None:
         why = f"no such model on the Hub, or a private one (check the id; `hf auth login` for private ones), {local}"
     except RevisionNotFoundError:
         why = "the Hub has no such revision; give a branch, tag or commit of it"
-    except LocalEntryNotFoundError:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-        why = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached"
-        why = f"not in the local Hugging Face cache and {why}; download it once with network " \
-              f"(`hf download {mcfg.path}`), {local}"
     except HfHubHTTPError as exc:
         why = f"the Hub answered {str(exc).splitlines()[0][:200]}; try again, {local}"
+    except Exception as exc:  # LocalEntryNotFoundError offline; httpx's connection errors and timeouts otherwise
+        why = "HF_HUB_OFFLINE is set" if offline else f"the Hub could not be reached ({type(exc).__name__})"
+        why = f"not in the local Hugging Face cache and {why}; download it once with network " \
+              f"(`hf download {mcfg.path}`), {local}"
     else:
         return
     raise BaseModelError(f"{where}: {why}")

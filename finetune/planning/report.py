@@ -14,6 +14,7 @@ from finetune import config
 from finetune.config import ConfigError, TrainConfig, UserError, parse_size
 from finetune.planning import planner
 from finetune.planning.planner import GiB, Setup
+from finetune.runtime import memory
 from finetune.runtime.dist import launched_sharding
 
 class PlanError(UserError, RuntimeError):
@@ -199,6 +200,8 @@ def budget_plan(cfg: TrainConfig):
         what = f"trainer.memory_budget={t.memory_budget}"
     s = setup(cfg, p.gpus or int(os.environ.get("WORLD_SIZE", "1")), p.sharding or launched_sharding() or "ddp")
     c = card(p, cuda)
+    if too_big := memory.beyond(size, what, c.memory, f"the GPU the plan is for ({c.source})", True):
+        raise ConfigError([too_big])
     plan = budget.choose(s, size, c.peak_flops, p.utilization)
     if plan is None:
         smallest = s.but(checkpointing=True, kept_layers=0, offload_checkpoints=True, offload_activations=False)

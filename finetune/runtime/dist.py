@@ -20,8 +20,14 @@ def distributed() -> bool:
 
 
 def is_main() -> bool:
-    """Rank 0. A single process is rank 0 without creating any process state (callers that never train)."""
-    return state().is_main_process if distributed() else True
+    """Rank 0, from the launcher's RANK (a single process is rank 0): known without joining the process group, so
+    an error is printed once even where the group cannot form (FSDP on a machine without GPUs)."""
+    return int(os.environ.get("RANK", "0")) == 0 if distributed() else True
+
+
+def is_local_main() -> bool:
+    """The first process on this machine (LOCAL_RANK 0)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
 def from_rank0(value):

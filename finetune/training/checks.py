@@ -5,16 +5,18 @@ Each stage owns its checks (the knowledge they need lives there); this is the on
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import torch
 from omegaconf import DictConfig
 
 from finetune import config
-from finetune.config import ConfigError, TrainConfig, methods
+from finetune.config import ConfigError, TrainConfig, UserError, methods
 from finetune.data import examples, prompts
 from finetune.model import base, checkpointing, lora
 from finetune.runs import rundir
+from finetune.runtime import memory
 from finetune.training import extras
 from finetune.training.kinds import TRAINERS
 
@@ -29,15 +31,24 @@ def problems(dict_cfg: DictConfig) -> list[str]:
     found += rundir.check(cfg) + checkpointing.check(cfg) + extras.check(cfg) + methods.check(cfg)
     if cfg.trainer.kind in TRAINERS:
         found += TRAINERS[cfg.trainer.kind].check(cfg)
-    found += trainer_problems(cfg)
+    found += trainer_problems(cfg) + weights_problems(cfg)
     return found
 
 
-def before_weights(dict_cfg: DictConfig) -> TrainConfig:
-    """The schema object after every check; one ConfigError otherwise."""
+def before_weights(dict_cfg: DictConfig, recipe: Optional[str] = None, training: bool = False) -> TrainConfig:
+    """The schema object after every check; one ConfigError otherwise. `training`: first, what this machine cannot
+    train at all (a GPU-sized `recipe` or FSDP without a GPU), alone on one line: nothing else matters here."""
+    if training and (found := machine_problems(dict_cfg, recipe)):
+        raise ConfigError(found) if len(found) > 1 else UserError(found[0])
     if found := problems(dict_cfg):
         raise ConfigError(found)
     return config.load(dict_cfg)
+
+
+def machine_problems(cfg, recipe: Optional[str]) -> list[str]:
+    """A recipe sized for a GPU on a machine without one, or a launch that shards over GPUs that are not there."""
+    fsdp = [p for p in base.launch_problems(cfg.model, cfg.quant) if p.startswith("FSDP ")]
+    return base.gpu_sized(cfg, recipe) + fsdp
 
 
 def trainer_problems(cfg) -> list[str]:
@@ -54,10 +65,24 @@ def trainer_problems(cfg) -> list[str]:
     if t.activation_offloading and not torch.cuda.is_available():
         found.append("trainer.activation_offloading=true moves activations from the GPU to CPU memory; "
                      "without a GPU set trainer.activation_offloading=false")
+    if t.memory_budget is not None and not torch.cuda.is_available() and (err := ram_problem(t.memory_budget)):
+        found.append(err)
     if t.liger and (err := liger_problem()):
         found.append(f"trainer.liger=true needs liger-kernel: {err}; install it with `pip install liger-kernel` "
                      "or set trainer.liger=false")
     return found
+
+
+def ram_problem(budget: str) -> Optional[str]:
+    """A CPU run trains in RAM: a memory budget beyond it (which the GPU plan would accept) is refused. On a GPU the
+    budget plan compares it with the card (planning.report.budget_plan)."""
+    if str(budget).lower() == "auto":
+        return None  # refused without a GPU by the budget's own check
+    try:
+        size = config.parse_size(budget, "trainer.memory_budget", "G")
+    except ConfigError:
+        return None  # named by the budget's own check
+    return memory.beyond(size, f"trainer.memory_budget={budget}", memory.ram(), "this machine's RAM (no GPU)", False)
 
 
 def liger_problem() -> Optional[str]:
@@ -68,4 +93,49 @@ def liger_problem() -> Optional[str]:
         import liger_kernel  # noqa: F401
     except Exception as exc:
         return f"import failed ({type(exc).__name__}: {exc})"
+    return None
+
+
+def weights_problems(cfg) -> list[str]:
+    """Damaged weights the run would start from, read in full before any base weight loads: `init_adapter`'s
+    (whose header and shapes `lora.check` reads) and, on a resume, every file of the latest checkpoint. Either
+    would end in a traceback inside peft or Trainer, or train on from NaNs."""
+    found = []
+    if cfg.init_adapter and (weights := Path(cfg.init_adapter) / "adapter_model.safetensors").is_file():
+        if (why := unusable(weights)) and "cannot be read" not in why:  # unreadable headers: lora.check says so
+            found.append(f"init_adapter={cfg.init_adapter}: adapter_model.safetensors {why}; point it at a finished "
+                         "run's adapter/ folder, or retrain the adapter")
+    if cfg.output_dir and cfg.resume and not cfg.overwrite and (ckpt := rundir.latest(Path(cfg.output_dir))):
+        ckpt = Path(ckpt)
+        for f in sorted(p for p in ckpt.rglob("*") if p.is_file()):
+            if why := unusable(f):
+                earlier = [c for c in sorted(ckpt.parent.glob("checkpoint-*"), key=rundir.step_of) if c != ckpt]
+                to = f"resume from {earlier[-1].name}" if earlier else "start over"
+                found.append(f"output_dir={cfg.output_dir}: {f.relative_to(ckpt.parent)} {why}, so the run cannot "
+                             f"resume from {ckpt.name}; delete {ckpt} to {to}, or start over with overwrite=true")
+                break
+    return found
+
+
+def unusable(path: Path) -> Optional[str]:
+    """Why a checkpoint file cannot be used, or None: safetensors that do not read or hold NaN/inf (trained LoRA
+    weights are finite), torch's zip files whose CRCs fail, JSON that does not parse."""
+    import json
+    import zipfile
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                bad = [k for k in f.keys() if not torch.isfinite(f.get_tensor(k)).all()]
+            return f"holds NaN or infinite values ({len(bad)} tensors, first {bad[0]})" if bad else None
+        if path.suffix in (".pt", ".pth", ".bin"):
+            with zipfile.ZipFile(path) as z:
+                damaged = z.testzip()
+            return f"is damaged (its part {damaged} fails its checksum)" if damaged else None
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+    except Exception as exc:  # safetensors, zipfile and json each raise their own types for a cut or foreign file
+        return f"cannot be read ({type(exc).__name__}: {str(exc)[:200]})"
     return None

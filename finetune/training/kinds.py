@@ -6,12 +6,21 @@ import importlib
 from pathlib import Path
 
 from finetune.config.methods import METHODS
+from finetune.data.stats import DataError
 from finetune.runs import metrics
 from finetune.runtime import console
 from finetune.training import progress
 
 # trainer.kind -> its trainer module (finetune/training/<the record's trainer>.py), named by the method's record
 TRAINERS = {name: importlib.import_module(f"finetune.training.{m.trainer}") for name, m in METHODS.items()}
+
+
+def check_data(cfg, prepared) -> None:
+    """One DataError for tokenized data the trainer kind cannot learn from (KTO: answers of one kind only), raised
+    before any weight loads; trainers without such a check accept any data their encoder made."""
+    check = getattr(TRAINERS[cfg.trainer.kind], "data_problems", None)
+    if found := (check(cfg, prepared) if check else []):
+        raise DataError("; ".join(found))
 
 
 def build(cfg, model, tokenizer, prepared, run_dir: Path):

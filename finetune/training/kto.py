@@ -69,6 +69,21 @@ def check(cfg) -> list[str]:
     return problems
 
 
+def data_problems(cfg, prepared) -> list[str]:
+    """Training data with answers of one kind only, found after tokenizing and before any weight loads: KTO
+    learns from the contrast between answers marked good and bad (TRL would only print a weighting hint and
+    train on one side of the loss)."""
+    labels = prepared.train["label"]
+    good = sum(1 for x in labels if x)
+    bad = len(labels) - good
+    if good and bad:
+        return []
+    return [f"data={cfg.data.name} ({cfg.data.path}): KTO needs answers marked good and answers marked bad; the "
+            f"training split has {good} desirable (label true) and {bad} undesirable (label false). Add examples "
+            f"marked {'false' if good else 'true'}, or train on good answers alone with SFT (trainer=sft and "
+            "data.adapter=messages)"]
+
+
 def build(cfg, model, tokenizer, prepared, run_dir: Path):
     """TRL's KTOTrainer on our PeftModel: reference = the same model with the frozen "ref" adapter."""
     from trl import KTOConfig, KTOTrainer

@@ -47,3 +47,11 @@ def use(trainer) -> None:
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(Progress())
 
+
+
+def close(trainer) -> None:
+    """End the bar where it stands (a run stopped mid-step), so what is printed next starts on its own line."""
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, Progress) and cb.bar is not None:
+            cb.bar.close()
+            cb.bar = None

@@ -202,3 +202,25 @@ def test_kto(toy, tmp_path):
     assert after["eval_logps/chosen"] == pytest.approx(sum(sums[True]) / len(sums[True]), abs=5e-3)
     assert after["eval_logps/rejected"] == pytest.approx(sum(sums[False]) / len(sums[False]), abs=5e-3)
     assert after["eval_rewards/margins"] > 0.05  # good answers gained on bad ones
+
+
+def test_kto_weights_scale_their_own_side_of_the_loss(toy, tmp_path):
+    """trainer.desirable_weight scales the good answers' loss terms and trainer.undesirable_weight the bad ones'.
+    At step 0 every term is 1 - sigmoid(0) = 0.5, so a batch of 3 good and 1 bad answers with weights 2 and 1
+    has loss 0.5 x (3 x 2 + 1 x 1) / 4 = 0.875 (the weights swapped would give 0.625)."""
+    from datasets import Dataset
+    from transformers import set_seed
+
+    dict_cfg = compose("recipe=tiny_kto", "data=jsonl", "data.adapter=unpaired", f"data.path={toy / 'feedback.jsonl'}",
+                       "data.max_prompt_length=null", "data.eval_fraction=0", "trainer.micro_batch_size=4",
+                       "trainer.desirable_weight=2", "trainer.undesirable_weight=1", f"output_dir={tmp_path / 'run'}")
+    cfg = checks.before_weights(dict_cfg)
+    tok = tokenizer_mod.load_tokenizer(cfg.model)
+    prepared = data_load.load(cfg.data, tok, cfg.trainer.kind)
+    rows = prepared.train.to_list()
+    batch = [r for r in rows if r["label"]][:3] + [r for r in rows if not r["label"]][:1]
+    model_base.prepare_path(cfg.model, tok)
+    set_seed(cfg.seed)
+    model = lora.apply_lora(model_base.load_base(cfg.model, cfg.quant), cfg.lora, mcfg=cfg.model)
+    trainer = kinds.build(cfg, model, tok, prepared, tmp_path / "run")
+    assert trainer.evaluate(eval_dataset=Dataset.from_list(batch))["eval_loss"] == pytest.approx(0.875, abs=1e-6)

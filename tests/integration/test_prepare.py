@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +65,51 @@ def test_prepare_on_bad_data_exits_2_naming_the_line(tmp_path):
         "(they are counted)"]
     assert "data.cache=false" in run_entry("prepare.py", *DATA, f"data.path={path}", "data.cache=false",
                                            check=False).stderr
+
+
+def children_of(pid: int) -> set[int]:
+    """PIDs whose parent is `pid`, from /proc."""
+    found = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = next(line for line in status.read_text().splitlines() if line.startswith("PPid:"))
+        except (OSError, StopIteration):
+            continue
+        if int(ppid.split()[1]) == pid:
+            found.add(int(status.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie is dead: it waits only for whoever adopted it to reap it)."""
+    try:
+        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State:"))
+    except (OSError, StopIteration):
+        return False
+    return state.split()[1] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc (Linux)")
+def test_prepare_killed_with_9_leaves_no_worker_processes(tmp_path):
+    """The tokenizing pool's two workers and datasets' queue manager are forked children of prepare.py: a kill -9
+    of prepare.py used to leave them running (blocked on pipes only their parent would close)."""
+    env = {**os.environ, "FINETUNE_CACHE": str(tmp_path / "cache")}
+    data = [*DATA, f"data.path={write(tmp_path / 'chats.jsonl', conversations(8000))}", "data.num_proc=2"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "finetune/prepare.py"), *data], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: set[int] = set()
+    try:
+        while len(workers) < 3 and proc.poll() is None:  # two pool workers and the queue manager
+            workers |= children_of(proc.pid)
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert len(workers) == 3, f"prepare.py ended before its workers were seen ({workers})"
+    end = time.monotonic() + 20
+    while any(alive(w) for w in workers) and time.monotonic() < end:
+        time.sleep(0.1)
+    left = [w for w in workers if alive(w)]
+    for w in left:  # clean up after a failure
+        os.kill(w, signal.SIGKILL)
+    assert not left, f"{len(left)} of prepare.py's processes outlived it"

@@ -180,6 +180,12 @@ def test_resume_with_changed_training_settings_is_refused_with_the_differences(t
     assert "lora.r: 8 in the checkpoint's run, 4 now" in proc.stderr
     assert "trainer.learning_rate: 0.002 in the checkpoint's run, 0.0001 now" in proc.stderr
     assert "Traceback" not in proc.stderr
+    # What a resume may change is matched by prefix (rundir.RESUMABLE): every key under tracking. and plan., not
+    # only names listed whole; a setting that trains differently is still refused next to them.
+    resumable = ["tracking=tensorboard", "tracking.project=elsewhere", "plan.gpus=2", "plan.strict=false"]
+    assert checks.problems(compose("recipe=tiny_qlora", f"output_dir={out}", *FAST, *resumable)) == []
+    refused = checks.problems(compose("recipe=tiny_qlora", f"output_dir={out}", *FAST, *resumable, "lora.alpha=8"))
+    assert len(refused) == 1 and "(lora.alpha: 16 in the checkpoint's run, 8 now)" in refused[0], refused
 
 
 def test_a_second_job_on_a_running_run_directory_stops_before_writing(tmp_path):
@@ -204,3 +210,29 @@ def test_a_second_job_on_a_running_run_directory_stops_before_writing(tmp_path):
     assert lock.acquire(out).endswith(f"(process {sleeper.pid} is gone)")
     lock.release(out)
     assert not (out / lock.LOCK).exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_naming_the_step_the_checkpoint_and_the_command_that_resumes(tmp_path):
+    """SIGINT once checkpoint-2 is complete: exit 130, no KeyboardInterrupt traceback, one line; every checkpoint
+    in view is complete, and the printed command (the user's own overrides, output_dir= this run) resumes it."""
+    out = tmp_path / "run"
+    overrides = [a for a in TRAIN[2:] if not a.startswith("trainer.max_steps=")] + ["trainer.max_steps=40"]
+    proc = subprocess.Popen([sys.executable, "finetune/train.py", *overrides, f"output_dir={out}", "overwrite=true"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: bool(checkpoints.complete(out)), proc, poll=0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    said = [line for line in err.splitlines() if "(Ctrl-C)" in line]
+    assert len(said) == 1, err[-3000:]
+    done = checkpoints.complete(out)
+    step = said[0].split()[3]
+    assert said[0] == (f"stopped at step {step} of 40 (Ctrl-C); latest complete checkpoint: {done[-1]}; resume: "
+                       f"python finetune/train.py {' '.join(overrides)} output_dir={out}")  # overwrite=true dropped
+    assert rundir.step_of(done[-1]) <= int(step) < 40 and not (out / "adapter").exists()
+    for ckpt in done:  # nothing complete lost: each checkpoint reads back as the step it names
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        assert state["global_step"] == rundir.step_of(ckpt) and load_file(ckpt / "adapter_model.safetensors")
+    assert checks.problems(compose(*overrides, f"output_dir={out}")) == []  # the command resumes, as it is

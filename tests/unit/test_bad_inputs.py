@@ -250,3 +250,101 @@ def test_evaluate_refuses_a_missing_run_before_torch_loads(tmp_path):
                            f"run={tmp_path / 'nope'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and f"run={tmp_path / 'nope'}: no config.yaml there" in proc.stderr, proc.stderr[-2000:]
     assert "torch" not in importtime_modules(proc.stderr)
+
+
+# Budgets, disks and weights the machine does not have: each one line before any weight loads.
+
+def test_a_memory_budget_larger_than_this_machines_ram_is_refused_naming_both():
+    """On a CPU a run trains in RAM: 900TB was accepted (the plan was made for an imagined H100)."""
+    ram = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal:")).split()[1]) * 1024
+    problems = checks.problems(compose("recipe=tiny_qlora", "trainer.memory_budget=900TB"))
+    assert (f"trainer.memory_budget=900TB (921,600.0 GiB) is more than this machine's RAM (no GPU) has "
+            f"({ram / 2**30:,.1f} GiB); give at most {ram // 2**30}GB") in problems, problems
+    assert not any("memory_budget" in p for p in checks.problems(compose("recipe=tiny_qlora",
+                                                                        "trainer.memory_budget=1GB")))
+
+
+def test_a_memory_budget_larger_than_the_planned_gpu_is_refused_naming_both():
+    from finetune import config
+    from finetune.planning.report import budget_plan
+
+    with pytest.raises(UserError) as err:
+        budget_plan(config.load(compose("recipe=qlora_7b", "trainer.memory_budget=60GB", "plan.gpu=a100-40gb")))
+    assert str(err.value).splitlines()[-1] == (
+        "  - trainer.memory_budget=60GB (60.0 GiB) is more than the GPU the plan is for (plan.gpu) has (39.4 GiB); "
+        "give at most 39GB, or auto for the GPU's free memory")
+
+
+def lora_weights(path, value: float = 0.01):
+    """adapter_model.safetensors shaped for the tiny model (r=8 on q_proj of both layers), every value `value`."""
+    import torch
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    prefix = "base_model.model.model.layers.{}.self_attn.q_proj.lora_{}.weight"
+    save_file({prefix.format(i, "A"): torch.full((8, 64), value) for i in range(2)}
+              | {prefix.format(i, "B"): torch.full((64, 8), value) for i in range(2)},
+              str(path / "adapter_model.safetensors"))
+    (path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "llama2_tiny"}))
+    return path
+
+
+def test_adapter_weights_holding_nan_on_a_matching_base_are_one_line(tmp_path):
+    """Header and shapes fit the base (lora.check passes them); the values are garbage."""
+    adapter = lora_weights(tmp_path / "adapter", float("nan"))
+    assert checks.problems(compose(f"init_adapter={adapter}")) == [
+        f"init_adapter={adapter}: adapter_model.safetensors holds NaN or infinite values (4 tensors, first "
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight); point it at a finished run's adapter/ "
+        "folder, or retrain the adapter"]
+    assert checks.problems(compose(f"init_adapter={lora_weights(tmp_path / 'good')}")) == []
+
+
+def test_a_damaged_latest_checkpoint_is_one_line_naming_the_file_and_the_earlier_one(tmp_path):
+    """A resume reads the latest checkpoint in full first: a NaN adapter, a cut or bit-flipped optimizer.pt, a
+    cut trainer_state.json each stop the run before the base loads (they ended in peft's or Trainer's traceback)."""
+    import torch
+
+    run = tmp_path / "run"
+    for step in (2, 4):
+        ckpt = lora_weights(run / "checkpoints" / f"checkpoint-{step}")
+        torch.save({"state": {0: {"exp_avg": torch.ones(4096)}}}, ckpt / "optimizer.pt")
+        (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    assert checks.problems(compose(f"output_dir={run}")) == []
+    latest = run / "checkpoints" / "checkpoint-4"
+    intact = {f: f.read_bytes() for f in latest.iterdir()}
+    fix = f", so the run cannot resume from checkpoint-4; delete {latest} to resume from checkpoint-2, or start over " \
+          "with overwrite=true"
+    optimizer = bytearray(intact[latest / "optimizer.pt"])
+    optimizer[-3000:-2000] = b"\x01" * 1000  # inside the tensor's bytes: the zip still opens
+    for name, content, why in [
+        ("adapter_model.safetensors", lora_weights(tmp_path / "nan", float("inf")).joinpath(
+            "adapter_model.safetensors").read_bytes(), "holds NaN or infinite values (4 tensors, first "),
+        ("optimizer.pt", bytes(optimizer), "is damaged (its part optimizer/data/0 fails its checksum)"),
+        ("optimizer.pt", intact[latest / "optimizer.pt"][:-100], "cannot be read (BadZipFile: "),
+        ("trainer_state.json", b'{"global_step": 4', "cannot be read (JSONDecodeError: "),
+    ]:
+        (latest / name).write_bytes(content)
+        problems = checks.problems(compose(f"output_dir={run}"))
+        assert len(problems) == 1 and problems[0].startswith(
+            f"output_dir={run}: checkpoint-4/{name} {why}") and problems[0].endswith(fix), (name, problems)
+        (latest / name).write_bytes(intact[latest / name])
+    assert checks.problems(compose(f"output_dir={run}", "overwrite=true")) == []
+
+
+@pytest.mark.slow
+def test_a_hub_base_on_a_machine_without_network_is_one_request_and_one_line(tmp_path):
+    """HF_HUB_OFFLINE unset and the Hub unreachable (a port nothing listens on): the line names why (the connection
+    error's type), before the tokenizer or any data is fetched, and nothing is written."""
+    import time
+
+    start = time.monotonic()
+    proc = run_entry("train.py", "recipe=tiny_qlora", "model.path=meta-llama/Llama-2-13b-hf", "model.random_init=false",
+                     "model.tokenizer=null", f"output_dir={tmp_path / 'run'}", check=False,
+                     env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
+        "error: model.path=meta-llama/Llama-2-13b-hf: not in the local Hugging Face cache and the Hub could not be "
+        "reached (ConnectError); download it once with network (`hf download meta-llama/Llama-2-13b-hf`), or set "
+        "model.path= to a local checkpoint folder"]
+    assert "etry" not in proc.stderr + proc.stdout and not (tmp_path / "run").exists(), proc.stderr[-2000:]
+    print(f"time to the error: {time.monotonic() - start:.1f} s")

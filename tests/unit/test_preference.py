@@ -216,3 +216,28 @@ def test_planner_counts_each_method_and_dora():
         40 * outs * (4 + 4 + 8)
     assert dora.parts["DoRA saved outputs (40 layers)"] == 40 * 2 * outs * 2 * (2 * 1024)  # 2 tensors, bf16, tokens
     assert planner.memory(s.but(dora=True)).allocated > planner.memory(s).allocated
+
+
+@pytest.mark.parametrize("labels, counts, fix", [
+    ([True] * 6, "has 6 desirable (label true) and 0 undesirable (label false)", "Add examples marked false"),
+    ([False] * 5, "has 0 desirable (label true) and 5 undesirable (label false)", "Add examples marked true"),
+], ids=["only-desirable", "only-undesirable"])
+def test_kto_with_answers_of_one_kind_only_is_refused_with_the_counts(tok, tmp_path, labels, counts, fix):
+    """TRL trains on one side of KTO's loss and only prints a weighting hint; train.py and prepare.py refuse it
+    right after tokenizing (`kinds.check_data`), before any weight loads."""
+    from finetune.training import kinds
+
+    path = tmp_path / "f.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Question {i}?"},
+                                                     {"role": "assistant", "content": f"Answer {i}."}],
+                                        "label": good}) + "\n" for i, good in enumerate(labels)))
+    over = ["recipe=tiny_kto", "data=jsonl", "data.adapter=unpaired", f"data.path={path}", "data.eval_fraction=0"]
+    cfg = config.load(compose(*over))
+    with pytest.raises(DataError) as err:
+        kinds.check_data(cfg, data_load.load(cfg.data, tok, "kto"))
+    assert str(err.value).startswith(f"data=jsonl ({path}): KTO needs answers marked good and answers marked bad; "
+                                     f"the training split {counts}. {fix}, or train on good answers alone with SFT")
+    path.write_text(path.read_text() + json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                                                {"role": "assistant", "content": "Go."}],
+                                                   "label": not labels[0]}) + "\n")
+    kinds.check_data(cfg, data_load.load(cfg.data, tok, "kto"))  # one of the other kind is enough
