@@ -39,7 +39,7 @@ def run(tiny_sft_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def leaky(tiny_sft_run, hub, tmp_path_factory):
-    """adapter/ with the token in every form below, published once: (stderr, requests the double saw)."""
+    """adapter/ with the token in every form below, published once: (stderr, requests the double saw, process)."""
     tmp = tmp_path_factory.mktemp("leaky")
     adapter = tmp / "run" / "adapter"
     shutil.copytree(tiny_sft_run / "adapter", adapter)
@@ -58,13 +58,14 @@ def leaky(tiny_sft_run, hub, tmp_path_factory):
     (adapter / f"{SHAPED}.json").write_text("{}")
     before = len(hub.requests)
     proc = publish(tmp / "run", hub, tmp, "repo_id=tester/leaky")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert "holds token-like strings, refusing to publish: " in proc.stderr
-    assert TOKEN not in proc.stdout + proc.stderr and SHAPED not in proc.stdout + proc.stderr
-    return proc.stderr, len(hub.requests) - before
+    return proc.stderr, len(hub.requests) - before, proc
 
 
 def test_nothing_is_sent(leaky, hub):
+    proc = leaky[2]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "holds token-like strings, refusing to publish: " in proc.stderr
+    assert TOKEN not in proc.stdout + proc.stderr and SHAPED not in proc.stdout + proc.stderr
     assert leaky[1] == 0 and "tester/leaky" not in hub.repos
 
 
