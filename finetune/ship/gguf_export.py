@@ -42,10 +42,11 @@ def write_one(merged: Path, partial: Path, gtype: str, name: str, merged_dtype: 
     lossless = partial.with_name(partial.name + ".source")
     try:
         stats = gguf.write(merged, lossless, gguf.lossless_source_type(merged_dtype), name)
-        gguf.k_quantize(lossless, partial, gtype)
+        note = gguf.k_quantize(lossless, partial, gtype)
     finally:
         lossless.unlink(missing_ok=True)
-    return {**stats, "bytes": partial.stat().st_size, "types": f"llama.cpp {gtype} from {stats['types']}"}
+    return {**stats, "bytes": partial.stat().st_size, "types": f"llama.cpp {gtype} from {stats['types']}",
+            **({"note": note} if note else {})}
 
 
 def export(run: Path, train_cfg, sp, merged: Path, gcfg, vcfg) -> tuple[Path, list]:
@@ -70,7 +71,8 @@ def export(run: Path, train_cfg, sp, merged: Path, gcfg, vcfg) -> tuple[Path, li
             stats = write_one(merged, partial, gtype, name, merged_dtype)
             chk = llamacpp.check(partial, gtype, gguf.bits(gtype), reference, prompts, seqs, sp,
                                  vcfg.max_new_tokens, gcfg.tolerance)
-            console.info(f"gguf: {final.name} {stats['bytes'] / 1e6:.1f} MB, {chk.summary()}")
+            console.info(f"gguf: {final.name} {stats['bytes'] / 1e6:.1f} MB, {chk.summary()}"
+                         + (f"\ngguf: {final.name}: {stats['note']}" if stats.get("note") else ""))
             if not chk.ok:
                 fix = ("The chat template in the GGUF does not give the trained ids" if not chk.template_ids_exact
                        else f"If this drift is acceptable for {gtype}, pass gguf.tolerance="

@@ -155,3 +155,18 @@ def test_conversion_is_exact_on_a_model_with_peaked_logits(tmp_path):
     assert checks["f32"].logit_scale > 5  # not flat
     assert checks["f32"].relative < 1e-5 and checks["f32"].same_generations == 3, checks["f32"].summary()
     assert checks["f16"].relative < 5e-3 and checks["f16"].ok, checks["f16"].summary()
+
+
+def test_export_prints_only_what_a_user_can_act_on(exported):
+    """No notices of the gguf writer or llama.cpp's quantizer; its fallbacks as one line; each count of identical
+    greedy answers says whether a difference is expected."""
+    run, proc = exported
+    out = proc.stdout + proc.stderr
+    for noise in ("Little Endian", "Writing the following files", ".partial", "falling back", "llama_model_loader",
+                  "converting to"):
+        assert noise not in out, noise
+    [note] = [line for line in out.splitlines() if "llama.cpp's fallback" in line]
+    assert note.startswith(f"gguf: {run.name}.q4_k_m.gguf: ") and "which a q4_k_m block of 256 does not divide" in note
+    counts = [line for line in out.splitlines() if "greedy generations identical on" in line and "gguf:" in line]
+    assert len(counts) == len(TYPES)
+    assert all("identical on 2/2 prompts;" in c or "expected" in c for c in counts), counts
