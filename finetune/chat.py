@@ -141,7 +141,7 @@ def interactive(model, tokenizer, gen, system: Optional[str]) -> None:
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
     # Check the run and the prompts before any weights load
-    from finetune.runs import rundir
+    from finetune.runs import lock, rundir
 
     if OmegaConf.is_missing(dict_cfg, "run"):
         raise ConfigError(["run: required; give a training run directory: run=outputs/<run>"])
@@ -154,6 +154,7 @@ def main(dict_cfg: DictConfig) -> None:
         problems.append(f"prompts={ccfg.prompts}: no such file; give a JSONL of prompts")
     if problems:
         raise ConfigError(problems)
+    lock.share(run, "chat.py")  # a training job does not replace the adapter while it is read
     from finetune.data.prompts import read_prompts
     from finetune.ship.loading import add_adapter, load_base, load_tokenizer, quant_config
 

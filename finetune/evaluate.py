@@ -124,6 +124,7 @@ def table(results: list[Result], dcfg: DataConfig, split: str) -> str:
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
     from finetune.data import examples
+    from finetune.runs import lock
     from finetune.runs.rundir import run_config
 
     # Check everything that needs no weights: the run or model, the data, the split
@@ -133,6 +134,8 @@ def main(dict_cfg: DictConfig) -> None:
     if problems := check(ecfg):
         raise ConfigError(problems)
     run = Path(ecfg.run).expanduser().resolve() if ecfg.run else None
+    if run:  # held as a reader: a training job does not replace the adapter while it is read
+        lock.share(run, "evaluate.py")
     train_cfg = run_config(run) if run else TrainConfig(model=ecfg.model, quant=QuantConfig())
     dcfg = ecfg.data or train_cfg.data
     if not ecfg.data and not (method := METHODS[train_cfg.trainer.kind]).conversations:

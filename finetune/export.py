@@ -109,9 +109,11 @@ def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path, serve: str = ""):
     from finetune.model import base as model
     from finetune.model.tokenizer import load_tokenizer
     from finetune.runs import card as modelcard
+    from finetune.runs import rundir
     from finetune.ship import merge, verify
 
     adapter_dir = run / "adapter"
+    adapter_sha = rundir.adapter_hash(run)  # before reading it: merged/ records the adapter it came from
     train_cfg.model.tokenizer = str(adapter_dir)  # the tokenizer as trained, with its licence files
     tokenizer = load_tokenizer(train_cfg.model)
     base = base_dir(train_cfg, adapter_dir, tokenizer)
@@ -148,7 +150,7 @@ def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path, serve: str = ""):
                          f"{drifts[0].summary()}. Nothing was written to {final}. If this drift is acceptable for "
                          f"{stored} weights, pass verify.tolerance={drifts[0].relative * 2:.0e}")
     (partial / "verification.json").write_text(json.dumps(
-        {"merge_base": merge_base, "dtype": str(stored).removeprefix("torch."), "prompt_source": source,
+        {"adapter_sha256": adapter_sha, "merge_base": merge_base, "dtype": str(stored).removeprefix("torch."), "prompt_source": source,
          "checks": [dataclasses.asdict(d) for d in drifts]}, indent=2))
     modelcard.write(partial, run, "merged", merge_section(merge_base, stored, stats, source, drifts) + serve)
     shutil.rmtree(final, ignore_errors=True)
@@ -183,7 +185,11 @@ def main(dict_cfg: DictConfig) -> None:
     if problems := check(cfg, run):
         raise config.ConfigError(problems)
     from finetune.runs import card as modelcard
+    from finetune.runs import lock, rundir
     from finetune.runs.rundir import run_config
+
+    lock.share(run, "export.py")  # a training job does not replace the adapter while it is read
+
     from finetune.ship import serving
 
     # The adapter folder, safetensors only, with a card built from the run's config and metrics
@@ -199,8 +205,8 @@ def main(dict_cfg: DictConfig) -> None:
     for warning in serving.adapter_warnings(adapter_dir):
         console.info(f"warning: vLLM: {warning}")
     merged = run / "merged"
-    reuse = cfg.format == "gguf" and not cfg.merge and (merged / "verification.json").is_file() and \
-        merged.stat().st_mtime >= (adapter_dir / "adapter_model.safetensors").stat().st_mtime
+    reuse = cfg.format == "gguf" and not cfg.merge and (merged / "config.json").is_file() and \
+        rundir.derived_problem(run, "merged") is None  # merged/ from this very adapter
     if cfg.merge or (cfg.format == "gguf" and not reuse):
         # Merge shard by shard, verify against the adapter model, then publish the folder as merged/
         out, drifts = merge_and_verify(cfg, train_cfg, run, serve)

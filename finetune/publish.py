@@ -39,6 +39,7 @@ ConfigStore.instance().store(name="publish_schema", node=PublishConfig)
 @hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="publish")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
+    from finetune.runs import lock, rundir
     from finetune.ship import hub
 
     if unknown := config.unknown_keys(dict_cfg):  # `+key=...` adds keys Hydra's own check lets through
@@ -51,6 +52,9 @@ def main(dict_cfg: DictConfig) -> None:
         fix = {"merged": "python finetune/export.py run=<run> merge=true",
                "gguf": "python finetune/export.py run=<run> format=gguf"}.get(cfg.what, "finish training first")
         raise hub.PublishError(f"{folder}: no such folder; {fix}")
+    lock.share(folder.parent, "publish.py")  # a training job does not replace the adapter while it is read
+    if cfg.what in rundir.DERIVED and (stale := rundir.derived_problem(folder.parent, cfg.what)):
+        raise hub.PublishError(stale)  # never published as this run's when made from another adapter
 
     # What goes out, and whether any of it looks like a secret (checked before any network call)
     token = hub.token_or_none()  # a leaked token is named first, whatever file holds it

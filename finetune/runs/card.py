@@ -3,7 +3,9 @@
 Built from the run directory alone (config.yaml, metrics.jsonl), so `export.py` can rewrite a card long after
 training. A base model given as a local folder is common (and crashes peers' card writers): the metadata then
 names the Hub id only when one is known (`model=llama2_13b model.path=/models/...` is a local copy of
-meta-llama/Llama-2-13b-hf), and the body says which folder was used.
+meta-llama/Llama-2-13b-hf), and the body names the folder. A card is published: it shows no absolute local path
+(paths relative to the run or to the toolkit's checkout, else `.../<last part>`), so the author's directory layout
+stays home.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-from finetune.config import CONFIGS_DIR, TrainConfig, looks_local
+from finetune.config import CONFIGS_DIR, ROOT, TrainConfig, flatten, looks_local
 from finetune.config.methods import METHODS
 from finetune.runs import metrics
 from finetune.runs.card_text import PROMPT_IDS, load_snippet, prompt_example
@@ -35,7 +37,7 @@ def base_of(cfg: TrainConfig, adapter_dir: Optional[Path] = None) -> Base:
         path = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path") or path
     if cfg.model.random_init:
         return Base(None, path, f"a randomly initialised Llama 2 architecture ({cfg.model.name}, seed "
-                                f"{cfg.model.seed}) at `{path}`: a toy for demos and tests, not a language model")
+                                f"{cfg.model.seed}): a toy for demos and tests, not a language model")
     if not looks_local(path):
         return Base(path, path, f"[{path}](https://huggingface.co/{path})")
     named = CONFIGS_DIR / "model" / f"{cfg.model.name}.yaml"
@@ -122,7 +124,7 @@ def render(run_dir: Path, kind: str, merge_section: str = "", adapter_dir: Optio
                         else f"| {label} | {m.get(key, 'n/a')} |"
                         for key, label in (("loss", "final train loss"), ("eval_loss", "final eval loss"),
                                            ("step", "steps"), ("train_runtime", "train runtime (s)")))
-    base_ref = base.hub_id or base.path
+    base_ref = base.hub_id or f"path/to/{Path(base.path).name}"
     name, trl_trainer = METHODS[t.kind].title, METHODS[t.kind].trl_trainer
     extras = "".join(f", {text}" for _, text in variants(cfg, adapter_dir or run_dir / "adapter"))
     what = {"adapter": "LoRA adapter", "gguf": "GGUF (merged weights for llama.cpp and Ollama)"}.get(
@@ -175,7 +177,33 @@ Meta's Llama 2 chat format; every tokenizer saved here carries it as its chat te
 ```
 </details>
 """
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").content
+    return ModelCard(without_local_paths(f"---\n{data.to_yaml()}\n---\n{body}", run_dir)).content
+
+
+def is_absolute(value) -> bool:
+    return isinstance(value, str) and (value.startswith(("/", "~")) or value[1:3] in (":\\", ":/"))
+
+
+def shown_path(value: str, run_dir: Path) -> str:
+    """A local path as a card shows it: relative to the run, else to the toolkit's checkout, else `.../name`."""
+    path = Path(value).expanduser()
+    for root in (Path(run_dir), ROOT):
+        for a, b in ((path, root), (path.resolve(), root.resolve())):
+            try:
+                return a.relative_to(b).as_posix()
+            except ValueError:
+                continue
+    return f".../{path.name}"
+
+
+def without_local_paths(text: str, run_dir: Path) -> str:
+    """`text` with every absolute path of the run's config (data, base model, tokenizer, output_dir), the run's
+    own and the checkout's replaced by `shown_path` (longest first, so a folder's files keep their tail)."""
+    stored = OmegaConf.to_container(OmegaConf.load(Path(run_dir) / "config.yaml"), resolve=False)
+    paths = {v for _, v in flatten(stored) if is_absolute(v)} | {str(Path(run_dir).resolve()), str(ROOT)}
+    for value in sorted(paths, key=len, reverse=True):
+        text = text.replace(value, shown_path(value, run_dir))
+    return text
 
 
 def write(folder: Path, run_dir: Path, kind: str, merge_section: str = "") -> Path:

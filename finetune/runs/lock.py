@@ -4,6 +4,10 @@ while it runs, so a second job on the same output_dir stops before it writes any
 A lock is stale, and taken over with a message, when its holder is gone: the same host and a dead PID, the same
 SLURM job (a requeued job continues its own run), or no refresh for `STALE_S` (a dead node on a shared
 filesystem). A kill -9 leaves the lock behind; the next start on that host takes it over.
+
+Readers (export, chat, evaluate, publish) hold the run shared: each writes <run>/.lock.reader-<host>-<pid> for
+as long as it runs. A training job does not start on a run while a live reader holds it (overwrite=true would
+replace the adapter under an export that is merging it), and a reader does not start while a job writes it.
 """
 from __future__ import annotations
 
@@ -16,11 +20,16 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from finetune.config import ConfigError
+from finetune.config import ConfigError, UserError
 
 LOCK = ".lock"
+READER = ".lock.reader-"  # + host-pid: one file per reading process
 REFRESH_S = 20  # the holder touches the lock this often
 STALE_S = 120  # a lock nobody touched for this long belongs to a dead host
+
+
+class RunInUse(UserError):
+    """A reader and a training job on one run at once: the one starting second stops, naming the other."""
 
 
 def me() -> dict:
@@ -46,7 +55,7 @@ def holder_gone(held: dict, age_s: float) -> Optional[str]:
 
 def acquire(run_dir: Path) -> Optional[str]:
     """Hold <run>/.lock for this process (rank 0); a note when a stale lock was taken over. ConfigError when
-    another job holds it."""
+    another job holds it, RunInUse while a reader holds the run."""
     path = Path(run_dir) / LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
     note = None
@@ -67,9 +76,56 @@ def acquire(run_dir: Path) -> Optional[str]:
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     with os.fdopen(fd, "w") as fh:
         fh.write(json.dumps(me()))
+    if reader := live_reader(Path(run_dir)):
+        release(run_dir)
+        raise RunInUse(f"output_dir={run_dir} is being read by {reader.get('command', 'another process')} (host "
+                       f"{reader.get('host')}, PID {reader.get('pid')}, started {reader.get('started')}): wait for "
+                       "it to end, then start again")
     atexit.register(release, run_dir)
     threading.Thread(target=refresh, args=(path, os.getpid()), daemon=True).start()
     return note
+
+
+def share(run_dir: Path, command: str) -> None:
+    """Hold the run as a reader until this process ends. RunInUse when a training job writes it now."""
+    path = Path(run_dir) / f"{READER}{socket.gethostname()}-{os.getpid()}"
+    tmp = path.with_name(".tmp" + path.name)  # written aside and renamed: a writer never reads half of it
+    tmp.write_text(json.dumps({**me(), "command": command}))
+    tmp.replace(path)
+    atexit.register(path.unlink, missing_ok=True)
+    if writer := live_holder(Path(run_dir) / LOCK):
+        path.unlink(missing_ok=True)
+        raise RunInUse(f"run={run_dir} is being written by a training job (host {writer.get('host')}, PID "
+                       f"{writer.get('pid')}, started {writer.get('started')}): wait for it to end, then run "
+                       f"{command} again")
+    threading.Thread(target=refresh, args=(path, os.getpid()), daemon=True).start()
+
+
+def live_reader(run_dir: Path) -> Optional[dict]:
+    """A reader of the run other than this process that is still running; files of gone readers are removed."""
+    for path in sorted(run_dir.glob(READER + "*")):
+        if held := live_holder(path):
+            return held
+        if path.is_file() and not held_by_me(path):
+            path.unlink(missing_ok=True)
+    return None
+
+
+def live_holder(path: Path) -> Optional[dict]:
+    """What a lock file names as its holder, while that holder (another process) may still run."""
+    try:
+        held, age = json.loads(path.read_text() or "{}"), time.time() - path.stat().st_mtime
+    except (OSError, ValueError):
+        return None
+    mine = held.get("pid") == os.getpid() and held.get("host") == socket.gethostname()
+    return None if mine or holder_gone(held, age) else held
+
+
+def held_by_me(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("pid") == os.getpid()
+    except (OSError, ValueError):
+        return False
 
 
 def refresh(path: Path, pid: int) -> None:

@@ -6,6 +6,7 @@ through `run_config` and `finished` here.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -22,6 +23,10 @@ from finetune.runtime import console, dist
 STAGING = ".incomplete"  # where Trainer writes a checkpoint before it is complete (runs.checkpoints)
 WANDB_ID_FILE = "wandb_run_id"  # training.tracking keeps the wandb run id there; a resume reuses it
 LORA_INIT = "lora_init"  # PiSSA/OLoRA: the adapter as initialised, until the final save converts against it
+# Folders derived from adapter/ by export.py, each with a verification.json recording the adapter's hash, and the
+# command that derives it again.
+DERIVED = {"merged": "python finetune/export.py run={run} merge=true",
+           "gguf": "python finetune/export.py run={run} format=gguf{types}"}
 
 
 # Keys a resumed run may change: where it logs and how often, and how long it goes on (more steps continue the
@@ -88,7 +93,50 @@ def run_problems(run: Path, merged: bool = False) -> list[str]:
     if merged and not (run / "merged" / "config.json").is_file():
         return [f"run={run}: no merged/ weights; run `python finetune/export.py run={run} merge=true` first, "
                 "or drop merged=true to load base + adapter"]
+    if merged and (stale := derived_problem(run, "merged")):
+        return [stale]
     return []
+
+
+def adapter_hash(run: Path) -> str:
+    """sha256 of the adapter's weights and config: what a derived folder records and is checked against."""
+    digest = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        with (Path(run) / "adapter" / name).open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def recorded_hash(folder: Path) -> Optional[str]:
+    try:
+        return json.loads((folder / "verification.json").read_text()).get("adapter_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def derived_problem(run: Path, what: str) -> Optional[str]:
+    """Why <run>/<what> (merged or gguf) is not derived from the run's current adapter, with the command that
+    derives it again; None when it is."""
+    run = Path(run)
+    recorded = recorded_hash(run / what)
+    if not (run / "adapter" / "adapter_model.safetensors").is_file():
+        return f"run={run}: no adapter/ to check {what}/ against; {what}/ belongs to a finished run"
+    current = adapter_hash(run)
+    if recorded == current:
+        return None
+    types = sorted({str(f.get("type")) for f in files_of(run / what)})
+    fix = DERIVED[what].format(run=run, types=f" gguf.type=[{','.join(types)}]" if types else "")
+    why = (f"was derived from another adapter (sha256 {recorded[:12]}; adapter/ is now {current[:12]})" if recorded
+           else "records no adapter hash, so it may come from another adapter")
+    return f"run={run}: {what}/ {why}; derive it again from the current adapter: `{fix}`"
+
+
+def files_of(folder: Path) -> list[dict]:
+    try:
+        return list(json.loads((folder / "verification.json").read_text()).get("files", {}).values())
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def start(output_dir: Optional[str], name: str, resume: bool, overwrite: bool) -> tuple[Path, Optional[str]]:
@@ -141,10 +189,10 @@ def prepare(path: Path, dict_cfg: DictConfig, resume: Optional[str]) -> None:
     if dist.is_main():
         try:
             held = lock.acquire(path)
-        except ConfigError as exc:
+        except (ConfigError, lock.RunInUse) as exc:
             held = exc
     held = dist.from_rank0(held)
-    if isinstance(held, ConfigError):
+    if isinstance(held, Exception):
         raise held
     if held:
         console.info(held)
@@ -155,6 +203,8 @@ def prepare(path: Path, dict_cfg: DictConfig, resume: Optional[str]) -> None:
             shutil.rmtree(path / "checkpoints", ignore_errors=True)
             (path / "metrics.jsonl").unlink(missing_ok=True)
             (path / WANDB_ID_FILE).unlink(missing_ok=True)  # a new start is a new wandb run
+            for derived in (*DERIVED, "merged.partial"):  # made from the adapter this start replaces
+                shutil.rmtree(path / derived, ignore_errors=True)
         else:
             trim_metrics(path / "metrics.jsonl", step_of(Path(resume)))
     dist.wait_for_everyone()

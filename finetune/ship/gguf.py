@@ -15,7 +15,9 @@ shipped in those formats) and the IQ types (need an importance matrix from calib
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,10 @@ TYPES = (*PY_TYPES, *K_TYPES)
 # Below 8 bits the output projection is written in q8_0 (llama.cpp's quantizer keeps it at 6 bits or more too):
 # it maps every hidden state to the whole vocabulary and costs little.
 OUTPUT_TYPE_BELOW_8_BITS = "q8_0"
+# The gguf writer's notices ("This GGUF file is for Little Endian only", "Writing the following files: ...partial")
+# say nothing a user acts on; its warnings stay.
+logging.getLogger("gguf.gguf_writer").setLevel(logging.WARNING)
+FALLBACK = re.compile(r"ncols\s+(\d+) not divisible by (\d+) \(required for type\s+(\w+)\) -> falling back to\s+(\w+)")
 
 
 class GGUFError(UserError, ValueError):
@@ -190,13 +196,38 @@ def write(merged: Path, out: Path, gtype: str, name: str, licence: str = "llama2
     return {"tensors": len(planned), "bytes": out.stat().st_size, "types": counts}
 
 
-def k_quantize(src: Path, out: Path, gtype: str, threads: int = 0) -> None:
-    """llama.cpp's own quantizer (what `llama-quantize` runs) from a lossless GGUF to a K-quant type."""
-    import llama_cpp
+def k_quantize(src: Path, out: Path, gtype: str, threads: int = 0) -> str:
+    """llama.cpp's own quantizer (what `llama-quantize` runs) from a lossless GGUF to a K-quant type. Its log (a
+    line per tensor and one per fallback) is kept, not printed; returns one line on the fallbacks, or ""."""
+    import ctypes
 
+    import llama_cpp
+    from llama_cpp import _logger
+
+    lines: list[str] = []
+    keep = llama_cpp.llama_log_callback(lambda level, text, data: lines.append(text.decode(errors="replace")))
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{K_TYPES[gtype]}")
     params.nthread = threads
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params)
+    llama_cpp.llama_log_set(keep, ctypes.c_void_p(0))
+    try:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params)
+    finally:  # llama-cpp-python's own logger back (it follows Llama(verbose=...))
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
     if rc != 0 or not out.is_file():
-        raise GGUFError(f"llama.cpp's quantizer failed ({rc}) turning {src.name} into {gtype}")
+        errors = [line.strip() for line in lines if "error" in line.lower()][-3:]
+        raise GGUFError(f"llama.cpp's quantizer failed ({rc}) turning {src.name} into {gtype}"
+                        + (f": {' / '.join(errors)}" if errors else ""))
+    return fallback_note(lines, gtype)
+
+
+def fallback_note(log: list[str], gtype: str) -> str:
+    """llama.cpp's per-tensor fallback warnings as one line: which row lengths, which types instead."""
+    found = [m.groups() for m in map(FALLBACK.search, "".join(log).splitlines()) if m]
+    if not found:
+        return ""
+    cols = sorted({int(c) for c, _, _, _ in found})
+    used = sorted({f for _, _, _, f in found})
+    return (f"{len(found)} tensors with rows of {', '.join(map(str, cols))} values, which a {gtype} block of "
+            f"{found[0][1]} does not divide, were quantized as {'/'.join(used)} instead (llama.cpp's fallback, as "
+            "llama-quantize does; the rows of Llama 2 7B to 70B all divide)")

@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+from finetune.runs import rundir
 from finetune.runtime import console
 from finetune.ship import gguf, llamacpp, modelfile, verify
 
@@ -19,11 +20,17 @@ LICENCE_FILES = ("LICENSE-LLAMA2", "NOTICE", "USE_POLICY.md")
 
 def types_of(value) -> list[str]:
     """`gguf.type=q4_0` or `gguf.type=[f16,q8_0]` as a list."""
-    return [value] if isinstance(value, str) else list(value)
+    return [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def problems(value) -> list[str]:
-    wrong = [t for t in types_of(value) if t not in gguf.TYPES]
+    """Every type must be one we write and verify, and at least one is asked for (checked before anything is
+    written: an export of no type would leave a gguf/ folder without a model)."""
+    types = types_of(value)
+    if not types:
+        return [f"gguf.type=[]: give at least one type, e.g. gguf.type=q8_0 or gguf.type=[f16,q4_k_m] (one of "
+                f"{', '.join(gguf.TYPES)})"]
+    wrong = [str(t) for t in types if t not in gguf.TYPES]
     return [f"gguf.type={','.join(wrong)}: use one or more of {', '.join(gguf.TYPES)} (the IQ, TQ and MXFP4 "
             "types are not offered: see the README)"] if wrong else []
 
@@ -35,15 +42,19 @@ def write_one(merged: Path, partial: Path, gtype: str, name: str, merged_dtype: 
     lossless = partial.with_name(partial.name + ".source")
     try:
         stats = gguf.write(merged, lossless, gguf.lossless_source_type(merged_dtype), name)
-        gguf.k_quantize(lossless, partial, gtype)
+        note = gguf.k_quantize(lossless, partial, gtype)
     finally:
         lossless.unlink(missing_ok=True)
-    return {**stats, "bytes": partial.stat().st_size, "types": f"llama.cpp {gtype} from {stats['types']}"}
+    return {**stats, "bytes": partial.stat().st_size, "types": f"llama.cpp {gtype} from {stats['types']}",
+            **({"note": note} if note else {})}
 
 
 def export(run: Path, train_cfg, sp, merged: Path, gcfg, vcfg) -> tuple[Path, list]:
     """Write, verify and keep every type in `gcfg.type`; returns (gguf folder, [GGUFCheck])."""
     out = run / "gguf"
+    adapter_sha = rundir.adapter_hash(run)
+    if out.is_dir() and rundir.recorded_hash(out) != adapter_sha:  # files made from another adapter go
+        shutil.rmtree(out)
     out.mkdir(exist_ok=True)
     name = run.name
     merged_dtype = json.loads((merged / "config.json").read_text()).get("dtype", "float32")
@@ -60,7 +71,8 @@ def export(run: Path, train_cfg, sp, merged: Path, gcfg, vcfg) -> tuple[Path, li
             stats = write_one(merged, partial, gtype, name, merged_dtype)
             chk = llamacpp.check(partial, gtype, gguf.bits(gtype), reference, prompts, seqs, sp,
                                  vcfg.max_new_tokens, gcfg.tolerance)
-            console.info(f"gguf: {final.name} {stats['bytes'] / 1e6:.1f} MB, {chk.summary()}")
+            console.info(f"gguf: {final.name} {stats['bytes'] / 1e6:.1f} MB, {chk.summary()}"
+                         + (f"\ngguf: {final.name}: {stats['note']}" if stats.get("note") else ""))
             if not chk.ok:
                 fix = ("The chat template in the GGUF does not give the trained ids" if not chk.template_ids_exact
                        else f"If this drift is acceptable for {gtype}, pass gguf.tolerance="
@@ -79,19 +91,20 @@ def export(run: Path, train_cfg, sp, merged: Path, gcfg, vcfg) -> tuple[Path, li
     for lic in LICENCE_FILES:
         if (merged / lic).is_file():
             shutil.copy2(merged / lic, out / lic)
-    record_checks(out, [(final, chk, stats, source, seq_source) for final, _, chk, stats in done])
+    record_checks(out, [(final, chk, stats, source, seq_source) for final, _, chk, stats in done], adapter_sha)
     return out, [chk for _, _, chk, _ in done]
 
 
-def record_checks(out: Path, new: list) -> dict:
-    """gguf/verification.json: one entry per GGUF file present (this export's replace earlier ones)."""
+def record_checks(out: Path, new: list, adapter_sha: str) -> dict:
+    """gguf/verification.json: the adapter's hash, one entry per GGUF file present (this export's replace
+    earlier ones, made from the same adapter)."""
     path = out / "verification.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
     files = {k: v for k, v in old.get("files", {}).items() if (out / k).is_file()}
     for final, chk, stats, source, seq_source in new:
         files[final.name] = {**chk.record(), "bytes": stats["bytes"], "tensor_types": stats["types"],
                              "prompt_source": source, "perplexity_source": seq_source}
-    data = {"files": dict(sorted(files.items()))}
+    data = {"adapter_sha256": adapter_sha, "files": dict(sorted(files.items()))}
     path.write_text(json.dumps(data, indent=2) + "\n")
     return data
 

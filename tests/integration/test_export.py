@@ -110,3 +110,22 @@ def test_not_a_run(tmp_path):
     proc = run_entry("export.py", f"run={tmp_path}", check=False)
     assert proc.returncode == 2
     assert "no adapter/adapter_config.json there; point run= at a finished training run" in proc.stderr
+
+
+@pytest.mark.parametrize("value,problem", [
+    ("[]", "gguf.type=[]: give at least one type, e.g. gguf.type=q8_0 or gguf.type=[f16,q4_k_m] (one of {types})"),
+    ("[q8_0,q9_k]", "gguf.type=q9_k: use one or more of {types} (the IQ, TQ and MXFP4 types are not offered: see "
+                    "the README)")])
+def test_no_or_unknown_gguf_types_are_one_error_before_anything_is_written(tiny_sft_run, tmp_path, value, problem):
+    from finetune.ship import gguf
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_sft_run / "adapter", run / "adapter")
+    shutil.copy(tiny_sft_run / "config.yaml", run / "config.yaml")
+    card = (run / "adapter" / "README.md").read_bytes()
+    proc = run_entry("export.py", f"run={run}", "format=gguf", f"gguf.type={value}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == ["error: invalid config:",
+                                        "  - " + problem.format(types=", ".join(gguf.TYPES))]
+    assert sorted(p.name for p in run.iterdir()) == ["adapter", "config.yaml"]  # no gguf/, no merged/
+    assert (run / "adapter" / "README.md").read_bytes() == card

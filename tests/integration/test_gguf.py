@@ -1,5 +1,7 @@
 """export.py format=gguf on the tiny QLoRA run: f16, q8_0, a Python 4-bit type and a llama.cpp K-quant, each
-loaded in llama.cpp and verified against merged/; the Modelfile, the card, and publishing the folder."""
+loaded in llama.cpp and verified against merged/; the Modelfile, the card, and publishing the folder. The
+conversion itself is also checked on a model whose attention and logits are peaked (the tiny random model's
+are nearly flat, so a conversion bug moved its logits by little more than f16 rounding)."""
 from __future__ import annotations
 
 import json
@@ -108,3 +110,63 @@ def test_publish_gguf_through_the_hub_double(exported, tmp_path):
         assert {f"Modelfile.{t}" for t in TYPES} <= set(remote) and "README.md" in remote
     finally:
         hub.stop()
+
+
+def peaked_merged(folder):
+    """A merged/ folder of a Llama 2 architecture at toy size whose attention is peaked (Q and K x8: a wrong rotary
+    layout changes which tokens each head reads) and whose logits are not flat (lm_head x10: max |logits| ~8)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.conftest import ROOT
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=4, vocab_size=32000, max_position_embeddings=512, rms_norm_eps=1e-5,
+                      tie_word_embeddings=False)
+    net = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.mul_(8.0 if name.endswith(("q_proj.weight", "k_proj.weight")) else 10.0 if name == "lm_head.weight"
+                   else 1.0)
+    net.save_pretrained(folder, max_shard_size="5MB")  # sharded, with the index export writes
+    shutil.copy(ROOT / "data" / "llama2-tokenizer" / "tokenizer.model", folder / "tokenizer.model")
+
+
+def test_conversion_is_exact_on_a_model_with_peaked_logits(tmp_path):
+    """Measured (2-core CPU): f32 5.7e-7 and f16 8.4e-4 relative. With K rows left unpermuted the f32 file drifts
+    0.92 (2.6e-2 on the tiny random model), with the norm eps written as 1e-6 instead of 1e-5 2.0e-2 (1.3e-2)."""
+    import sentencepiece as spm
+
+    from finetune.ship import gguf, llamacpp
+
+    merged = tmp_path / "merged"
+    peaked_merged(merged)
+    sp = spm.SentencePieceProcessor(model_file=str(merged / "tokenizer.model"))
+    prompts = [chat_format.encode_prompt(sp, [{"role": "user", "content": text}]) for text in
+               ("What is the capital of France?", "Write a haiku about rain.", "Explain LoRA in one line.")]
+    sequences = [(ids, [1] * len(ids)) for ids in prompts]
+    reference = llamacpp.merged_outputs(merged, prompts, sequences, 6)
+    checks = {}
+    for gtype in ("f32", "f16"):
+        gguf.write(merged, tmp_path / f"x.{gtype}.gguf", gtype, "peaked")
+        checks[gtype] = llamacpp.check(tmp_path / f"x.{gtype}.gguf", gtype, gguf.bits(gtype), reference, prompts,
+                                       sequences, sp, 6, None)
+    assert checks["f32"].logit_scale > 5  # not flat
+    assert checks["f32"].relative < 1e-5 and checks["f32"].same_generations == 3, checks["f32"].summary()
+    assert checks["f16"].relative < 5e-3 and checks["f16"].ok, checks["f16"].summary()
+
+
+def test_export_prints_only_what_a_user_can_act_on(exported):
+    """No notices of the gguf writer or llama.cpp's quantizer; its fallbacks as one line; each count of identical
+    greedy answers says whether a difference is expected."""
+    run, proc = exported
+    out = proc.stdout + proc.stderr
+    for noise in ("Little Endian", "Writing the following files", ".partial", "falling back", "llama_model_loader",
+                  "converting to"):
+        assert noise not in out, noise
+    [note] = [line for line in out.splitlines() if "llama.cpp's fallback" in line]
+    assert note.startswith(f"gguf: {run.name}.q4_k_m.gguf: ") and "which a q4_k_m block of 256 does not divide" in note
+    counts = [line for line in out.splitlines() if "greedy generations identical on" in line and "gguf:" in line]
+    assert len(counts) == len(TYPES)
+    assert all("identical on 2/2 prompts;" in c or "expected" in c for c in counts), counts

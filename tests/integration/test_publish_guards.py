@@ -3,10 +3,12 @@ the token in use is found in a folder whatever its shape, a token without write 
 says so, and `what=merged` uploads the verified merged folder as it is on disk."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 
+from finetune.runs import rundir
 from tests.conftest import run_entry
 from tests.hub_double import HubDouble
 
@@ -70,3 +72,34 @@ def test_what_merged_publishes_the_verified_merged_folder(tiny_lora_merged, hub,
     assert b"library_name: transformers" in remote["README.md"]
     repo = hub.repos["tester/tiny-merged"]
     assert repo.messages[repo.branches["main"]] == f"Upload merged from {run.name}"
+
+
+def exported_gguf(run):
+    """gguf/ as export.py leaves it for the run's adapter, without its model files."""
+    gguf = run / "gguf"
+    gguf.mkdir()
+    (gguf / "README.md").write_text("---\nlicense: llama2\n---\n# card\n")
+    (gguf / "verification.json").write_text(json.dumps({"adapter_sha256": rundir.adapter_hash(run), "files": {}}))
+    return gguf
+
+
+def test_a_folder_without_a_model_file_is_refused(run, hub, tmp_path):
+    gguf = exported_gguf(run)  # what `export.py format=gguf gguf.type=[]` used to leave
+    before = len(hub.requests)
+    proc = publish(run, hub, tmp_path, "repo_id=tester/no-model", "what=gguf")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"error: {gguf} holds no model file (*.gguf), refusing to publish a repository "
+                                   f"nobody can load; `python finetune/export.py run={run} format=gguf` writes it")
+    assert len(hub.requests) == before
+
+
+def test_a_corrupt_gguf_is_one_line_naming_the_file(run, hub, tmp_path):
+    gguf = exported_gguf(run)
+    (gguf / "run.q8_0.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 40)  # a header cut short
+    before = len(hub.requests)
+    proc = publish(run, hub, tmp_path, "repo_id=tester/corrupt", "what=gguf")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip() == (f"error: {gguf / 'run.q8_0.gguf'}: not a readable GGUF file (cut short or "
+                                   "corrupt: IndexError); delete it, or export it again: `python finetune/export.py "
+                                   f"run={run} format=gguf`")
+    assert len(hub.requests) == before

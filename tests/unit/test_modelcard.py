@@ -31,12 +31,12 @@ def test_local_copy_of_a_hub_model(tmp_path):
     assert meta["pipeline_tag"] == "text-generation"
     assert {"qlora", "sft", "peft", "base_model:adapter:meta-llama/Llama-2-13b-hf"} <= set(meta["tags"])
     text = card.text
-    assert "loaded from the local copy `/models/Llama-2-13b-hf`" in text
+    assert "loaded from the local copy `.../Llama-2-13b-hf`" in text  # the folder's name, not the author's layout
     assert "LoRA r=64" in text and "4-bit nf4 base with double quantization (QLoRA)" in text
     assert "| final train loss | 1.75 |" in text and "| final eval loss | 1.9 |" in text
     assert "<s>[INST] What is the capital of France? [/INST]" in text
     assert 'AutoModelForCausalLM.from_pretrained("meta-llama/Llama-2-13b-hf"' in text
-    assert "path: /models/Llama-2-13b-hf" in text  # the resolved config
+    assert "path: .../Llama-2-13b-hf" in text and "/models/" not in text  # the resolved config, no local path
 
 
 def test_random_tiny_base_has_no_hub_id(tmp_path):
@@ -61,7 +61,8 @@ def test_unknown_local_base(tmp_path):
                    "model.path=/models/my-llama")
     card = ModelCard(modelcard.render(run, "adapter"))
     assert "base_model" not in card.data.to_dict()
-    assert "the local checkpoint `/models/my-llama` (no Hub id known)" in card.text
+    assert "the local checkpoint `.../my-llama` (no Hub id known)" in card.text and "/models/" not in card.text
+    assert 'from_pretrained("path/to/my-llama", dtype="auto")' in card.text
 
 
 def test_config_keeps_tokenizer_path_and_hides_secrets():
@@ -96,3 +97,19 @@ def test_a_qlora_card_loads_the_base_quantized_as_trained(tmp_path):
     (tmp_path / "lora").mkdir()
     lora = make_run(tmp_path / "lora", "recipe=lora_7b")
     assert "quantization_config" not in loading_code(ModelCard(modelcard.render(lora, "adapter")).text)
+
+
+def test_a_card_shows_no_absolute_local_path(tmp_path):
+    """A published card must not show the author's directory layout: the data file, the base model folder, the
+    tokenizer and output_dir appear relative to the run or the checkout, or by their last part."""
+    data = tmp_path / "home" / "me" / "private-projects" / "tickets.jsonl"
+    run = make_run(tmp_path, "recipe=tiny_lora", "data=jsonl", f"data.path={data}",
+                   f"model.path={tmp_path / 'home' / 'me' / 'models' / 'llama2-tiny'}",
+                   f"model.tokenizer={config.ROOT / 'data' / 'llama2-tokenizer'}", f"output_dir={tmp_path / 'run'}")
+    merge = f"\n## Merge\n\nVerified on 2 prompts from the run's data ({data}):\n"
+    for kind in ("adapter", "merged", "gguf"):
+        text = modelcard.render(run, kind, merge)
+        assert str(tmp_path) not in text and "/home/me" not in text and str(config.ROOT) not in text, kind
+        assert "`.../tickets.jsonl`" in text and "path: .../tickets.jsonl" in text
+        assert "the run's data (.../tickets.jsonl)" in text
+        assert "tokenizer: data/llama2-tokenizer" in text and "output_dir: ." in text

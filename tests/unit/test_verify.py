@@ -65,3 +65,24 @@ def test_different_greedy_generations_are_counted_as_different(reference):
     assert f"greedy generations identical on {sum(identical)}/3 prompts" in d.summary()
     assert [s["merged"] for s in d.samples] == [" ".join(map(str, o[1])) for o in other]
     assert [s["reference"] for s in d.samples] == [" ".join(map(str, r[1])) for r in ref]
+
+
+def gguf_check(same: int, max_abs: float, margin: float):
+    from finetune.ship.llamacpp import GGUFCheck
+
+    return GGUFCheck(type="q8_0", gate="logits", tolerance=5e-2, max_abs=max_abs, logit_scale=0.8, ppl_merged=9.0,
+                     ppl_gguf=9.1, scored_tokens=100, prompts=4, same_generations=same, template_ids_exact=True,
+                     margin=margin)
+
+
+def test_gguf_summary_says_whether_different_greedy_answers_are_expected():
+    """The tiny random model's top two logits are often within 1e-3: a q8_0 file moving logits by 1e-2 may answer
+    otherwise, as expected; with logits moved less than half the closest gap, a different answer is not."""
+    flat = gguf_check(0, max_abs=1.2e-2, margin=3e-4).summary()
+    assert ("greedy generations identical on 0/4 prompts (expected for q8_0 on this model: its logits move by up "
+            "to 0.012 and merged/'s top two candidates come within 0.0003 of each other, so a greedy answer can take "
+            "another token; the gate decides); template ids exact") in flat
+    peaked = gguf_check(3, max_abs=1e-3, margin=0.5).summary()
+    assert ("identical on 3/4 prompts (not expected: logits moved by at most 0.001, less than half of merged/'s "
+            "closest top-two gap 0.5;") in peaked
+    assert "identical on 4/4 prompts; template ids exact" in gguf_check(4, max_abs=1e-3, margin=0.5).summary()
