@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
@@ -51,6 +52,14 @@ def gather(*layers: nn.Module) -> Optional[tuple[tuple[Proj, ...], tuple]]:
     return tuple(projs), tuple(ab)
 
 
+@torch.compiler.disable  # runs eagerly inside a compiled layer: the functions reuse one weight buffer in place
+def run_fused(function, x, found, owns_input: bool):
+    """`function.apply` (LoraProjections or LoraMLP) on x with `gather`'s projections and adapters; dX may overwrite
+    x only when `owns_input` and our own offloaded checkpointing is recomputing this layer (x is then a tensor of
+    that private recompute, a norm's output that nothing else saved)."""
+    return function.apply(x, found[0], owns_input and recomputing(), *found[1])
+
+
 class FusedLlamaAttention(nn.Module):
     """LlamaAttention with q/k/v in one fused function (one read of the shared input) and a fused o_proj."""
 
@@ -70,8 +79,7 @@ class FusedLlamaAttention(nn.Module):
         if qkv is None:
             q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
         else:
-            # dX may overwrite the input only inside our own recompute: there it is the norm's output, saved by no one else
-            q, k, v = LoraProjections.apply(hidden_states, qkv[0], recomputing(), *qkv[1])
+            q, k, v = run_fused(LoraProjections, hidden_states, qkv, owns_input=True)
         q, k, v = (t.view(hidden_shape).transpose(1, 2) for t in (q, k, v))
         cos, sin = position_embeddings
         q, k = hf.apply_rotary_pos_emb(q, k, cos, sin)
@@ -83,7 +91,7 @@ class FusedLlamaAttention(nn.Module):
                                  else 0.0, scaling=self.scaling, **kwargs)
         out = out.reshape(*hidden_states.shape[:-1], -1).contiguous()
         o = gather(self.o_proj)  # its input may alias what the attention kernel saved: dX never overwrites it
-        return (self.o_proj(out) if o is None else LoraProjections.apply(out, o[0], False, *o[1])[0]), weights
+        return (self.o_proj(out) if o is None else run_fused(LoraProjections, out, o, owns_input=False)[0]), weights
 
 
 class FusedLlamaMLP(nn.Module):
@@ -100,7 +108,7 @@ class FusedLlamaMLP(nn.Module):
         found = gather(self.gate_proj, self.up_proj, self.down_proj)
         if found is None:
             return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
-        return LoraMLP.apply(x, found[0], recomputing(), *found[1])
+        return run_fused(LoraMLP, x, found, owns_input=True)
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
