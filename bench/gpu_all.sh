@@ -2,7 +2,7 @@
 # The whole GPU session in one command (one H100/H200, < 10 minutes): the throughput benchmark first
 # (bench/gpu_session.sh, BUDGET seconds), then the CUDA-only tests with the time left, reusing the random 7B the
 # benchmark wrote: FSDP-QLoRA (tiny and 7B-shaped), bf16 export, eval/chat on CUDA.
-#   run: bash bench/gpu_all.sh   (carry .whl/, prepared by ../shared/gpu/wheels.sh as bench/gpu_session.sh says)
+#   run: bash bench/gpu_all.sh   (carry .whl/, prepared here by bench/prepare_gpu.sh)
 set -uo pipefail
 res=${OUT:-bench/results/gpu}
 mkdir -p "$res/tests"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import gc
 import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -31,11 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import torch  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
 
 import perf  # noqa: E402
 import plain_hf  # noqa: E402
 import unsloth_arm  # noqa: E402
+from steps import ProfileStep, StepTimer, result, train  # noqa: E402,F401  (dpo_throughput reads train here)
 from finetune import config  # noqa: E402
 from finetune.data import load as data  # noqa: E402
 from finetune.data.load import Prepared  # noqa: E402
@@ -61,7 +60,10 @@ KNOBS = {
     "fused": "trainer.fused_lora=true",  # fused LoRA autograd functions for q/k/v, o and the MLP
     "fit6": "trainer.memory_budget=5.86GB",  # issue 14's target, 0.7 x plain HF's 8.37 GiB (7B QLoRA, H200): the
     "fit12": "trainer.memory_budget=12GB",  # planner picks the layers to checkpoint and offloads their inputs
+    "fit40": "trainer.memory_budget=40GB",  # 70B QLoRA on one 48 GB card, with room for the CUDA context
 }
+# knobs of the benchmark itself, not config keys: "compile" runs each decoder layer under torch.compile
+BENCH_KNOBS = ("compile",)
 PLAIN = ("baseline", "pad_to_max")
 PEERS = ("unsloth",)  # other libraries, each in its own process (unsloth_arm.py): they patch transformers on import
 LORA = dict(r=16, alpha=16, dropout=0.0)  # both arms: r=16 on all 7 linear layers, no dropout
@@ -91,8 +93,15 @@ def materialize(a, recipe: str) -> tuple[str, object]:
     cfg = compose(recipe, ["model.random_init=true", f"model.tokenizer={ROOT / 'data' / 'llama2-tokenizer'}"])
     tok = model.load_tokenizer(cfg.model)
     t0 = time.perf_counter()
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model_base.prepare_path(cfg.model, tok)
+    if getattr(a, "prequantized", False):  # NF4 written tensor by tensor: a 70B never exists in bf16 (138 GB)
+        import random_nf4
+        from finetune.config.paths import cache_root
+
+        path = (cache_root() / "models" / f"random-nf4-{cfg.model.name}").resolve()
+        cfg.model.path, cfg.model.random_init = str(random_nf4.write(cfg.model, tok, path)), False
+    else:
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model_base.prepare_path(cfg.model, tok)
     print(f"model ready at {cfg.model.path} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return cfg.model.path, cfg
 
@@ -152,60 +161,6 @@ def our_trainer(cfg, prepared: Prepared, run_dir: Path, build):
     return trainer
 
 
-class StepTimer(TrainerCallback):
-    """Wall time per optimizer step (device synchronised), and the loss, grad norm and real tokens logged at it."""
-
-    def __init__(self):
-        self.begin, self.end, self.logs, self.grad_norm = {}, {}, {}, {}
-
-    def on_step_begin(self, args, state, control, **kw):
-        perf.sync()
-        self.begin[state.global_step + 1] = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kw):
-        perf.sync()
-        self.end[state.global_step] = time.perf_counter()
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
-        # our own norm of the (clipped: max_grad_norm is large in the benchmark) LoRA gradients, in float32
-        grads = [p.grad.detach().float() for p in model.parameters() if p.grad is not None]
-        self.grad_norm[state.global_step + 1] = torch.linalg.vector_norm(
-            torch.stack([torch.linalg.vector_norm(g) for g in grads])).item() if grads else 0.0
-
-    def on_log(self, args, state, control, logs=None, **kw):
-        if logs and "loss" in logs:
-            self.logs[state.global_step] = logs
-
-
-class ProfileStep(TrainerCallback):
-    """Optimizer step `step` under torch.profiler (CPU, and CUDA kernels where there is a GPU); its top 40 ops by
-    self time (GPU time on CUDA, CPU time on a CPU) written to `path`: a few KB of text."""
-
-    def __init__(self, step: int, path: Path, title: str):
-        self.step, self.path, self.title, self.prof = step, path, title, None
-
-    def on_step_begin(self, args, state, control, **kw):
-        if state.global_step + 1 == self.step:
-            kinds = torch.profiler.ProfilerActivity
-            activities = [kinds.CPU, kinds.CUDA] if torch.cuda.is_available() else [kinds.CPU]
-            perf.sync()
-            self.prof = torch.profiler.profile(activities=activities)
-            self.prof.start()
-
-    def on_step_end(self, args, state, control, **kw):
-        if self.prof is None or state.global_step != self.step:
-            return
-        perf.sync()
-        self.prof.stop()
-        by = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(f"{self.title}\nstep {self.step} (after the timed steps), sorted by {by}\n\n"
-                             + self.prof.key_averages().table(sort_by=by, row_limit=40, max_name_column_width=100)
-                             + "\n")  # kernel names run long; 100 characters tell them apart
-        print(f"profile: {self.path}", flush=True)
-        self.prof = None
-
-
 def run_arm(a, name: str, recipe: str, cfg, model_dir: str, dsets, attn_len: float, flops) -> perf.ArmResult:
     ours_ds, plain_ds = dsets
     gc.collect()
@@ -224,6 +179,10 @@ def run_arm(a, name: str, recipe: str, cfg, model_dir: str, dsets, attn_len: flo
         else:
             overrides = arm_overrides(name) + list(a.override)
             trainer = ours(a, recipe, overrides, model_dir, ours_ds, Path(tmp))
+            if "compile" in name.split("-"):  # nn.Module.compile: this instance's forward, compiled in place
+                for layer in fused_layers.decoder_layers(trainer.model):
+                    layer.compile()
+                overrides = overrides + ["(each decoder layer under torch.compile)"]
         load_s = time.perf_counter() - t0
         profile = ProfileStep(trainer.args.max_steps, Path(a.results) / f"profile-{name}.txt",
                               f"{name}: {a.model} {a.quant}, {a.data} data, micro-batch {a.micro_batch} x {a.seq_len}, "
@@ -233,44 +192,12 @@ def run_arm(a, name: str, recipe: str, cfg, model_dir: str, dsets, attn_len: flo
     return result(a, name, timer, load_s, peak, flops(attn_len), overrides)
 
 
-def train(trainer, profile: ProfileStep | None = None) -> tuple[StepTimer, tuple]:
-    """Train with a StepTimer (and `profile` taking its step); the timer and (peak allocated, peak reserved) GiB
-    after loading (None on a CPU)."""
-    timer = StepTimer()
-    trainer.add_callback(timer)
-    if profile is not None:
-        trainer.add_callback(profile)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    trainer.train()
-    peak = (torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30) \
-        if torch.cuda.is_available() else (None, None)
-    return timer, peak
-
-
-def result(a, name: str, timer: StepTimer, load_s: float, peak: tuple, flops_per_token: float,
-           overrides: list[str]) -> perf.ArmResult:
-    """The timed steps' tokens/s, step time and MFU, and every step's loss and grad norm."""
-    last, first = a.warmup + a.steps, a.warmup + 1
-    seen = {s: float(lg.get("num_tokens", lg.get("num_input_tokens_seen", 0))) for s, lg in timer.logs.items()}
-    tokens = seen[last] - seen[a.warmup] if a.warmup else seen[last]
-    wall = timer.end[last] - timer.begin[first]
-    tps = tokens / wall
-    steps = sorted(timer.logs)
-    return perf.ArmResult(
-        arm=name, tokens_per_s=tps, step_s_median=statistics.median(timer.end[s] - timer.begin[s]
-                                                                    for s in range(first, last + 1)),
-        tokens_per_step=tokens / a.steps, mfu=tps * flops_per_token / a.peak, peak_alloc_gib=peak[0],
-        peak_reserved_gib=peak[1], load_s=load_s, losses=[timer.logs[s]["loss"] for s in steps],
-        grad_norms=[timer.grad_norm[s] for s in steps], overrides=overrides)
-
-
 def arm_overrides(name: str, knobs: dict = KNOBS) -> list[str]:
     """`ours-nogc-nopack` -> the overrides of knobs nogc and nopack; KeyError names an unknown knob."""
     head, *names = name.split("-")
     if head != "ours":
         raise KeyError(name)
-    return [knobs[k] for k in names]
+    return [knobs[k] for k in names if k not in BENCH_KNOBS]
 
 
 def ordered(arms: list[str]) -> list[str]:
@@ -287,7 +214,7 @@ def parse(argv=None):
     p.add_argument("--data", default="random", choices=["random", "oasst"])
     p.add_argument("--arms", default="baseline,ours",
                    help=f"comma-separated: baseline, pad_to_max, unsloth, ours[-knob...] with knobs "
-                        f"{', '.join(KNOBS)}")
+                        f"{', '.join((*KNOBS, *BENCH_KNOBS))}")
     p.add_argument("--override", action="append", default=[], help="extra key=value for our arms (repeatable)")
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--micro-batch", type=int, default=2)
@@ -296,11 +223,16 @@ def parse(argv=None):
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
     p.add_argument("--smoke", action="store_true", help="tiny model, CPU, seconds: checks the benchmark itself")
+    p.add_argument("--prequantized", action="store_true",
+                   help="random weights written already in NF4 (bench/random_nf4.py; always for --model 70b)")
     p.add_argument("--profile", action="store_true",
                    help="one more step per arm under torch.profiler: <results>/profile-<arm>.txt (not the peer's)")
     a = p.parse_args(argv)
     if a.smoke:
         a.model, a.seq_len, a.warmup, a.steps = "tiny", 512 if a.data == "oasst" else 64, 1, 2
+    a.prequantized = a.prequantized or a.model == "70b"
+    if a.prequantized and a.quant != "nf4":
+        p.error("--prequantized writes NF4 weights: use it with --quant nf4")
     unknown = []
     for x in a.arms.split(","):
         try:
@@ -309,7 +241,7 @@ def parse(argv=None):
             unknown.append(x)
     if unknown or (a.model, a.quant) not in RECIPES:
         p.error(f"unknown arms {unknown}: use baseline, pad_to_max, unsloth, ours[-knob...] with knobs "
-                f"{', '.join(KNOBS)}"
+                f"{', '.join((*KNOBS, *BENCH_KNOBS))}"
                 if unknown else f"no recipe for --model {a.model} --quant {a.quant}")
     return a
 

@@ -85,9 +85,9 @@ def main(spec_path: str, out_path: str) -> None:
     from datasets import load_from_disk
     from transformers import Trainer, default_data_collator
 
-    sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+    sys.path[:0] = [str(ROOT / "bench")]
     import plain_hf
-    import train_throughput
+    import steps
 
     a = SimpleNamespace(**json.loads(Path(spec_path).read_text()))
     cuda = torch.cuda.is_available()
@@ -103,12 +103,12 @@ def main(spec_path: str, out_path: str) -> None:
     trainer = Trainer(model=model, args=plain_hf.training_args(a, Path(a.run_dir), gradient_checkpointing=False),
                       train_dataset=load_from_disk(a.rows), data_collator=default_data_collator)
     load_s = time.perf_counter() - t0
-    timer, peak = train_throughput.train(trainer)
+    timer, peak = steps.train(trainer)
     versions = {p: importlib.metadata.version(p) for p in ("unsloth", "unsloth_zoo", "transformers", "trl", "peft")}
     notes = [f"{k} {v}" for k, v in versions.items()] + [
         f"FastLanguageModel {'4-bit' if a.quant != 'none' else '16-bit'}, use_gradient_checkpointing='unsloth', "
         f"{'the baseline' if copied else 'its own'} starting LoRA"]
-    r = train_throughput.result(a, "unsloth", timer, load_s, peak, a.flops_per_token, [])
+    r = steps.result(a, "unsloth", timer, load_s, peak, a.flops_per_token, [])
     Path(out_path).write_text(json.dumps({**dataclasses.asdict(r), "notes": notes}))
 
 

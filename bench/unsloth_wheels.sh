@@ -6,7 +6,7 @@
 # that only the unsloth arm's process sees; the machine's own torch, triton, transformers (5.17), peft, accelerate,
 # bitsandbytes and huggingface_hub are used. Left out: unsloth's web studio and CLI (82 MB), torchao (QAT and
 # exports) and hf_transfer (downloads): the arm uses none of them.
-# Run from the project root after ../shared/gpu/wheels.sh (it creates .whl/ and keeps it out of git).
+# bench/prepare_gpu.sh runs it after filling .whl/ (kept out of git); alone: bash bench/unsloth_wheels.sh
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 site=$(mktemp -d)

@@ -8,9 +8,15 @@ on the GPU (torch's non-reentrant checkpoint), or, offloaded, copied to pinned h
 next layers compute and copied back, one layer ahead, during backward (`OffloadedCheckpoint`).
 
 On a CPU the "offloaded" input is a host copy: the same code path and gradients, nothing to save.
+
+The recompute restores the forward's RNG state only when the layer draws random numbers (a dropout with p > 0 in
+training mode, LoRA dropout included); otherwise it saves and forks nothing. While it runs, `recomputing()` is
+true: the fused LoRA functions then write input gradients over their inputs, which belong to this recompute alone.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from typing import Optional
 
@@ -79,19 +85,48 @@ class Offloader:
         return copy.take()
 
 
+_RECOMPUTING = contextvars.ContextVar("finetune_offloaded_recompute", default=False)
+
+
+def recomputing() -> bool:
+    """Whether this forward is OffloadedCheckpoint's recompute (its tensors are private to that backward)."""
+    return _RECOMPUTING.get()
+
+
+@contextlib.contextmanager
+def _recompute():
+    token = _RECOMPUTING.set(True)
+    try:
+        yield
+    finally:
+        _RECOMPUTING.reset(token)
+
+
+def draws_random(layer: torch.nn.Module) -> bool:
+    """Whether a forward of `layer` now would draw random numbers (dropout with p > 0 in training mode)."""
+    if not layer.training:
+        return False
+    attn = getattr(layer, "self_attn", None)
+    if float(getattr(attn, "attention_dropout", 0.0) or 0.0) > 0:
+        return True
+    return any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 and m.training
+               for m in layer.modules())
+
+
 class OffloadedCheckpoint(torch.autograd.Function):
-    """`apply(run, offloader, hidden, *params)`: run(hidden) without saving anything but a host copy of `hidden`;
-    backward copies it back, recomputes run(hidden) with the forward's RNG and autocast state, and returns the
-    gradients of `hidden` and of the layer's trainable `params` (inputs here, so layer 0's output needs grad even
-    when the embeddings are frozen)."""
+    """`apply(run, offloader, rng, hidden, *params)`: run(hidden) without saving anything but a host copy of `hidden`;
+    backward copies it back, recomputes run(hidden) with the forward's autocast state (and RNG state when `rng`),
+    and returns the gradients of `hidden` and of the layer's trainable `params` (inputs here, so layer 0's output
+    needs grad even when the embeddings are frozen)."""
 
     @staticmethod
-    def forward(ctx, run, offloader, hidden, *params):
+    def forward(ctx, run, offloader, rng, hidden, *params):
         dev = hidden.device.type
-        ctx.run, ctx.offloader, ctx.params, ctx.dev = run, offloader, params, dev
+        ctx.run, ctx.offloader, ctx.params, ctx.dev, ctx.rng = run, offloader, params, dev, rng
         ctx.autocast = (torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
-        ctx.cpu_rng = torch.get_rng_state()
-        ctx.cuda_rng = torch.cuda.get_rng_state(hidden.device) if dev == "cuda" else None
+        if rng:
+            ctx.cpu_rng = torch.get_rng_state()
+            ctx.cuda_rng = torch.cuda.get_rng_state(hidden.device) if dev == "cuda" else None
         with torch.no_grad():
             out = run(hidden)
         ctx.copy = offloader.put(hidden)
@@ -99,19 +134,22 @@ class OffloadedCheckpoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
-        hidden = ctx.offloader.take(ctx.copy).detach().requires_grad_(ctx.needs_input_grad[2])
-        devices = [hidden.device] if ctx.dev == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.enable_grad(), \
-                torch.autocast(ctx.dev, enabled=ctx.autocast[0], dtype=ctx.autocast[1]):
-            torch.set_rng_state(ctx.cpu_rng)
-            if ctx.cuda_rng is not None:
-                torch.cuda.set_rng_state(ctx.cuda_rng, hidden.device)
+        hidden = ctx.offloader.take(ctx.copy).detach().requires_grad_(ctx.needs_input_grad[3])
+        with contextlib.ExitStack() as stack:
+            if ctx.rng:
+                stack.enter_context(torch.random.fork_rng(devices=[hidden.device] if ctx.dev == "cuda" else []))
+                torch.set_rng_state(ctx.cpu_rng)
+                if ctx.cuda_rng is not None:
+                    torch.cuda.set_rng_state(ctx.cuda_rng, hidden.device)
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(torch.autocast(ctx.dev, enabled=ctx.autocast[0], dtype=ctx.autocast[1]))
+            stack.enter_context(_recompute())
             out = ctx.run(hidden)
         wrt = ([hidden] if hidden.requires_grad else []) + [p for p in ctx.params if p.requires_grad]
         grads = list(torch.autograd.grad(out, wrt, dout, allow_unused=True))
         d_hidden = grads.pop(0) if hidden.requires_grad else None
         d_params = [grads.pop(0) if p.requires_grad else None for p in ctx.params]
-        return (None, None, d_hidden, *d_params)
+        return (None, None, None, d_hidden, *d_params)
 
 
 def offloaded_checkpoint(function, hidden, *args, layer, offloader):
@@ -119,7 +157,7 @@ def offloaded_checkpoint(function, hidden, *args, layer, offloader):
     if args:  # transformers passes the hidden states alone positionally; anything else: torch's checkpoint
         return checkpoint(function, hidden, *args, use_reentrant=False)
     params = tuple(p for p in layer.parameters() if p.requires_grad)
-    return OffloadedCheckpoint.apply(function, offloader, hidden, *params)
+    return OffloadedCheckpoint.apply(function, offloader, draws_random(layer), hidden, *params)
 
 
 def decoder_layers(model) -> list:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
+from finetune.model.checkpointing import recomputing
 from finetune.model.fused import LoraMLP, LoraProjections, Proj, is_4bit
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -50,6 +52,14 @@ def gather(*layers: nn.Module) -> Optional[tuple[tuple[Proj, ...], tuple]]:
     return tuple(projs), tuple(ab)
 
 
+@torch.compiler.disable  # runs eagerly inside a compiled layer: the functions reuse one weight buffer in place
+def run_fused(function, x, found, owns_input: bool):
+    """`function.apply` (LoraProjections or LoraMLP) on x with `gather`'s projections and adapters; dX may overwrite
+    x only when `owns_input` and our own offloaded checkpointing is recomputing this layer (x is then a tensor of
+    that private recompute, a norm's output that nothing else saved)."""
+    return function.apply(x, found[0], owns_input and recomputing(), *found[1])
+
+
 class FusedLlamaAttention(nn.Module):
     """LlamaAttention with q/k/v in one fused function (one read of the shared input) and a fused o_proj."""
 
@@ -69,7 +79,7 @@ class FusedLlamaAttention(nn.Module):
         if qkv is None:
             q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
         else:
-            q, k, v = LoraProjections.apply(hidden_states, qkv[0], *qkv[1])
+            q, k, v = run_fused(LoraProjections, hidden_states, qkv, owns_input=True)
         q, k, v = (t.view(hidden_shape).transpose(1, 2) for t in (q, k, v))
         cos, sin = position_embeddings
         q, k = hf.apply_rotary_pos_emb(q, k, cos, sin)
@@ -80,8 +90,8 @@ class FusedLlamaAttention(nn.Module):
         out, weights = attention(self, q, k, v, attention_mask, dropout=self.attention_dropout if self.training
                                  else 0.0, scaling=self.scaling, **kwargs)
         out = out.reshape(*hidden_states.shape[:-1], -1).contiguous()
-        o = gather(self.o_proj)
-        return (self.o_proj(out) if o is None else LoraProjections.apply(out, o[0], *o[1])[0]), weights
+        o = gather(self.o_proj)  # its input may alias what the attention kernel saved: dX never overwrites it
+        return (self.o_proj(out) if o is None else run_fused(LoraProjections, out, o, owns_input=False)[0]), weights
 
 
 class FusedLlamaMLP(nn.Module):
@@ -98,7 +108,7 @@ class FusedLlamaMLP(nn.Module):
         found = gather(self.gate_proj, self.up_proj, self.down_proj)
         if found is None:
             return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
-        return LoraMLP.apply(x, found[0], *found[1])
+        return run_fused(LoraMLP, x, found, owns_input=True)
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -165,11 +175,23 @@ def apply(model: nn.Module) -> str:
         return f"fused LoRA: off ({reason}); training runs peft's own layers"
     layers = decoder_layers(model)
     for layer in layers:
+        restore_quant_states(layer)
         layer.self_attn = FusedLlamaAttention(layer.self_attn)
         layer.mlp = FusedLlamaMLP(layer.mlp)
     base = layers[0].mlp.gate_proj
     kind = "4-bit" if is_4bit(getattr(base, "base_layer", base)) else "16-bit"
     return f"fused LoRA: q/k/v, o and SwiGLU MLP of {len(layers)} layers over the {kind} base"
+
+
+def restore_quant_states(layer: nn.Module) -> None:
+    """bitsandbytes' own repair of a 4-bit weight that lost its quant_state, once here rather than per call."""
+    for name in PROJECTIONS:
+        module = getattr(layer.self_attn if name in PROJECTIONS[:4] else layer.mlp, name)
+        base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+        if is_4bit(base):
+            from bitsandbytes.nn.modules import fix_4bit_weight_quant_state_from_module
+
+            fix_4bit_weight_quant_state_from_module(base)
 
 
 def fused(model: nn.Module) -> bool:

@@ -98,3 +98,19 @@ def test_budget_too_small_for_any_plan_stops_with_the_smallest_plan():
     assert "tokens, offloaded)" in str(err.value) and "verdict: DOES NOT FIT" in str(err.value)
     plan = budget_plan(config.load(compose("recipe=qlora_7b", "trainer.memory_budget=24GB")))
     assert plan.need <= 24 * GiB and "(trainer.memory_budget=24GB)" in plan.line()
+
+
+def test_offloaded_recompute_draws_the_forwards_dropout_masks(gqa_path):  # noqa: F811
+    """With LoRA dropout the recompute must run under the forward's RNG state (it skips saving one only when no
+    dropout is active): the gradients then equal those of no checkpointing under the same seed."""
+    _, base = load("tiny_lora", gqa_path)
+    model, b = with_lora(base, dropout=0.3), batch()
+    step = lambda: model(**b).loss  # noqa: E731
+    torch.manual_seed(7)
+    want = loss_and_grads(model, step)
+    checkpointing.apply(model, [True, True], offload=True)
+    assert all(checkpointing.draws_random(layer) for layer in checkpointing.decoder_layers(model))
+    torch.manual_seed(7)
+    assert_close(loss_and_grads(model, step), want)
+    model.eval()
+    assert not any(checkpointing.draws_random(layer) for layer in checkpointing.decoder_layers(model))
