@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 
 from finetune import config
 from finetune.runtime import console  # first: it silences two library notices before transformers loads
+from finetune.benchmarks import objective
 from finetune.config import ConfigError
 from finetune.runs import metrics
 from finetune.runs.rundir import finished
@@ -53,6 +54,8 @@ class Options:
 def main(argv: list[str]) -> int:
     path, opts, overrides = parse_args(argv)
     sweep = sweep_space.load(path, overrides)
+    if note := objective.prepare(sweep):  # metric benchmark/<task>/<metric>: trials score the task at their end
+        console.info(note)
     total = trial_count(sweep, opts.trials)
     out = Path(opts.sweep_dir or Path("outputs", "sweeps", path.stem)).resolve()
     if trains(sweep):

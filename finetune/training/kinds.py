@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from finetune.benchmarks import callback as benchmarks
 from finetune.runs import metrics
 from finetune.runtime import console
 from finetune.training import dpo, kto, orpo, progress, sft, simpo
@@ -18,4 +19,5 @@ def build(cfg, model, tokenizer, prepared, run_dir: Path):
     for cb in [c for c in trainer.callback_handler.callbacks if isinstance(c, metrics.MetricsCallback)]:
         metrics.first(trainer, cb)  # tokens/s, perplexity and resumed counts reach TensorBoard and wandb too
     trainer.add_callback(metrics.LogAtSave())
+    benchmarks.attach(trainer, cfg, tokenizer)  # eval.benchmarks: lm_eval tasks during training, logged like eval loss
     return trainer
