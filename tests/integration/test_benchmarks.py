@@ -75,6 +75,7 @@ def test_shipped_tasks_base_vs_tuned_are_lm_evals_numbers_and_reach_the_card(tin
         assert line in proc.stdout
     assert "base: llama2_tiny (nf4); tuned: run (adapter, nf4)" in proc.stdout
     assert "prompts in the Llama 2 chat format (lm_eval's chat-template path gives the ids training used)" in proc.stdout
+    assert "nltk_data" not in proc.stdout + proc.stderr  # no task module tried nltk.download() (offline: an error)
 
     # The adapter changed the model: the gold ending's perplexity moved; the same number as lm_eval's own run
     ppl = rows[("gold_ending_ppl", "perplexity")]
@@ -131,7 +132,7 @@ def test_a_local_sweep_ranks_trials_by_a_benchmark_scored_at_the_end_of_training
                        "trainer.learning_rate": {"values": [0.002, 0.05]}},
         "command": ["${env}", "python", "finetune/train.py", "${args_no_hyphens}"]}, sort_keys=False))
     out = tmp_path / "sweep"
-    proc = run_entry("sweep.py", str(sweep_file), f"sweep_dir={out}", "data.max_samples=8", "data.max_length=128",
+    proc = run_entry("sweep.py", str(sweep_file), f"sweep_dir={out}", "data.max_samples=8", "data.max_length=256",
                      "data.too_long=truncate", "trainer.max_steps=1", "trainer.micro_batch_size=2", "eval.samples=0")
     assert "each trial scores hellaswag_mini at its end (eval.benchmarks=[hellaswag_mini]" in proc.stdout
     records = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
