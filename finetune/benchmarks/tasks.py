@@ -39,7 +39,8 @@ def require_lm_eval() -> None:
         import lm_eval  # noqa: F401
     except ImportError:
         raise BenchmarkError(f"benchmarks need lm-evaluation-harness, which is not installed: {INSTALL}") from None
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its per-task INFO lines would bury our table
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notes (and a warning about passing a model
+    #                                                       object, which is how we use it) would bury our table
 
 
 def folders(include: Optional[str]) -> list[Path]:
