@@ -1,6 +1,9 @@
 """Loss and perplexity of a run, and of the bare base it started from, on any data config:
 `python finetune/evaluate.py run=outputs/<run> [data=oasst] [split=eval|train|all]`.
 
+`benchmarks=[gsm8k_mini,hellaswag_mini]` instead scores the run and its base on lm-evaluation-harness tasks
+(finetune/benchmarks): one base-vs-tuned table, saved to <run>/benchmarks.json (the model card shows it).
+
 The loss is the training loss's: mean negative log-likelihood over the tokens training scores (assistant
 answers and their EOS, `assistant_masks`), token-weighted over the whole split; perplexity = exp(loss). Results
 go to <run>/eval/<data>-<split>.json and a summary table to stdout.
@@ -10,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +25,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from finetune import config
+from finetune.benchmarks.options import BenchmarksConfig, argv_shorthand
 from finetune.config import ConfigError, DataConfig, ModelConfig, QuantConfig, TrainConfig
 from finetune.config.methods import METHODS
 from finetune.runtime import console
@@ -39,6 +43,7 @@ class EvaluateConfig:
     quant: Optional[QuantConfig] = None  # the `quant=` group; None: as the run trained, none for a bare model
     batch_size: int = 4
     out: Optional[str] = None
+    benchmarks: BenchmarksConfig = field(default_factory=BenchmarksConfig)  # tasks: lm_eval benchmarks instead of loss
 
 
 @dataclass
@@ -133,6 +138,8 @@ def main(dict_cfg: DictConfig) -> None:
     ecfg: EvaluateConfig = OmegaConf.to_object(dict_cfg)  # type: ignore[assignment]
     if problems := check(ecfg):
         raise ConfigError(problems)
+    if ecfg.benchmarks.tasks:
+        return benchmark(ecfg)
     run = Path(ecfg.run).expanduser().resolve() if ecfg.run else None
     if run:  # held as a reader: a training job does not replace the adapter while it is read
         lock.share(run, "evaluate.py")
@@ -168,5 +175,65 @@ def main(dict_cfg: DictConfig) -> None:
     console.info(table(results, dcfg, ecfg.split) + f"\nsaved: {out}")
 
 
+def benchmark(ecfg: EvaluateConfig) -> None:
+    """lm_eval tasks on the run's base and on the run (base + adapter as trained, or merged/ with
+    benchmarks.merged=true): one table, <run>/benchmarks.json. Tasks and their data are checked before weights."""
+    import lm_eval
+
+    from finetune.benchmarks import backends, report, tasks
+    from finetune.runs.rundir import run_config, run_problems
+    from finetune.ship import loading
+
+    b = ecfg.benchmarks
+    if not ecfg.run:
+        raise ConfigError(["benchmarks: give run=outputs/<run> (the base it started from is scored beside it)"])
+    run = Path(ecfg.run).expanduser().resolve()
+    if b.merged and (problems := run_problems(run, merged=True)):
+        raise ConfigError(problems)
+    train_cfg = run_config(run)
+    backends.check(b, run)  # backend=vllm: installed or one line saying it is not
+    tasks.build(b.tasks, b.include)  # unknown names, missing data, offline stock tasks: one error, no weights yet
+    chat = b.chat_template if b.chat_template is not None else train_cfg.data.adapter != "text"
+    tokenizer = loading.load_tokenizer(run, train_cfg)
+    scores = benchmark_scores(ecfg, train_cfg, run, tokenizer, chat)
+    mode = loading.quant_config(ecfg.quant, train_cfg, merged=False).mode
+    labels = (f"{train_cfg.model.name} ({mode})", f"{run.name} ({'merged/' if b.merged else 'adapter, ' + mode})")
+    rows = report.rows(scores["base"], scores["tuned"])
+    matched = scores["tuned"]["chat_ids_match"]
+    note = (None if not chat else "prompts in the Llama 2 chat format (lm_eval's chat-template path gives the ids "
+            "training used)" if matched in (True, None) else "prompts in the Llama 2 chat format, but lm_eval's "
+            "chat-template path does NOT give the ids training used (compare chat_format.encode_prompt)")
+    out = report.write(run, {"run": str(run), "tasks": b.tasks, "limit": b.limit, "chat_template": chat,
+                             "chat_ids_match": matched, "chat_note": note, "lm_eval": lm_eval.__version__,
+                             "models": dict(zip(("base", "tuned"), labels)), "rows": rows,
+                             "datasets": scores["tuned"]["datasets"], "scores": scores})
+    cards = [p for p in (run / "adapter" / "README.md", run / "merged" / "README.md") if report.update_card(p, run)]
+    console.info(report.table(rows, *labels) + (f"\n{note}" if note else "") + f"\nsaved: {out}"
+                 + "".join(f"\nmodel card: {p} (model-index)" for p in cards))
+
+
+def benchmark_scores(ecfg: EvaluateConfig, train_cfg: TrainConfig, run: Path, tokenizer, chat: bool) -> dict:
+    """runner.evaluate's output for the base (None with base=false) and the tuned model."""
+    from finetune.benchmarks import backends, runner
+    from finetune.ship import loading
+
+    b = ecfg.benchmarks
+    if b.backend == "vllm":
+        lms = {"base": lambda: backends.vllm_lm(train_cfg, run, False, False, ecfg.batch_size),
+               "tuned": lambda: backends.vllm_lm(train_cfg, run, not b.merged, b.merged, ecfg.batch_size)}
+        return {k: runner.evaluate_lm(lm(), tokenizer, b, chat) if k == "tuned" or ecfg.base else None
+                for k, lm in lms.items()}
+    base = loading.load_base(run, train_cfg, tokenizer, ecfg.quant)
+    scores = {"base": runner.evaluate(base, tokenizer, b, chat, ecfg.batch_size) if ecfg.base else None}
+    if b.merged:
+        del base
+        tuned = loading.load_base(run, train_cfg, tokenizer, None, merged=True)
+    else:
+        tuned = loading.add_adapter(base, run)
+    scores["tuned"] = runner.evaluate(tuned, tokenizer, b, chat, ecfg.batch_size)
+    return scores
+
+
 if __name__ == "__main__":
+    sys.argv[1:] = argv_shorthand(sys.argv[1:])
     main()

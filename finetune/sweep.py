@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: import the package, never sibl
 from omegaconf import OmegaConf
 
 from finetune import config
+from finetune.benchmarks import objective
 from finetune.config import ConfigError
 from finetune.runs.rundir import finished
 from finetune.runtime import console  # first: it silences two library notices before transformers loads
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:  # None: the command line (the `
         return 0
     path, opts, overrides = parse_args(argv)
     sweep = sweep_space.load(path, overrides)
+    if note := objective.prepare(sweep):  # metric benchmark/<task>/<metric>: trials score the task at their end
+        console.info(note)
     total = trial_count(sweep, opts.trials)
     out = Path(opts.sweep_dir or Path("outputs", "sweeps", path.stem)).resolve()
     if trains(sweep):

@@ -155,6 +155,10 @@ class EvalConfig:
     samples: int = 4  # fixed prompts generated into samples.jsonl (+ a wandb table) at each eval; 0: none
     max_new_tokens: int = 128  # per sample, greedy, so one step's samples compare with the next's
     prompts: Optional[str] = None  # JSONL of {"prompt": str} or {"messages": [...]}; default: held-out dialogs
+    benchmarks: list[str] = field(default_factory=list)  # lm_eval tasks scored on the model being trained (logged
+    #                                                      as eval_benchmark/<task>/<metric>), e.g. [hellaswag_mini]
+    benchmark_steps: Optional[int] = None  # every N optimizer steps and at the end; null: at the end only
+    benchmark_limit: Optional[int] = None  # the first N items of each task; null: all (200 in the shipped ones)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
+from finetune.benchmarks import report as benchmarks
 from finetune.config import CONFIGS_DIR, ROOT, TrainConfig, flatten, looks_local
 from finetune.config.methods import METHODS
 from finetune.runs import metrics
@@ -105,6 +106,8 @@ def metadata(cfg: TrainConfig, base: Base, kind: str, run_dir: Optional[Path] = 
         meta["base_model"] = base.hub_id
     if not looks_local(cfg.data.path):
         meta["datasets"] = [cfg.data.path]
+    if run_dir is not None and kind != "gguf":  # lm_eval scores from evaluate.py benchmarks=[...]: model-index
+        meta.update(benchmarks.card_metadata(Path(run_dir), Path(run_dir).name))
     return meta
 
 
@@ -129,6 +132,7 @@ def render(run_dir: Path, kind: str, merge_section: str = "", adapter_dir: Optio
     extras = "".join(f", {text}" for _, text in variants(cfg, adapter_dir or run_dir / "adapter"))
     what = {"adapter": "LoRA adapter", "gguf": "GGUF (merged weights for llama.cpp and Ollama)"}.get(
         kind, "model (LoRA adapter merged into the base weights)")
+    scores = (section + "\n") if kind != "gguf" and (section := benchmarks.card_section(run_dir)) else ""
     body = f"""
 # {run_dir.name}: {cfg.model.name} {name} {what}
 
@@ -155,7 +159,7 @@ Use is governed by the Llama 2 Community License (LICENSE-LLAMA2, USE_POLICY.md 
 | --- | --- |
 {results}
 {merge_section}
-## Prompt format
+{scores}## Prompt format
 
 Meta's Llama 2 chat format; every tokenizer saved here carries it as its chat template
 (`tokenizer.apply_chat_template(messages, tokenize=False)`):

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from finetune import config
+from finetune.benchmarks import callback as benchmarks
 from finetune.config import ConfigError, TrainConfig, UserError, methods
 from finetune.data import examples, prompts
 from finetune.model import base, checkpointing, lora
@@ -29,6 +30,7 @@ def problems(dict_cfg: DictConfig) -> list[str]:
     cfg = dict_cfg
     found += base.check(cfg) + lora.check(cfg) + examples.check(cfg.data) + prompts.check(cfg.eval)
     found += rundir.check(cfg) + checkpointing.check(cfg) + extras.check(cfg) + methods.check(cfg)
+    found += benchmarks.check(cfg.eval)
     if cfg.trainer.kind in TRAINERS:
         found += TRAINERS[cfg.trainer.kind].check(cfg)
     found += trainer_problems(cfg) + weights_problems(cfg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from finetune.benchmarks import callback as benchmarks
 from finetune.config.methods import METHODS
 from finetune.data.stats import DataError
 from finetune.runs import metrics
@@ -31,4 +32,5 @@ def build(cfg, model, tokenizer, prepared, run_dir: Path):
     for cb in [c for c in trainer.callback_handler.callbacks if isinstance(c, metrics.MetricsCallback)]:
         metrics.first(trainer, cb)  # tokens/s, perplexity and resumed counts reach TensorBoard and wandb too
     trainer.add_callback(metrics.LogAtSave())
+    benchmarks.attach(trainer, cfg, tokenizer)  # eval.benchmarks: lm_eval tasks during training, logged like eval loss
     return trainer

@@ -12,11 +12,12 @@ ALLOWED = {
     "runtime": {"config"},
     "data": {"config", "runtime"},
     "model": {"config", "runtime", "data"},
-    "runs": {"config", "runtime", "data"},
-    "training": {"config", "runtime", "data", "model", "runs"},
+    "runs": {"config", "runtime", "data", "benchmarks"},
+    "training": {"config", "runtime", "data", "model", "runs", "benchmarks"},
     "ship": {"config", "runtime", "data", "model", "runs"},
     "planning": {"config", "runtime"},
     "sweeps": {"config", "runtime"},
+    "benchmarks": {"config", "runtime", "data"},
 }
 
 
