@@ -14,7 +14,7 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-from finetune.config import CONFIGS_DIR, TrainConfig, looks_local
+from finetune.config import CONFIGS_DIR, TrainConfig, looks_local, rope
 from finetune.runs import metrics
 from finetune.runs.card_text import PROMPT_IDS, load_snippet, prompt_example
 from finetune.runs.rundir import run_config
@@ -87,6 +87,8 @@ def variants(cfg: TrainConfig, adapter_dir: Optional[Path] = None) -> list[tuple
         out.append(("loraplus", f"LoRA+ (lora_B learning rate x{t.loraplus_lr_ratio:g})"))
     if t.neftune_alpha is not None:
         out.append(("neftune", f"NEFTune (noise alpha {t.neftune_alpha:g})"))
+    if lo.train_embeddings_and_norms or saved.get("modules_to_save"):
+        out.append(("longlora", "LongLoRA's trainable input embeddings and norms"))
     return out
 
 
@@ -151,6 +153,7 @@ Use is governed by the Llama 2 Community License (LICENSE-LLAMA2, USE_POLICY.md 
 | max grad norm / weight decay | {t.max_grad_norm} / {t.weight_decay} |
 | optimizer | {t.optim} |
 | max sequence length | {cfg.data.max_length} |
+| trained context | {rope.describe(cfg.model)} |
 | seed | {cfg.seed} |
 
 | result | value |
