@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from finetune import config
 from finetune.runtime import console
 from finetune.config import ConfigError, DataConfig, ModelConfig, QuantConfig, TrainConfig
+from finetune.ship.long_context import LongContextConfig
 
 SPLITS = ("eval", "train", "all")
 
@@ -38,6 +39,7 @@ class EvaluateConfig:
     quant: Optional[QuantConfig] = None  # the `quant=` group; None: as the run trained, none for a bare model
     batch_size: int = 4
     out: Optional[str] = None
+    long_context: LongContextConfig = field(default_factory=LongContextConfig)  # length=N: ship/long_context.py
 
 
 @dataclass
@@ -102,9 +104,11 @@ def check(ecfg: EvaluateConfig) -> list[str]:
         problems += rundir.run_problems(Path(ecfg.run).expanduser().resolve(), merged=False)
     elif not ecfg.model:
         problems.append("run: required; give run=outputs/<run>, or model=<name> data=<name> for a bare base model")
-    elif not ecfg.data:
+    elif not ecfg.data and not ecfg.long_context.length:
         problems.append("data: required with model=; pick a data config: data=oasst")
-    return problems
+    from finetune.ship import long_context
+
+    return problems + long_context.problems(ecfg.long_context)
 
 
 def table(results: list[Result], dcfg: DataConfig, split: str) -> str:
@@ -131,6 +135,12 @@ def main(dict_cfg: DictConfig) -> None:
         raise ConfigError(problems)
     run = Path(ecfg.run).expanduser().resolve() if ecfg.run else None
     train_cfg = run_config(run) if run else TrainConfig(model=ecfg.model, quant=QuantConfig())
+    if ecfg.long_context.length:  # long-context perplexity and passkey retrieval (ship/long_context.py)
+        from finetune.ship import long_context
+
+        tokenizer = loading.load_tokenizer(run, train_cfg) if run else load_tokenizer(ecfg.model)
+        return console.info(long_context.evaluate(ecfg.long_context, run, train_cfg, tokenizer, ecfg.quant,
+                                                  ecfg.base, ecfg.out))
     dcfg = ecfg.data or train_cfg.data
     if not ecfg.data and train_cfg.trainer.kind in ("dpo", "orpo", "simpo", "kto"):
         raise ConfigError([f"run={run} is a {train_cfg.trainer.kind.upper()} run: its data are preference "
