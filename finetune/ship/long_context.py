@@ -146,7 +146,8 @@ def score_all(models, sp, lcfg: LongContextConfig, mcfg, out: Path) -> str:
                                "document": str(DOCUMENT.relative_to(ROOT)), "windows": lcfg.windows,
                                "passkeys": lcfg.passkeys, "results": [asdict(r) for r in results]}, indent=2) + "\n")
     lines = [f"long context: {lcfg.length} tokens (model context {rope.describe(mcfg)}); perplexity over "
-             f"{lcfg.windows} windows of the bundled OpenAssistant text, {lcfg.passkeys} passkeys",
+             f"{lcfg.windows} window{'s' * (lcfg.windows > 1)} of the bundled OpenAssistant text, "
+             f"{lcfg.passkeys} passkeys",
              f"{'model':<40} {'perplexity':>11} {f'past {original}':>11} {'passkey':>9} {'key logp':>9}"]
     for r in results:
         late = f"{r.perplexity_past_original:,.2f}" if r.perplexity_past_original is not None else "-"
