@@ -48,3 +48,23 @@ def test_what_llama_cpp_cannot_run_is_refused(scaling, error):
 def test_modelfile_sets_num_ctx_to_the_trained_context():
     assert "PARAMETER num_ctx 16384" in modelfile.render("m.gguf", None, "licence", 16384).splitlines()
     assert "num_ctx" not in modelfile.render("m.gguf", None, "licence")
+
+
+@pytest.mark.slow
+def test_export_refuses_a_dynamic_run_for_gguf_before_writing(tmp_path):
+    from tests.conftest import compose, run_entry
+    from finetune import config
+
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "config.yaml").write_text(config.to_yaml(compose(
+        "recipe=tiny_qlora", "model.rope_scaling.type=dynamic", "model.rope_scaling.factor=2")))
+    proc = run_entry("export.py", f"run={run}", "format=gguf", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-2:] == [
+        "error: invalid config:",
+        "  - model.rope_scaling.type=dynamic: llama.cpp has no dynamic RoPE scaling, so a GGUF would not compute "
+        "what was trained; export safetensors (format=safetensors merge=true), or train with "
+        "model.rope_scaling.type=linear or yarn"]
+    assert sorted(p.name for p in run.iterdir()) == ["adapter", "config.yaml"]
