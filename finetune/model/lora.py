@@ -62,8 +62,8 @@ def adapter_base_problems(adapter: Path, mcfg) -> list[str]:
     meta = json.loads((adapter / "adapter_config.json").read_text())
     theirs = Path(str(meta.get("base_model_name_or_path") or "")).name.lower()
     ours = {Path(str(mcfg.path)).name.lower(), mcfg.name.lower(), f"random-{mcfg.name}".lower()}
-    fix = (f"train the SFT adapter on this model, or pick the model it was trained on (model=... or "
-           f"model.path=...)")
+    fix = ("train the SFT adapter on this model, or pick the model it was trained on (model=... or "
+           "model.path=...)")
     if theirs and theirs not in ours:
         return [f"init_adapter={adapter} was trained on {meta['base_model_name_or_path']}, not on "
                 f"model.path={mcfg.path}; {fix}"]
