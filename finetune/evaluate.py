@@ -29,6 +29,7 @@ from finetune.benchmarks.options import BenchmarksConfig, argv_shorthand
 from finetune.config import ConfigError, DataConfig, ModelConfig, QuantConfig, TrainConfig
 from finetune.config.methods import METHODS
 from finetune.runtime import console
+from finetune.ship.long_context import LongContextConfig
 
 SPLITS = ("eval", "train", "all")
 
@@ -44,6 +45,7 @@ class EvaluateConfig:
     batch_size: int = 4
     out: Optional[str] = None
     benchmarks: BenchmarksConfig = field(default_factory=BenchmarksConfig)  # tasks: lm_eval benchmarks instead of loss
+    long_context: LongContextConfig = field(default_factory=LongContextConfig)  # length=N: ship/long_context.py
 
 
 @dataclass
@@ -111,9 +113,11 @@ def check(ecfg: EvaluateConfig) -> list[str]:
         problems += rundir.run_problems(Path(ecfg.run).expanduser().resolve(), merged=False)
     elif not ecfg.model:
         problems.append("run: required; give run=outputs/<run>, or model=<name> data=<name> for a bare base model")
-    elif not ecfg.data:
+    elif not ecfg.data and not ecfg.long_context.length:
         problems.append("data: required with model=; pick a data config: data=oasst")
-    return problems
+    from finetune.ship import long_context
+
+    return problems + long_context.problems(ecfg.long_context)
 
 
 def table(results: list[Result], dcfg: DataConfig, split: str) -> str:
@@ -144,6 +148,12 @@ def main(dict_cfg: DictConfig) -> None:
     if run:  # held as a reader: a training job does not replace the adapter while it is read
         lock.share(run, "evaluate.py")
     train_cfg = run_config(run) if run else TrainConfig(model=ecfg.model, quant=QuantConfig())
+    if ecfg.long_context.length:  # long-context perplexity and passkey retrieval (ship/long_context.py)
+        from finetune.ship import long_context
+
+        tokenizer = loading.load_tokenizer(run, train_cfg) if run else load_tokenizer(ecfg.model)
+        return console.info(long_context.evaluate(ecfg.long_context, run, train_cfg, tokenizer, ecfg.quant,
+                                                  ecfg.base, ecfg.out))
     dcfg = ecfg.data or train_cfg.data
     if not ecfg.data and not (method := METHODS[train_cfg.trainer.kind]).conversations:
         from finetune.data.hints import sft_data_for

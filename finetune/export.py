@@ -106,7 +106,7 @@ def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path, serve: str = ""):
     """Write <run>/merged.partial, verify it, rename it to <run>/merged; (folder, [checked drift, reported ...])."""
     import torch
 
-    from finetune.model import base as model
+    from finetune.model import base as model, rope
     from finetune.model.tokenizer import load_tokenizer
     from finetune.runs import card as modelcard
     from finetune.runs import rundir
@@ -127,11 +127,14 @@ def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path, serve: str = ""):
     out_dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
     partial, final = run / "merged.partial", run / "merged"
     shutil.rmtree(partial, ignore_errors=True)
+    rope_fields = rope.config_fields(train_cfg.model, rope.theta_of(json.loads((base / "config.json").read_text())))
     stats = merge.merge(base, merge.read_adapter(adapter_dir), partial, quant, out_dtype,
-                        config.parse_size(cfg.max_shard_size, "max_shard_size", "", "it like 2GB, 500MB or 1.5GiB"))
+                        config.parse_size(cfg.max_shard_size, "max_shard_size", "", "it like 2GB, 500MB or 1.5GiB"),
+                        config_fields=rope_fields)  # the RoPE scaling the run trained with
     tokenizer.save(partial)
     console.info(f"merged {stats.merged} LoRA weights into {merge_base} base weights "
-                 f"({stats.dequantized} quantize-dequantized), {stats.shards} shards, {stats.total_bytes / 1e9:.2f} GB")
+                 f"({stats.dequantized} quantize-dequantized), {stats.shards} shards, {stats.total_bytes / 1e9:.2f} GB"
+                 + (f"; {stats.replaced} fully trained tensors (embeddings, norms) copied" if stats.replaced else ""))
 
     # Verify: the adapter model on the base it was trained on (and, for original, on that base too)
     stored = out_dtype or getattr(torch, json.loads((partial / "config.json").read_text()).get("dtype", "float32"))
@@ -194,6 +197,12 @@ def main(dict_cfg: DictConfig) -> None:
 
     # The adapter folder, safetensors only, with a card built from the run's config and metrics
     train_cfg = run_config(run)
+    if cfg.format == "gguf":  # a RoPE scaling llama.cpp cannot run: refused before anything is written
+        from finetune.model import rope
+        from finetune.ship import gguf_rope
+
+        if found := gguf_rope.problems(rope.scaling_of(rope.config_fields(train_cfg.model))):
+            raise config.ConfigError(found)
     adapter_dir = run / "adapter"
     if (pickle := adapter_dir / "training_args.bin").is_file():  # written by older runs: a pickle, not needed
         pickle.unlink()

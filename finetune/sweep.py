@@ -31,10 +31,10 @@ if __package__ in (None, ""):  # run as a script: import the package, never sibl
 from omegaconf import OmegaConf
 
 from finetune import config
+from finetune.runtime import console  # first: it silences two library notices before transformers loads
 from finetune.benchmarks import objective
 from finetune.config import ConfigError
 from finetune.runs.rundir import finished
-from finetune.runtime import console  # first: it silences two library notices before transformers loads
 from finetune.sweeps import logged, records as sweep_records, report as sweep_report
 from finetune.sweeps import space as sweep_space
 from finetune.sweeps.space import Sweep

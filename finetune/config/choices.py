@@ -43,6 +43,12 @@ class LoraInit(Choice):
     loftq = "loftq"  # B A = the low-rank part of W - NF4(W): the 4-bit base + LoRA start closer to W
 
 
+class RopeType(Choice):
+    linear = "linear"  # position interpolation: every position divided by factor
+    dynamic = "dynamic"  # NTK-aware: the base grows with the sequence past the original context
+    yarn = "yarn"  # NTK-by-parts + attention temperature
+
+
 class TooLong(Choice):
     drop = "drop"
     truncate = "truncate"
@@ -74,6 +80,6 @@ class Sharding(Choice):
 # Every key whose value is one of a fixed set, and that set; checked by `config.load`, read by the stages.
 CHOICES: dict[str, type[Choice]] = {
     "model.dtype": Dtype, "quant.mode": QuantMode, "quant.storage_dtype": Dtype, "trainer.kind": Kind,
-    "lora.init": LoraInit, "data.too_long": TooLong, "data.train_on": TrainOn, "data.invalid": OnInvalid,
+    "lora.init": LoraInit, "model.rope_scaling.type": RopeType, "data.too_long": TooLong, "data.train_on": TrainOn, "data.invalid": OnInvalid,
     "tracking.backend": Tracker, "plan.sharding": Sharding,
 }

@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from finetune.config import rope
 from finetune.config.choices import CHOICES
 from finetune.config.errors import ConfigError
 from finetune.config.schema import LLAMA_LINEARS, TrainConfig
@@ -44,7 +45,7 @@ def check(cfg: DictConfig) -> list[str]:
     problems = [f"{k}: required, no value given (set {k}=...)" for k in missing]
     problems += unknown_keys(cfg) + choice_problems(cfg) + trainer_problems(cfg.trainer) + lora_problems(cfg.lora)
     if not any(k.startswith("model.arch") for k in missing):
-        problems += arch_problems(cfg.model.arch, cfg.data.max_length)
+        problems += arch_problems(cfg.model.arch) + rope.problems(cfg.model, cfg.data.max_length)
     e, pl = cfg.eval, cfg.plan
     if e.every is not None and e.every < 1:
         problems.append(f"eval.every={e.every}: must be >= 1 (optimizer steps between evaluations), "
@@ -92,7 +93,7 @@ def lora_problems(lo) -> list[str]:
     return problems
 
 
-def arch_problems(a, max_length: int) -> list[str]:
+def arch_problems(a) -> list[str]:
     problems = []
     if a.hidden_size < 1 or a.num_heads < 1 or a.hidden_size % a.num_heads:
         problems.append(f"model.arch.hidden_size={a.hidden_size} is not a multiple of model.arch.num_heads="
@@ -100,10 +101,6 @@ def arch_problems(a, max_length: int) -> list[str]:
     elif a.num_kv_heads < 1 or a.num_heads % a.num_kv_heads:
         problems.append(f"model.arch.num_heads={a.num_heads} is not a multiple of model.arch.num_kv_heads="
                         f"{a.num_kv_heads} (grouped-query attention shares each KV head among whole groups)")
-    if max_length > a.max_position_embeddings:
-        problems.append(f"data.max_length={max_length} is longer than the model's context "
-                        f"(model.arch.max_position_embeddings={a.max_position_embeddings}); "
-                        f"set data.max_length<={a.max_position_embeddings}")
     return problems
 
 

@@ -28,6 +28,19 @@ class ArchConfig:
 
 
 @dataclass
+class RopeScalingConfig:
+    """A longer context than the base was pretrained with, through transformers' own RoPE parameters
+    (model/rope.py); the trained scaling travels into merged/config.json and the GGUF."""
+
+    type: Optional[str] = None  # null: as pretrained | linear (position interpolation) | dynamic (NTK) | yarn
+    factor: float = 1.0  # context = original_context x factor (4096 x 4 = 16384)
+    original_context: Optional[int] = None  # the pretrained context; null: model.arch.max_position_embeddings
+    beta_fast: Optional[float] = None  # YaRN: rotations above which dimensions extrapolate (null: 32)
+    beta_slow: Optional[float] = None  # YaRN: rotations below which dimensions interpolate (null: 1)
+    attention_factor: Optional[float] = None  # YaRN: logit temperature (null: 0.1 ln(factor) + 1)
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
     path: str = MISSING  # hub id (meta-llama/Llama-2-13b-hf) or a local folder
@@ -39,6 +52,7 @@ class ModelConfig:
     random_init: bool = False  # real architecture, random weights, no download (dry runs, benchmarks)
     seed: int = 0  # seed of the random weights
     arch: ArchConfig = field(default_factory=ArchConfig)
+    rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)  # longer context: model/rope.py
 
 
 @dataclass
@@ -60,6 +74,8 @@ class LoraConfig:
     use_dora: bool = False  # DoRA: a trained magnitude per output row times the LoRA-updated direction (QDoRA on nf4)
     use_rslora: bool = False  # rsLoRA: scale alpha/sqrt(r) instead of alpha/r (steadier at large r)
     init: str = "default"  # default | gaussian | pissa | olora (16-bit base) | loftq (nf4 base): model/variants.py
+    train_embeddings_and_norms: bool = False  # LongLoRA: input embeddings and every RMSNorm trained in full
+    #                                           beside LoRA (peft modules_to_save; saved in the adapter, merged exactly)
 
 
 @dataclass

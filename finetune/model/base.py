@@ -11,6 +11,7 @@ import torch
 
 from finetune.config import ConfigError, ModelConfig, QuantConfig, UserError, cache_root, looks_local
 from finetune.data.chat_format import BOS_ID, EOS_ID
+from finetune.model import rope
 from finetune.runtime.cache import build_once
 from finetune.runtime import dist
 from finetune.runtime.dist import launched_sharding
@@ -90,6 +91,8 @@ def load_base(mcfg: ModelConfig, qcfg: QuantConfig, gradient_checkpointing: bool
     if sharding == "fsdp" and qcfg.mode != "none" and not qcfg.storage_dtype:
         qcfg = dataclasses.replace(qcfg, storage_dtype=mcfg.dtype)  # FSDP shards float tensors only
     kwargs = dict(dtype=dtype, revision=mcfg.revision, attn_implementation=mcfg.attn_implementation)
+    if scaled := rope.scaled_config(mcfg):  # model.rope_scaling: transformers' own RoPE parameters
+        kwargs["config"] = scaled
     if qcfg.mode != "none":
         kwargs["quantization_config"] = bnb_config(qcfg, dtype)
         if sharding != "fsdp":  # under FSDP, accelerate places and shards the weights (no device_map)

@@ -20,7 +20,7 @@ def apply_lora(base, lcfg: LoraConfig, init_adapter: Optional[str] = None, mcfg:
         return PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
     peft_cfg = PeftLoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
                               target_modules=list(lcfg.target_modules), bias=lcfg.bias, task_type="CAUSAL_LM",
-                              **variants.peft_kwargs(lcfg))
+                              modules_to_save=fully_trained(lcfg), **variants.peft_kwargs(lcfg))
     model = get_peft_model(base, peft_cfg)
     if lcfg.init in variants.CONVERTED:  # the base holds W_res now: an adapter added later from this config (TRL's
         model.peft_config["default"].init_lora_weights = True  # frozen reference copy) must not decompose it again
@@ -29,6 +29,19 @@ def apply_lora(base, lcfg: LoraConfig, init_adapter: Optional[str] = None, mcfg:
             raise ValueError("lora.init=loftq reads the base checkpoint: pass its model config (mcfg)")
         variants.loftq(model, mcfg)
     return model
+
+
+# LongLoRA (Chen et al. 2024): LoRA alone does not adapt a model to a much longer context; training the input
+# embeddings and the norms in full beside it does (~2% of a 7B's parameters, nearly all in the embeddings).
+# peft's modules_to_save matches module names by suffix: "norm" is every RMSNorm (input_layernorm,
+# post_attention_layernorm and the final norm). The trained copies are saved whole in the adapter and the merge
+# writes them in place of the base's (exact); trainable_token_indices would train chosen rows only.
+EMBEDDINGS_AND_NORMS = ["embed_tokens", "norm"]
+
+
+def fully_trained(lcfg: LoraConfig) -> Optional[list[str]]:
+    """The modules trained in full beside LoRA (peft's modules_to_save), or None."""
+    return list(EMBEDDINGS_AND_NORMS) if lcfg.train_embeddings_and_norms else None
 
 
 def check(cfg) -> list[str]:
@@ -49,8 +62,8 @@ def adapter_base_problems(adapter: Path, mcfg) -> list[str]:
     meta = json.loads((adapter / "adapter_config.json").read_text())
     theirs = Path(str(meta.get("base_model_name_or_path") or "")).name.lower()
     ours = {Path(str(mcfg.path)).name.lower(), mcfg.name.lower(), f"random-{mcfg.name}".lower()}
-    fix = (f"train the SFT adapter on this model, or pick the model it was trained on (model=... or "
-           f"model.path=...)")
+    fix = ("train the SFT adapter on this model, or pick the model it was trained on (model=... or "
+           "model.path=...)")
     if theirs and theirs not in ours:
         return [f"init_adapter={adapter} was trained on {meta['base_model_name_or_path']}, not on "
                 f"model.path={mcfg.path}; {fix}"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from finetune.planning import methods
+from finetune.planning import longctx, methods
 from finetune.planning.shapes import OPTIMIZER_BYTES, linear_params, optimizer_bytes, param_counts  # noqa: F401
 
 GiB = 2**30
@@ -57,6 +57,8 @@ class Setup:
     precompute_ref: bool = False
     gpus: int = 1
     sharding: str = "ddp"
+    attention: str = "sdpa"  # model.attn_implementation: sdpa | flash_attention_2 | eager (planning/longctx.py)
+    train_embeddings_and_norms: bool = False  # LongLoRA: embeddings and norms trained in full (planning/longctx.py)
 
     def but(self, **changes) -> "Setup":
         return dataclasses.replace(self, **changes)
@@ -165,6 +167,7 @@ def memory(s: Setup) -> Estimate:
     if s.layers > ckpt and not s.offload_activations:
         parts[f"activations ({s.layers - ckpt} layers x {tokens} tokens, no checkpointing)"] = (s.layers - ckpt) * layer
     methods.add(s, parts, transients, tokens, logits_bytes(s, tokens))  # reference pass and adapter, DoRA
+    longctx.add(s, parts)  # packed rows' SDPA mask, LongLoRA's embeddings and norms
     if s.quant == "none" and s.checkpointing and s.dtype_bytes == 2:  # fitted on two H100 rows; cause not found
         parts["16-bit base + checkpointing: measured excess (24.5% of base weights)"] = \
             BF16_CHECKPOINTING_EXCESS * n["layers"] * s.dtype_bytes / shard_w

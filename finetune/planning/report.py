@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from finetune import config
 from finetune.config import ConfigError, TrainConfig, UserError, parse_size
-from finetune.planning import planner
+from finetune.planning import longctx, planner
 from finetune.planning.planner import GiB, Setup
 from finetune.runtime import memory
 from finetune.runtime.dist import launched_sharding
@@ -59,7 +59,8 @@ def setup(cfg: TrainConfig, gpus: int, sharding: str) -> Setup:
                  packing=t.packing, liger=t.liger,
                  offload_activations=t.activation_offloading,
                  eager_attention=cfg.model.attn_implementation == "eager", kind=t.kind, dora=cfg.lora.use_dora,
-                 precompute_ref=t.precompute_ref, gpus=gpus, sharding=sharding)
+                 precompute_ref=t.precompute_ref, gpus=gpus, sharding=sharding,
+                 attention=cfg.model.attn_implementation, train_embeddings_and_norms=cfg.lora.train_embeddings_and_norms)
 
 
 PLAN_KEYS = ("model.arch", "lora", "trainer", "quant", "plan")  # what the arithmetic reads
@@ -94,6 +95,9 @@ def suggestions(s: Setup, c: Card, grad_accum: int) -> list[tuple[str, Setup]]:
             break
     if planner.optimizer_bytes(s.optim) > 2:
         out.append(("trainer.optim=paged_adamw_8bit", s.but(optim="paged_adamw_8bit")))
+    if longctx.mask_bytes(s):  # packed rows: flash attention runs them as variable-length sequences, no mask
+        out.append(("model.attn_implementation=flash_attention_2  (pip install flash-attn)",
+                    s.but(attention="flash_attention_2")))
     for length in range((s.max_length - 1) // 256 * 256, 255, -256):
         if fits(s.but(max_length=length), c) or length == 256:
             out.append((f"data.max_length={length}", s.but(max_length=length)))
@@ -145,6 +149,9 @@ def report(cfg: TrainConfig, s: Setup, c: Card, utilization: float) -> tuple[boo
                  f"GFLOP/token at {utilization:.1%} of {c.peak_flops / 1e12:.0f} TFLOP/s, {c.name}"
                  + (f", Liger x{planner.LIGER_SPEEDUP}" if s.liger else "") + ")")
     lines += [f"note: {n}" for n in est.notes]
+    if s.max_length > LONG:  # long context: the verdict on the common card sizes, and how long fits on each
+        lines += [f"at {s.max_length} tokens on one GPU of:"] + longctx.card_lines(
+            s, lambda x: planner.memory(x).need, lambda x, size: planner.memory(x).need <= size)
     if not ok:
         found = suggestions(s, c, cfg.trainer.grad_accum)
         lines.append("changes that fit (each estimated):" if found else "no change the planner knows makes it fit")
@@ -157,6 +164,9 @@ def report(cfg: TrainConfig, s: Setup, c: Card, utilization: float) -> tuple[boo
         lines.append(f"also fits: trainer.gradient_checkpointing=false -> {planner.memory(faster).need / GiB:.1f} "
                      f"GiB, ~{planner.tokens_per_second(faster, c.peak_flops, utilization):,.0f} tokens/s per GPU")
     return ok, "\n".join(lines)
+
+
+LONG = 4096  # Llama 2's pretrained context: past it, the plan also judges 24/48/80 GB cards
 
 
 def check_before_training(cfg: TrainConfig) -> Optional[str]:

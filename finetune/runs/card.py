@@ -17,7 +17,7 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from finetune.benchmarks import report as benchmarks
-from finetune.config import CONFIGS_DIR, ROOT, TrainConfig, flatten, looks_local
+from finetune.config import CONFIGS_DIR, ROOT, TrainConfig, flatten, looks_local, rope
 from finetune.config.methods import METHODS
 from finetune.runs import metrics
 from finetune.runs.card_text import PROMPT_IDS, load_snippet, prompt_example
@@ -86,6 +86,8 @@ def variants(cfg: TrainConfig, adapter_dir: Optional[Path] = None) -> list[tuple
         out.append(("loraplus", f"LoRA+ (lora_B learning rate x{t.loraplus_lr_ratio:g})"))
     if t.neftune_alpha is not None:
         out.append(("neftune", f"NEFTune (noise alpha {t.neftune_alpha:g})"))
+    if lo.train_embeddings_and_norms or saved.get("modules_to_save"):
+        out.append(("longlora", "LongLoRA's trainable input embeddings and norms"))
     return out
 
 
@@ -153,6 +155,7 @@ Use is governed by the Llama 2 Community License (LICENSE-LLAMA2, USE_POLICY.md 
 | max grad norm / weight decay | {t.max_grad_norm} / {t.weight_decay} |
 | optimizer | {t.optim} |
 | max sequence length | {cfg.data.max_length} |
+| trained context | {rope.describe(cfg.model)} |
 | seed | {cfg.seed} |
 
 | result | value |

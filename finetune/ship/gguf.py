@@ -27,6 +27,7 @@ from safetensors import safe_open
 
 from finetune.config import UserError
 from finetune.data import chat_format
+from finetune.ship import gguf_rope
 
 PY_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
 K_TYPES = {"q6_k": "Q6_K", "q5_k_m": "Q5_K_M", "q5_k_s": "Q5_K_S", "q4_k_m": "Q4_K_M", "q4_k_s": "Q4_K_S",
@@ -147,6 +148,7 @@ def add_metadata(writer, cfg: dict, tokenizer_model: Path, name: str, gtype: str
     writer.add_rope_freq_base(float(cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get(
         "rope_theta", 10000.0)))
     writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    gguf_rope.add(writer, cfg)  # the RoPE scaling the run trained with (type, factor, original context)
     writer.add_vocab_size(cfg["vocab_size"])
     writer.add_file_type(file_type(gtype))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)

@@ -85,9 +85,10 @@ def export(run: Path, train_cfg, sp, merged: Path, gcfg, vcfg) -> tuple[Path, li
         for p in partials:
             p.unlink(missing_ok=True)
         raise
+    context = json.loads((merged / "config.json").read_text())["max_position_embeddings"]  # as trained (scaled)
     for final, partial, _, _ in done:
         partial.replace(final)
-        modelfile.write(out, final.name, train_cfg.data.system_prompt, merged / "LICENSE-LLAMA2")
+        modelfile.write(out, final.name, train_cfg.data.system_prompt, merged / "LICENSE-LLAMA2", context)
     for lic in LICENCE_FILES:
         if (merged / lic).is_file():
             shutil.copy2(merged / lic, out / lic)

@@ -17,43 +17,18 @@ import math
 import re
 import shutil
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 from safetensors import safe_open
 
-from finetune.config import UserError
+from finetune.ship.adapter_file import Lora, MergeError, read_adapter  # noqa: F401 (merge.read_adapter)
 
 # The Linear layers transformers swaps for bitsandbytes ones in a Llama (everything but lm_head).
 QUANTIZED_RE = re.compile(r"\.(q|k|v|o|gate|up|down)_proj\.weight$")
-LORA_KEY_RE = re.compile(r"^base_model\.model\.(.+)\.(?:lora_([AB])\.weight|lora_(magnitude)_vector)$")
 FILES_FROM_BASE = ("generation_config.json",)
-
-
-class MergeError(UserError, ValueError):
-    """An adapter or base the merge cannot use, or a merge that fails verification; names the fix."""
-
-
-@dataclass
-class Lora:
-    """The adapter as the merge needs it: base weight name -> (A, B), the scale alpha/r (or alpha/sqrt(r)), and
-    DoRA's magnitude per output row where the adapter has them."""
-
-    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]
-    scale: float
-    magnitudes: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def add_to(self, name: str, weight: torch.Tensor) -> torch.Tensor:
-        """weight (float32, changed in place) + scale * B @ A, without a separate delta tensor; with DoRA, each row
-        then rescaled to its trained magnitude: m / ||W + s·B·A||_row · (W + s·B·A), the weight peft's DoRA layer
-        computes with (its norm is taken over the input dimension, as here)."""
-        a, b = self.pairs[name]
-        weight = weight.addmm_(b.float(), a.float(), alpha=self.scale)
-        if name in self.magnitudes:
-            weight.mul_((self.magnitudes[name].float() / torch.linalg.norm(weight, dim=1))[:, None])
-        return weight
 
 
 @dataclass
@@ -73,45 +48,7 @@ class MergeStats:
     merged: int
     dequantized: int
     total_bytes: int
-
-
-def read_adapter(adapter_dir: Path) -> Lora:
-    """Load a peft LoRA (or DoRA) adapter folder; refuse what `W + scale * B @ A` (DoRA: rescaled rows) would
-    merge wrongly."""
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    if cfg.get("peft_type") != "LORA":
-        raise MergeError(f"{adapter_dir}: peft_type={cfg.get('peft_type')}; only LoRA adapters can be merged")
-    unsupported = [k for k in ("fan_in_fan_out", "lora_bias", "rank_pattern", "alpha_pattern",
-                               "modules_to_save", "trainable_token_indices") if cfg.get(k)]
-    if (init := str(cfg.get("init_lora_weights"))).startswith(("pissa", "olora", "corda", "loftq")):
-        unsupported.append(f"init_lora_weights={init}")
-    if unsupported:
-        raise MergeError(f"{adapter_dir}/adapter_config.json sets {unsupported}: the streaming merge handles "
-                         "LoRA and DoRA on the original base (an unconverted PiSSA/OLoRA adapter belongs to a "
-                         "changed base); merge this adapter with peft's merge_and_unload instead")
-    r, alpha = cfg["r"], cfg["lora_alpha"]
-    scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-    halves: dict[str, dict[str, torch.Tensor]] = {}
-    magnitudes: dict[str, torch.Tensor] = {}
-    with safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt") as fh:
-        for key in fh.keys():
-            m = LORA_KEY_RE.match(key)
-            if not m or (m.group(3) and not cfg.get("use_dora")):
-                raise MergeError(f"{adapter_dir}: unexpected tensor {key} in the adapter (not a LoRA A/B matrix"
-                                 f"{' or a DoRA magnitude' if cfg.get('use_dora') else ''})")
-            if m.group(3):
-                magnitudes[m.group(1) + ".weight"] = fh.get_tensor(key)
-            else:
-                halves.setdefault(m.group(1) + ".weight", {})[m.group(2)] = fh.get_tensor(key)
-    pairs = {}
-    for name, ab in halves.items():
-        if set(ab) != {"A", "B"}:
-            raise MergeError(f"{adapter_dir}: {name} has lora_{''.join(ab)} but not both A and B")
-        pairs[name] = (ab["A"], ab["B"])
-    if cfg.get("use_dora") and set(magnitudes) != set(pairs):
-        raise MergeError(f"{adapter_dir}: a DoRA adapter needs a magnitude for every LoRA weight; "
-                         f"{sorted(set(pairs) ^ set(magnitudes))[0]} has one without the other")
-    return Lora(pairs=pairs, scale=scale, magnitudes=magnitudes)
+    replaced: int = 0  # modules_to_save tensors copied from the adapter (LongLoRA's embeddings and norms)
 
 
 def quantize_roundtrip(weight: torch.Tensor, quant: Quant) -> torch.Tensor:
@@ -193,21 +130,27 @@ def write_shard(path: Path, entries: list[Entry], tensor_of) -> None:
 
 
 def merge(base_dir: Path, adapter: Lora, out_dir: Path, quant: Optional[Quant] = None,
-          out_dtype: Optional[torch.dtype] = None, max_shard_bytes: int = 2 * 1024**3) -> MergeStats:
+          out_dtype: Optional[torch.dtype] = None, max_shard_bytes: int = 2 * 1024**3,
+          config_fields: Optional[dict] = None) -> MergeStats:
     """Write `out_dir/model-XXXXX-of-YYYYY.safetensors` + index + config: base (+ quantize roundtrip) + LoRA.
 
     `quant` given: every 4-bit-quantized weight goes through `quantize_roundtrip` first (base="dequantized").
     `out_dtype` None keeps each tensor's stored dtype. Peak memory: about the largest tensor, a few times.
+    `config_fields` replace those of the base's config.json (the RoPE scaling the run trained with).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = plan(base_files(base_dir), max_shard_bytes, out_dtype)
-    pending = set(adapter.pairs)
-    counts = {"merged": 0, "dequantized": 0}
+    pending = set(adapter.pairs) | set(adapter.replaced)
+    counts = {"merged": 0, "dequantized": 0, "replaced": 0}
 
     def tensor_of(e: Entry) -> torch.Tensor:
         with safe_open(str(e.src), framework="pt") as fh:  # reopened per tensor: its mapped pages are let go
             t = fh.get_tensor(e.name)
         dtype = out_dtype if out_dtype and t.is_floating_point() else t.dtype
+        if e.name in adapter.replaced:  # trained in full (embeddings, norms): the adapter's tensor as it is
+            pending.discard(e.name)
+            counts["replaced"] += 1
+            return adapter.replaced[e.name].to(dtype)
         if quant is not None and QUANTIZED_RE.search(e.name):
             t = quantize_roundtrip(t, quant).float()
             counts["dequantized"] += 1
@@ -228,14 +171,21 @@ def merge(base_dir: Path, adapter: Lora, out_dir: Path, quant: Optional[Quant] =
     total = sum(e.nbytes for entries in shards for e in entries)
     (out_dir / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    write_config(base_dir, out_dir, out_dtype)
+    write_config(base_dir, out_dir, out_dtype, config_fields)
     return MergeStats(shards=len(shards), tensors=len(weight_map), total_bytes=total, **counts)
 
 
-def write_config(base_dir: Path, out_dir: Path, out_dtype: Optional[torch.dtype]) -> None:
-    """config.json of the base, minus any quantization_config, with the dtype the shards now hold."""
+def write_config(base_dir: Path, out_dir: Path, out_dtype: Optional[torch.dtype],
+                 fields: Optional[dict] = None) -> None:
+    """config.json of the base, minus any quantization_config, with the dtype the shards now hold and `fields`.
+    A RoPE scaling is written as transformers 5 spells it (`rope_parameters`) and as older readers do
+    (`rope_scaling`, rope_theta at the top level)."""
     cfg = json.loads((base_dir / "config.json").read_text())
     cfg.pop("quantization_config", None)
+    cfg.update(fields or {})
+    if params := (fields or {}).get("rope_parameters"):
+        cfg["rope_scaling"] = {k: v for k, v in params.items() if k != "rope_theta"}
+        cfg["rope_theta"] = params["rope_theta"]
     if out_dtype is not None:
         cfg["dtype"] = str(out_dtype).removeprefix("torch.")
         cfg.pop("torch_dtype", None)

@@ -43,22 +43,26 @@ def quoted(text: str) -> str:
     return f'"""{text}"""'
 
 
-def render(gguf_name: str, system: Optional[str], licence: str) -> str:
-    """The Modelfile text for `./gguf_name`."""
+def render(gguf_name: str, system: Optional[str], licence: str, context: Optional[int] = None) -> str:
+    """The Modelfile text for `./gguf_name`; `context` (the trained context) becomes num_ctx, so Ollama serves
+    the whole of it (its own default is shorter)."""
     lines = [f"# Ollama: ollama create <name> -f {'Modelfile'} && ollama run <name>",
              f"FROM ./{gguf_name}", f"TEMPLATE {quoted(TEMPLATE)}"]
     lines += [f'PARAMETER stop "{s}"' for s in STOP]
+    if context:
+        lines.append(f"PARAMETER num_ctx {int(context)}")
     if system and system.strip():
         lines.append(f"SYSTEM {quoted(system.strip())}")
     lines.append(f"LICENSE {quoted(licence.strip())}")
     return "\n".join(lines) + "\n"
 
 
-def write(folder: Path, gguf_name: str, system: Optional[str], licence_file: Path) -> Path:
+def write(folder: Path, gguf_name: str, system: Optional[str], licence_file: Path,
+          context: Optional[int] = None) -> Path:
     """`folder/Modelfile.<type>` beside `folder/gguf_name` (`<run>.<type>.gguf`)."""
     licence = licence_file.read_text() if licence_file.is_file() else "Llama 2 Community License"
     out = Path(folder) / f"Modelfile.{gguf_name.rsplit('.', 2)[-2]}"
-    out.write_text(render(gguf_name, system, licence).replace("-f Modelfile", f"-f {out.name}"))
+    out.write_text(render(gguf_name, system, licence, context).replace("-f Modelfile", f"-f {out.name}"))
     return out
 
 

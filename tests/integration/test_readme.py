@@ -22,7 +22,7 @@ TINY = ["model=llama2_tiny", "quant=nf4", "trainer.liger=false", "trainer.packin
         "trainer.micro_batch_size=2", "trainer.grad_accum=1", "trainer.logging_steps=1", "trainer.save_steps=1",
         "trainer.optim=adamw_torch", "data.max_samples=8", "data.max_length=256", "data.max_prompt_length=192",
         "data.too_long=truncate", "data.eval_fraction=0", "eval.samples=0"]
-GPU_RECIPES = re.compile(r"recipe=(q?lora_(7|13|70)b|dpo_q?lora_(7|13|70)b)\b")
+GPU_RECIPES = re.compile(r"recipe=(q?lora_(7|13|70)b|dpo_q?lora_(7|13|70)b)(_\d+k)?\b")
 
 # (pattern, why it does not run here); checked in order, first match wins
 NOT_HERE = [
