@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export WANDB_MODE ?= offline
 
-.PHONY: setup system-deps system-deps-note demo test test-fast bench clean
+.PHONY: setup kernels-deps system-deps system-deps-note demo test test-fast bench clean
 
 # With a CUDA torch in the system python (a GPU box), the venv sees it and pip keeps it.
 $(BIN)/python:
@@ -70,7 +70,12 @@ system-deps-note:
 # One line per test file with its dots and the seconds it took, then the 15 slowest tests.
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider -o console_output_style=times --durations=15
 
-test: setup system-deps-note
+# The Triton kernels' CPU tests (TRITON_INTERPRET=1) need triton; a GPU machine's torch brings its own, kept as is.
+kernels-deps: setup
+	@$(BIN)/python -c "import triton" 2>/dev/null || \
+		$(BIN)/pip install -q --disable-pip-version-check -r requirements-kernels.txt
+
+test: setup kernels-deps system-deps-note
 	$(PYTEST) tests
 
 test-fast: setup
