@@ -7,6 +7,7 @@ from transformers import TrainerCallback
 
 from finetune.benchmarks import report, runner, tasks
 from finetune.benchmarks.options import BenchmarksConfig
+from finetune.runtime import console, dist
 
 
 class BenchmarkCallback(TrainerCallback):
@@ -52,7 +53,11 @@ def check(ecfg) -> list[str]:
 
 
 def attach(trainer, cfg, tokenizer) -> None:
-    """Add the callback when `eval.benchmarks` names tasks."""
-    if cfg.eval.benchmarks:
+    """Add the callback when `eval.benchmarks` names tasks (not under FSDP: its root parameters stay sharded
+    outside the wrapped forward, so lm_eval's generate cannot run mid-training, as for eval.samples)."""
+    if cfg.eval.benchmarks and dist.launched_sharding() == "fsdp":
+        console.info(f"eval.benchmarks: off under FSDP; after training run `python finetune/evaluate.py "
+                     f"run=<run> benchmarks=[{','.join(cfg.eval.benchmarks)}]`")
+    elif cfg.eval.benchmarks:
         trainer.add_callback(BenchmarkCallback(trainer, tokenizer, config_of(cfg.eval), cfg.data.adapter != "text",
                                                cfg.eval.benchmark_steps or 0, cfg.trainer.micro_batch_size))
