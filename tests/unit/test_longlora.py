@@ -39,6 +39,7 @@ def relative(a, b) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["none", "nf4"])
 def test_embeddings_and_norms_train_save_reload_and_merge_exactly(mode, tiny, tmp_path):
     from peft import PeftModel
