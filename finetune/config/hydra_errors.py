@@ -63,7 +63,9 @@ def schema_names(cause: OmegaConfBaseException) -> list[str]:
 
 def unknown_key(full_key: str, cause: OmegaConfBaseException) -> str:
     prefix, _, key = full_key.rpartition(".")
-    near = difflib.get_close_matches(key, schema_names(cause), n=1)
+    names = schema_names(cause)
+    near = difflib.get_close_matches(key, names, n=1) or sorted(  # `lora.rank` -> lora.r: one spelled out
+        (n for n in names if key.startswith(n) or n.startswith(key)), key=len, reverse=True)[:1]
     dotted = f"{prefix}.{near[0]}" if prefix and near else (near[0] if near else "")
     return f"{full_key}: no such key; " + (f"did you mean {dotted}?" if near else
                                             "`--cfg job` without this override prints every key")

@@ -88,7 +88,8 @@ def figure(sweep: Sweep, done: list[dict]):
 def x_axis(ax, dist, xs: list) -> list:
     """Set up the x axis for a parameter and return the trials' x positions. Discrete values (`values: [8, 16]`,
     or any text) get one labelled slot each, in the file's order; a log range gets ticks at 1, 2 and 5 per decade
-    labelled plainly (3e-05, 0.0001) with no minor labels; an integer range integer ticks."""
+    labelled plainly (5e-05, 0.0001) with no minor labels, over the whole searched range; an integer range integer
+    ticks."""
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     choices = list(getattr(dist, "choices", ()))
@@ -99,6 +100,8 @@ def x_axis(ax, dist, xs: list) -> list:
         return [labels.index(fmt(x)) for x in xs]
     if getattr(dist, "log", False) or log_spaced(xs):
         ax.set_xscale("log")
+        if getattr(dist, "low", 0) > 0:  # the whole searched range, so ticks fall at 1, 2, 5 x 10^k within it
+            ax.set_xlim(dist.low / 1.2, dist.high * 1.2)
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
