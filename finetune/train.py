@@ -28,13 +28,14 @@ def main(dict_cfg: DictConfig) -> None:
     # The config, the data's paths and first records, the run directory: checked before torch loads
     from finetune.data import early
     from finetune.runs import rundir
-    from finetune.training import stop
 
     early.check(dict_cfg)
     if found := rundir.check(dict_cfg):
         raise config.ConfigError(found)
     if variants := config.variants_line(dict_cfg):  # DoRA, rsLoRA, PiSSA/OLoRA/LoftQ, LoRA+, NEFTune
         console.info(variants)
+
+    from finetune.training import stop  # torch: after the checks above
 
     run: dict = {}  # the config, run directory and trainer once they exist: what Ctrl-C and a full disk report
     overrides = list(HydraConfig.get().overrides.task)

@@ -35,6 +35,7 @@ class Method:
     token_nll: bool  # its loss is a mean token NLL, so exp(loss) is a perplexity
     packing: str  # what trainer.packing=true does: "trl" (TRL packs), "padding_free" (one row per micro-batch), ""
     wired: tuple[str, ...] = ()  # keys of WIRED besides packing its trainer reads; the others are refused when set
+    logs: tuple[str, ...] = ()  # metrics its TRL trainer logs besides the Trainer's own (a sweep's metric is checked)
 
     @property
     def conversations(self) -> bool:
@@ -42,22 +43,30 @@ class Method:
         return self.encoder == "sft"
 
 
+# what every preference trainer of TRL logs per step (and with eval_ per evaluation)
+PAIR_LOGS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+             "logps/rejected", "logits/chosen", "logits/rejected")
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("sft", "SFT", "SFT", trainer="sft", encoder="sft", data="conversations", sequences=1, reference=False,
            no_grad_passes=0, precomputable=False, token_nll=True, packing="trl",
-           wired=("liger", "activation_offloading")),
+           wired=("liger", "activation_offloading"), logs=("mean_token_accuracy",)),
     Method("dpo", "DPO", "DPO", trainer="dpo", encoder="pairs", data="preference examples", sequences=2,
-           reference=True, no_grad_passes=1, precomputable=True, token_nll=False, packing="padding_free"),
+           reference=True, no_grad_passes=1, precomputable=True, token_nll=False, packing="padding_free",
+           logs=PAIR_LOGS),
     # reference-free: odds ratio + NLL
     Method("orpo", "ORPO", "ORPO", trainer="orpo", encoder="pairs", data="preference examples", sequences=2,
-           reference=False, no_grad_passes=0, precomputable=False, token_nll=False, packing=""),
+           reference=False, no_grad_passes=0, precomputable=False, token_nll=False, packing="",
+           logs=PAIR_LOGS + ("nll_loss", "log_odds_ratio", "log_odds_chosen")),
     # reference-free: length-normalised margin (CPOTrainer with loss_type=simpo)
     Method("simpo", "SimPO", "CPO (loss simpo)", trainer="simpo", encoder="pairs", data="preference examples",
-           sequences=2, reference=False, no_grad_passes=0, precomputable=False, token_nll=False, packing=""),
+           sequences=2, reference=False, no_grad_passes=0, precomputable=False, token_nll=False, packing="",
+           logs=PAIR_LOGS + ("nll_loss",)),
     # unpaired thumbs-up/down answers; no_grad_passes: the reference over the answers and over the mismatched KL
     # answers, and the policy over the KL answers
     Method("kto", "KTO", "KTO", trainer="kto", encoder="unpaired", data="preference examples", sequences=1,
-           reference=True, no_grad_passes=3, precomputable=False, token_nll=False, packing=""),
+           reference=True, no_grad_passes=3, precomputable=False, token_nll=False, packing="",
+           logs=PAIR_LOGS + ("kl",)),
 )}
 
 

@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 
 from finetune.config import ConfigError, ModelConfig, QuantConfig, UserError, cache_root, looks_local
+from finetune.config.methods import METHODS
 from finetune.data.chat_format import BOS_ID, EOS_ID
 from finetune.model import rope
 from finetune.runtime.cache import build_once
@@ -142,7 +143,10 @@ def gpu_sized(cfg, recipe: Optional[str]) -> list[str]:
     if torch.cuda.is_available() or params < 1e9:
         return []
     kind = cfg.trainer.kind
-    tiny = f"tiny_{kind}" if kind != "sft" else ("tiny_lora" if cfg.quant.mode == "none" else "tiny_qlora")
+    if METHODS[kind].conversations:  # SFT: the tiny recipe of the same quantization
+        tiny = "tiny_lora" if cfg.quant.mode == "none" else "tiny_qlora"
+    else:
+        tiny = f"tiny_{kind}"
     what = f"recipe={recipe}" if recipe else f"model={m.name}"
     return [f"{what} is sized for a GPU ({m.name}, {params / 1e9:.1f}B parameters) and this machine has no CUDA "
             f"GPU; on this machine try recipe={tiny} (the same method on a toy Llama 2), or see which GPU it needs: "

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from finetune.config.methods import METHODS
 from finetune.planning import methods, planner
 from finetune.planning.planner import GiB, Setup
 
@@ -53,7 +54,7 @@ def disk_bytes(s: Setup) -> tuple[float, float]:
     trained = planner.param_counts(s)["lora"]
     if s.dora:
         trained += s.layers * sum(o for _, o in methods.targets(s).values())
-    ref = trained * 4 if s.kind in ("dpo", "kto") else 0
+    ref = trained * 4 if METHODS[s.kind].reference else 0
     return (trained * (4 + planner.optimizer_bytes(s.optim)) + ref + CHECKPOINT_FILES,
             trained * 4 + ADAPTER_FILES)
 

@@ -9,23 +9,16 @@ from __future__ import annotations
 import difflib
 from typing import Optional
 
+from finetune.config.methods import METHODS
+
 TRAINER = ("loss", "grad_norm", "learning_rate", "epoch", "num_tokens", "tokens_per_s", "time_s", "entropy", "train_loss",
            "train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos")
 EVAL = ("loss", "runtime", "samples_per_second", "steps_per_second", "perplexity", "entropy", "num_tokens")
-PAIRS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-         "logps/rejected", "logits/chosen", "logits/rejected")
-BY_KIND = {
-    "sft": ("mean_token_accuracy",),
-    "dpo": PAIRS,
-    "orpo": PAIRS + ("nll_loss", "log_odds_ratio", "log_odds_chosen"),
-    "simpo": PAIRS + ("nll_loss",),
-    "kto": PAIRS + ("kl",),
-}
 
 
 def names(kind: str) -> list[str]:
     """Every metrics.jsonl key a run of `kind` logs (with an eval split: the eval_ ones too)."""
-    own = BY_KIND.get(kind, ())
+    own = METHODS[kind].logs if kind in METHODS else ()
     return list(TRAINER + own) + [f"eval_{n}" for n in EVAL + own]
 
 
