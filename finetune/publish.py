@@ -1,6 +1,7 @@
 """Publish a run: `python finetune/publish.py run=outputs/<run> repo_id=me/name [what=merged|gguf] [private=true]`.
 
-`dry_run=true` prints what would be uploaded and sends nothing. The work is in finetune/hub.py.
+`dry_run=true` prints what would be uploaded, and whether the repository will be public, and sends nothing.
+The work is in finetune/ship/hub.py.
 """
 from __future__ import annotations
 

@@ -54,9 +54,18 @@ class Plan:
 
     def describe(self) -> str:
         where = f"{self.repo_id}" + (f" (branch {self.revision})" if self.revision else "")
-        lines = [f"{'private' if self.private else 'public'} repo {where}, one commit: {self.message!r}"]
+        lines = [f"{'private' if self.private else 'public'} repo {where}, one commit: {self.message!r}",
+                 visibility(self.repo_id, self.private)]
         lines += [f"  {path}  {size:,} B" for path, size in self.files]
         return "\n".join(lines)
+
+
+def visibility(repo_id: str, private: bool) -> str:
+    if private:
+        return (f"visibility: PRIVATE - only you (or the members of {repo_id.split('/')[0]}) can see {repo_id}; an "
+                "existing public repository is refused, not made private")
+    return (f"visibility: PUBLIC - anyone can see and download {repo_id} once published (private=true makes a new "
+            "repository private)")
 
 
 def plan(folder: Path, repo_id: str, private: bool, revision: Optional[str], message: Optional[str]) -> Plan:
@@ -187,6 +196,11 @@ def publish(p: Plan, token: str) -> str:
     created = False
     try:
         created = api.create_repo(p.repo_id, private=p.private, exist_ok=True, repo_type="model") is not None
+        public_now = not api.repo_info(p.repo_id, repo_type="model").private  # an existing repo keeps its own
+        if p.private and public_now:
+            raise PublishError(f"{p.repo_id} already exists and is PUBLIC: private=true would put these files in a "
+                               "public repository. Make it private on the Hub first (its Settings), or publish with "
+                               "private=false. Nothing was published.")
         if p.revision:
             api.create_branch(p.repo_id, branch=p.revision, exist_ok=True)
         info = api.upload_folder(folder_path=p.folder, repo_id=p.repo_id, revision=p.revision,
@@ -202,7 +216,7 @@ def publish(p: Plan, token: str) -> str:
     except httpx2.TransportError as exc:
         raise PublishError(f"could not reach {api.endpoint} ({type(exc).__name__}: {exc}); check the network, "
                            "a proxy, or HF_ENDPOINT. " + nothing_sent(p, created)) from None
-    return info.commit_url
+    return f"{info.commit_url} ({'PUBLIC: anyone can download it' if public_now else 'private'})"
 
 
 def nothing_sent(p: Plan, created: bool) -> str:

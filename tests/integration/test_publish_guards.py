@@ -10,7 +10,7 @@ import pytest
 
 from finetune.runs import rundir
 from tests.conftest import run_entry
-from tests.hub_double import HubDouble
+from tests.hub_double import HubDouble, Repo
 
 pytestmark = pytest.mark.slow
 TOKEN = "hf_" + "Gu4rdT0ken" * 4
@@ -103,3 +103,24 @@ def test_a_corrupt_gguf_is_one_line_naming_the_file(run, hub, tmp_path):
                                    "corrupt: IndexError); delete it, or export it again: `python finetune/export.py "
                                    f"run={run} format=gguf`")
     assert len(hub.requests) == before
+
+
+def test_dry_run_and_publish_say_plainly_whether_the_repository_is_public(run, hub, tmp_path):
+    dry = publish(run, hub, tmp_path, "repo_id=tester/seen", "dry_run=true")
+    assert dry.returncode == 0 and ("visibility: PUBLIC - anyone can see and download tester/seen once published "
+                                    "(private=true makes a new repository private)") in dry.stdout
+    done = publish(run, hub, tmp_path, "repo_id=tester/hidden", "private=true")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "visibility: PRIVATE - only you (or the members of tester) can see tester/hidden" in done.stdout
+    assert done.stdout.strip().splitlines()[-1].endswith(" (private)") and hub.repos["tester/hidden"].private
+
+
+def test_private_true_into_an_existing_public_repository_is_refused(run, hub, tmp_path):
+    hub.repos["tester/open"] = repo = Repo(owner=USER, private=False)
+    hub.commit(repo, "main", {".gitattributes": (b"", False)}, "initial commit")
+    proc = publish(run, hub, tmp_path, "repo_id=tester/open", "private=true")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("error: tester/open already exists and is PUBLIC: private=true would put these "
+                                   "files in a public repository. Make it private on the Hub first (its Settings), "
+                                   "or publish with private=false. Nothing was published.")
+    assert set(hub.files("tester/open")) == {".gitattributes"}

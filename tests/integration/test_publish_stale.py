@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import contextlib
+import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -34,6 +37,25 @@ def sleeper():
     yield proc.pid
     proc.kill()
     proc.wait()
+
+
+@contextlib.contextmanager
+def kept_fresh(path):
+    """Touch a planted lock file as its holder would (lock.REFRESH_S): on a loaded machine the command under test
+    may take longer than lock.STALE_S to reach the lock, and would then rightly take a silent lock over."""
+    done = threading.Event()
+
+    def touch():
+        while not done.wait(5):
+            os.utime(path)
+
+    thread = threading.Thread(target=touch, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def retrain_adapter(run):
@@ -91,10 +113,12 @@ def test_gguf_without_an_adapter_hash_names_the_command_with_its_types(run, tmp_
 
 def test_overwrite_refuses_while_a_reader_holds_the_run(run, sleeper):
     host = socket.gethostname()
-    (run / f"{lock.READER}{host}-{sleeper}").write_text(json.dumps(
+    reader = run / f"{lock.READER}{host}-{sleeper}"
+    reader.write_text(json.dumps(
         {"host": host, "pid": sleeper, "job": None, "started": "2026-12-07 10:00:00", "command": "export.py"}))
     before = rundir.adapter_hash(run)
-    proc = run_entry("train.py", "recipe=tiny_lora", f"output_dir={run}", "overwrite=true", *FAST, check=False)
+    with kept_fresh(reader):
+        proc = run_entry("train.py", "recipe=tiny_lora", f"output_dir={run}", "overwrite=true", *FAST, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: output_dir={run} is being read by export.py (host {host}, PID {sleeper}, started 2026-12-07 "
@@ -107,7 +131,8 @@ def test_a_reader_does_not_start_while_a_training_job_writes_the_run(run, sleepe
     host = socket.gethostname()
     (run / lock.LOCK).write_text(json.dumps({"host": host, "pid": sleeper, "job": None,
                                              "started": "2026-12-07 10:00:00"}))
-    proc = run_entry("chat.py", f"run={run}", check=False)
+    with kept_fresh(run / lock.LOCK):
+        proc = run_entry("chat.py", f"run={run}", check=False)
     assert proc.returncode == 2 and proc.stderr.strip() == (
         f"error: run={run} is being written by a training job (host {host}, PID {sleeper}, started 2026-12-07 "
         "10:00:00): wait for it to end, then run chat.py again")
