@@ -1,4 +1,4 @@
-"""Peak RSS of the streaming merge (finetune/merge.py) vs peft's merge_and_unload, on a random Llama checkpoint.
+"""Peak RSS of the streaming merge (finetune/ship/merge.py) vs peft's merge_and_unload, on a random Llama checkpoint.
 
     .venv/bin/python bench/merge_memory.py                    # ~1.9 GB bf16 checkpoint in 8 shards (~3 min on 2 cores)
     .venv/bin/python bench/merge_memory.py --layers 4 --hidden 512 --intermediate 1376   # a quick smoke run

@@ -3,7 +3,7 @@
 
 Always: <run>/adapter/README.md, a model card from the run's config and metrics. With merge=true: <run>/merged/
 (config, sharded safetensors + index, tokenizer, licence files, card), merged shard by shard in bounded memory
-(finetune/merge.py), then checked against the adapter model on prompts from the run's data; above the
+(finetune/ship/merge.py), then checked against the adapter model on prompts from the run's data; above the
 tolerance the export fails with the numbers and no merged/ is left behind. format=gguf: <run>/gguf/ from merged/
 (finetune/ship/gguf_export.py), each file checked in llama.cpp against merged/.
 """

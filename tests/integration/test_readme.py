@@ -39,15 +39,22 @@ NOT_HERE = [
 ]
 
 
+DOCS = ["README.md", "launch/README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+
+
 def commands() -> list[tuple[str, str]]:
-    out = []
-    for name in ("README.md", "launch/README.md"):
+    """Every command line of every bash block in the README, launch/README.md and the docs site, once each (the
+    README's headline commands are repeated on the docs pages)."""
+    out, seen = [], set()
+    for name in DOCS:
         text = (ROOT / name).read_text()
         for block in re.findall(r"```bash\n(.*?)```", text, re.S):
             for line in block.replace("\\\n", " ").splitlines():
                 line = re.sub(r"\s+#\s.*$", "", line).strip()
-                if line:
-                    out.append((name, re.sub(r"\s+", " ", line)))
+                line = re.sub(r"\s+", " ", line)
+                if line and line not in seen:
+                    seen.add(line)
+                    out.append((name, line))
     return out
 
 

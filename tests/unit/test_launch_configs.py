@@ -53,7 +53,7 @@ def test_multi_gpu_launches_ddp_with_the_requested_process_count():
 
 def test_fsdp_qlora_sets_what_peft_and_bitsandbytes_require():
     env = prepare_multi_gpu_env(launch_args("fsdp_qlora", "--num_processes", "8"))
-    assert env["ACCELERATE_USE_FSDP"] == "true"  # finetune/model.py reads this to load the base for FSDP
+    assert env["ACCELERATE_USE_FSDP"] == "true"  # finetune/model/base.py reads this to load the base for FSDP
     assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "true" and env["FSDP_SYNC_MODULE_STATES"] == "true"
     assert env["FSDP_USE_ORIG_PARAMS"] == "false"
     assert env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
