@@ -16,6 +16,9 @@ TRAINER = ("loss", "grad_norm", "learning_rate", "epoch", "num_tokens", "tokens_
 EVAL = ("loss", "runtime", "samples_per_second", "steps_per_second", "perplexity", "entropy", "num_tokens")
 
 
+BENCHMARK = "eval_benchmark/"  # metrics.jsonl's prefix of a benchmark score (eval.benchmarks)
+
+
 def names(kind: str) -> list[str]:
     """Every metrics.jsonl key a run of `kind` logs (with an eval split: the eval_ ones too)."""
     own = METHODS[kind].logs if kind in METHODS else ()
@@ -29,6 +32,8 @@ def as_wandb(key: str) -> str:
 
 def problem(metric: str, key: str, kind: str, has_eval: bool) -> Optional[str]:
     """Why a sweep's `metric` (read as `key` in metrics.jsonl) can never be read from a run of `kind`, or None."""
+    if key.startswith(BENCHMARK):  # scored by the benchmark callback, with or without an eval split; its task and
+        return None  # metric were checked against lm_eval's own task when the sweep file was read
     known = names(kind)
     if key not in known:
         near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
