@@ -64,7 +64,7 @@ def run_examples(run: Path, train_cfg: TrainConfig) -> tuple[list[dict], str]:
 
     if (record := inputs.read(run)) is not None:
         return record.examples, record.source(run)
-    console.info(f"{Path(run).name} has no {inputs.FILE} (trained by an older version): reading its data "
+    console.info(f"{Path(run).name} has no readable {inputs.FILE} (trained by an older version?): reading its data "
                  f"{train_cfg.data.path} again for the verification prompts")
     try:
         train, held_out = examples.splits(train_cfg.data)

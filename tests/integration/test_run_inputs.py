@@ -61,7 +61,7 @@ def test_older_run_rereads_its_data_and_export_leaves_the_config_as_read(tiny_lo
     before = copy.deepcopy(train_cfg)
     cfg = export.ExportConfig(run=str(run), merge=True, verify=export.VerifyConfig(prompts=2, max_new_tokens=4))
     export.merge_and_verify(cfg, train_cfg, run)
-    assert f"{run.name} has no inputs.json (trained by an older version): reading its data " \
+    assert f"{run.name} has no readable inputs.json (trained by an older version?): reading its data " \
            f"{train_cfg.data.path} again for the verification prompts" in capsys.readouterr().out
     checks = json.loads((run / "merged" / "verification.json").read_text())
     assert checks["prompt_source"] == f"the run's data ({train_cfg.data.path})"
