@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: import the package, never sibl
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
 
 from finetune import config
 from finetune.runtime import console
@@ -187,12 +187,8 @@ def merge_section(merge_base: str, dtype, stats, source: str, drifts) -> str:
 @hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="export")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
-    if unknown := config.unknown_keys(dict_cfg):  # `+key=...` adds keys Hydra's own check lets through
-        raise config.ConfigError(unknown)
-    cfg: ExportConfig = OmegaConf.to_object(dict_cfg)  # type: ignore[assignment]
+    cfg: ExportConfig = config.schema_object(dict_cfg, lambda c: check(c, Path(c.run).expanduser().resolve()))
     run = Path(cfg.run).expanduser().resolve()
-    if problems := check(cfg, run):
-        raise config.ConfigError(problems)
     from finetune.runs import card as modelcard
     from finetune.runs import lock, rundir
     from finetune.runs.rundir import run_config
