@@ -99,8 +99,9 @@ def base_dir(run: Path, train_cfg, tokenizer) -> Path:
         return Path(model.resolved_path(mcfg, tokenizer))  # seeded: the same weights as at training time
     if config.looks_local(mcfg.path):
         if not Path(mcfg.path).is_dir():
-            raise MergeError(f"the base model folder {mcfg.path} (adapter_config.json: base_model_name_or_path) "
-                             "is gone; put the base checkpoint back there to merge")
+            named_in = inputs.FILE if record else "adapter_config.json"
+            raise MergeError(f"the base model folder {mcfg.path} (the run's {named_in}) is gone; put the base "
+                             "checkpoint back there to merge")
         return Path(mcfg.path)
     from huggingface_hub import snapshot_download  # the weights are read shard by shard from the local cache
 
