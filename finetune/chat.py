@@ -145,9 +145,7 @@ def main(dict_cfg: DictConfig) -> None:
 
     if OmegaConf.is_missing(dict_cfg, "run"):
         raise ConfigError(["run: required; give a training run directory: run=outputs/<run>"])
-    if unknown := config.unknown_keys(dict_cfg):  # `+key=...` adds keys Hydra's own check lets through
-        raise config.ConfigError(unknown)
-    ccfg: ChatConfig = OmegaConf.to_object(dict_cfg)  # type: ignore[assignment]
+    ccfg: ChatConfig = config.schema_object(dict_cfg)
     run = Path(ccfg.run).expanduser().resolve()
     problems = rundir.run_problems(run, ccfg.merged)
     if ccfg.prompts and not Path(ccfg.prompts).is_file():

@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: import the package, never sibl
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from finetune import config
 from finetune.benchmarks.options import BenchmarksConfig, argv_shorthand
@@ -137,11 +137,7 @@ def main(dict_cfg: DictConfig) -> None:
     from finetune.runs.rundir import run_config
 
     # Check everything that needs no weights: the run or model, the data, the split
-    if unknown := config.unknown_keys(dict_cfg):  # `+key=...` adds keys Hydra's own check lets through
-        raise config.ConfigError(unknown)
-    ecfg: EvaluateConfig = OmegaConf.to_object(dict_cfg)  # type: ignore[assignment]
-    if problems := check(ecfg):
-        raise ConfigError(problems)
+    ecfg: EvaluateConfig = config.schema_object(dict_cfg, check)
     if ecfg.benchmarks.tasks:
         return benchmark(ecfg)
     run = Path(ecfg.run).expanduser().resolve() if ecfg.run else None

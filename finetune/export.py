@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: import the package, never sibl
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
 
 from finetune import config
 from finetune.runtime import console
@@ -80,21 +80,28 @@ def check(cfg: ExportConfig, run: Path) -> list[str]:
     return problems
 
 
-def base_dir(train_cfg, adapter_dir: Path, tokenizer) -> Path:
-    """The base checkpoint folder the adapter was trained on: local, re-created (random init) or downloaded."""
+def base_dir(run: Path, train_cfg, tokenizer) -> Path:
+    """The base checkpoint folder the adapter was trained on: local, re-created (random init) or downloaded.
+    Where training resolved it: <run>/inputs.json, else (older runs) the adapter's base_model_name_or_path."""
+    import dataclasses
+
     from finetune.model import base as model
+    from finetune.runs import inputs
     from finetune.ship.merge import MergeError
 
-    where = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    mcfg = train_cfg.model
-    mcfg.path = where or mcfg.path
+    if (record := inputs.read(run)) is not None:
+        where, revision = record.base_path, record.base_revision
+    else:
+        adapter_config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+        where, revision = adapter_config.get("base_model_name_or_path"), train_cfg.model.revision
+    mcfg = dataclasses.replace(train_cfg.model, path=where or train_cfg.model.path, revision=revision)
     if mcfg.random_init:
-        model.prepare_path(mcfg, tokenizer)  # seeded: the same weights as at training time
-        return Path(mcfg.path)
+        return Path(model.resolved_path(mcfg, tokenizer))  # seeded: the same weights as at training time
     if config.looks_local(mcfg.path):
         if not Path(mcfg.path).is_dir():
-            raise MergeError(f"the base model folder {mcfg.path} (adapter_config.json: base_model_name_or_path) "
-                             "is gone; put the base checkpoint back there to merge")
+            named_in = inputs.FILE if record else "adapter_config.json"
+            raise MergeError(f"the base model folder {mcfg.path} (the run's {named_in}) is gone; put the base "
+                             "checkpoint back there to merge")
         return Path(mcfg.path)
     from huggingface_hub import snapshot_download  # the weights are read shard by shard from the local cache
 
@@ -107,16 +114,15 @@ def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path, serve: str = ""):
     import torch
 
     from finetune.model import base as model, rope
-    from finetune.model.tokenizer import load_tokenizer
+    from finetune.ship.loading import load_tokenizer
     from finetune.runs import card as modelcard
     from finetune.runs import rundir
     from finetune.ship import merge, verify
 
     adapter_dir = run / "adapter"
     adapter_sha = rundir.adapter_hash(run)  # before reading it: merged/ records the adapter it came from
-    train_cfg.model.tokenizer = str(adapter_dir)  # the tokenizer as trained, with its licence files
-    tokenizer = load_tokenizer(train_cfg.model)
-    base = base_dir(train_cfg, adapter_dir, tokenizer)
+    tokenizer = load_tokenizer(run, train_cfg)  # the tokenizer as trained (adapter/), with its licence files
+    base = base_dir(run, train_cfg, tokenizer)
     four_bit = train_cfg.quant.mode in ("nf4", "fp4")
     merge_base = cfg.merge_base if cfg.merge_base != "auto" else ("dequantized" if four_bit else "original")
     if merge_base == "dequantized" and not four_bit:
@@ -139,7 +145,8 @@ def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path, serve: str = ""):
     # Verify: the adapter model on the base it was trained on (and, for original, on that base too)
     stored = out_dtype or getattr(torch, json.loads((partial / "config.json").read_text()).get("dtype", "float32"))
     tolerance = cfg.verify.tolerance or verify.default_tolerance(stored, model.compute_dtype(train_cfg.model))
-    prompts, source = verify.sample_prompts(train_cfg, tokenizer.sp, cfg.verify.prompts, cfg.verify.max_prompt_tokens)
+    prompts, source = verify.sample_prompts(verify.run_examples(run, train_cfg), tokenizer.sp, cfg.verify.prompts,
+                                            cfg.verify.max_prompt_tokens)
     merged_out = verify.merged_outputs(partial, prompts, cfg.verify.max_new_tokens)
     refs = [("the adapter model as trained", four_bit)]
     if merge_base == "original" and train_cfg.quant.mode != "none":  # check the arithmetic, report the drift
@@ -181,12 +188,8 @@ def merge_section(merge_base: str, dtype, stats, source: str, drifts) -> str:
 @hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="export")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
-    if unknown := config.unknown_keys(dict_cfg):  # `+key=...` adds keys Hydra's own check lets through
-        raise config.ConfigError(unknown)
-    cfg: ExportConfig = OmegaConf.to_object(dict_cfg)  # type: ignore[assignment]
+    cfg: ExportConfig = config.schema_object(dict_cfg, lambda c: check(c, Path(c.run).expanduser().resolve()))
     run = Path(cfg.run).expanduser().resolve()
-    if problems := check(cfg, run):
-        raise config.ConfigError(problems)
     from finetune.runs import card as modelcard
     from finetune.runs import lock, rundir
     from finetune.runs.rundir import run_config

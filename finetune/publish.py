@@ -15,7 +15,7 @@ if __package__ in (None, ""):  # run as a script: import the package, never sibl
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
 
 from finetune import config
 from finetune.runtime import console
@@ -43,9 +43,7 @@ def main(dict_cfg: DictConfig) -> None:
     from finetune.runs import lock, rundir
     from finetune.ship import hub
 
-    if unknown := config.unknown_keys(dict_cfg):  # `+key=...` adds keys Hydra's own check lets through
-        raise config.ConfigError(unknown)
-    cfg: PublishConfig = OmegaConf.to_object(dict_cfg)  # type: ignore[assignment]
+    cfg: PublishConfig = config.schema_object(dict_cfg)
     if cfg.what not in ("adapter", "merged", "gguf"):
         raise config.ConfigError([f"what={cfg.what}: use adapter, merged or gguf"])
     folder = Path(cfg.run).expanduser().resolve() / cfg.what

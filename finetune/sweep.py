@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: import the package, never sibl
 from omegaconf import OmegaConf
 
 from finetune import config
-from finetune.runtime import console  # first: it silences two library notices before transformers loads
+from finetune.runtime import console
 from finetune.benchmarks import objective
 from finetune.config import ConfigError
 from finetune.runs.rundir import finished

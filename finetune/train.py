@@ -60,7 +60,7 @@ def train(dict_cfg: DictConfig, run: dict) -> None:
     from finetune.model import tokenizer as tok
     from finetune.planning import budget
     from finetune.planning import report as plan
-    from finetune.runs import checkpoints, rundir
+    from finetune.runs import checkpoints, inputs, rundir
     from finetune.training import args, checks, kinds, stop, tracking
 
     # Check everything that needs no weights, before anything is written: config, model, data, memory plan, disk
@@ -83,6 +83,7 @@ def train(dict_cfg: DictConfig, run: dict) -> None:
     run_dir, resume = rundir.start(cfg.output_dir, f"{recipe}-{cfg.data.name}", cfg.resume, cfg.overwrite)
     run["dir"] = run_dir
     rundir.prepare(run_dir, dict_cfg, resume)
+    inputs.write(run_dir, prepared.head, cfg)  # what export, chat and evaluate read instead of the data
     tracking.start(cfg.tracking, run_dir, dict_cfg, resumed=resume is not None)  # wandb/tensorboard (rank 0)
 
     # Load the base model (quantized for QLoRA) and add LoRA

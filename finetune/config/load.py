@@ -104,6 +104,17 @@ def arch_problems(a) -> list[str]:
     return problems
 
 
+def schema_object(dict_cfg: DictConfig, check=None):
+    """An entry point's composed config as its schema's object, or one ConfigError: keys the schema lacks first
+    (`+key=...` gets past Hydra's own check), then whatever `check(obj)` returns as problems."""
+    if unknown := unknown_keys(dict_cfg):
+        raise ConfigError(unknown)
+    obj = OmegaConf.to_object(dict_cfg)
+    if check is not None and (problems := check(obj)):
+        raise ConfigError(problems)
+    return obj
+
+
 def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     """Keys the schema does not have: `+key=value` and `++key=value` add them past Hydra's own check, and
     nothing would read them (a typo then trains with the default, silently)."""

@@ -181,17 +181,23 @@ def disable_cpu_weight_repacking(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def prepare_path(mcfg: ModelConfig, tokenizer) -> None:
-    """Resolve `model.path` in place: random weights are written once, local paths become absolute (so the
-    adapter's `base_model_name_or_path` works from any directory)."""
+def resolved_path(mcfg: ModelConfig, tokenizer) -> str:
+    """The base checkpoint `model.path` names, returned (`mcfg` is not changed): random weights are written once,
+    local paths become absolute (so the adapter's `base_model_name_or_path` works from any directory), a Hub
+    base's config.json is fetched (reachable, or one error)."""
     if mcfg.random_init:
         if not looks_local(mcfg.path):  # a hub id names the architecture; the weights go to the cache
-            mcfg.path = str(cache_root() / "models" / f"random-{mcfg.name}")
-        mcfg.path = str(materialize_random(mcfg, tokenizer))
-    elif looks_local(mcfg.path):
-        mcfg.path = str(Path(mcfg.path).expanduser().resolve())
-    else:
-        fetch_config(mcfg)
+            mcfg = dataclasses.replace(mcfg, path=str(cache_root() / "models" / f"random-{mcfg.name}"))
+        return str(materialize_random(mcfg, tokenizer))
+    if looks_local(mcfg.path):
+        return str(Path(mcfg.path).expanduser().resolve())
+    fetch_config(mcfg)
+    return mcfg.path
+
+
+def prepare_path(mcfg: ModelConfig, tokenizer) -> None:
+    """`resolved_path` kept in the training process's own config (the one it loads the base from)."""
+    mcfg.path = resolved_path(mcfg, tokenizer)
 
 
 def fetch_config(mcfg: ModelConfig) -> None:

@@ -11,12 +11,14 @@ import warnings
 from finetune.config.errors import UserError
 from finetune.runtime import dist
 
-# Two library notices every command printed, each silenced by its exact source, never wholesale:
-# - peft and TRL read `model.is_gradient_checkpointing`, which transformers 5 renamed (their call, not ours);
-# - bitsandbytes on an AVX512-BF16 CPU looks for a Hub kernel for the repacked 4-bit path, which we switch off
-#   (model.base.disable_cpu_weight_repacking), so the kernel would never run.
-warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+def quiet_library_notices() -> None:
+    """Two library notices every command printed, each silenced by its exact source, never wholesale (called by
+    `exit_cleanly` as an entry point starts):
+    - peft and TRL read `model.is_gradient_checkpointing`, which transformers 5 renamed (their call, not ours);
+    - bitsandbytes on an AVX512-BF16 CPU looks for a Hub kernel for the repacked 4-bit path, which we switch off
+      (model.base.disable_cpu_weight_repacking), so the kernel would never run."""
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def info(msg: str) -> None:
@@ -30,6 +32,7 @@ def exit_cleanly(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        quiet_library_notices()
         try:
             return fn(*args, **kwargs)
         except UserError as exc:

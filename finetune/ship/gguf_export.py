@@ -58,8 +58,9 @@ def export(run: Path, train_cfg, sp, merged: Path, gcfg, vcfg) -> tuple[Path, li
     out.mkdir(exist_ok=True)
     name = run.name
     merged_dtype = json.loads((merged / "config.json").read_text()).get("dtype", "float32")
-    prompts, source = verify.sample_prompts(train_cfg, sp, vcfg.prompts, vcfg.max_prompt_tokens)
-    seqs, seq_source = verify.heldout_sequences(train_cfg, sp, gcfg.sequences, gcfg.max_tokens)
+    found = verify.run_examples(run, train_cfg)  # <run>/inputs.json: the raw data is not read again
+    prompts, source = verify.sample_prompts(found, sp, vcfg.prompts, vcfg.max_prompt_tokens)
+    seqs, seq_source = verify.heldout_sequences(found, train_cfg, sp, gcfg.sequences, gcfg.max_tokens)
     console.info(f"gguf: reference run of merged/ on {len(prompts)} prompts and {len(seqs)} held-out sequences")
     reference = llamacpp.merged_outputs(merged, prompts, seqs, vcfg.max_new_tokens)
     done, partials = [], []

@@ -26,16 +26,28 @@ def load_tokenizer(run: Path, train_cfg: TrainConfig):
 def load_base(run: Optional[Path], train_cfg: TrainConfig, tokenizer, quant: Optional[QuantConfig],
               merged: bool = False):
     """The run's base model (or its merged/ weights) on whatever device is present, in eval mode."""
-    mcfg = dataclasses.replace(train_cfg.model)
     if merged:
-        mcfg.path, mcfg.random_init = str(run / "merged"), False
-    else:
-        model.prepare_path(mcfg, tokenizer)  # random-init tiny bases are rebuilt from their seed if missing
+        mcfg = dataclasses.replace(train_cfg.model, path=str(run / "merged"), random_init=False)
+    else:  # the base as training resolved it (<run>/inputs.json); random-init tiny bases rebuilt if missing
+        mcfg = recorded_base(run, train_cfg)
+        mcfg = dataclasses.replace(mcfg, path=model.resolved_path(mcfg, tokenizer))
     qcfg = quant_config(quant, train_cfg, merged)
     base = model.load_base(mcfg, qcfg)  # keeps the bitsandbytes CPU repack off
     if qcfg.mode == "none" and torch.cuda.is_available():
         base.to("cuda")
     return base.eval()
+
+
+def recorded_base(run: Optional[Path], train_cfg: TrainConfig):
+    """A copy of the run's model config naming the base training resolved (path and revision from
+    <run>/inputs.json); random-init bases (rebuilt from their seed where this machine caches them) and runs
+    without that file: model.path and model.revision as config.yaml has them."""
+    from finetune.runs import inputs
+
+    record = inputs.read(run) if run is not None else None
+    if record is None or train_cfg.model.random_init:
+        return dataclasses.replace(train_cfg.model)
+    return dataclasses.replace(train_cfg.model, path=record.base_path, revision=record.base_revision)
 
 
 def add_adapter(base, run: Path):

@@ -17,6 +17,7 @@ from finetune.config import QuantConfig, TrainConfig
 from finetune.data import chat_format, examples
 from finetune.model import base as model
 from finetune.data.stats import DataError
+from finetune.runtime import console
 
 # Used only when the run's data file is gone; the card then says so.
 FALLBACK_PROMPTS = ["What is the capital of France?", "Write a haiku about autumn.",
@@ -55,14 +56,28 @@ def default_tolerance(stored: torch.dtype, compute: torch.dtype) -> float:
     return 1e-4 if stored == compute == torch.float32 else 5e-2
 
 
-def sample_prompts(train_cfg: TrainConfig, sp, n: int, max_tokens: int) -> tuple[list[list[int]], str]:
-    """Up to `n` chat prompts (ids) from the run's data, held-out examples first; (ids, where they came from)."""
+def run_examples(run: Path, train_cfg: TrainConfig) -> tuple[list[dict], str]:
+    """The run's examples, held-out ones first, and where they come from: <run>/inputs.json, written by training;
+    for a run without it (an older version's), the data file read again; without readable data, built-in
+    prompts."""
+    from finetune.runs import inputs
+
+    if (record := inputs.read(run)) is not None:
+        return record.examples, record.source(run)
+    console.info(f"{Path(run).name} has no readable {inputs.FILE} (trained by an older version?): reading its data "
+                 f"{train_cfg.data.path} again for the verification prompts")
     try:
         train, held_out = examples.splits(train_cfg.data)
-        exs, source = held_out + train, f"the run's data ({train_cfg.data.path})"
+        return held_out + train, f"the run's data ({train_cfg.data.path})"
     except (DataError, OSError):
+        return [], f"built-in prompts (the run's data {train_cfg.data.path} is not readable here)"
+
+
+def sample_prompts(found: tuple[list[dict], str], sp, n: int, max_tokens: int) -> tuple[list[list[int]], str]:
+    """Up to `n` chat prompts (ids) from `run_examples`' result, held-out examples first; (ids, their source)."""
+    exs, source = found
+    if not exs:
         exs = [{"prompt": [{"role": "user", "content": p}]} for p in FALLBACK_PROMPTS]
-        source = f"built-in prompts (the run's data {train_cfg.data.path} is not readable here)"
     prompts = []
     for ex in exs:
         if "text" in ex:  # plain-text SFT: the opening of the text
@@ -78,19 +93,18 @@ def sample_prompts(train_cfg: TrainConfig, sp, n: int, max_tokens: int) -> tuple
     return prompts, source
 
 
-def heldout_sequences(train_cfg: TrainConfig, sp, n: int, max_tokens: int) -> tuple[list[tuple[list, list]], str]:
-    """Up to `n` (ids, mask) sequences of at most `max_tokens`, held-out first, encoded as training encodes them
-    (mask = the tokens training scores); for a perplexity. Without readable data: the built-in prompts, all
-    their tokens scored."""
+def heldout_sequences(found: tuple[list[dict], str], train_cfg: TrainConfig, sp, n: int,
+                      max_tokens: int) -> tuple[list[tuple[list, list]], str]:
+    """Up to `n` (ids, mask) sequences of at most `max_tokens` from `run_examples`' result, held-out first,
+    encoded as training encodes them (mask = the tokens training scores); for a perplexity. Without examples:
+    the built-in prompts, all their tokens scored."""
     from finetune.data import sft
     from finetune.data.stats import Stats
 
-    try:
-        train, held_out = examples.splits(train_cfg.data)
-        exs, source = held_out + train, f"the run's data ({train_cfg.data.path})"
-    except (DataError, OSError):
+    exs, source = found
+    if not exs:
         ids = [chat_format.encode_text(sp, p) for p in FALLBACK_PROMPTS]
-        return ids[:n], "built-in prompts (the run's data is not readable here)"
+        return ids[:n], source
     dcfg = dataclasses.replace(train_cfg.data, max_length=max_tokens, too_long="truncate")
     seqs = []
     for ex in exs:
@@ -122,8 +136,7 @@ def adapter_outputs(train_cfg: TrainConfig, base_dir: Path, adapter_dir: Path, q
     """Outputs of the adapter model: the run's base (4-bit if `quantized`, as in training) + the adapter."""
     from peft import PeftModel
 
-    mcfg = train_cfg.model
-    mcfg.path = str(base_dir)
+    mcfg = dataclasses.replace(train_cfg.model, path=str(base_dir))  # a copy: the run's config is never changed
     base = model.load_base(mcfg, train_cfg.quant if quantized else QuantConfig(mode="none"))
     net = PeftModel.from_pretrained(base, str(adapter_dir))
     out = run_prompts(net, prompts, max_new_tokens)

@@ -20,6 +20,7 @@ def check(cfg) -> list[str]:
 
 
 def build(cfg, model, tokenizer, prepared, run_dir: Path):
+    pairwise.quiet_notices()
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     return pairwise.build(ORPOTrainer, ORPOConfig, cfg, model, tokenizer, prepared, run_dir,

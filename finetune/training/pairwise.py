@@ -15,13 +15,22 @@ import warnings
 from finetune.training.args import callbacks, common_args
 from finetune.training.extras import optimizers
 
-# Two notices these trainers print, each silenced at its exact source: TRL keeps ORPO and CPO under
-# trl.experimental (pinned to the tested minor, pyproject.toml), and their evaluation warns that `collate` is not
-# TRL's DPO collator, whose keys it reproduces (tests/unit/test_preference.py holds it to them).
-warnings.filterwarnings("ignore", message=r"You are importing from 'trl\.experimental'")
 NOT_THEIR_COLLATOR = "prediction_step is only implemented for DPODataCollatorWithPadding"
-for _name in ("trl.experimental.orpo.orpo_trainer", "trl.experimental.cpo.cpo_trainer"):
-    logging.getLogger(_name).addFilter(lambda record: NOT_THEIR_COLLATOR not in record.getMessage())
+
+
+def not_their_collator(record: logging.LogRecord) -> bool:
+    return NOT_THEIR_COLLATOR not in record.getMessage()
+
+
+def quiet_notices() -> None:
+    """Two notices these trainers print, each silenced at its exact source (called before TRL's module is
+    imported): TRL keeps ORPO and CPO under trl.experimental (pinned to the tested minor, pyproject.toml), and
+    their evaluation warns that `collate` is not TRL's DPO collator, whose keys it reproduces
+    (tests/unit/test_preference.py holds it to them)."""
+    warnings.filterwarnings("ignore", message=r"You are importing from 'trl\.experimental'")
+    for name in ("trl.experimental.orpo.orpo_trainer", "trl.experimental.cpo.cpo_trainer"):
+        if not_their_collator not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(not_their_collator)
 
 
 def collate(pad_id: int):

@@ -23,6 +23,7 @@ def check(cfg) -> list[str]:
 
 
 def build(cfg, model, tokenizer, prepared, run_dir: Path):
+    pairwise.quiet_notices()
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
     return pairwise.build(CPOTrainer, CPOConfig, cfg, model, tokenizer, prepared, run_dir, loss_type="simpo",
