@@ -145,7 +145,8 @@ def main(dict_cfg: DictConfig) -> None:
         lock.share(run, "evaluate.py")
     train_cfg = run_config(run) if run else TrainConfig(model=ecfg.model, quant=QuantConfig())
     if ecfg.long_context.length:  # long-context perplexity and passkey retrieval (ship/long_context.py)
-        from finetune.ship import long_context
+        from finetune.model.tokenizer import load_tokenizer
+        from finetune.ship import loading, long_context
 
         tokenizer = loading.load_tokenizer(run, train_cfg) if run else load_tokenizer(ecfg.model)
         return console.info(long_context.evaluate(ecfg.long_context, run, train_cfg, tokenizer, ecfg.quant,
