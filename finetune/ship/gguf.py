@@ -148,6 +148,8 @@ def add_metadata(writer, cfg: dict, tokenizer_model: Path, name: str, gtype: str
     writer.add_rope_freq_base(float(cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get(
         "rope_theta", 10000.0)))
     writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    if found := gguf_rope.check(cfg):  # a scaling llama.cpp cannot run (dynamic NTK, other YaRN betas)
+        raise GGUFError(found[0])
     gguf_rope.add(writer, cfg)  # the RoPE scaling the run trained with (type, factor, original context)
     writer.add_vocab_size(cfg["vocab_size"])
     writer.add_file_type(file_type(gtype))

@@ -30,17 +30,20 @@ def problems(scaling: Optional[dict]) -> list[str]:
     return []
 
 
+def check(config: dict) -> list[str]:
+    """Why the scaling merged/config.json declares cannot go into a GGUF (empty: it can, or there is none)."""
+    scaling = rope.scaling_of(config)
+    return problems(scaling) if scaling else []
+
+
 def add(writer, config: dict) -> Optional[dict]:
-    """Write the scaling merged/config.json declares into the GGUF header; the scaling (or None)."""
+    """Write the scaling merged/config.json declares into the GGUF header (`check` it first); the scaling (or
+    None)."""
     import gguf
 
     scaling = rope.scaling_of(config)
     if not scaling:
         return None
-    if found := problems(scaling):
-        from finetune.ship.gguf import GGUFError
-
-        raise GGUFError(found[0])
     factor = scaling["factor"]
     kind = gguf.RopeScalingType.LINEAR if scaling["type"] == "linear" else gguf.RopeScalingType.YARN
     writer.add_rope_scaling_type(kind)
