@@ -10,7 +10,6 @@ from typing import Optional
 import torch
 
 from finetune.config import ConfigError, ModelConfig, QuantConfig, UserError, cache_root, looks_local
-from finetune.config.methods import METHODS
 from finetune.data.chat_format import BOS_ID, EOS_ID
 from finetune.model import rope
 from finetune.runtime.cache import build_once
@@ -132,25 +131,6 @@ def launch_problems(mcfg: ModelConfig, qcfg: QuantConfig) -> list[str]:
                         "and float32 weights then fail the first matmul (BFloat16 != float); "
                         "set model.dtype=bfloat16")
     return problems
-
-
-def gpu_sized(cfg, recipe: Optional[str]) -> list[str]:
-    """A recipe sized for a GPU (a 7B/13B/70B base) on a machine without CUDA: one line naming the CPU recipe of the
-    same method, before anything is downloaded or tokenized (a CPU would take days a step, if the base fits RAM)."""
-    a, m = cfg.model.arch, cfg.model
-    params = a.num_layers * (2 * a.hidden_size ** 2 * (1 + a.num_kv_heads / a.num_heads)
-                             + 3 * a.hidden_size * a.intermediate_size) + 2 * a.vocab_size * a.hidden_size
-    if torch.cuda.is_available() or params < 1e9:
-        return []
-    kind = cfg.trainer.kind
-    if METHODS[kind].conversations:  # SFT: the tiny recipe of the same quantization
-        tiny = "tiny_lora" if cfg.quant.mode == "none" else "tiny_qlora"
-    else:
-        tiny = f"tiny_{kind}"
-    what = f"recipe={recipe}" if recipe else f"model={m.name}"
-    return [f"{what} is sized for a GPU ({m.name}, {params / 1e9:.1f}B parameters) and this machine has no CUDA "
-            f"GPU; on this machine try recipe={tiny} (the same method on a toy Llama 2), or see which GPU it needs: "
-            f"python finetune/plan.py {what}"]
 
 
 def bnb_config(qcfg: QuantConfig, dtype: torch.dtype):

@@ -50,7 +50,7 @@ def before_weights(dict_cfg: DictConfig, recipe: Optional[str] = None, training:
 def machine_problems(cfg, recipe: Optional[str]) -> list[str]:
     """A recipe sized for a GPU on a machine without one, or a launch that shards over GPUs that are not there."""
     fsdp = [p for p in base.launch_problems(cfg.model, cfg.quant) if p.startswith("FSDP ")]
-    return base.gpu_sized(cfg, recipe) + fsdp
+    return memory.gpu_sized(cfg, recipe) + fsdp
 
 
 def trainer_problems(cfg) -> list[str]:
