@@ -1,5 +1,5 @@
 """What the throughput benchmark measures with: model FLOPs, a matmul peak measured in the same run, the card and
-versions, the loss/grad-norm gate, and the results files. Formulas: ../shared/research/performance-anchors.md §3.2.
+versions, the loss/grad-norm gate, and the results files. Formulas: bench/README.md (MFU).
 """
 from __future__ import annotations
 

@@ -249,3 +249,13 @@ def tree_entry(path: str, content: bytes, lfs: bool) -> dict:
     if lfs:
         entry["lfs"] = {"oid": hashlib.sha256(content).hexdigest(), "size": len(content), "pointerSize": 134}
     return entry
+
+
+def publish(run, hub: "HubDouble", tmp_path, *overrides: str, token: str | None):
+    """`publish.py run=<run>` against the running double `hub`, as a user holding `token` (None or "": no token),
+    with a private HF_HOME so no login of this machine's leaks in; the finished process, whatever its exit code."""
+    from tests.conftest import run_entry
+
+    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": token or "", "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
+           "HF_HOME": str(tmp_path / "hf_home")}
+    return run_entry("publish.py", f"run={run}", *overrides, env=env, check=False)

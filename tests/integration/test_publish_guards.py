@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from finetune.runs import rundir
-from tests.conftest import run_entry
+from tests import hub_double
 from tests.hub_double import HubDouble, Repo
 
 pytestmark = pytest.mark.slow
@@ -26,9 +26,7 @@ def hub():
 
 
 def publish(run, hub, tmp_path, *overrides, token=TOKEN):
-    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": token, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
-           "HF_HOME": str(tmp_path / "hf_home")}
-    return run_entry("publish.py", f"run={run}", *overrides, env=env, check=False)
+    return hub_double.publish(run, hub, tmp_path, *overrides, token=token)
 
 
 @pytest.fixture
