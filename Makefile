@@ -67,8 +67,11 @@ system-deps-note:
 	if [ -n "$$skip" ]; then echo "make test: $$skip will skip: their system packages are not installed;" \
 		"\`sudo make system-deps\` installs them"; fi
 
-# One line per test file with its dots and the seconds it took, then the 15 slowest tests.
-PYTEST := $(BIN)/python -m pytest -p no:cacheprovider -o console_output_style=times --durations=15
+# The suite runs in TEST_WORKERS processes (pytest-xdist), one test file per worker at a time (`--dist loadfile`:
+# a file's module fixtures, e.g. the SLURM test cluster, are built once), the longest files first (tests/conftest.py);
+# then the 25 slowest tests. TEST_WORKERS=0 runs everything in this one process.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -p no:cacheprovider --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
 # The Triton kernels' CPU tests (TRITON_INTERPRET=1) need triton; a GPU machine's torch brings its own, kept as is.
 kernels-deps: setup

@@ -25,6 +25,18 @@ FAST = ["data.max_samples=16", "data.max_length=256", "data.too_long=truncate", 
         "eval.max_new_tokens=8"]
 
 
+# `make test` runs files in two worker processes (pytest-xdist, one file per worker at a time): the longest files
+# start first, so that neither worker is left running a long file alone at the end.
+LONGEST_FIRST = ["integration/test_readme.py", "integration/test_sweep.py", "integration/test_slurm.py",
+                 "integration/test_train.py", "integration/test_benchmarks.py", "integration/test_resume.py",
+                 "integration/test_chat_modes.py", "integration/test_preview.py", "integration/test_demo.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(item.path).relative_to(ROOT / "tests").as_posix(), len(rank)))
+
+
 def run_entry(script: str, *overrides: str, launcher: str = "python", check: bool = True,
               timeout: int = 600, env: dict | None = None, input: str = "") -> subprocess.CompletedProcess:
     """Run a finetune/ entry point the way a user does; `launcher="accelerate"` goes through accelerate launch.
