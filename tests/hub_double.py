@@ -8,6 +8,9 @@ and hides private repos from anyone else, as the Hub does. It does not model Xet
 
     hub = HubDouble(tokens={"hf_...": "tester"}).start()   # hub.url -> HF_ENDPOINT
     ...; hub.stop()
+
+A test module gets it as its `hub` fixture with `hub = hub_double.served({TOKEN: USER})`, and runs publish.py
+against it with `hub_double.publish(...)`.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
 
+import pytest
 
 LFS_SUFFIXES = (".safetensors", ".gguf")  # weights go through LFS, as the Hub's .gitattributes asks
 
@@ -46,7 +50,7 @@ class HubDouble:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def start(self) -> "HubDouble":
+    def start(self) -> HubDouble:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
@@ -119,7 +123,10 @@ def _handler(hub: HubDouble):
                 return False
             if p[1:] == ["whoami-v2"]:
                 user = self.user()
-                self.reply(200, {"type": "user", "name": user, "orgs": []}) if user else self.error(401, "Invalid token")
+                if user:
+                    self.reply(200, {"type": "user", "name": user, "orgs": []})
+                else:
+                    self.error(401, "Invalid token")
             elif p[1:] == ["repos", "create"]:
                 self.create_repo(json.loads(self.body()))
             elif p[1:] == ["validate-yaml"]:
@@ -251,11 +258,29 @@ def tree_entry(path: str, content: bytes, lfs: bool) -> dict:
     return entry
 
 
-def publish(run, hub: "HubDouble", tmp_path, *overrides: str, token: str | None):
-    """`publish.py run=<run>` against the running double `hub`, as a user holding `token` (None or "": no token),
-    with a private HF_HOME so no login of this machine's leaks in; the finished process, whatever its exit code."""
+def served(tokens: dict[str, str], scope: str = "module"):
+    """A pytest fixture (assign it to `hub` in a test module): the double accepting `tokens` ({token: user name}),
+    started once per `scope` and stopped after it."""
+
+    @pytest.fixture(scope=scope)
+    def hub():
+        double = HubDouble(tokens=tokens).start()
+        yield double
+        double.stop()
+
+    return hub
+
+
+def env(hub: HubDouble, tmp_path, token: str | None) -> dict:
+    """Online towards the double only, as a user holding `token` (None or "": no token); HF_HOME empty so no
+    `hf auth login` token of this machine is read."""
+    return {"HF_ENDPOINT": hub.url, "HF_TOKEN": token or "", "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
+            "HF_HOME": str(tmp_path / "hf_home")}
+
+
+def publish(run, hub: HubDouble, tmp_path, *overrides: str, token: str | None, check: bool = False):
+    """`publish.py run=<run>` against the running double `hub` with `env`; the finished process, whatever its exit
+    code unless `check`."""
     from tests.conftest import run_entry
 
-    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": token or "", "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
-           "HF_HOME": str(tmp_path / "hf_home")}
-    return run_entry("publish.py", f"run={run}", *overrides, env=env, check=False)
+    return run_entry("publish.py", f"run={run}", *overrides, env=env(hub, tmp_path, token), check=check)

@@ -12,26 +12,25 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from omegaconf import OmegaConf
 
 from finetune.benchmarks import report as benchmarks
 from finetune.config import CONFIGS_DIR, ROOT, TrainConfig, flatten, looks_local, rope
 from finetune.config.methods import METHODS
+from finetune.data import chat_format
 from finetune.runs import metrics
-from finetune.runs.card_text import PROMPT_IDS, load_snippet, prompt_example
 from finetune.runs.rundir import run_config
 
 
 @dataclass
 class Base:
-    hub_id: Optional[str]  # for the `base_model` metadata; None when the base exists only as a local folder
+    hub_id: str | None  # for the `base_model` metadata; None when the base exists only as a local folder
     path: str  # what training loaded
     note: str  # one line for the card
 
 
-def base_of(cfg: TrainConfig, adapter_dir: Optional[Path] = None) -> Base:
+def base_of(cfg: TrainConfig, adapter_dir: Path | None = None) -> Base:
     """Which base the run trained on, with the Hub id when there is one."""
     path = cfg.model.path
     if adapter_dir is not None and (adapter_dir / "adapter_config.json").is_file():
@@ -48,6 +47,11 @@ def base_of(cfg: TrainConfig, adapter_dir: Optional[Path] = None) -> Base:
     return Base(None, path, f"the local checkpoint `{path}` (no Hub id known)")
 
 
+# the card's result table: metrics.jsonl key, label
+RESULTS = (("loss", "final train loss"), ("eval_loss", "final eval loss"), ("step", "steps"),
+           ("train_runtime", "train runtime (s)"))
+
+
 def final_metrics(run_dir: Path) -> dict:
     """Last train loss, last eval loss, steps and runtime from metrics.jsonl (empty when there is none)."""
     path = Path(run_dir) / "metrics.jsonl"
@@ -60,38 +64,40 @@ def final_metrics(run_dir: Path) -> dict:
     return out
 
 
-def gguf_types(run_dir: Optional[Path]) -> list[str]:
+def gguf_types(run_dir: Path | None) -> list[str]:
     """The types of the GGUF files export.py verified in <run>/gguf (its verification.json)."""
     path = Path(run_dir or ".") / "gguf" / "verification.json"
     return sorted({f["type"] for f in json.loads(path.read_text())["files"].values()}) if path.is_file() else []
 
 
-def variants(cfg: TrainConfig, adapter_dir: Optional[Path] = None) -> list[tuple[str, str]]:
+def variants(cfg: TrainConfig, adapter_dir: Path | None = None) -> list[tuple[str, str]]:
     """(tag, description) of each LoRA variant and training addition the run used; DoRA and rsLoRA as the saved
     adapter_config.json says (an init_adapter keeps its own)."""
     saved = {}
     if adapter_dir is not None and (adapter_dir / "adapter_config.json").is_file():
         saved = json.loads((adapter_dir / "adapter_config.json").read_text())
-    lo, t, out = cfg.lora, cfg.trainer, []
-    if saved.get("use_dora", lo.use_dora):
+    lora, trainer, out = cfg.lora, cfg.trainer, []
+    if saved.get("use_dora", lora.use_dora):
         out.append(("dora", "DoRA (a trained magnitude per output row)"))
-    if saved.get("use_rslora", lo.use_rslora):
+    if saved.get("use_rslora", lora.use_rslora):
         out.append(("rslora", "rsLoRA (scale alpha/sqrt(r))"))
-    if lo.init in ("pissa", "olora"):
-        out.append((lo.init, f"{lo.init.replace('pissa', 'PiSSA').replace('olora', 'OLoRA')} initialisation, saved "
-                             "converted to a plain LoRA of rank 2r on the original base"))
-    elif lo.init != "default":
-        out.append((lo.init, "LoftQ initialisation over the 4-bit base" if lo.init == "loftq" else "gaussian init"))
-    if t.loraplus_lr_ratio is not None:
-        out.append(("loraplus", f"LoRA+ (lora_B learning rate x{t.loraplus_lr_ratio:g})"))
-    if t.neftune_alpha is not None:
-        out.append(("neftune", f"NEFTune (noise alpha {t.neftune_alpha:g})"))
-    if lo.train_embeddings_and_norms or saved.get("modules_to_save"):
+    if lora.init in ("pissa", "olora"):
+        name = {"pissa": "PiSSA", "olora": "OLoRA"}[lora.init]
+        out.append((lora.init, f"{name} initialisation, saved converted to a plain LoRA of rank 2r on the original "
+                               "base"))
+    elif lora.init != "default":
+        text = "LoftQ initialisation over the 4-bit base" if lora.init == "loftq" else "gaussian init"
+        out.append((lora.init, text))
+    if trainer.loraplus_lr_ratio is not None:
+        out.append(("loraplus", f"LoRA+ (lora_B learning rate x{trainer.loraplus_lr_ratio:g})"))
+    if trainer.neftune_alpha is not None:
+        out.append(("neftune", f"NEFTune (noise alpha {trainer.neftune_alpha:g})"))
+    if lora.train_embeddings_and_norms or saved.get("modules_to_save"):
         out.append(("longlora", "LongLoRA's trainable input embeddings and norms"))
     return out
 
 
-def metadata(cfg: TrainConfig, base: Base, kind: str, run_dir: Optional[Path] = None) -> dict:
+def metadata(cfg: TrainConfig, base: Base, kind: str, run_dir: Path | None = None) -> dict:
     method = "qlora" if cfg.quant.mode in ("nf4", "fp4") else "lora"
     tags = ["llama-2", method, cfg.trainer.kind, *(tag for tag, _ in variants(cfg)), "trl", "finetune-llama2"]
     if kind == "adapter":
@@ -113,78 +119,47 @@ def metadata(cfg: TrainConfig, base: Base, kind: str, run_dir: Optional[Path] = 
     return meta
 
 
-def render(run_dir: Path, kind: str, merge_section: str = "", adapter_dir: Optional[Path] = None) -> str:
+TEMPLATE = Path(__file__).with_name("card.md")  # the card's words, a Jinja template (shipped as package data)
+
+
+def render(run_dir: Path, kind: str, merge_section: str = "", adapter_dir: Path | None = None) -> str:
     """The README.md text (front matter + body) for `kind` = adapter | merged | gguf."""
     from huggingface_hub import ModelCard, ModelCardData
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     base = base_of(cfg, adapter_dir or run_dir / "adapter")
-    data = ModelCardData(**metadata(cfg, base, kind, run_dir))
-    m, t, lo, q = final_metrics(run_dir), cfg.trainer, cfg.lora, cfg.quant
-    quant = {"none": "none (16-bit LoRA)", "int8": "LLM.int8 (8-bit) base"}.get(
-        q.mode, f"4-bit {q.mode} base{' with double quantization' if q.double_quant else ''} (QLoRA)")
-    length = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.num_epochs} epochs"
-    results = "\n".join(f"| {label} | {m[key]:.4g} |" if isinstance(m.get(key), (int, float))
-                        else f"| {label} | {m.get(key, 'n/a')} |"
-                        for key, label in (("loss", "final train loss"), ("eval_loss", "final eval loss"),
-                                           ("step", "steps"), ("train_runtime", "train runtime (s)")))
-    base_ref = base.hub_id or f"path/to/{Path(base.path).name}"
-    name, trl_trainer = METHODS[t.kind].title, METHODS[t.kind].trl_trainer
-    extras = "".join(f", {text}" for _, text in variants(cfg, adapter_dir or run_dir / "adapter"))
-    what = {"adapter": "LoRA adapter", "gguf": "GGUF (merged weights for llama.cpp and Ollama)"}.get(
-        kind, "model (LoRA adapter merged into the base weights)")
-    scores = (section + "\n") if kind != "gguf" and (section := benchmarks.card_section(run_dir)) else ""
-    body = f"""
-# {run_dir.name}: {cfg.model.name} {name} {what}
+    final = final_metrics(run_dir)
+    card = ModelCard.from_template(
+        ModelCardData(**metadata(cfg, base, kind, run_dir)), template_path=str(TEMPLATE), kind=kind, cfg=cfg,
+        run_name=run_dir.name, base=base, method=METHODS[cfg.trainer.kind], context=rope.describe(cfg.model),
+        variants=[text for _, text in variants(cfg, adapter_dir or run_dir / "adapter")],
+        results=[(label, final.get(key, "n/a")) for key, label in RESULTS], merge_section=merge_section,
+        benchmarks=(section + "\n") if kind != "gguf" and (section := benchmarks.card_section(run_dir)) else "",
+        prompt=prompt_example(cfg.data.system_prompt), base_ref=base.hub_id or f"path/to/{Path(base.path).name}",
+        quantization_config=quant_snippet(cfg), config_yaml=(run_dir / "config.yaml").read_text().rstrip())
+    return ModelCard(without_local_paths(card.content, run_dir)).content
 
-Fine-tuned from {base.note}, on the `{cfg.data.name}` data (`{cfg.data.path}`, adapter `{cfg.data.adapter}`),
-with TRL's {trl_trainer} trainer and peft LoRA (the `finetune` Llama 2 toolkit).
-Use is governed by the Llama 2 Community License (LICENSE-LLAMA2, USE_POLICY.md in this folder).
 
-## Training
+def prompt_example(system: str | None) -> str:
+    """The Llama 2 chat format as text, for the card (the ids come from `chat_format`)."""
+    user = "What is the capital of France?"
+    if system:
+        user = chat_format.B_SYS + system + chat_format.E_SYS + user
+    return f"<s>{chat_format.B_INST} {user} {chat_format.E_INST} The capital of France is Paris. </s>"
 
-| hyperparameter | value |
-| --- | --- |
-| method | {name}, LoRA r={lo.r}, alpha={lo.alpha}, dropout={lo.dropout}{extras} |
-| LoRA targets | {", ".join(lo.target_modules)} |
-| quantization | {quant} |
-| learning rate | {t.learning_rate} ({t.lr_scheduler}, warmup ratio {t.warmup_ratio}) |
-| length | {length} |
-| batch | micro batch {t.micro_batch_size} x gradient accumulation {t.grad_accum} per process |
-| max grad norm / weight decay | {t.max_grad_norm} / {t.weight_decay} |
-| optimizer | {t.optim} |
-| max sequence length | {cfg.data.max_length} |
-| trained context | {rope.describe(cfg.model)} |
-| seed | {cfg.seed} |
 
-| result | value |
-| --- | --- |
-{results}
-{merge_section}
-{scores}## Prompt format
-
-Meta's Llama 2 chat format; every tokenizer saved here carries it as its chat template
-(`tokenizer.apply_chat_template(messages, tokenize=False)`):
-
-```
-{prompt_example(cfg.data.system_prompt)}
-```
-
-{PROMPT_IDS}
-
-## How to load
-
-{load_snippet(kind, base_ref, cfg)}
-
-<details><summary>Resolved training config (config.yaml)</summary>
-
-```yaml
-{(run_dir / "config.yaml").read_text().rstrip()}
-```
-</details>
-"""
-    return ModelCard(without_local_paths(f"---\n{data.to_yaml()}\n---\n{body}", run_dir)).content
+def quant_snippet(cfg: TrainConfig) -> str | None:
+    """The BitsAndBytesConfig(...) source of the run's quantized base (model.base.bnb_config's settings); None for
+    a 16-bit base."""
+    quant = cfg.quant
+    if quant.mode == "none":
+        return None
+    if quant.mode == "int8":
+        return "BitsAndBytesConfig(load_in_8bit=True)"
+    storage = f", bnb_4bit_quant_storage=torch.{quant.storage_dtype}" if quant.storage_dtype else ""
+    return (f'BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="{quant.mode}", bnb_4bit_use_double_quant='
+            f"{bool(quant.double_quant)}, bnb_4bit_compute_dtype=torch.{cfg.model.dtype}{storage})")
 
 
 def is_absolute(value) -> bool:

@@ -12,19 +12,15 @@ import sys
 
 import pytest
 
+from tests import hub_double
 from tests.conftest import ROOT, run_entry
-from tests.hub_double import HubDouble
 
 pytestmark = pytest.mark.slow
 TOKEN = "hf_" + "T3stT0ken" * 4  # what the double accepts; a real token has the same shape
 USER = "tester"
 
 
-@pytest.fixture(scope="module")
-def hub():
-    double = HubDouble(tokens={TOKEN: USER}).start()
-    yield double
-    double.stop()
+hub = hub_double.served({TOKEN: USER})
 
 
 @pytest.fixture
@@ -34,14 +30,8 @@ def run(tiny_sft_run, tmp_path):
     return dst
 
 
-def hub_env(hub, tmp_path, token=TOKEN) -> dict:
-    """Online towards the double only; HF_HOME empty so no `hf auth login` token of this machine is read."""
-    return {"HF_ENDPOINT": hub.url, "HF_TOKEN": token or "", "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
-            "HF_HOME": str(tmp_path / "hf_home")}
-
-
 def publish(run, hub, tmp_path, *overrides, token=TOKEN, check=True):
-    return run_entry("publish.py", f"run={run}", *overrides, env=hub_env(hub, tmp_path, token), check=check)
+    return hub_double.publish(run, hub, tmp_path, *overrides, token=token, check=check)
 
 
 DOWNLOAD_AND_COMPARE = """
@@ -82,7 +72,7 @@ def test_round_trip(run, hub, tmp_path):
 
     dl = subprocess.run([sys.executable, "-c", DOWNLOAD_AND_COMPARE, "tester/tiny-qlora", str(run / "adapter"),
                          TOKEN, str(tmp_path / "dl")], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                        env={**__import__("os").environ, **hub_env(hub, tmp_path)})
+                        env={**__import__("os").environ, **hub_double.env(hub, tmp_path, TOKEN)})
     assert dl.returncode == 0, dl.stderr[-3000:]
     assert "anonymous: refused" in dl.stdout  # a private repo without a token
     assert "card library: peft" in dl.stdout
@@ -123,7 +113,7 @@ def test_network_failure(run, hub, tmp_path):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**hub_env(hub, tmp_path), "HF_ENDPOINT": f"http://127.0.0.1:{port}"}
+    env = {**hub_double.env(hub, tmp_path, TOKEN), "HF_ENDPOINT": f"http://127.0.0.1:{port}"}
     proc = run_entry("publish.py", f"run={run}", "repo_id=tester/x", env=env, check=False)
     assert proc.returncode == 2
     assert f"error: could not reach http://127.0.0.1:{port} (ConnectError" in proc.stderr

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from finetune.runs import rundir
 from tests import hub_double
-from tests.hub_double import HubDouble, Repo
+from tests.hub_double import Repo
+from finetune.runs import rundir
 
 pytestmark = pytest.mark.slow
 TOKEN = "hf_" + "Gu4rdT0ken" * 4
@@ -18,11 +18,7 @@ ODD_TOKEN = "corp-proxy-7Q2x9Lm4"  # an enterprise proxy or a Hub-compatible ser
 USER = "tester"
 
 
-@pytest.fixture(scope="module")
-def hub():
-    double = HubDouble(tokens={TOKEN: USER, ODD_TOKEN: USER}).start()
-    yield double
-    double.stop()
+hub = hub_double.served({TOKEN: USER, ODD_TOKEN: USER})
 
 
 def publish(run, hub, tmp_path, *overrides, token=TOKEN):

@@ -9,7 +9,6 @@ import shutil
 import pytest
 
 from tests import hub_double
-from tests.hub_double import HubDouble
 
 pytestmark = pytest.mark.slow
 TOKEN = "hf_" + "S3cretT0k" * 4  # the active token: the double accepts it
@@ -17,11 +16,7 @@ SHAPED = "hf_" + "QwErTyUiOpAsDfGhJkLzXcVbNmQwErTyUi"  # the Hub's shape (34 let
 USER = "tester"
 
 
-@pytest.fixture(scope="module")
-def hub():
-    double = HubDouble(tokens={TOKEN: USER}).start()
-    yield double
-    double.stop()
+hub = hub_double.served({TOKEN: USER})
 
 
 def publish(run, hub, tmp_path, *overrides, token=TOKEN):

@@ -4,11 +4,11 @@ readers (<run>/.lock.reader-<host>-<pid>), a training job on it refuses while on
 run removes what was derived from the adapter it replaces."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import socket
-import contextlib
-import os
 import subprocess
 import sys
 import threading
@@ -16,12 +16,13 @@ import time
 
 import pytest
 
-from finetune.runs import lock, rundir
+from tests import hub_double
 from tests.conftest import FAST, ROOT, compose, run_entry
-from tests.hub_double import HubDouble
+from finetune.runs import lock, rundir
 
 pytestmark = pytest.mark.slow
 TOKEN = "hf_" + "St4leT0ken" * 4
+hub = hub_double.served({TOKEN: "tester"}, scope="function")  # each test sees only its own requests
 
 
 @pytest.fixture
@@ -70,41 +71,31 @@ def retrain_adapter(run):
 
 
 def publish(run, hub, tmp_path, *overrides):
-    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
-           "HF_HOME": str(tmp_path / "hf_home")}
-    return run_entry("publish.py", f"run={run}", *overrides, env=env, check=False)
+    return hub_double.publish(run, hub, tmp_path, *overrides, token=TOKEN)
 
 
-def test_merged_from_another_adapter_is_neither_published_nor_served(run, tmp_path):
+def test_merged_from_another_adapter_is_neither_published_nor_served(run, hub, tmp_path):
     old = json.loads((run / "merged" / "verification.json").read_text())["adapter_sha256"]
     assert old == rundir.adapter_hash(run)  # export recorded the adapter merged/ came from
     retrain_adapter(run)
     stale = (f"run={run}: merged/ was derived from another adapter (sha256 {old[:12]}; adapter/ is now "
              f"{rundir.adapter_hash(run)[:12]}); derive it again from the current adapter: "
              f"`python finetune/export.py run={run} merge=true`")
-    hub = HubDouble(tokens={TOKEN: "tester"}).start()
-    try:
-        proc = publish(run, hub, tmp_path, "repo_id=tester/stale", "what=merged")
-        assert proc.returncode == 2 and proc.stderr.strip() == f"error: {stale}", proc.stderr[-2000:]
-        assert hub.requests == []
-    finally:
-        hub.stop()
+    proc = publish(run, hub, tmp_path, "repo_id=tester/stale", "what=merged")
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {stale}", proc.stderr[-2000:]
+    assert hub.requests == []
     chat = run_entry("chat.py", f"run={run}", "merged=true", check=False)
     assert chat.returncode == 2 and chat.stderr.splitlines() == ["error: invalid config:", f"  - {stale}"], \
         chat.stderr[-2000:]
 
 
-def test_gguf_without_an_adapter_hash_names_the_command_with_its_types(run, tmp_path):
+def test_gguf_without_an_adapter_hash_names_the_command_with_its_types(run, hub, tmp_path):
     gguf = run / "gguf"
     gguf.mkdir()
     (gguf / "README.md").write_text("card\n")
     (gguf / "run.q4_0.gguf").write_bytes(b"GGUF")
     (gguf / "verification.json").write_text(json.dumps({"files": {"run.q4_0.gguf": {"type": "q4_0"}}}))
-    hub = HubDouble(tokens={TOKEN: "tester"}).start()
-    try:
-        proc = publish(run, hub, tmp_path, "repo_id=tester/stale-gguf", "what=gguf")
-    finally:
-        hub.stop()
+    proc = publish(run, hub, tmp_path, "repo_id=tester/stale-gguf", "what=gguf")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (f"error: run={run}: gguf/ records no adapter hash, so it may come from another "
                                    "adapter; derive it again from the current adapter: `python finetune/export.py "

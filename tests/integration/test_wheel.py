@@ -54,6 +54,7 @@ def test_the_wheel_installs_a_working_toolkit(tmp_path):
     for shipped in ("configs/train.yaml", "recipes/tiny_qlora.yaml", "data/llama2-tokenizer/tokenizer.model",
                     "data/llama2-tokenizer/LICENSE-LLAMA2", "data/sft/oasst-en100/en_100_tree.jsonl"):
         assert f"finetune/bundled/{shipped}" in names, shipped
+    assert "finetune/runs/card.md" in names  # the model card's template
 
     venv = venv_with(wheel, tmp_path)
     away = tmp_path / "elsewhere"  # no configs/, recipes/ or data/ here: only the installed package has them
