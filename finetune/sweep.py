@@ -15,6 +15,7 @@ model.path=/models/Llama-2-13b-hf or tracking=none.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import subprocess
@@ -28,7 +29,6 @@ if __package__ in (None, ""):  # run as a script: import the package, never sibl
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from omegaconf import OmegaConf
-from optuna.trial import TrialState
 
 from finetune import config
 from finetune.runtime import console
@@ -63,21 +63,19 @@ def main(argv: list[str] | None = None) -> int:  # None: the command line (the `
     out = Path(opts.sweep_dir or Path("outputs", "sweeps", path.stem)).resolve()
     if trains(sweep):
         precheck(sweep, out)
-    sweep_records.open_dir(sweep, path, out)
-    study = sweep_space.study(sweep, out)
-    recorded = sweep_records.records(study, out)
+    records = sweep_records.open_dir(sweep, path, out)
     console.info(f"sweep {path} ({sweep.method}, {sweep.goal} {sweep.metric}): {total} trials in {out}"
-                 + (f", {len(recorded)} recorded" if recorded else ""))
-    for r in [r for r in recorded if r["status"] == "started"]:  # interrupted: run again, same values
-        run_trial(sweep, study, r["trial"], total, r["params"], out)
-        sweep_report.write(sweep, sweep_records.records(study, out), out)
-    while len(sweep_records.records(study, out)) < total:
-        trial = sweep_space.ask(study, sweep, total, opts.sampler_seed)
-        run_trial(sweep, study, trial.number + 1, total, trial.params, out)
-        sweep_report.write(sweep, sweep_records.records(study, out), out)
-    records = sweep_records.records(study, out)
-    sweep_report.write(sweep, records, out)
-    best = sweep_report.ranked(sweep, records)[0]
+                 + (f", {len(records)} recorded" if records else ""))
+    for r in [r for r in records.values() if r["status"] == "started"]:  # interrupted: run again, same values
+        records[r["trial"]] = run_trial(sweep, r["trial"], total, r["params"], out)
+        sweep_report.write(sweep, list(records.values()), out)
+    while len(records) < total:
+        n = len(records) + 1
+        params = sweep_space.propose(sweep, list(records.values()), total, opts.sampler_seed)
+        records[n] = run_trial(sweep, n, total, params, out)
+        sweep_report.write(sweep, list(records.values()), out)
+    sweep_report.write(sweep, list(records.values()), out)
+    best = sweep_report.ranked(sweep, list(records.values()))[0]
     if best["status"] != "finished":
         console.info(f"every trial failed; see trial.log in each trial folder under {out}")
         return 1
@@ -160,11 +158,12 @@ def trial_args(sweep: Sweep, params: dict[str, Any], trial_dir: Path) -> dict[st
     return {**fixed, **params, "output_dir": str(trial_dir)}
 
 
-def run_trial(sweep: Sweep, study, n: int, total: int, params: dict[str, Any], out: Path) -> None:
-    """Run trial n (Optuna's number n - 1, started by ask) to the end and tell the study its metric or failure."""
+def run_trial(sweep: Sweep, n: int, total: int, params: dict[str, Any], out: Path) -> dict:
+    """Run one trial to the end and return its record (also appended to trials.jsonl)."""
     trial_dir = out / f"trial-{n:03d}"
-    notes: dict[str, Any] = {}
+    record = {"trial": n, "status": "started", "params": params, "output_dir": str(trial_dir)}
     if not done(trial_dir, sweep.metrics_key):  # finished before the sweep was interrupted: only record it
+        append(out, record)
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         argv = sweep_space.render(sweep, trial_args(sweep, params, trial_dir), env)
         console.info(f"trial {n}/{total}: {fmt_params(params)}")
@@ -178,18 +177,19 @@ def run_trial(sweep: Sweep, study, n: int, total: int, params: dict[str, Any], o
             except OSError as exc:  # the command's program is not there (e.g. accelerate not installed)
                 log.write(f"error: cannot run {argv[0]}: {exc}\n")
                 rc = 127
-        notes.update(seconds=round(time.perf_counter() - t0, 1), returncode=rc)
+        record["seconds"] = round(time.perf_counter() - t0, 1)
+        record["returncode"] = rc
     metric = read_metric(trial_dir / "metrics.jsonl", sweep.metrics_key)
-    if notes.get("returncode", 0) != 0 or metric is None:
-        notes["error"] = (f"exit {notes['returncode']}: {last_error(trial_dir / 'trial.log')}" if notes.get("returncode")
-                          else f"no {sweep.metrics_key} in {trial_dir / 'metrics.jsonl'} (does the run have an eval split?)")
-        console.info(f"trial {n}/{total} failed ({notes['error']}); log: {trial_dir / 'trial.log'}")
-    else:
+    if record.get("returncode", 0) == 0 and metric is not None:
+        record.update(status="finished", metric=metric)
         console.info(f"trial {n}/{total}: {sweep.metric}={metric:.6g}")
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, n - 1)
-    for key, value in notes.items():
-        study._storage.set_trial_user_attr(trial_id, key, value)
-    study.tell(n - 1, None if "error" in notes else metric, state=TrialState.FAIL if "error" in notes else None)
+    else:
+        why = (f"exit {record['returncode']}: {last_error(trial_dir / 'trial.log')}" if record.get("returncode")
+               else f"no {sweep.metrics_key} in {trial_dir / 'metrics.jsonl'} (does the run have an eval split?)")
+        record.update(status="failed", metric=None, error=why)
+        console.info(f"trial {n}/{total} failed ({why}); log: {trial_dir / 'trial.log'}")
+    append(out, record)
+    return record
 
 
 def watch(proc: subprocess.Popen, trial_dir: Path, n: int, total: int, every_s: float = 5.0) -> int:
@@ -230,6 +230,11 @@ def last_error(log: Path) -> str:
         return (lines[-1] if lines else "(no output)")[:400]
     message = list(itertools.takewhile(lambda ln: not ln.startswith("Traceback"), lines[starts[-1]:]))
     return " ".join(message)[:400]  # accelerate launch adds its own traceback after the run's message
+
+
+def append(out: Path, record: dict) -> None:
+    with (out / "trials.jsonl").open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
 
 
 def fmt_params(params: dict[str, Any]) -> str:

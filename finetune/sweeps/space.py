@@ -2,9 +2,9 @@
 
 The file is wandb's own sweep format, so `wandb sweep FILE` takes it unchanged; this reads what a local sweep
 needs: method (grid | random | bayes), metric {name, goal}, parameters named by Hydra dotted keys, command,
-run_cap. The trials are an Optuna study kept in a journal file in the sweep directory: grid queues the
-`values` in file order; random and bayes ask Optuna's RandomSampler or TPESampler (a Bayesian optimizer), so a
-sweep resumes from its journal.
+run_cap. Grid walks the `values` in file order; random and bayes ask Optuna (RandomSampler; TPESampler, a
+Bayesian optimizer) with every recorded trial replayed first, so a proposal depends only on the trials file
+and a sweep resumes from it.
 """
 from __future__ import annotations
 
@@ -150,33 +150,31 @@ def size(sweep: Sweep) -> Optional[int]:
     return math.prod(len(d.choices) for d in sweep.space.values()) if sweep.method == "grid" else None
 
 
-def study(sweep: Sweep, out: Path):
-    """The sweep's Optuna study, kept in out/study.journal (a file Optuna appends to): created, with a grid's points
-    queued in file order, or loaded as a previous run left it."""
+def propose(sweep: Sweep, records: list[dict], total: int, seed: int) -> dict[str, Any]:
+    """The swept values of the next trial, given every recorded trial (finished, failed or running)."""
+    if sweep.method == "grid":
+        return dict(zip(sweep.space, grid_points(sweep)[len(records)]))
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState, create_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = JournalStorage(JournalFileBackend(str(out / "study.journal")))
-    new = not storage.get_all_studies()
-    found = optuna.create_study(storage=storage, study_name="sweep", direction=sweep.goal, load_if_exists=True)
-    if new and sweep.method == "grid":
-        for point in itertools.product(*(d.choices for d in sweep.space.values())):
-            found.enqueue_trial(dict(zip(sweep.space, point)))
-    return found
+    seed += len(records)  # deterministic given the history, and different at every step
+    if sweep.method == "random":
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=seed)
+    else:  # a quarter of the budget explores at random before the model of good/bad regions takes over
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, total // 4))
+    study = optuna.create_study(direction=sweep.goal, sampler=sampler)
+    for r in records:
+        params = {k: v for k, v in r["params"].items() if k in sweep.space}
+        if r["status"] == "finished":
+            study.add_trial(create_trial(params=params, distributions=sweep.space, value=r["metric"]))
+        else:
+            study.add_trial(create_trial(params=params, distributions=sweep.space, state=TrialState.FAIL))
+    return study.ask(sweep.space).params
 
 
-def ask(study, sweep: Sweep, total: int, seed: int):
-    """The next trial: a queued grid point, or a proposal from every recorded trial (finished, failed, running)."""
-    import optuna
-
-    seed += sum(t.state != optuna.trial.TrialState.WAITING for t in study.trials)  # reproducible given the history
-    if sweep.method == "bayes":  # a quarter of the budget explores at random before the model of good/bad regions
-        study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, total // 4))
-    else:
-        study.sampler = optuna.samplers.RandomSampler(seed=seed)
-    return study.ask(sweep.space)
+def grid_points(sweep: Sweep) -> list[tuple]:
+    return list(itertools.product(*(d.choices for d in sweep.space.values())))
 
 
 def render(sweep: Sweep, args: dict[str, Any], env: dict[str, str]) -> list[str]:

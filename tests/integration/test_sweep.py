@@ -11,7 +11,7 @@ import yaml
 
 from tests.conftest import ROOT, run_entry
 from finetune.runs import metrics
-from finetune.sweeps import logged, records
+from finetune.sweeps import logged
 
 # A trial in a few seconds: 2 optimizer steps, evaluated (and checkpointed) at step 2, no sample generations.
 TRIAL_FAST = ["data.max_samples=12", "data.max_length=256", "data.too_long=truncate", "data.eval_fraction=0.25",
@@ -21,13 +21,9 @@ COMMAND = ["${env}", "accelerate", "launch", "finetune/train.py", "${args_no_hyp
 
 
 def trials(sweep_dir: Path) -> dict[int, dict]:
-    """Every trial of the sweep's Optuna study (its journal), as the sweep's records."""
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    study = optuna.load_study(study_name=None, storage=JournalStorage(JournalFileBackend(str(sweep_dir / "study.journal"))))
-    return {r["trial"]: r for r in records.records(study, sweep_dir)}
+    """The last record of every trial in trials.jsonl."""
+    rows = [json.loads(line) for line in (sweep_dir / "trials.jsonl").read_text().splitlines()]
+    return {r["trial"]: r for r in rows}
 
 
 def last_eval_loss(run_dir: str) -> float:
@@ -78,9 +74,8 @@ def test_grid_sweep_ranks_trials_records_a_failure_and_resumes(tmp_path):
     assert_leaderboard(out, finished, 3)
 
     # Interrupted after trial 3 trained but before it was recorded: the rerun records it without training again.
-    journal = (out / "study.journal").read_text().splitlines(keepends=True)
-    ended = next(i for i, line in enumerate(journal) if json.loads(line).get("trial_id") == 2 and "user_attr" in line)
-    (out / "study.journal").write_text("".join(journal[:ended]))  # trial 3 started, its end not written
+    lines = (out / "trials.jsonl").read_text().splitlines()
+    (out / "trials.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     assert trials(out)[3]["status"] == "started"
     proc = run_entry("sweep.py", str(sweep_file), f"sweep_dir={out}", *TRIAL_FAST)
     assert "3 recorded" in proc.stdout and "trial 3/3: eval/loss=" in proc.stdout
@@ -132,8 +127,8 @@ def test_resuming_with_an_edited_sweep_file_is_refused_before_any_trial(tmp_path
     out = tmp_path / "sweep"
     out.mkdir()
     (out / "sweep.yaml").write_text(original)  # what the first run of the sweep left
-    record = "a journal line\n"
-    (out / "study.journal").write_text(record)
+    record = json.dumps({"trial": 1, "status": "started", "params": {"lora.r": 8}, "output_dir": str(out / "t")})
+    (out / "trials.jsonl").write_text(record + "\n")
     edited = original.replace("values: [8, 16, 32, 64]", "values: [4, 8]")
     assert edited != original
     sweep_file.write_text(edited)
@@ -141,5 +136,5 @@ def test_resuming_with_an_edited_sweep_file_is_refused_before_any_trial(tmp_path
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert f"{sweep_file} differs from the one this sweep started with ({out / 'sweep.yaml'}); choose a new " \
            "sweep_dir= or restore the file" in proc.stderr
-    assert (out / "sweep.yaml").read_text() == original and (out / "study.journal").read_text() == record
-    assert sorted(p.name for p in out.iterdir()) == ["study.journal", "sweep.yaml"]  # no trial ran
+    assert (out / "sweep.yaml").read_text() == original and (out / "trials.jsonl").read_text() == record + "\n"
+    assert sorted(p.name for p in out.iterdir()) == ["sweep.yaml", "trials.jsonl"]  # no trial ran

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import yaml
 from omegaconf import OmegaConf
-from optuna.trial import TrialState
 
 from tests.conftest import ROOT, compose
 from finetune.sweeps import space as sweep_space
@@ -120,38 +119,24 @@ def test_grid_proposals_walk_every_point_once(tmp_path):
         "parameters": {"lora.r": {"values": [4, 8]}, "trainer.learning_rate": {"values": [1.0e-4, 1.0e-3]}},
         "command": ["${env}", "accelerate", "launch", "finetune/train.py", "${args_no_hyphens}"]}))
     sweep = sweep_space.load(grid, {})
-    study = sweep_space.study(sweep, tmp_path)
-    proposed = []
-    for _ in range(sweep_space.size(sweep)):
-        trial = sweep_space.ask(study, sweep, 4, 0)
-        proposed.append(tuple(trial.params.values()))
-        study.tell(trial, 1.0)
-    assert proposed == [(4, 1e-4), (4, 1e-3), (8, 1e-4), (8, 1e-3)]
+    records: list[dict] = []
+    for n in range(sweep_space.size(sweep)):
+        records.append({"trial": n + 1, "status": "finished", "metric": 1.0,
+                        "params": sweep_space.propose(sweep, records, 4, 0)})
+    assert [tuple(r["params"].values()) for r in records] == [(4, 1e-4), (4, 1e-3), (8, 1e-4), (8, 1e-3)]
 
 
-def test_bayes_proposals_stay_in_range_and_replay_history(tmp_path):
-    import shutil
-
+def test_bayes_proposals_stay_in_range_and_replay_history():
     sweep = sweep_space.load(ROOT / "launch" / "sweeps" / "qlora_lr.yaml", {})
-    study = sweep_space.study(sweep, tmp_path)
-    seen = []
+    records: list[dict] = []
     for n in range(6):  # TPE takes over after max(2, 12 // 4) = 3 random trials
-        trial = sweep_space.ask(study, sweep, 12, 0)
-        params = trial.params
+        params = sweep_space.propose(sweep, records, 12, 0)
         assert 3.0e-5 <= params["trainer.learning_rate"] <= 1.0e-3 and params["lora.r"] in (8, 16, 32, 64)
-        seen.append(tuple(params.values()))
-        if n == 2:
-            study.tell(trial, state=TrialState.FAIL)
-        else:
-            study.tell(trial, abs(params["trainer.learning_rate"] - 2e-4) * 1e4)
-    # the same journal gives the same next proposal (what makes a sweep resumable)
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    shutil.copy(tmp_path / "study.journal", tmp_path / "a")
-    shutil.copy(tmp_path / "study.journal", tmp_path / "b")
-    a, b = (sweep_space.ask(sweep_space.study(sweep, tmp_path / d), sweep, 12, 0).params for d in "ab")
-    assert a == b
-    assert len(set(seen)) == 6
+        records.append({"trial": n + 1, "status": "finished" if n != 2 else "failed", "params": params,
+                        "metric": abs(params["trainer.learning_rate"] - 2e-4) * 1e4 if n != 2 else None})
+    # stateless: the same history gives the same next proposal (what makes a sweep resumable)
+    assert sweep_space.propose(sweep, records, 12, 0) == sweep_space.propose(sweep, records, 12, 0)
+    assert len({tuple(r["params"].values()) for r in records}) == 6
 
 
 def test_metric_names_map_to_metrics_jsonl_keys():
@@ -214,14 +199,11 @@ def test_a_sweep_dir_refuses_other_overrides_naming_the_difference(tmp_path):
 
     path = tiny_sweep(tmp_path, "eval/loss")
     out = tmp_path / "out"
-    sweep = sweep_space.load(path, {"recipe": "tiny_qlora", "trainer.max_steps": "4"})
-    records.open_dir(sweep, path, out)
-    study = sweep_space.study(sweep, out)
-    assert records.records(study, out) == []
-    study.tell(sweep_space.ask(study, sweep, 2, 0), 1.5)
-    again = sweep_space.load(path, {"recipe": "tiny_qlora", "trainer.max_steps": "4"})
-    records.open_dir(again, path, out)
-    assert [r["trial"] for r in records.records(sweep_space.study(again, out), out)] == [1]  # the same command resumes
+    assert records.open_dir(sweep_space.load(path, {"recipe": "tiny_qlora", "trainer.max_steps": "4"}), path, out) == {}
+    (out / "trials.jsonl").write_text(json.dumps({"trial": 1, "status": "finished", "params": {"lora.r": 4},
+                                                  "metric": 1.5, "output_dir": "x"}) + "\n")
+    again = records.open_dir(sweep_space.load(path, {"recipe": "tiny_qlora", "trainer.max_steps": "4"}), path, out)
+    assert list(again) == [1]  # the same command resumes
     with pytest.raises(ConfigError) as err:
         records.open_dir(sweep_space.load(path, {"recipe": "tiny_lora"}), path, out)
     assert err.value.problems == [
