@@ -1,3 +1,8 @@
+# Trials are kept in trials.jsonl, not in an Optuna study with a JournalStorage file: measured, that switch left
+# sweep.py + sweeps/ at 646 lines, as before (Optuna already proposes the values, from the replayed records; the
+# identity checks, the trial runner and the report stay), lost the readable trials.jsonl, needed Optuna's private
+# storage API to note a resumed trial's seconds and error, and could not use GridSampler (it shuffles the grid; a
+# sweep walks the file's `values` in order), so the grid was queued by hand anyway.
 """Run a wandb sweep file with no server: `python finetune/sweep.py launch/sweeps/qlora_lr.yaml [trials=12]`.
 
 The same file runs online with `wandb sweep FILE && wandb agent <entity/project/id>`. Here each trial is a
