@@ -26,6 +26,14 @@ def info(msg: str) -> None:
         print(msg, flush=True)
 
 
+def reader_gone() -> None:
+    """Standard output's reader went away (`train.py --help | head -1`): the rest of the output goes nowhere and the
+    command ends with exit code 1 instead of a BrokenPipeError traceback (Python's documented way, `signal` docs)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # interpreter shutdown flushes stdout again: it must not raise a second time
+    sys.exit(1)
+
+
 def exit_cleanly(fn):
     """Bad input (any `UserError`: config, data, plan, merge, publish) ends the process with its message and
     exit code 2, no traceback."""
@@ -39,6 +47,8 @@ def exit_cleanly(fn):
             if dist.is_main():
                 print(f"error: {exc}", file=sys.stderr, flush=True)
             sys.exit(2)
+        except BrokenPipeError:
+            reader_gone()
 
     return wrapper
 
@@ -65,6 +75,8 @@ def hydra_errors(main):
             if dist.is_main():
                 print(f"error: {explain(exc)}", file=sys.stderr, flush=True)
             sys.exit(2)
+        except BrokenPipeError:  # Hydra's --help and --cfg print before our function runs
+            reader_gone()
         finally:
             if was is None:
                 os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -37,3 +37,16 @@ def test_importing_the_package_changes_no_global_setting():
             "assert len(logging.getLogger('trl.experimental.cpo.cpo_trainer').filters) == 1 and len(ours()) == 2\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("argv", [["train.py", "--help"], ["plan.py", "recipe=qlora_13b", "--cfg", "job"],
+                                  ["sweep.py", "--help"]])
+def test_output_piped_into_a_reader_that_stops_early_ends_without_a_traceback(argv):
+    """`python finetune/train.py --help | head -1`: head exits after a line; the rest goes nowhere, exit code 1, and no
+    BrokenPipeError traceback (the pipe here is closed before the command writes anything, so it always happens)."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "finetune" / argv[0]), *argv[1:]], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1, err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
