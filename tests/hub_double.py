@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shutil
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -269,6 +270,19 @@ def served(tokens: dict[str, str], scope: str = "module"):
         double.stop()
 
     return hub
+
+
+def adapter_copy():
+    """A pytest fixture (assign it to `run` in a test module): a run directory of the test's own holding a copy of
+    the session's tiny SFT run's adapter/, which is what publish.py reads; the test may change it freely."""
+
+    @pytest.fixture
+    def run(tiny_sft_run, tmp_path):
+        dst = tmp_path / "run"
+        shutil.copytree(tiny_sft_run / "adapter", dst / "adapter")
+        return dst
+
+    return run
 
 
 def env(hub: HubDouble, tmp_path, token: str | None) -> dict:

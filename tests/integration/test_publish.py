@@ -5,7 +5,6 @@ with `snapshot_download` and loads the adapter with peft, as a user of the publi
 """
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,11 +22,7 @@ USER = "tester"
 hub = hub_double.served({TOKEN: USER})
 
 
-@pytest.fixture
-def run(tiny_sft_run, tmp_path):
-    dst = tmp_path / "run"
-    shutil.copytree(tiny_sft_run / "adapter", dst / "adapter")
-    return dst
+run = hub_double.adapter_copy()
 
 
 def publish(run, hub, tmp_path, *overrides, token=TOKEN, check=True):

@@ -4,7 +4,6 @@ says so, and `what=merged` uploads the verified merged folder as it is on disk."
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -25,11 +24,7 @@ def publish(run, hub, tmp_path, *overrides, token=TOKEN):
     return hub_double.publish(run, hub, tmp_path, *overrides, token=token)
 
 
-@pytest.fixture
-def run(tiny_sft_run, tmp_path):
-    dst = tmp_path / "run"
-    shutil.copytree(tiny_sft_run / "adapter", dst / "adapter")
-    return dst
+run = hub_double.adapter_copy()
 
 
 def test_the_active_token_is_found_whatever_its_shape(run, hub, tmp_path):

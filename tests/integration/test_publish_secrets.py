@@ -23,11 +23,7 @@ def publish(run, hub, tmp_path, *overrides, token=TOKEN):
     return hub_double.publish(run, hub, tmp_path, *overrides, token=token)
 
 
-@pytest.fixture
-def run(tiny_sft_run, tmp_path):
-    dst = tmp_path / "run"
-    shutil.copytree(tiny_sft_run / "adapter", dst / "adapter")
-    return dst
+run = hub_double.adapter_copy()
 
 
 @pytest.fixture(scope="module")
