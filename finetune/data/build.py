@@ -131,80 +131,75 @@ def tokenize(dcfg, sp, kind: str, src: Source, used: np.ndarray, out: Path, proc
     """Encode the `used` examples of `src` (indices in file order, in training order) on `procs` processes into
     Arrow files under `out`: (file names, {position: example} for the first HEAD positions, each share's counts).
 
-    The work is one share per resume point (~STEP examples); each process is given a run of consecutive shares
-    (`Dataset.from_generator` with one run per process) and datasets writes the rows it yields to Arrow."""
+    The work is one share per resume point (~STEP examples); `Dataset.map` hands each process a run of
+    consecutive shares and writes what each share returns as one Arrow record batch.
+
+    `Dataset.from_generator(num_proc=)` with one run of shares per process (a local reader, not `_READERS`) was
+    measured against this on a 2-core CPU box (bench/results/data_build_pool_cpu.md; `python
+    bench/data_throughput.py --sizes 10000,20000 --arms at:5fe286d,at:e2cb69e,at:5fe286d,at:e2cb69e`): the same
+    Arrow rows, 7-13% more CPU s (20k: 99.7/106.3 s vs 94.5/93.0), slower wall time at 20k (229/277 s vs
+    185/250), 0.07-0.18 GiB less peak PSS; it also needs two cases of its own (datasets wraps a worker's
+    DataError in DatasetGenerationError; a split of zero rows gives no Dataset). So `map` stays."""
     from datasets import Dataset
-    from datasets.exceptions import DatasetGenerationError
 
     position = np.full(src.n, -1, dtype=np.int64)
     position[used] = np.arange(len(used))
     starts = [e for _, e in src.marks] + [src.n]
-    shares = [(a, tuple(mark), position[a:b]) for (mark, _), a, b in zip(src.marks, starts, starts[1:])]
-    procs = min(procs, len(shares))
-    bounds = [len(shares) * i // procs for i in range(procs + 1)]
+    shares = Dataset.from_dict({"first": starts[:-1], "start": [list(m) for m, _ in src.marks],
+                                "position": [position[a:b] for a, b in zip(starts, starts[1:])]})
     scratch = out.with_name(out.name + ".scratch")
     (scratch / "side").mkdir(parents=True)
+    procs = min(procs, len(shares))
     gc.freeze()  # forked processes share this one's objects; the collector would write to (and so copy) them all
     try:
         with children.bound():  # the pool's workers and datasets' queue manager die with this process (kill -9)
-            rows = Dataset.from_generator(
-                _generate, features=_features(kind), cache_dir=str(scratch / "datasets"), split=out.name,
-                gen_kwargs={"runs": [shares[a:b] for a, b in zip(bounds, bounds[1:])], "dcfg": dcfg, "sp": sp,
-                            "kind": kind, "path": src.path, "side": str(scratch / "side")},
-                num_proc=procs if procs > 1 else None, fingerprint=uuid.uuid4().hex)
-    except DatasetGenerationError:
-        failed = scratch / "side" / "error.txt"
-        if failed.is_file():  # a DataError in a tokenizing process: its one line, not datasets' wrapper
-            raise DataError(failed.read_text()) from None
-        raise
-    except ValueError:  # datasets makes no Dataset of zero rows ("corresponds to no data")
-        if any(json.loads(p.read_text())["rows"] for p in (scratch / "side").glob("*.json")):
-            raise
-        rows = None
+            rows = shares.map(_encode, batched=True, batch_size=1, num_proc=procs if procs > 1 else None,
+                              desc=f"data: tokenizing {out.name} in shares of ~{STEP} examples",
+                              features=_features(kind), remove_columns=shares.column_names,
+                              fn_kwargs={"dcfg": dcfg, "sp": sp, "kind": kind, "path": src.path,
+                                         "side": str(scratch / "side"), "build": uuid.uuid4().hex},
+                              cache_file_name=str(scratch / "rows.arrow"), new_fingerprint=uuid.uuid4().hex)
     finally:
         gc.unfreeze()
     out.mkdir()
-    made = [cached["filename"] for cached in rows.cache_files] if rows is not None else []
-    files = [f"{i:05d}.arrow" for i in range(max(1, len(made)))]
-    for name, cached in zip(files, made):
-        os.replace(cached, out / name)
-    if not made:  # every example dropped: an empty file of the right columns (`build` then says why)
-        from datasets.arrow_writer import ArrowWriter
-
-        with ArrowWriter(features=_features(kind), path=str(out / files[0])) as writer:
-            writer.finalize()
+    files = [f"{i:05d}.arrow" for i in range(len(rows.cache_files))]
+    for name, cached in zip(files, rows.cache_files):
+        os.replace(cached["filename"], out / name)
     sides = [json.loads(p.read_text()) for p in sorted((scratch / "side").glob("*.json"))]
-    del rows
     shutil.rmtree(scratch)
+    _READERS.clear()
     head = {int(p): ex for side in sides for p, ex in side["head"].items()}
     return files, head, [side["counts"] for side in sides]
 
 
-def _generate(runs: list, dcfg, sp, kind: str, path: str, side: str):
-    """The token rows of a run of consecutive shares (in a tokenizing process), each tagged with its training
-    position: one reader goes through the whole run, so gzip and .json sources are decompressed and parsed once
-    per process. Each share's counts and head examples go to `side`; a DataError's line to `side`/error.txt."""
-    for run in runs:  # datasets calls this once per run
-        reading = examples.adapted(dcfg, Stats(), path, sources.Position(*run[0][1]))
-        try:
-            for first, _, position in run:
-                stats, head, n = Stats(), {}, 0
-                for p in position.tolist():
-                    ex, _ = next(reading)
-                    if p < 0:
-                        continue
-                    if p < HEAD:
-                        head[p] = ex
-                    for row in ENCODERS[kind].rows(ex, sp, dcfg, stats, p):
-                        yield {**row, "position": p}
-                        n += 1
-                counts = {key: getattr(stats, key) for key in (*COUNTS, "skipped")}
-                Path(side, f"{first:012d}.json").write_text(json.dumps({"counts": counts, "head": head, "rows": n}))
-        except DataError as exc:
-            Path(side, "error.txt").write_text(str(exc))
-            raise
-        finally:
+_READERS: dict = {}  # (build, path) -> (examples iterator, index of its next example), in a tokenizing process
+
+
+def _encode(share: dict, dcfg, sp, kind: str, path: str, side: str, build: str) -> dict:
+    """The token rows of one share (in a tokenizing process): its used examples encoded, each row tagged with
+    its training position; the share's counts and head examples go to `side`. A process reading consecutive
+    shares keeps its reader open, so gzip and .json sources are decompressed and parsed once per process."""
+    first, start, position = share["first"][0], sources.Position(*share["start"][0]), share["position"][0]
+    reading, at = _READERS.pop((build, path), (None, -1))
+    if at != first:
+        if reading is not None:
             reading.close()
+        reading = examples.adapted(dcfg, Stats(), path, start)
+    stats, head, cols = Stats(), {}, {name: [] for name in _features(kind)}
+    for p in position:
+        ex, _ = next(reading)
+        if p < 0:
+            continue
+        if p < HEAD:
+            head[p] = ex
+        for row in ENCODERS[kind].rows(ex, sp, dcfg, stats, p):
+            for name, value in row.items():
+                cols[name].append(value)
+            cols["position"].append(p)
+    _READERS[(build, path)] = (reading, first + len(position))
+    counts = {key: getattr(stats, key) for key in (*COUNTS, "skipped")}
+    Path(side, f"{first:012d}.json").write_text(json.dumps({"counts": counts, "head": head}))
+    return cols
 
 
 def _features(kind: str):
