@@ -4,12 +4,15 @@ against the in-memory single-process path it replaced, on synthetic conversation
     python bench/data_throughput.py --sizes 10000,100000 --real          # new and old arms
     python bench/data_throughput.py --sizes 1000000 --arms new           # the old path needs ~80 KB a conversation
     python bench/data_throughput.py --sizes 2000 --arms new,old --no-record   # a smoke run
+    python bench/data_throughput.py --sizes 20000 --arms at:REV1,at:REV2,at:REV1,at:REV2   # two commits, alternating
 
 Each arm is one command from a cold start into an empty cache, as a user runs it (interpreter start included):
   new  `python finetune/prepare.py data=... data.max_length=1024` (this tree), filling the tokenized cache
   old  the tree at `--old-rev` (git archive): the same config composed and checked (`checks.before_weights`),
        then its `data.load(...)` filling its cache: prepare.py's steps on the old data path
-Measured from outside: wall time; CPU seconds of the whole process tree (getrusage of the reaped children);
+  at:<rev>  `finetune/prepare.py` of the tree at commit <rev> (git archive), as `new`
+Measured from outside: wall time; tokens/s (the kept examples' tokens, from the cache's stats.json); the size of
+the cache on disk; CPU seconds of the whole process tree (getrusage of the reaped children);
 peak memory of the process tree: the sum of PSS (shared pages split between the processes that map them, so
 forked workers are not double counted; sampled every 2 s) and the largest single-process RSS (every 0.25 s, and
 the kernel's own maximum of any reaped process). Results are
