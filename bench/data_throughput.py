@@ -4,12 +4,15 @@ against the in-memory single-process path it replaced, on synthetic conversation
     python bench/data_throughput.py --sizes 10000,100000 --real          # new and old arms
     python bench/data_throughput.py --sizes 1000000 --arms new           # the old path needs ~80 KB a conversation
     python bench/data_throughput.py --sizes 2000 --arms new,old --no-record   # a smoke run
+    python bench/data_throughput.py --sizes 20000 --arms at:REV1,at:REV2,at:REV1,at:REV2   # two commits, alternating
 
 Each arm is one command from a cold start into an empty cache, as a user runs it (interpreter start included):
   new  `python finetune/prepare.py data=... data.max_length=1024` (this tree), filling the tokenized cache
   old  the tree at `--old-rev` (git archive): the same config composed and checked (`checks.before_weights`),
        then its `data.load(...)` filling its cache: prepare.py's steps on the old data path
-Measured from outside: wall time; CPU seconds of the whole process tree (getrusage of the reaped children);
+  at:<rev>  `finetune/prepare.py` of the tree at commit <rev> (git archive), as `new`
+Measured from outside: wall time; tokens/s (the kept examples' tokens, from the cache's stats.json); the size of
+the cache on disk; CPU seconds of the whole process tree (getrusage of the reaped children);
 peak memory of the process tree: the sum of PSS (shared pages split between the processes that map them, so
 forked workers are not double counted; sampled every 2 s) and the largest single-process RSS (every 0.25 s, and
 the kernel's own maximum of any reaped process). Results are
@@ -139,11 +142,14 @@ def run_arm(arm: str, overrides: list[str], work: Path, rev: str) -> dict:
     shutil.rmtree(cache, ignore_errors=True)  # a cold cache: every run tokenizes
     env = {**os.environ, "FINETUNE_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    if arm == "new":
-        r = measure([sys.executable, str(ROOT / "finetune/prepare.py"), *overrides], ROOT, env)
+    if arm == "new" or arm.startswith("at:"):  # at:<rev>: prepare.py of the tree at that commit
+        tree = ROOT if arm == "new" else old_tree(arm[3:], work)
+        r = measure([sys.executable, str(tree / "finetune/prepare.py"), *overrides], tree, env)
     else:
         old = old_tree(rev, work)
         r = measure([sys.executable, "-c", OLD_DRIVER, str(old), *overrides], old, env)
+    r["disk"] = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+    r["tokens"] = sum(sum(json.loads(f.read_text())["lengths"]) for f in cache.rglob("stats.json"))
     shutil.rmtree(cache, ignore_errors=True)
     m = re.search(r"data: \S+: (\d+) examples \((\d+) eval\) from (\d+) records[^\n]*tokenized cache: miss", r["out"])
     if r["rc"] != 0 or not m:  # (a progress bar may share the line: the match starts at "data:")
@@ -174,7 +180,7 @@ def ceiling(work: Path) -> str:
     procs = [subprocess.Popen(cmd + [str(path)], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     pair = sum(float(p.communicate()[0]) for p in procs)
     row = (f"| encoder alone (the ceiling now) | 1 process / 2 at once | 1,500 | | | {solo:,.0f} / {pair:,.0f} "
-           f"(x{pair / solo:.2f}) | | | | |")
+           f"(x{pair / solo:.2f}) | | | | | | |")
     print(row, flush=True)
     return row
 
@@ -190,7 +196,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10000,100000", help="synthetic conversation counts, comma-separated")
     ap.add_argument("--real", action="store_true", help="also the bundled real sets")
-    ap.add_argument("--arms", default="new,old")
+    ap.add_argument("--arms", default="new,old", help="new (this tree), old (--old-rev's in-memory path), "
+                    "at:<rev> (prepare.py of the tree at that commit); arms repeat and run in the order given")
     ap.add_argument("--old-rev", default=OLD_REV)
     ap.add_argument("--num-proc", type=int, default=None, help="data.num_proc for the new arm (default: all cores)")
     ap.add_argument("--work", default=str(ROOT / ".cache" / "bench" / "data_throughput"))
@@ -209,19 +216,20 @@ def main() -> None:
     header = (f"\n### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {machine()}\n\n"
               f"`python bench/data_throughput.py {' '.join(sys.argv[1:])}` (old = `{args.old_rev}`; load average "
               f"at start {os.getloadavg()[0]:.1f})\n\n"
-              "| data | arm | records | examples | wall s | conv/s (wall) | CPU s | conv per CPU s | peak PSS (tree) "
-              "| largest RSS |\n|---|---|---|---|---|---|---|---|---|---|")
+              "| data | arm | records | examples | wall s | conv/s (wall) | tokens/s (wall) | CPU s | conv per CPU s "
+              "| peak PSS (tree) | largest RSS | cache on disk |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(header, flush=True)
     record(args, header)
     if args.ceiling:
         record(args, ceiling(work))
     for label, overrides in cases:
         for arm in args.arms.split(","):
-            extra = [f"data.num_proc={args.num_proc}"] if arm == "new" and args.num_proc else []
+            extra = [f"data.num_proc={args.num_proc}"] if arm != "old" and args.num_proc else []
             r = run_arm(arm, overrides + extra, work, args.old_rev)
             row = (f"| {label} | {arm} | {r['records']:,} | {r['examples']:,} | {r['wall_s']:.1f} | "
-                   f"{r['records'] / r['wall_s']:,.0f} | {r['cpu_s']:.1f} | {r['records'] / r['cpu_s']:,.1f} | "
-                   f"{r['peak_pss'] / 2**30:.2f} GiB | {r['peak_rss'] / 2**30:.2f} GiB |")
+                   f"{r['records'] / r['wall_s']:,.0f} | {r['tokens'] / r['wall_s']:,.0f} | {r['cpu_s']:.1f} | "
+                   f"{r['records'] / r['cpu_s']:,.1f} | {r['peak_pss'] / 2**30:.2f} GiB | "
+                   f"{r['peak_rss'] / 2**30:.2f} GiB | {r['disk'] / 2**30:.2f} GiB |")
             print(row, flush=True)
             record(args, row, {"date": datetime.now(timezone.utc).isoformat(), "machine": machine(), "data": label,
                                "arm": arm, "overrides": overrides + extra,

@@ -132,7 +132,14 @@ def tokenize(dcfg, sp, kind: str, src: Source, used: np.ndarray, out: Path, proc
     Arrow files under `out`: (file names, {position: example} for the first HEAD positions, each share's counts).
 
     The work is one share per resume point (~STEP examples); `Dataset.map` hands each process a run of
-    consecutive shares and writes what each share returns as one Arrow record batch."""
+    consecutive shares and writes what each share returns as one Arrow record batch.
+
+    `Dataset.from_generator(num_proc=)` with one run of shares per process (a local reader, not `_READERS`) was
+    measured against this on a 2-core CPU box (bench/results/data_build_pool_cpu.md; `python
+    bench/data_throughput.py --sizes 10000,20000 --arms at:5fe286d,at:e2cb69e,at:5fe286d,at:e2cb69e`): the same
+    Arrow rows, 7-13% more CPU s (20k: 99.7/106.3 s vs 94.5/93.0), slower wall time at 20k (229/277 s vs
+    185/250), 0.07-0.18 GiB less peak PSS; it also needs two cases of its own (datasets wraps a worker's
+    DataError in DatasetGenerationError; a split of zero rows gives no Dataset). So `map` stays."""
     from datasets import Dataset
 
     position = np.full(src.n, -1, dtype=np.int64)
