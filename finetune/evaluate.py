@@ -15,7 +15,6 @@ import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 if __package__ in (None, ""):  # run as a script: import the package, never sibling files as top-level modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
@@ -36,14 +35,14 @@ SPLITS = ("eval", "train", "all")
 
 @dataclass
 class EvaluateConfig:
-    run: Optional[str] = None
-    model: Optional[ModelConfig] = None
-    data: Optional[DataConfig] = None
+    run: str | None = None
+    model: ModelConfig | None = None
+    data: DataConfig | None = None
     split: str = "eval"
     base: bool = True
-    quant: Optional[QuantConfig] = None  # the `quant=` group; None: as the run trained, none for a bare model
+    quant: QuantConfig | None = None  # the `quant=` group; None: as the run trained, none for a bare model
     batch_size: int = 4
-    out: Optional[str] = None
+    out: str | None = None
     benchmarks: BenchmarksConfig = field(default_factory=BenchmarksConfig)  # tasks: lm_eval benchmarks instead of loss
     long_context: LongContextConfig = field(default_factory=LongContextConfig)  # length=N: ship/long_context.py
 

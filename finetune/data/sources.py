@@ -15,8 +15,9 @@ import codecs
 import gzip
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, NamedTuple, Optional
+from typing import NamedTuple
 
 from finetune.config import UserError, looks_local
 
@@ -73,7 +74,7 @@ def read_records(path: str, split: str = "train", revision: str | None = None) -
 
 
 def records(path: str, split: str = "train", revision: str | None = None,
-            start: Optional[Position] = None) -> Iterator[tuple[Record, str, Position]]:
+            start: Position | None = None) -> Iterator[tuple[Record, str, Position]]:
     """(record, where, position) in the order of `read_records`, from `start` (a position this function gave)
     or from the beginning."""
     start = start or Position(0, 0, 0)

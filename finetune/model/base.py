@@ -5,15 +5,14 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import torch
 
 from finetune.config import ConfigError, ModelConfig, QuantConfig, UserError, cache_root, looks_local
 from finetune.data.chat_format import BOS_ID, EOS_ID
 from finetune.model import rope
-from finetune.runtime.cache import build_once
 from finetune.runtime import dist
+from finetune.runtime.cache import build_once
 from finetune.runtime.dist import launched_sharding
 
 
@@ -226,7 +225,7 @@ def check(cfg) -> list[str]:
     return problems + launch_problems(m, q)
 
 
-def bitsandbytes_problem() -> Optional[str]:
+def bitsandbytes_problem() -> str | None:
     try:
         import bitsandbytes  # noqa: F401
     except Exception as exc:  # ImportError, or a broken binary raising at import

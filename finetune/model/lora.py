@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 from finetune.config import LoraConfig, ModelConfig
 from finetune.model import variants
 
 
-def apply_lora(base, lcfg: LoraConfig, init_adapter: Optional[str] = None, mcfg: Optional[ModelConfig] = None):
+def apply_lora(base, lcfg: LoraConfig, init_adapter: str | None = None, mcfg: ModelConfig | None = None):
     """A PeftModel with trainable LoRA on `lora.target_modules`, new or continued from `init_adapter`. `mcfg` (the
     base's config) is needed by `lora.init=loftq`, which reads the checkpoint's own weights."""
     from peft import LoraConfig as PeftLoraConfig
@@ -39,7 +38,7 @@ def apply_lora(base, lcfg: LoraConfig, init_adapter: Optional[str] = None, mcfg:
 EMBEDDINGS_AND_NORMS = ["embed_tokens", "norm"]
 
 
-def fully_trained(lcfg: LoraConfig) -> Optional[list[str]]:
+def fully_trained(lcfg: LoraConfig) -> list[str] | None:
     """The modules trained in full beside LoRA (peft's modules_to_save), or None."""
     return list(EMBEDDINGS_AND_NORMS) if lcfg.train_embeddings_and_norms else None
 

@@ -10,7 +10,6 @@ hide behind compute, and stalls when the link cannot keep up). The kept layers a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from finetune.config.methods import METHODS
 from finetune.planning import methods, planner
@@ -76,7 +75,7 @@ def speed(s: Setup, peak_flops: float, utilization: float, link: float = LINK_BY
 
 
 def choose(s: Setup, budget: float, peak_flops: float, utilization: float,
-           link: float = LINK_BYTES_PER_S) -> Optional[LayerPlan]:
+           link: float = LINK_BYTES_PER_S) -> LayerPlan | None:
     """The fastest plan for `s` whose planner total fits `budget` bytes (ties: less memory); None if none fits."""
     found = []
     for offload in (False, True):

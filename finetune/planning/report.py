@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 from omegaconf import OmegaConf
 
@@ -16,6 +15,7 @@ from finetune.planning import longctx, planner
 from finetune.planning.planner import GiB, Setup
 from finetune.runtime import memory
 from finetune.runtime.dist import launched_sharding
+
 
 class PlanError(UserError, RuntimeError):
     """The recipe cannot fit the GPUs: the message is the breakdown and the changes that would fit."""
@@ -169,7 +169,7 @@ def report(cfg: TrainConfig, s: Setup, c: Card, utilization: float) -> tuple[boo
 LONG = 4096  # Llama 2's pretrained context: past it, the plan also judges 24/48/80 GB cards
 
 
-def check_before_training(cfg: TrainConfig) -> Optional[str]:
+def check_before_training(cfg: TrainConfig) -> str | None:
     """Training's preflight: the plan for the GPUs present (or `plan.gpus`/`plan.gpu_memory`). Raises PlanError
     when it cannot fit and `plan.strict`; returns the one line to print otherwise."""
     import torch

@@ -19,7 +19,6 @@ import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from safetensors import safe_open
@@ -91,7 +90,7 @@ class Entry:
         return math.prod(self.shape) * DTYPE_BYTES[self.dtype]
 
 
-def plan(files: list[Path], max_shard_bytes: int, out_dtype: Optional[torch.dtype]) -> list[list[Entry]]:
+def plan(files: list[Path], max_shard_bytes: int, out_dtype: torch.dtype | None) -> list[list[Entry]]:
     """Every tensor grouped into output shards of at most `max_shard_bytes`, from the headers alone."""
     shards: list[list[Entry]] = [[]]
     size = 0
@@ -129,9 +128,9 @@ def write_shard(path: Path, entries: list[Entry], tensor_of) -> None:
             fh.write(memoryview(t.contiguous().view(torch.uint8).numpy()))
 
 
-def merge(base_dir: Path, adapter: Lora, out_dir: Path, quant: Optional[Quant] = None,
-          out_dtype: Optional[torch.dtype] = None, max_shard_bytes: int = 2 * 1024**3,
-          config_fields: Optional[dict] = None) -> MergeStats:
+def merge(base_dir: Path, adapter: Lora, out_dir: Path, quant: Quant | None = None,
+          out_dtype: torch.dtype | None = None, max_shard_bytes: int = 2 * 1024**3,
+          config_fields: dict | None = None) -> MergeStats:
     """Write `out_dir/model-XXXXX-of-YYYYY.safetensors` + index + config: base (+ quantize roundtrip) + LoRA.
 
     `quant` given: every 4-bit-quantized weight goes through `quantize_roundtrip` first (base="dequantized").
@@ -175,8 +174,8 @@ def merge(base_dir: Path, adapter: Lora, out_dir: Path, quant: Optional[Quant] =
     return MergeStats(shards=len(shards), tensors=len(weight_map), total_bytes=total, **counts)
 
 
-def write_config(base_dir: Path, out_dir: Path, out_dtype: Optional[torch.dtype],
-                 fields: Optional[dict] = None) -> None:
+def write_config(base_dir: Path, out_dir: Path, out_dtype: torch.dtype | None,
+                 fields: dict | None = None) -> None:
     """config.json of the base, minus any quantization_config, with the dtype the shards now hold and `fields`.
     A RoPE scaling is written as transformers 5 spells it (`rope_parameters`) and as older readers do
     (`rope_scaling`, rope_theta at the top level)."""

@@ -5,12 +5,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import ROOT
-from finetune.data import adapters
-from finetune.data import examples
-from finetune.data.stats import DataError
-from finetune.data.stats import Stats
 from finetune.config import DataConfig
+from finetune.data import adapters, examples
 from finetune.data.adapters import Invalid, MissingField
+from finetune.data.stats import DataError, Stats
 
 
 def data_cfg(name: str, **overrides) -> DataConfig:

@@ -8,17 +8,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import ROOT, compose
+from tests.conftest import compose
 from finetune import config
-from finetune.data import chat_format
-from finetune.data import examples
+from finetune.data import chat_format, examples, pairs
 from finetune.data import load as data_load
-from finetune.data import pairs
+from finetune.data.stats import DataError, Stats
 from finetune.model import lora
 from finetune.model import tokenizer as tokenizer_mod
-from finetune.training import checks
-from finetune.training import dpo
-from finetune.data.stats import DataError, Stats
+from finetune.training import checks, dpo
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from finetune.ship import merge
 
+from finetune.ship import merge
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]  # a subset: the QLoRA path must still dequantize k/o/gate/up
 

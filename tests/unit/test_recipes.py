@@ -1,9 +1,6 @@
 """Every shipped recipe composes and validates; the headline recipe says what it is; bad input names the fix."""
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
-
 import pytest
 from omegaconf import OmegaConf
 
