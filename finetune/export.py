@@ -161,7 +161,8 @@ def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path, serve: str = ""):
                          f"{drifts[0].summary()}. Nothing was written to {final}. If this drift is acceptable for "
                          f"{stored} weights, pass verify.tolerance={drifts[0].relative * 2:.0e}")
     (partial / "verification.json").write_text(json.dumps(
-        {"adapter_sha256": adapter_sha, "merge_base": merge_base, "dtype": str(stored).removeprefix("torch."), "prompt_source": source,
+        {"adapter_sha256": adapter_sha, "merge_base": merge_base, "dtype": str(stored).removeprefix("torch."),
+         "prompt_source": source,
          "checks": [dataclasses.asdict(d) for d in drifts]}, indent=2))
     modelcard.write(partial, run, "merged", merge_section(merge_base, stored, stats, source, drifts) + serve)
     shutil.rmtree(final, ignore_errors=True)

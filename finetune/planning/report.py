@@ -42,25 +42,27 @@ def card(plan, cuda: bool) -> Card:
         name, source = (found, f"the {present} present") if found else ("h100", "an H100 80GB, set gpu=")
     peak, mem = planner.GPUS[name][0], planner.GPUS[name][1] * GiB
     if plan.gpu_memory is not None:
-        mem, source = parse_size(plan.gpu_memory, "plan.gpu_memory", "G", "the memory per GPU like 24GB or 80GiB"), f"plan.gpu_memory; speed for {source}"
+        mem = parse_size(plan.gpu_memory, "plan.gpu_memory", "G", "the memory per GPU like 24GB or 80GiB")
+        source = f"plan.gpu_memory; speed for {source}"
     elif cuda and plan.gpu is None:
         mem = torch.cuda.get_device_properties(0).total_memory
     return Card(name, peak, mem, source)
 
 
 def setup(cfg: TrainConfig, gpus: int, sharding: str) -> Setup:
-    a, t, q = cfg.model.arch, cfg.trainer, cfg.quant
-    return Setup(hidden=a.hidden_size, ffn=a.intermediate_size, layers=a.num_layers, heads=a.num_heads,
-                 kv_heads=a.num_kv_heads, vocab=a.vocab_size, quant=q.mode, double_quant=q.double_quant,
-                 upcast_fp32=q.upcast_fp32, dtype_bytes=4 if cfg.model.dtype == "float32" else 2,
+    arch, trainer, quant = cfg.model.arch, cfg.trainer, cfg.quant
+    return Setup(hidden=arch.hidden_size, ffn=arch.intermediate_size, layers=arch.num_layers, heads=arch.num_heads,
+                 kv_heads=arch.num_kv_heads, vocab=arch.vocab_size, quant=quant.mode, double_quant=quant.double_quant,
+                 upcast_fp32=quant.upcast_fp32, dtype_bytes=4 if cfg.model.dtype == "float32" else 2,
                  lora_r=cfg.lora.r, lora_modules=tuple(cfg.lora.target_modules), lora_dropout=cfg.lora.dropout,
-                 optim=t.optim, micro_batch=t.micro_batch_size, max_length=cfg.data.max_length,
-                 checkpointing=t.gradient_checkpointing is not False,  # None: on with CUDA, and this is a GPU plan
-                 packing=t.packing, liger=t.liger,
-                 offload_activations=t.activation_offloading,
-                 eager_attention=cfg.model.attn_implementation == "eager", kind=t.kind, dora=cfg.lora.use_dora,
-                 precompute_ref=t.precompute_ref, gpus=gpus, sharding=sharding,
-                 attention=cfg.model.attn_implementation, train_embeddings_and_norms=cfg.lora.train_embeddings_and_norms)
+                 optim=trainer.optim, micro_batch=trainer.micro_batch_size, max_length=cfg.data.max_length,
+                 checkpointing=trainer.gradient_checkpointing is not False,  # None: on with CUDA; this is a GPU plan
+                 packing=trainer.packing, liger=trainer.liger,
+                 offload_activations=trainer.activation_offloading,
+                 eager_attention=cfg.model.attn_implementation == "eager", kind=trainer.kind,
+                 dora=cfg.lora.use_dora, precompute_ref=trainer.precompute_ref, gpus=gpus, sharding=sharding,
+                 attention=cfg.model.attn_implementation,
+                 train_embeddings_and_norms=cfg.lora.train_embeddings_and_norms)
 
 
 PLAN_KEYS = ("model.arch", "lora", "trainer", "quant", "plan")  # what the arithmetic reads

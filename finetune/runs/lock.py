@@ -69,7 +69,7 @@ def acquire(run_dir: Path) -> str | None:
         if why is None and held.get("pid") != os.getpid():
             raise ConfigError([f"output_dir={run_dir} is in use by another job (host {held.get('host')}, PID "
                                f"{held.get('pid')}, started {held.get('started')}): wait for it to end, or "
-                               "choose another output_dir="])
+                               "choose another output_dir="]) from None
         note = (f"run lock: took over {path} from host {held.get('host')} PID {held.get('pid')} ({why})"
                 if why else None)
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC)

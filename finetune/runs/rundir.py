@@ -1,8 +1,8 @@
 """The run directory: one for every rank, what it holds, and reading it back.
 
 Layout: <run>/config.yaml, <run>/inputs.json (see `inputs`), <run>/checkpoints/checkpoint-N/ (complete ones only;
-see `checkpoints`), <run>/adapter/, <run>/metrics.jsonl, <run>/wandb_run_id. chat, evaluate, export and publish read a run
-through `run_config` and `finished` here.
+see `checkpoints`), <run>/adapter/, <run>/metrics.jsonl, <run>/wandb_run_id. chat, evaluate, export and publish
+read a run through `run_config` and `finished` here.
 """
 from __future__ import annotations
 

@@ -180,7 +180,8 @@ class Cluster:
     def start(self, timeout: float = 60) -> Cluster:
         missing = missing_tools()
         if missing:
-            raise ClusterError(f"not installed: {', '.join(missing)}; run `make system-deps` (apt-get install {PACKAGES})")
+            raise ClusterError(f"not installed: {', '.join(missing)}; "
+                               f"run `make system-deps` (apt-get install {PACKAGES})")
         reap_stale()
         try:
             self._write_files()

@@ -105,7 +105,8 @@ def test_field_mapping_reads_any_schema_including_nested_fields():
     assert next(adapters.mapped(rec, fields))["messages"] == [
         {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?\n\nBecause."},
         {"role": "assistant", "content": "42"}]
-    pair = next(adapters.mapped({"p": "Q", "good": "A", "bad": "B"}, {"prompt": "p", "chosen": "good", "rejected": "bad"}))
+    fields = {"prompt": "p", "chosen": "good", "rejected": "bad"}
+    pair = next(adapters.mapped({"p": "Q", "good": "A", "bad": "B"}, fields))
     assert pair == {"prompt": [{"role": "user", "content": "Q"}], "chosen": "A", "rejected": "B"}
 
 

@@ -100,8 +100,9 @@ def test_conversations_are_refused_for_dpo(tok):
 def test_identical_chosen_and_rejected_names_the_line(dcfg, tok, tmp_path):
     dcfg.path, dcfg.eval_fraction = pair_file(tmp_path, [("b?", "Yes", "No"), ("a?", "Same.", "Same. "),
                                                          ("c?", "x", "x")]), 0.0
-    with pytest.raises(DataError, match=rf"^{dcfg.path}:2: chosen and rejected are identical \(such a pair teaches "
-                                        r"nothing: its DPO loss stays ln 2\); fix the record, or set data.invalid=skip"):
+    with pytest.raises(DataError, match=rf"^{dcfg.path}:2: chosen and rejected are identical \(such a pair "
+                                        r"teaches nothing: its DPO loss stays ln 2\); fix the record, or set "
+                                        r"data.invalid=skip"):
         data_load.load(dcfg, tok, "dpo")
     dcfg.invalid = "skip"
     p = data_load.load(dcfg, tok, "dpo")

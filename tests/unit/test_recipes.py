@@ -67,7 +67,8 @@ def test_unknown_model_lists_the_models():
     proc = run_entry("train.py", "model=llama3_8b", check=False)
     assert proc.returncode == 2
     line, = proc.stderr.splitlines()
-    assert line.startswith("error: model=llama3_8b: no such model;") and "llama2_13b_chat" in line.split("available: ")[1]
+    assert line.startswith("error: model=llama3_8b: no such model;")
+    assert "llama2_13b_chat" in line.split("available: ")[1]
 
 
 def test_misspelled_key_is_named():
