@@ -66,12 +66,13 @@ def adapter_base_problems(adapter: Path, mcfg) -> list[str]:
     if theirs and theirs not in ours:
         return [f"init_adapter={adapter} was trained on {meta['base_model_name_or_path']}, not on "
                 f"model.path={mcfg.path}; {fix}"]
-    a = mcfg.arch
-    head = a.hidden_size // a.num_heads
-    dims = {"q_proj": (a.hidden_size, a.hidden_size), "k_proj": (a.hidden_size, a.num_kv_heads * head),
-            "v_proj": (a.hidden_size, a.num_kv_heads * head), "o_proj": (a.hidden_size, a.hidden_size),
-            "gate_proj": (a.hidden_size, a.intermediate_size), "up_proj": (a.hidden_size, a.intermediate_size),
-            "down_proj": (a.intermediate_size, a.hidden_size)}
+    arch = mcfg.arch
+    head = arch.hidden_size // arch.num_heads
+    dims = {"q_proj": (arch.hidden_size, arch.hidden_size), "k_proj": (arch.hidden_size, arch.num_kv_heads * head),
+            "v_proj": (arch.hidden_size, arch.num_kv_heads * head), "o_proj": (arch.hidden_size, arch.hidden_size),
+            "gate_proj": (arch.hidden_size, arch.intermediate_size),
+            "up_proj": (arch.hidden_size, arch.intermediate_size),
+            "down_proj": (arch.intermediate_size, arch.hidden_size)}
     weights = adapter / "adapter_model.safetensors"
     if not weights.is_file():
         return [f"init_adapter={adapter}: no adapter_model.safetensors there; point it at a run's adapter/ folder"]
@@ -87,9 +88,9 @@ def adapter_base_problems(adapter: Path, mcfg) -> list[str]:
         parts = key.split(".")
         module, layer = parts[-3], int(parts[parts.index("layers") + 1]) if "layers" in parts else 0
         want = dims.get(module)
-        bad = layer >= a.num_layers or (want and (
+        bad = layer >= arch.num_layers or (want and (
             (parts[-2] == "lora_A" and shape[1] != want[0]) or (parts[-2] == "lora_B" and shape[0] != want[1])))
         if bad:
             return [f"init_adapter={adapter}: {key} has shape {list(shape)}, which does not fit "
-                    f"model={mcfg.name} (hidden {a.hidden_size}, {a.num_layers} layers); {fix}"]
+                    f"model={mcfg.name} (hidden {arch.hidden_size}, {arch.num_layers} layers); {fix}"]
     return []

@@ -176,16 +176,16 @@ def check_before_training(cfg: TrainConfig) -> str | None:
     when it cannot fit and `plan.strict`; returns the one line to print otherwise."""
     import torch
 
-    p, cuda = cfg.plan, torch.cuda.is_available()
-    if p.gpus is None and not cuda:
+    plan_cfg, cuda = cfg.plan, torch.cuda.is_available()
+    if plan_cfg.gpus is None and not cuda:
         return "plan: no GPU present, memory check skipped (plan.gpus=1 plan.gpu_memory=24GB checks a GPU you name)"
-    gpus = p.gpus or int(os.environ.get("WORLD_SIZE", "1"))
-    s = setup(cfg, gpus, p.sharding or launched_sharding() or "ddp")
-    c = card(p, cuda)
-    ok, text = report(cfg, s, c, p.utilization)
+    gpus = plan_cfg.gpus or int(os.environ.get("WORLD_SIZE", "1"))
+    run_setup = setup(cfg, gpus, plan_cfg.sharding or launched_sharding() or "ddp")
+    gpu_card = card(plan_cfg, cuda)
+    ok, text = report(cfg, run_setup, gpu_card, plan_cfg.utilization)
     if ok:
         return text.splitlines()[[i for i, line in enumerate(text.splitlines()) if line.startswith("verdict")][0]]
-    if p.strict:
+    if plan_cfg.strict:
         raise PlanError(f"this run cannot fit the GPU memory (plan.strict=false runs it anyway):\n{text}")
     return f"warning: the plan says this run does not fit (plan.strict=false, going on):\n{text}"
 
@@ -199,24 +199,25 @@ def budget_plan(cfg: TrainConfig):
 
     from finetune.planning import budget
 
-    t, p, cuda = cfg.trainer, cfg.plan, torch.cuda.is_available()
-    if t.memory_budget is None:
+    tcfg, plan_cfg, cuda = cfg.trainer, cfg.plan, torch.cuda.is_available()
+    if tcfg.memory_budget is None:
         return None
-    if str(t.memory_budget).lower() == "auto":
+    if str(tcfg.memory_budget).lower() == "auto":
         if not cuda:
             raise ConfigError(["trainer.memory_budget=auto reads the GPU's free memory and there is no GPU; give a "
                                "size like 40GB"])
         size, what = torch.cuda.mem_get_info()[0], "trainer.memory_budget=auto, the GPU's free memory"
     else:
-        size = parse_size(t.memory_budget, "trainer.memory_budget", "G", "a size like 40GB, or auto")
-        what = f"trainer.memory_budget={t.memory_budget}"
-    s = setup(cfg, p.gpus or int(os.environ.get("WORLD_SIZE", "1")), p.sharding or launched_sharding() or "ddp")
-    c = card(p, cuda)
-    if too_big := memory.beyond(size, what, c.memory, f"the GPU the plan is for ({c.source})", True):
+        size = parse_size(tcfg.memory_budget, "trainer.memory_budget", "G", "a size like 40GB, or auto")
+        what = f"trainer.memory_budget={tcfg.memory_budget}"
+    gpus = plan_cfg.gpus or int(os.environ.get("WORLD_SIZE", "1"))
+    run_setup = setup(cfg, gpus, plan_cfg.sharding or launched_sharding() or "ddp")
+    gpu_card = card(plan_cfg, cuda)
+    if too_big := memory.beyond(size, what, gpu_card.memory, f"the GPU the plan is for ({gpu_card.source})", True):
         raise ConfigError([too_big])
-    plan = budget.choose(s, size, c.peak_flops, p.utilization)
+    plan = budget.choose(run_setup, size, gpu_card.peak_flops, plan_cfg.utilization)
     if plan is None:
-        smallest = s.but(checkpointing=True, kept_layers=0, offload_checkpoints=True, offload_activations=False)
-        _, text = report(cfg, smallest, dataclasses.replace(c, memory=size, source=what), p.utilization)
+        smallest = run_setup.but(checkpointing=True, kept_layers=0, offload_checkpoints=True, offload_activations=False)
+        _, text = report(cfg, smallest, dataclasses.replace(gpu_card, memory=size, source=what), plan_cfg.utilization)
         raise PlanError(f"no checkpointing plan fits {what} ({size / GiB:.1f} GiB); the smallest:\n{text}")
     return dataclasses.replace(plan, source=what)

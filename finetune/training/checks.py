@@ -57,18 +57,18 @@ def trainer_problems(cfg) -> list[str]:
     from transformers.trainer_utils import SchedulerType
     from transformers.training_args import OptimizerNames
 
-    t, found = cfg.trainer, []
+    tcfg, found = cfg.trainer, []
     for key, names in (("lr_scheduler", SchedulerType), ("optim", OptimizerNames)):
         valid = [n.value for n in names]
-        if getattr(t, key) not in valid:
-            found.append(f"trainer.{key}={getattr(t, key)}: transformers has no such {key.replace('_', ' ')}; "
+        if getattr(tcfg, key) not in valid:
+            found.append(f"trainer.{key}={getattr(tcfg, key)}: transformers has no such {key.replace('_', ' ')}; "
                          f"use one of {', '.join(valid)}")
-    if t.activation_offloading and not torch.cuda.is_available():
+    if tcfg.activation_offloading and not torch.cuda.is_available():
         found.append("trainer.activation_offloading=true moves activations from the GPU to CPU memory; "
                      "without a GPU set trainer.activation_offloading=false")
-    if t.memory_budget is not None and not torch.cuda.is_available() and (err := ram_problem(t.memory_budget)):
+    if tcfg.memory_budget is not None and not torch.cuda.is_available() and (err := ram_problem(tcfg.memory_budget)):
         found.append(err)
-    if t.liger and (err := liger_problem()):
+    if tcfg.liger and (err := liger_problem()):
         found.append(f"trainer.liger=true needs liger-kernel: {err}; install it with `pip install liger-kernel` "
                      "or set trainer.liger=false")
     return found
