@@ -94,13 +94,13 @@ def plan(files: list[Path], max_shard_bytes: int, out_dtype: torch.dtype | None)
     """Every tensor grouped into output shards of at most `max_shard_bytes`, from the headers alone."""
     shards: list[list[Entry]] = [[]]
     size = 0
-    for f in files:
-        with safe_open(str(f), framework="pt") as fh:
+    for path in files:
+        with safe_open(str(path), framework="pt") as fh:
             for name in fh.keys():
                 sl = fh.get_slice(name)
                 stored = sl.get_dtype()
                 dtype = SAFETENSORS_DTYPES[out_dtype] if out_dtype and stored in ("F32", "BF16", "F16") else stored
-                entry = Entry(f, name, list(sl.get_shape()), dtype)
+                entry = Entry(path, name, list(sl.get_shape()), dtype)
                 if shards[-1] and size + entry.nbytes > max_shard_bytes:
                     shards.append([])
                     size = 0
@@ -114,18 +114,20 @@ def write_shard(path: Path, entries: list[Entry], tensor_of) -> None:
     the plan, so only the tensor being written is in memory. (safetensors' save_file needs them all at once.)"""
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for e in entries:
-        header[e.name] = {"dtype": e.dtype, "shape": e.shape, "data_offsets": [offset, offset + e.nbytes]}
-        offset += e.nbytes
+    for entry in entries:
+        header[entry.name] = {"dtype": entry.dtype, "shape": entry.shape,
+                              "data_offsets": [offset, offset + entry.nbytes]}
+        offset += entry.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the format aligns the data to 8 bytes
     with path.open("wb") as fh:
         fh.write(struct.pack("<Q", len(blob)) + blob)
-        for e in entries:
-            t = tensor_of(e)
-            if list(t.shape) != e.shape or SAFETENSORS_DTYPES.get(t.dtype, e.dtype) != e.dtype:
-                raise MergeError(f"{e.name}: computed {tuple(t.shape)} {t.dtype}, planned {e.shape} {e.dtype}")
-            fh.write(memoryview(t.contiguous().view(torch.uint8).numpy()))
+        for entry in entries:
+            tensor = tensor_of(entry)
+            if list(tensor.shape) != entry.shape or SAFETENSORS_DTYPES.get(tensor.dtype, entry.dtype) != entry.dtype:
+                raise MergeError(f"{entry.name}: computed {tuple(tensor.shape)} {tensor.dtype}, "
+                                 f"planned {entry.shape} {entry.dtype}")
+            fh.write(memoryview(tensor.contiguous().view(torch.uint8).numpy()))
 
 
 def merge(base_dir: Path, adapter: Lora, out_dir: Path, quant: Quant | None = None,
@@ -142,22 +144,22 @@ def merge(base_dir: Path, adapter: Lora, out_dir: Path, quant: Quant | None = No
     pending = set(adapter.pairs) | set(adapter.replaced)
     counts = {"merged": 0, "dequantized": 0, "replaced": 0}
 
-    def tensor_of(e: Entry) -> torch.Tensor:
-        with safe_open(str(e.src), framework="pt") as fh:  # reopened per tensor: its mapped pages are let go
-            t = fh.get_tensor(e.name)
-        dtype = out_dtype if out_dtype and t.is_floating_point() else t.dtype
-        if e.name in adapter.replaced:  # trained in full (embeddings, norms): the adapter's tensor as it is
-            pending.discard(e.name)
+    def tensor_of(entry: Entry) -> torch.Tensor:
+        with safe_open(str(entry.src), framework="pt") as fh:  # reopened per tensor: its mapped pages are let go
+            tensor = fh.get_tensor(entry.name)
+        dtype = out_dtype if out_dtype and tensor.is_floating_point() else tensor.dtype
+        if entry.name in adapter.replaced:  # trained in full (embeddings, norms): the adapter's tensor as it is
+            pending.discard(entry.name)
             counts["replaced"] += 1
-            return adapter.replaced[e.name].to(dtype)
-        if quant is not None and QUANTIZED_RE.search(e.name):
-            t = quantize_roundtrip(t, quant).float()
+            return adapter.replaced[entry.name].to(dtype)
+        if quant is not None and QUANTIZED_RE.search(entry.name):
+            tensor = quantize_roundtrip(tensor, quant).float()
             counts["dequantized"] += 1
-        if e.name in adapter.pairs:
-            t = adapter.add_to(e.name, t.to(torch.float32, copy=True))
-            pending.discard(e.name)
+        if entry.name in adapter.pairs:
+            tensor = adapter.add_to(entry.name, tensor.to(torch.float32, copy=True))
+            pending.discard(entry.name)
             counts["merged"] += 1
-        return t.to(dtype)
+        return tensor.to(dtype)
 
     weight_map = {}
     for i, entries in enumerate(shards, 1):
