@@ -167,7 +167,8 @@ def report(a) -> None:
           f"<= {a.shard_mb} MB; LoRA r=16 on all 7 projections of {a.layers} layers\n"
           f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}\n")
     print("| merge | peak RSS (MB) | RSS after imports (MB) | time (s) |\n| --- | --- | --- | --- |")
-    for m, label in (("stream", "finetune.ship.merge (streaming)"), ("peft", "peft merge_and_unload + save_pretrained")):
+    arms = (("stream", "finetune.ship.merge (streaming)"), ("peft", "peft merge_and_unload + save_pretrained"))
+    for m, label in arms:
         r = res[m]
         print(f"| {label} | {r['peak_mb']:.0f} | {r['after_import_mb']:.0f} | {r['seconds']:.1f} |")
     print(f"\npeak RSS ratio streaming / peft: {ratio:.3f} (target <= 0.25)\n"

@@ -83,7 +83,8 @@ def main(argv=None) -> list[dict]:
              f"({platform.machine()}, {os.cpu_count()} cores)", "",
              f"`python bench/packing_efficiency.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
              "| max_length | conversations (dropped) | real tokens | packs | packing efficiency | "
-             "pad to longest | pad to max | packed ÷ pad-to-max tokens | tokenize (conv/s, tokens/s) | pack (tokens/s) |",
+             "pad to longest | pad to max | packed ÷ pad-to-max tokens | tokenize (conv/s, tokens/s) | "
+             "pack (tokens/s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['max_length']} | {r['conversations']} ({r['dropped']}) | {r['real']:,} | {r['packs']} | "

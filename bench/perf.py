@@ -107,11 +107,14 @@ def table(run: dict, results: list[ArmResult], gates: dict[str, str]) -> str:
              "| arm | tokens/s | × first | peak alloc GiB | peak reserved GiB | MFU | tokens/step | gate |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        gib = (lambda v: "n/a" if v is None else f"{v:.2f}")
         lines.append(f"| {r.arm} | {r.tokens_per_s:,.0f} | {r.tokens_per_s / base.tokens_per_s:.2f} | "
-                     f"{gib(r.peak_alloc_gib)} | {gib(r.peak_reserved_gib)} | {r.mfu:.1%} | "
+                     f"{gib_cell(r.peak_alloc_gib)} | {gib_cell(r.peak_reserved_gib)} | {r.mfu:.1%} | "
                      f"{r.tokens_per_step:,.0f} | {gates.get(r.arm, '')} |")
     return "\n".join(lines + footer(results, run, "recipe")) + "\n"
+
+
+def gib_cell(gib: float | None) -> str:
+    return "n/a" if gib is None else f"{gib:.2f}"
 
 
 def footer(results: list[ArmResult], run: dict, recipe: str) -> list[str]:

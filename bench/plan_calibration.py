@@ -1,6 +1,6 @@
 """The planner's estimate against every recorded peak: GPU rows from issue 8's measurements, CPU rows measured here.
 
-    .venv/bin/python bench/plan_calibration.py        # 2-10 min on 2 shared CPU cores; prints plan_calibration.md's tables
+    .venv/bin/python bench/plan_calibration.py   # 2-10 min on 2 shared CPU cores; prints plan_calibration.md's tables
 
 CPU rows: a small Llama-2-shaped model (float32, the real 32000 vocabulary), peft LoRA r=16 on every linear layer,
 AdamW, one warm-up step, then the peak bytes of live tensor storage during a second step (every operator's outputs
@@ -37,15 +37,18 @@ GPU_ROWS = [
     ("7B", "H200", "QLoRA, checkpointing", L7, dict(quant="nf4"), 8.27, 5806),
     ("7B", "H200", "LoRA bf16, checkpointing", L7, dict(quant="none"), 18.58, 6811),
     ("7B", "H200", "QLoRA, no checkpointing", L7, dict(quant="nf4", checkpointing=False), 47.24, 8156),
-    ("7B", "H200", "QLoRA, no checkpointing, Liger", L7, dict(quant="nf4", checkpointing=False, liger=True), 40.80, 9455),
+    ("7B", "H200", "QLoRA, no checkpointing, Liger", L7, dict(quant="nf4", checkpointing=False, liger=True),
+     40.80, 9455),
     ("7B", "H200", "QLoRA, checkpointing, Liger", L7, dict(quant="nf4", liger=True), 7.97, 6396),
-    ("7B", "H200", "LoRA bf16, no checkpointing, Liger", L7, dict(quant="none", checkpointing=False, liger=True), 37.90, 11866),
+    ("7B", "H200", "LoRA bf16, no checkpointing, Liger", L7, dict(quant="none", checkpointing=False, liger=True),
+     37.90, 11866),
 ]
 CPU_ARCH = dict(hidden=256, ffn=688, layers=4, heads=4, kv_heads=4)
 
 
 def gpu_table() -> list[str]:
-    rows = ["| model | card | setting | measured GiB | estimate GiB | error | measured tok/s | estimate tok/s | error |",
+    rows = ["| model | card | setting | measured GiB | estimate GiB | error | measured tok/s | estimate tok/s "
+            "| error |",
             "|---|---|---|---|---|---|---|---|---|"]
     for model, card, label, arch, kw, gib, tps in GPU_ROWS:
         s = Setup(**arch, **{**BENCH, **kw, **({"loss_head": "liger"} if kw.get("liger") else {})})

@@ -3,7 +3,7 @@ tests/unit/test_bad_inputs.py (config values, Hydra's own errors, bad data files
 given to DPO, an output_dir that is a file), each as `python finetune/train.py ...` from a cold start.
 
     python bench/time_to_error.py                           # this tree
-    python bench/time_to_error.py --old-rev 048bc46         # and the tree at that commit (git archive), for a before/after
+    python bench/time_to_error.py --old-rev 048bc46   # and the tree at that commit (git archive), for a before/after
     python bench/time_to_error.py --only hydra,data --no-record   # some groups, printed only
     python bench/time_to_error.py --old-rev 048bc46 --per-group 3  # the first 3 cases of each group
 
@@ -68,12 +68,14 @@ def measure(tree: Path, overrides: list[str], work: Path) -> dict:
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip() and not ln.startswith("import time:")]
     at = next((i for i, ln in enumerate(lines) if ln.startswith("error:")), len(lines) - 1)
     first = " ".join(lines[at:at + 2]) if lines and lines[at].endswith(":") else (lines[at] if lines else "")
-    return {"wall_s": round(wall, 2), "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2),
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
             "rc": proc.returncode, "torch": "torch" in imported, "error": first[:160]}
 
 
 def table(label: str, rows: list[dict]) -> str:
-    lines = [f"| {label}: group | case | wall s | CPU s | exit | torch imported | first line |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| {label}: group | case | wall s | CPU s | exit | torch imported | first line |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['group']} | `{r['case']}` | {r['wall_s']} | {r['cpu_s']} | {r['rc']} | "
                      f"{'yes' if r['torch'] else 'no'} | {r['error'].replace('|', '/')} |")
@@ -82,7 +84,8 @@ def table(label: str, rows: list[dict]) -> str:
 
 def summary(label: str, rows: list[dict]) -> str:
     wall, cpu = [r["wall_s"] for r in rows], [r["cpu_s"] for r in rows]
-    return (f"{label}: {len(rows)} cases, wall median {statistics.median(wall):.2f} s (max {max(wall):.2f}), CPU median "
+    return (f"{label}: {len(rows)} cases, wall median {statistics.median(wall):.2f} s (max {max(wall):.2f}), "
+            f"CPU median "
             f"{statistics.median(cpu):.2f} s (max {max(cpu):.2f}); exit 2 in {sum(r['rc'] == 2 for r in rows)}; torch "
             f"imported before the error in {sum(r['torch'] for r in rows)}")
 
@@ -112,7 +115,8 @@ def main() -> None:
         trees.append((f"after ({rev.stdout.strip() or 'this tree'})", ROOT))
         report = [f"## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
                   f"`python bench/time_to_error.py {' '.join(sys.argv[1:])}` on {platform.node()} "
-                  f"({os.cpu_count()} CPUs, load average before {os.getloadavg()[0]:.2f}), python {platform.python_version()}", ""]
+                  f"({os.cpu_count()} CPUs, load average before {os.getloadavg()[0]:.2f}), "
+                  f"python {platform.python_version()}", ""]
         for label, tree in trees:
             rows = []
             for group, name, overrides in corpus:

@@ -39,10 +39,12 @@ from finetune import config  # noqa: E402
 from finetune.data import load as data  # noqa: E402
 from finetune.data.load import Prepared  # noqa: E402
 from finetune.data.stats import Stats  # noqa: E402
-from finetune.model import base as model_base, checkpointing, fused_layers, lora, padding_free  # noqa: E402
+from finetune.model import base as model_base  # noqa: E402
+from finetune.model import checkpointing, fused_layers, lora, padding_free  # noqa: E402
 from finetune.model import tokenizer as model  # noqa: E402
 from finetune.planning import report as plan_report  # noqa: E402
-from finetune.training import args as train_args, sft  # noqa: E402
+from finetune.training import args as train_args  # noqa: E402
+from finetune.training import sft  # noqa: E402
 
 RECIPES = {("tiny", "nf4"): "tiny_qlora", ("tiny", "none"): "tiny_lora", ("7b", "nf4"): "qlora_7b",
            ("7b", "none"): "lora_7b", ("13b", "nf4"): "qlora_13b", ("13b", "none"): "lora_13b",

@@ -74,7 +74,7 @@ def run(a, quant: str, model_dir: str, rows, lora: dict, flops_per_token: float)
 
 
 def main(spec_path: str, out_path: str) -> None:
-    import unsloth  # noqa: F401  first: it patches transformers, peft and TRL as it loads
+    import unsloth  # noqa: F401, I001  first, before what it patches: transformers, peft and TRL
     from unsloth import FastLanguageModel
 
     import dataclasses

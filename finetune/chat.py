@@ -11,7 +11,6 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 if __package__ in (None, ""):  # run as a script: import the package, never sibling files as top-level modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
@@ -39,10 +38,10 @@ class GenerateConfig:
 class ChatConfig:
     run: str = MISSING
     merged: bool = False
-    quant: Optional[QuantConfig] = None  # the `quant=` group; None: as trained
-    system: Optional[str] = None
-    prompts: Optional[str] = None
-    out: Optional[str] = None
+    quant: QuantConfig | None = None  # the `quant=` group; None: as trained
+    system: str | None = None
+    prompts: str | None = None
+    out: str | None = None
     batch_size: int = 8
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
@@ -84,7 +83,7 @@ def batch(model, tokenizer, prompts, gen, batch_size: int, out: Path) -> None:
     console.info(f"answers: {out}")
 
 
-def dialog_ids(sp, system: Optional[str], history: list[dict], budget: int) -> tuple[list[int], list[dict]]:
+def dialog_ids(sp, system: str | None, history: list[dict], budget: int) -> tuple[list[int], list[dict]]:
     """Prompt ids of the system prompt + history (ending with a user turn), and the history kept: the oldest
     exchanges go first while the prompt is longer than `budget` tokens."""
     from finetune.data import chat_format
@@ -96,7 +95,7 @@ def dialog_ids(sp, system: Optional[str], history: list[dict], budget: int) -> t
         history = history[2:]
 
 
-def interactive(model, tokenizer, gen, system: Optional[str]) -> None:
+def interactive(model, tokenizer, gen, system: str | None) -> None:
     """A multi-turn chat on stdin/stdout; the answer streams as it is generated and ends at EOS."""
     from transformers import TextStreamer
 

@@ -15,7 +15,6 @@ import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 if __package__ in (None, ""):  # run as a script: import the package, never sibling files as top-level modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
@@ -36,14 +35,14 @@ SPLITS = ("eval", "train", "all")
 
 @dataclass
 class EvaluateConfig:
-    run: Optional[str] = None
-    model: Optional[ModelConfig] = None
-    data: Optional[DataConfig] = None
+    run: str | None = None
+    model: ModelConfig | None = None
+    data: DataConfig | None = None
     split: str = "eval"
     base: bool = True
-    quant: Optional[QuantConfig] = None  # the `quant=` group; None: as the run trained, none for a bare model
+    quant: QuantConfig | None = None  # the `quant=` group; None: as the run trained, none for a bare model
     batch_size: int = 4
-    out: Optional[str] = None
+    out: str | None = None
     benchmarks: BenchmarksConfig = field(default_factory=BenchmarksConfig)  # tasks: lm_eval benchmarks instead of loss
     long_context: LongContextConfig = field(default_factory=LongContextConfig)  # length=N: ship/long_context.py
 
@@ -191,26 +190,26 @@ def benchmark(ecfg: EvaluateConfig) -> None:
     from finetune.runs.rundir import run_config, run_problems
     from finetune.ship import loading
 
-    b = ecfg.benchmarks
+    bench = ecfg.benchmarks
     if not ecfg.run:
         raise ConfigError(["benchmarks: give run=outputs/<run> (the base it started from is scored beside it)"])
     run = Path(ecfg.run).expanduser().resolve()
-    if b.merged and (problems := run_problems(run, merged=True)):
+    if bench.merged and (problems := run_problems(run, merged=True)):
         raise ConfigError(problems)
     train_cfg = run_config(run)
-    backends.check(b, run)  # backend=vllm: installed or one line saying it is not
-    tasks.build(b.tasks, b.include)  # unknown names, missing data, offline stock tasks: one error, no weights yet
-    chat = b.chat_template if b.chat_template is not None else train_cfg.data.adapter != "text"
+    backends.check(bench, run)  # backend=vllm: installed or one line saying it is not
+    tasks.build(bench.tasks, bench.include)  # unknown names, missing data, offline stock tasks: one error, no weights
+    chat = bench.chat_template if bench.chat_template is not None else train_cfg.data.adapter != "text"
     tokenizer = loading.load_tokenizer(run, train_cfg)
     scores = benchmark_scores(ecfg, train_cfg, run, tokenizer, chat)
     mode = loading.quant_config(ecfg.quant, train_cfg, merged=False).mode
-    labels = (f"{train_cfg.model.name} ({mode})", f"{run.name} ({'merged/' if b.merged else 'adapter, ' + mode})")
+    labels = (f"{train_cfg.model.name} ({mode})", f"{run.name} ({'merged/' if bench.merged else 'adapter, ' + mode})")
     rows = report.rows(scores["base"], scores["tuned"])
     matched = scores["tuned"]["chat_ids_match"]
     note = (None if not chat else "prompts in the Llama 2 chat format (lm_eval's chat-template path gives the ids "
             "training used)" if matched in (True, None) else "prompts in the Llama 2 chat format, but lm_eval's "
             "chat-template path does NOT give the ids training used (compare chat_format.encode_prompt)")
-    out = report.write(run, {"run": str(run), "tasks": b.tasks, "limit": b.limit, "chat_template": chat,
+    out = report.write(run, {"run": str(run), "tasks": bench.tasks, "limit": bench.limit, "chat_template": chat,
                              "chat_ids_match": matched, "chat_note": note, "lm_eval": lm_eval.__version__,
                              "models": dict(zip(("base", "tuned"), labels)), "rows": rows,
                              "datasets": scores["tuned"]["datasets"], "scores": scores})
@@ -224,20 +223,20 @@ def benchmark_scores(ecfg: EvaluateConfig, train_cfg: TrainConfig, run: Path, to
     from finetune.benchmarks import backends, runner
     from finetune.ship import loading
 
-    b = ecfg.benchmarks
-    if b.backend == "vllm":
+    bench = ecfg.benchmarks
+    if bench.backend == "vllm":
         lms = {"base": lambda: backends.vllm_lm(train_cfg, run, False, False, ecfg.batch_size),
-               "tuned": lambda: backends.vllm_lm(train_cfg, run, not b.merged, b.merged, ecfg.batch_size)}
-        return {k: runner.evaluate_lm(lm(), tokenizer, b, chat) if k == "tuned" or ecfg.base else None
+               "tuned": lambda: backends.vllm_lm(train_cfg, run, not bench.merged, bench.merged, ecfg.batch_size)}
+        return {k: runner.evaluate_lm(lm(), tokenizer, bench, chat) if k == "tuned" or ecfg.base else None
                 for k, lm in lms.items()}
     base = loading.load_base(run, train_cfg, tokenizer, ecfg.quant)
-    scores = {"base": runner.evaluate(base, tokenizer, b, chat, ecfg.batch_size) if ecfg.base else None}
-    if b.merged:
+    scores = {"base": runner.evaluate(base, tokenizer, bench, chat, ecfg.batch_size) if ecfg.base else None}
+    if bench.merged:
         del base
         tuned = loading.load_base(run, train_cfg, tokenizer, None, merged=True)
     else:
         tuned = loading.add_adapter(base, run)
-    scores["tuned"] = runner.evaluate(tuned, tokenizer, b, chat, ecfg.batch_size)
+    scores["tuned"] = runner.evaluate(tuned, tokenizer, bench, chat, ecfg.batch_size)
     return scores
 
 

@@ -15,7 +15,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: import the package, never sibling files as top-level modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
@@ -33,13 +33,13 @@ class VerifyConfig:
     prompts: int = 4
     max_prompt_tokens: int = 256
     max_new_tokens: int = 16
-    tolerance: Optional[float] = None
+    tolerance: float | None = None
 
 
 @dataclass
 class GGUFConfig:
     type: Any = "q8_0"  # one type or a list: [f16,q8_0,q4_k_m]
-    tolerance: Optional[float] = None  # null: per type (finetune/ship/llamacpp.py)
+    tolerance: float | None = None  # null: per type (finetune/ship/llamacpp.py)
     sequences: int = 8  # held-out conversations for the perplexity of types below 8 bits
     max_tokens: int = 256
 
@@ -50,7 +50,7 @@ class ExportConfig:
     format: str = "safetensors"  # safetensors | gguf (implies merged/: reused if newer than the adapter)
     merge: bool = False
     merge_base: str = "auto"
-    dtype: Optional[str] = None
+    dtype: str | None = None
     max_shard_size: str = "2GB"
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     gguf: GGUFConfig = field(default_factory=GGUFConfig)
@@ -113,11 +113,12 @@ def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path, serve: str = ""):
     """Write <run>/merged.partial, verify it, rename it to <run>/merged; (folder, [checked drift, reported ...])."""
     import torch
 
-    from finetune.model import base as model, rope
-    from finetune.ship.loading import load_tokenizer
+    from finetune.model import base as model
+    from finetune.model import rope
     from finetune.runs import card as modelcard
     from finetune.runs import rundir
     from finetune.ship import merge, verify
+    from finetune.ship.loading import load_tokenizer
 
     adapter_dir = run / "adapter"
     adapter_sha = rundir.adapter_hash(run)  # before reading it: merged/ records the adapter it came from
@@ -160,7 +161,8 @@ def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path, serve: str = ""):
                          f"{drifts[0].summary()}. Nothing was written to {final}. If this drift is acceptable for "
                          f"{stored} weights, pass verify.tolerance={drifts[0].relative * 2:.0e}")
     (partial / "verification.json").write_text(json.dumps(
-        {"adapter_sha256": adapter_sha, "merge_base": merge_base, "dtype": str(stored).removeprefix("torch."), "prompt_source": source,
+        {"adapter_sha256": adapter_sha, "merge_base": merge_base, "dtype": str(stored).removeprefix("torch."),
+         "prompt_source": source,
          "checks": [dataclasses.asdict(d) for d in drifts]}, indent=2))
     modelcard.write(partial, run, "merged", merge_section(merge_base, stored, stats, source, drifts) + serve)
     shutil.rmtree(final, ignore_errors=True)

@@ -46,12 +46,12 @@ def main(dict_cfg: DictConfig) -> None:
     from finetune.runtime.dist import launched_sharding
 
     cfg = plan_report.load(dict_cfg)  # what the arithmetic needs; no model, data or bitsandbytes required
-    p, cuda = cfg.plan, torch.cuda.is_available()
-    gpus = p.gpus or (torch.cuda.device_count() if cuda else 1)
-    sharding = p.sharding or launched_sharding() or "ddp"
+    plan, cuda = cfg.plan, torch.cuda.is_available()
+    gpus = plan.gpus or (torch.cuda.device_count() if cuda else 1)
+    sharding = plan.sharding or launched_sharding() or "ddp"
     layers = plan_report.budget_plan(cfg)  # trainer.memory_budget: the per-layer checkpointing plan within it
     setup = layers.setup if layers else plan_report.setup(cfg, gpus, sharding)
-    fits, text = plan_report.report(cfg, setup, plan_report.card(p, cuda), p.utilization)
+    fits, text = plan_report.report(cfg, setup, plan_report.card(plan, cuda), plan.utilization)
     print(text + (f"\n{layers.line()}" if layers else ""))
     sys.exit(0 if fits else 1)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 if __package__ in (None, ""):  # run as a script: import the package, never sibling files as top-level modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
@@ -27,8 +26,8 @@ class PublishConfig:
     repo_id: str = MISSING
     what: str = "adapter"
     private: bool = False
-    revision: Optional[str] = None
-    commit_message: Optional[str] = None
+    revision: str | None = None
+    commit_message: str | None = None
     dry_run: bool = False
 
 

@@ -117,16 +117,16 @@ def train(dict_cfg: DictConfig, run: dict) -> None:
 
 def start_report(trainer, cfg, stats, run_dir, resume) -> str:
     """Effective batch, data counts and where the run goes, once."""
-    a = trainer.args
-    world = a.world_size
-    effective = a.per_device_train_batch_size * a.gradient_accumulation_steps * world
+    args = trainer.args
+    world = args.world_size
+    effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     return (f"run: {run_dir}\n"
             f"model: {cfg.model.name} ({cfg.model.path}), quant={cfg.quant.mode}, LoRA r={cfg.lora.r}, "
             f"{trainable:,} trainable parameters\n"
             f"data: {cfg.data.name}: {stats.summary()}\n"
-            f"effective batch: {effective} = {a.per_device_train_batch_size} micro x "
-            f"{a.gradient_accumulation_steps} accumulation x {world} processes"
+            f"effective batch: {effective} = {args.per_device_train_batch_size} micro x "
+            f"{args.gradient_accumulation_steps} accumulation x {world} processes"
             + (f"\nresuming from {resume}" if resume else ""))
 
 

@@ -4,15 +4,13 @@ callback) and logs eval_benchmark/<task>/<metric> to its metrics.jsonl, which th
 gets the same value as eval/benchmark/<task>/<metric>."""
 from __future__ import annotations
 
-from typing import Optional
-
 from finetune.benchmarks import tasks
 from finetune.config import ConfigError
 
 PREFIXES = ("benchmark/", "eval/benchmark/")
 
 
-def parse(metric: str) -> Optional[tuple[str, str]]:
+def parse(metric: str) -> tuple[str, str] | None:
     """(task, metric) of a benchmark metric name; None for any other metric."""
     for prefix in PREFIXES:
         if metric.startswith(prefix):
@@ -28,7 +26,7 @@ def metric_names(task) -> list[str]:
     return [m if f == "none" else f"{m},{f}" for m in metrics for f in filters]
 
 
-def prepare(sweep) -> Optional[str]:
+def prepare(sweep) -> str | None:
     """For a benchmark metric: check the task and metric exist, make every trial score the task at its end, and
     name the metric as the trials log it. Returns a line saying so (None for other metrics)."""
     found = parse(sweep.metric)

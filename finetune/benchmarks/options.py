@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 BACKENDS = ("hf", "vllm")
 
@@ -10,12 +9,12 @@ BACKENDS = ("hf", "vllm")
 @dataclass
 class BenchmarksConfig:
     tasks: list[str] = field(default_factory=list)  # lm_eval task names: shipped (data/benchmarks), include=, stock
-    include: Optional[str] = None  # a folder of your own lm_eval task YAMLs (searched before the shipped ones)
-    limit: Optional[int] = None  # items per task (the first N); null: all of them
-    num_fewshot: Optional[int] = None  # null: each task's own setting (the shipped ones are zero-shot)
-    chat_template: Optional[bool] = None  # prompts in the Llama 2 chat format; null: as the run trained (chat data)
+    include: str | None = None  # a folder of your own lm_eval task YAMLs (searched before the shipped ones)
+    limit: int | None = None  # items per task (the first N); null: all of them
+    num_fewshot: int | None = None  # null: each task's own setting (the shipped ones are zero-shot)
+    chat_template: bool | None = None  # prompts in the Llama 2 chat format; null: as the run trained (chat data)
     backend: str = "hf"  # hf: transformers in this process; vllm: lm_eval's vLLM backend with the LoRA adapter
-    max_gen_toks: Optional[int] = None  # generated tokens per answer for generative tasks; null: the task's own
+    max_gen_toks: int | None = None  # generated tokens per answer for generative tasks; null: the task's own
     merged: bool = False  # score <run>/merged (export.py merge=true) as the tuned model instead of base + adapter
 
 

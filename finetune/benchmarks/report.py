@@ -8,16 +8,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Optional
 
 RESULTS = "benchmarks.json"
 
 
-def number(v) -> Optional[float]:
+def number(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def metrics(task_results: dict) -> dict[str, tuple[Optional[float], Optional[float]]]:
+def metrics(task_results: dict) -> dict[str, tuple[float | None, float | None]]:
     """{metric name: (value, stderr)} from one task's lm_eval results (`acc,none`, `acc_stderr,none`, ...)."""
     out = {}
     for key, value in task_results.items():
@@ -29,7 +28,7 @@ def metrics(task_results: dict) -> dict[str, tuple[Optional[float], Optional[flo
     return out
 
 
-def rows(base: Optional[dict], tuned: dict) -> list[dict]:
+def rows(base: dict | None, tuned: dict) -> list[dict]:
     """One row per (task, metric): base, tuned, delta (tuned - base), the tuned score's stderr, items scored.
     `base`/`tuned` are runner.evaluate outputs; without a base, base and delta are None."""
     out = []
@@ -44,7 +43,7 @@ def rows(base: Optional[dict], tuned: dict) -> list[dict]:
     return out
 
 
-def fmt(v: Optional[float], sign: bool = False) -> str:
+def fmt(v: float | None, sign: bool = False) -> str:
     return "-" if v is None else (f"{v:+.4f}" if sign else f"{v:.4f}")
 
 
@@ -63,7 +62,7 @@ def write(run_dir: Path, payload: dict) -> Path:
     return out
 
 
-def read(run_dir: Path) -> Optional[dict]:
+def read(run_dir: Path) -> dict | None:
     path = Path(run_dir) / RESULTS
     return json.loads(path.read_text()) if path.is_file() else None
 

@@ -7,14 +7,12 @@ ids, the ids training used.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 from finetune.benchmarks import tasks as task_lib
 from finetune.benchmarks.options import BenchmarksConfig
 from finetune.data import chat_format
 
 
-def hflm(model, tokenizer, batch_size: int, max_length: Optional[int] = None):
+def hflm(model, tokenizer, batch_size: int, max_length: int | None = None):
     """lm_eval's HFLM around an in-memory model (PeftModel or PreTrainedModel) and our Hugging Face tokenizer."""
     from lm_eval.models.huggingface import HFLM
 
@@ -28,7 +26,7 @@ def chat_ids_match(lm, sp, text: str) -> bool:
     return lm.tok_encode(lm.apply_chat_template(messages)) == chat_format.encode_prompt(sp, messages)
 
 
-def first_prompt(built: task_lib.Built) -> Optional[str]:
+def first_prompt(built: task_lib.Built) -> str | None:
     """The first document's prompt text of the first task (what the chat check uses)."""
     for task in built.tasks:
         docs = task.eval_docs
@@ -47,7 +45,7 @@ def dataset_of(cfg: dict) -> dict:
 
 
 def evaluate(model, tokenizer, bcfg: BenchmarksConfig, chat: bool, batch_size: int,
-             max_length: Optional[int] = None) -> dict:
+             max_length: int | None = None) -> dict:
     """lm_eval's results for `bcfg.tasks` on an in-memory `model` (see evaluate_lm)."""
     return evaluate_lm(hflm(model, tokenizer, batch_size, max_length), tokenizer, bcfg, chat)
 

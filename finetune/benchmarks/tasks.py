@@ -13,7 +13,6 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from finetune.config.errors import UserError
 from finetune.config.paths import ROOT
@@ -43,7 +42,7 @@ def require_lm_eval() -> None:
     #                                                       object, which is how we use it) would bury our table
 
 
-def folders(include: Optional[str]) -> list[Path]:
+def folders(include: str | None) -> list[Path]:
     """The task folders of ours to search, the user's first."""
     out = []
     if include:
@@ -55,14 +54,14 @@ def folders(include: Optional[str]) -> list[Path]:
     return out + [SHIPPED]
 
 
-def local_manager(include: Optional[str]):
+def local_manager(include: str | None):
     """A TaskManager over our folders only: indexing them takes milliseconds (lm_eval's own ~12,000 YAMLs, seconds)."""
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=[str(p) for p in folders(include)], include_defaults=False)
 
 
-def check(names: list[str], include: Optional[str]) -> list[str]:
+def check(names: list[str], include: str | None) -> list[str]:
     """Every name is a task we can build: an error listing the available ones otherwise. Returns the names that
     are lm_eval stock tasks (not shipped, not in include=)."""
     require_lm_eval()
@@ -99,7 +98,7 @@ def in_stock_yaml(names: list[str]) -> dict[str, Path]:
     return found
 
 
-def build(names: list[str], include: Optional[str]) -> Built:
+def build(names: list[str], include: str | None) -> Built:
     """The lm_eval Task objects for `names`, their data read now (a bad data file fails here, before weights)."""
     stock = check(names, include)
     own = local_manager(include)

@@ -8,11 +8,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import types
 import typing
 
 from omegaconf import DictConfig
-from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException,
-                              ValidationError)
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
 
@@ -72,9 +78,9 @@ def unknown_key(full_key: str, cause: OmegaConfBaseException) -> str:
 
 
 def expected(tp) -> str:
-    """Words for a schema type: int -> 'an integer', Optional[float] -> 'a number or null'."""
+    """Words for a schema type: int -> 'an integer', float | None -> 'a number or null'."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) is typing.Union and len(args) == 1:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
         return f"{expected(args[0])} or null"
     if typing.get_origin(tp) is list:
         return "a list like [a,b]"

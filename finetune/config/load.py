@@ -46,61 +46,62 @@ def check(cfg: DictConfig) -> list[str]:
     problems += unknown_keys(cfg) + choice_problems(cfg) + trainer_problems(cfg.trainer) + lora_problems(cfg.lora)
     if not any(k.startswith("model.arch") for k in missing):
         problems += arch_problems(cfg.model.arch) + rope.problems(cfg.model, cfg.data.max_length)
-    e, pl = cfg.eval, cfg.plan
-    if e.every is not None and e.every < 1:
-        problems.append(f"eval.every={e.every}: must be >= 1 (optimizer steps between evaluations), "
+    evaluation, plan = cfg.eval, cfg.plan
+    if evaluation.every is not None and evaluation.every < 1:
+        problems.append(f"eval.every={evaluation.every}: must be >= 1 (optimizer steps between evaluations), "
                         "or null to follow trainer.save_steps")
-    if e.samples < 0 or e.max_new_tokens < 1:
+    if evaluation.samples < 0 or evaluation.max_new_tokens < 1:
         problems.append("eval.samples must be >= 0 (0: no samples) and eval.max_new_tokens >= 1")
-    if pl.gpus is not None and pl.gpus < 1:
-        problems.append(f"plan.gpus={pl.gpus}: must be >= 1 (or null: the GPUs present)")
-    if not 0 < pl.utilization <= 1:
-        problems.append(f"plan.utilization={pl.utilization}: must be in (0, 1]")
+    if plan.gpus is not None and plan.gpus < 1:
+        problems.append(f"plan.gpus={plan.gpus}: must be >= 1 (or null: the GPUs present)")
+    if not 0 < plan.utilization <= 1:
+        problems.append(f"plan.utilization={plan.utilization}: must be in (0, 1]")
     return problems
 
 
-def trainer_problems(t) -> list[str]:
+def trainer_problems(trainer) -> list[str]:
     problems = []
-    if not t.learning_rate > 0:
-        problems.append(f"trainer.learning_rate={t.learning_rate}: must be > 0 (2e-4 is the QLoRA paper's)")
-    if not 0 <= t.warmup_ratio < 1:
-        problems.append(f"trainer.warmup_ratio={t.warmup_ratio}: a fraction of the steps, in [0, 1) (0.03 is usual)")
-    if t.weight_decay < 0 or t.max_grad_norm < 0:
+    if not trainer.learning_rate > 0:
+        problems.append(f"trainer.learning_rate={trainer.learning_rate}: must be > 0 (2e-4 is the QLoRA paper's)")
+    if not 0 <= trainer.warmup_ratio < 1:
+        problems.append(f"trainer.warmup_ratio={trainer.warmup_ratio}: a fraction of the steps, in [0, 1) "
+                        "(0.03 is usual)")
+    if trainer.weight_decay < 0 or trainer.max_grad_norm < 0:
         problems.append("trainer.weight_decay and trainer.max_grad_norm must be >= 0 (0: off)")
-    if t.micro_batch_size < 1 or t.grad_accum < 1:
+    if trainer.micro_batch_size < 1 or trainer.grad_accum < 1:
         problems.append("trainer.micro_batch_size and trainer.grad_accum must be >= 1")
-    if t.max_steps <= 0 and t.num_epochs <= 0:
+    if trainer.max_steps <= 0 and trainer.num_epochs <= 0:
         problems.append("set trainer.max_steps > 0 or trainer.num_epochs > 0")
     for key in ("save_steps", "logging_steps"):
-        if getattr(t, key) < 1:
-            problems.append(f"trainer.{key}={getattr(t, key)}: must be >= 1 (optimizer steps)")
+        if getattr(trainer, key) < 1:
+            problems.append(f"trainer.{key}={getattr(trainer, key)}: must be >= 1 (optimizer steps)")
     return problems
 
 
-def lora_problems(lo) -> list[str]:
+def lora_problems(lora) -> list[str]:
     problems = []
-    if lo.r <= 0:
-        problems.append(f"lora.r={lo.r}: must be a positive integer (8, 16, 64 ...)")
-    if lo.alpha <= 0:
-        problems.append(f"lora.alpha={lo.alpha}: must be > 0 (the LoRA update is scaled by alpha / r)")
-    if not 0 <= lo.dropout < 1:
-        problems.append(f"lora.dropout={lo.dropout}: a probability in [0, 1) (0.05 or 0.1 is usual)")
-    unknown = sorted(set(lo.target_modules) - set(LLAMA_LINEARS))
+    if lora.r <= 0:
+        problems.append(f"lora.r={lora.r}: must be a positive integer (8, 16, 64 ...)")
+    if lora.alpha <= 0:
+        problems.append(f"lora.alpha={lora.alpha}: must be > 0 (the LoRA update is scaled by alpha / r)")
+    if not 0 <= lora.dropout < 1:
+        problems.append(f"lora.dropout={lora.dropout}: a probability in [0, 1) (0.05 or 0.1 is usual)")
+    unknown = sorted(set(lora.target_modules) - set(LLAMA_LINEARS))
     if unknown:
         problems.append(f"lora.target_modules: {unknown} are not Llama linear layers; use some of {LLAMA_LINEARS}")
-    elif not lo.target_modules:
+    elif not lora.target_modules:
         problems.append(f"lora.target_modules is empty: LoRA would train nothing; use some of {LLAMA_LINEARS}")
     return problems
 
 
-def arch_problems(a) -> list[str]:
+def arch_problems(arch) -> list[str]:
     problems = []
-    if a.hidden_size < 1 or a.num_heads < 1 or a.hidden_size % a.num_heads:
-        problems.append(f"model.arch.hidden_size={a.hidden_size} is not a multiple of model.arch.num_heads="
-                        f"{a.num_heads}; each head gets hidden_size / num_heads dimensions")
-    elif a.num_kv_heads < 1 or a.num_heads % a.num_kv_heads:
-        problems.append(f"model.arch.num_heads={a.num_heads} is not a multiple of model.arch.num_kv_heads="
-                        f"{a.num_kv_heads} (grouped-query attention shares each KV head among whole groups)")
+    if arch.hidden_size < 1 or arch.num_heads < 1 or arch.hidden_size % arch.num_heads:
+        problems.append(f"model.arch.hidden_size={arch.hidden_size} is not a multiple of model.arch.num_heads="
+                        f"{arch.num_heads}; each head gets hidden_size / num_heads dimensions")
+    elif arch.num_kv_heads < 1 or arch.num_heads % arch.num_kv_heads:
+        problems.append(f"model.arch.num_heads={arch.num_heads} is not a multiple of model.arch.num_kv_heads="
+                        f"{arch.num_kv_heads} (grouped-query attention shares each KV head among whole groups)")
     return problems
 
 

@@ -78,16 +78,16 @@ def names(pred=lambda m: True) -> list[str]:
 def check(cfg) -> list[str]:
     """Problems the method's record shows in a config: a `data.max_prompt_length` that leaves no room for an
     answer (methods whose examples are a prompt and answers), and trainer keys its trainer would ignore."""
-    m = METHODS.get(cfg.trainer.kind)
-    if m is None:  # config.check names the unknown kind
+    method = METHODS.get(cfg.trainer.kind)
+    if method is None:  # config.check names the unknown kind
         return []
-    problems, d = [], cfg.data
-    if not m.conversations and d.max_prompt_length is not None and d.max_prompt_length >= d.max_length:
-        problems.append(f"data.max_prompt_length={d.max_prompt_length} leaves no room for an answer in "
-                        f"data.max_length={d.max_length}; lower it or raise data.max_length")
-    wired = {*m.wired, *(["packing"] if m.packing else [])}
+    problems, data = [], cfg.data
+    if not method.conversations and data.max_prompt_length is not None and data.max_prompt_length >= data.max_length:
+        problems.append(f"data.max_prompt_length={data.max_prompt_length} leaves no room for an answer in "
+                        f"data.max_length={data.max_length}; lower it or raise data.max_length")
+    wired = {*method.wired, *(["packing"] if method.packing else [])}
     for key, why in WIRED.items():
         if key not in wired and getattr(cfg.trainer, key):
-            problems.append(f"trainer.{key}=true with trainer.kind={m.name}: {why.format(title=m.title)}; "
+            problems.append(f"trainer.{key}=true with trainer.kind={method.name}: {why.format(title=method.title)}; "
                             f"set trainer.{key}=false")
     return problems

@@ -16,47 +16,48 @@ def original_context(mcfg: ModelConfig) -> int:
 
 def context(mcfg: ModelConfig) -> int:
     """The longest sequence the model is configured for: the original context, scaled when RoPE scaling is on."""
-    r = mcfg.rope_scaling
-    return int(original_context(mcfg) * r.factor) if r.type else original_context(mcfg)
+    scaling = mcfg.rope_scaling
+    return int(original_context(mcfg) * scaling.factor) if scaling.type else original_context(mcfg)
 
 
 def describe(mcfg: ModelConfig) -> str:
     """`4096` or `16384 (4096 x 4, linear RoPE scaling)`: what the error lines and the model card print."""
-    r = mcfg.rope_scaling
-    if not r.type:
+    scaling = mcfg.rope_scaling
+    if not scaling.type:
         return str(context(mcfg))
-    return f"{context(mcfg)} ({original_context(mcfg)} x {r.factor:g}, {r.type} RoPE scaling)"
+    return f"{context(mcfg)} ({original_context(mcfg)} x {scaling.factor:g}, {scaling.type} RoPE scaling)"
 
 
 def problems(mcfg: ModelConfig, max_length: int) -> list[str]:
     """A scaling that cannot work, and a `data.max_length` past the (scaled) context, each naming the fix."""
-    r, out = mcfg.rope_scaling, []
-    if r.type and r.type not in RopeType.values():  # the choice check names the spellings
+    scaling, out = mcfg.rope_scaling, []
+    if scaling.type and scaling.type not in RopeType.values():  # the choice check names the spellings
         return []
-    if r.type and not r.factor > 1:
-        out.append(f"model.rope_scaling.factor={r.factor:g}: must be > 1 with model.rope_scaling.type={r.type} "
+    if scaling.type and not scaling.factor > 1:
+        out.append(f"model.rope_scaling.factor={scaling.factor:g}: must be > 1 with "
+                   f"model.rope_scaling.type={scaling.type} "
                    "(the context becomes original x factor); or set model.rope_scaling.type=null")
-    if not r.type and (r.factor != 1 or r.beta_fast or r.beta_slow or r.attention_factor):
+    if not scaling.type and (scaling.factor != 1 or scaling.beta_fast or scaling.beta_slow or scaling.attention_factor):
         out.append("model.rope_scaling.* is set but model.rope_scaling.type is null, so nothing scales: "
                    "set model.rope_scaling.type=linear, dynamic or yarn")
-    if r.type != "yarn" and (r.beta_fast or r.beta_slow or r.attention_factor):
+    if scaling.type != "yarn" and (scaling.beta_fast or scaling.beta_slow or scaling.attention_factor):
         out.append("model.rope_scaling.beta_fast/beta_slow/attention_factor are YaRN's: "
                    "set model.rope_scaling.type=yarn or remove them")
-    if r.original_context is not None and r.original_context < 1:
-        out.append(f"model.rope_scaling.original_context={r.original_context}: must be >= 1 (null: "
+    if scaling.original_context is not None and scaling.original_context < 1:
+        out.append(f"model.rope_scaling.original_context={scaling.original_context}: must be >= 1 (null: "
                    "model.arch.max_position_embeddings)")
     elif not out and max_length > context(mcfg):
         fix = f"set data.max_length<={context(mcfg)}"
-        if r.type:
+        if scaling.type:
             need = -(-max_length // original_context(mcfg))
             fix += f" or model.rope_scaling.factor>={need}"
         else:
             fix += (f", or extend the context: model.rope_scaling.type=linear model.rope_scaling.factor="
                     f"{-(-max_length // context(mcfg))}")
-        where = ("model.arch.max_position_embeddings" if not r.type or r.original_context is None
+        where = ("model.arch.max_position_embeddings" if not scaling.type or scaling.original_context is None
                  else "model.rope_scaling.original_context")
         out.append(f"data.max_length={max_length} is longer than the model's context "
                    f"({where}={original_context(mcfg)}"
-                   + (f" x model.rope_scaling.factor={r.factor:g} = {context(mcfg)}" if r.type else "")
+                   + (f" x model.rope_scaling.factor={scaling.factor:g} = {context(mcfg)}" if scaling.type else "")
                    + f"); {fix}")
     return out

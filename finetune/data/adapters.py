@@ -13,7 +13,7 @@ content breaks the format (roles out of order, a conversation ending on a user t
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 Record = dict
 Example = dict
@@ -90,10 +90,11 @@ def alpaca(record: Record, fields: Mapping[str, str]) -> Iterator[Example]:
 def self_instruct(record: Record, fields: Mapping[str, str]) -> Iterator[Example]:
     """Self-Instruct seed tasks {instruction, instances: [{input, output}]}: one conversation per instance."""
     instruction = _text(get(record, "instruction", fields), "instruction")
-    for inst in get(record, "instances", fields):
-        if not isinstance(inst, dict):
-            raise Invalid(f"an instance is {type(inst).__name__}, not {{input, output}}")
-        yield _single_turn(_user_turn(instruction, inst.get("input")), _text(inst.get("output"), "an instance's output"))
+    for instance in get(record, "instances", fields):
+        if not isinstance(instance, dict):
+            raise Invalid(f"an instance is {type(instance).__name__}, not {{input, output}}")
+        output = _text(instance.get("output"), "an instance's output")
+        yield _single_turn(_user_turn(instruction, instance.get("input")), output)
 
 
 # ------------------------------------------------------------------------------------------ conversations

@@ -17,7 +17,7 @@ continued pretraining is `BOS + text + EOS` (`encode_text`).
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import sentencepiece as spm
 

@@ -12,7 +12,6 @@ from finetune.config import ConfigError
 from finetune.data import examples, prompts, sources
 from finetune.data.stats import DataError, Stats
 
-
 WHOLE_FILE_BYTES = 4 << 20  # sources up to this size (on disk) are read whole here; larger ones their first record
 
 

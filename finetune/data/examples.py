@@ -11,8 +11,8 @@ import hashlib
 import random
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

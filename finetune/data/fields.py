@@ -4,7 +4,7 @@ most likely holds each one: `data.fields.prompt=ticket_question`, not the name t
 from __future__ import annotations
 
 import difflib
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 from finetune.data.adapters import MissingField, get
 
@@ -47,7 +47,7 @@ def shape(names: tuple[str, ...]) -> str:
     return "{" + ", ".join(f'"{n}": ...' for n in names) + "}"
 
 
-def report(record, adapter: str, fields: Mapping[str, str]) -> Optional[str]:
+def report(record, adapter: str, fields: Mapping[str, str]) -> str | None:
     """Every required field the record lacks, each with the fix, in one message; None if none is missing."""
     names = required(adapter, record if isinstance(record, dict) else {}, fields)
     if not isinstance(record, dict):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
 
 from omegaconf import OmegaConf
 
@@ -37,7 +36,7 @@ def overrides(dcfg) -> str:
     return " ".join(parts)
 
 
-def sft_overrides(dcfg) -> Optional[str]:
+def sft_overrides(dcfg) -> str | None:
     """The overrides for the conversations in `dcfg`: itself for SFT data; a preference config mapped by field
     names scores its chosen answers; None where the data hold no conversation to score."""
     if dcfg.adapter == "fields" and dcfg.fields.chosen:

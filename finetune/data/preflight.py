@@ -46,52 +46,54 @@ def run(tokenizer, dataset, stats, sample: list[dict], dcfg) -> Verdict:
     """Check the tokenizer, every row of `dataset` (SFT: input_ids + assistant_masks; DPO: the pair columns)
     and the prompt prefix of the conversations in `sample` (adapted examples, re-encoded as training and as
     inference would)."""
-    v = Verdict()
+    verdict = Verdict()
     pad, eos = tokenizer.hf.pad_token_id, tokenizer.hf.eos_token_id
-    _check(v, pad is not None and pad != eos, f"pad id {pad} != EOS id {eos}",
+    _check(verdict, pad is not None and pad != eos, f"pad id {pad} != EOS id {eos}",
            f"the pad token is EOS (id {eos}) or unset: padding would mask EOS out of the labels and the model "
            "would never stop; use a distinct pad token (Llama 2: <unk>, id 0)")
     if "llama_prompt_ids" in dataset.column_names:
-        cut_warning(v, stats, dcfg)
-        return _pairs(v, dataset, stats)
+        cut_warning(verdict, stats, dcfg)
+        return _pairs(verdict, dataset, stats)
     double, empty, no_eos = _scan(dataset)
-    _check(v, not double, "one BOS id at the start of every turn, never two",
+    _check(verdict, not double, "one BOS id at the start of every turn, never two",
            f"{len(double)} examples start without BOS or hold two BOS in a row (first: #{double[:1]}); "
            "encode with finetune.chat_format, which adds BOS as an id, never as the text '<s>'")
-    _check(v, not empty, "every example has trained tokens",
+    _check(verdict, not empty, "every example has trained tokens",
            f"{len(empty)} examples have an empty label mask (first: #{empty[:1]}): they train nothing")
-    n = len(dataset)
-    if n and len(no_eos) == n:
-        v.failures.append(f"EOS is in no example's labels (all {n} were cut at data.max_length="
+    rows = len(dataset)
+    if rows and len(no_eos) == rows:
+        verdict.failures.append(f"EOS is in no example's labels (all {rows} were cut at data.max_length="
                           f"{dcfg.max_length}): the model would never learn to stop; raise data.max_length or "
                           "set data.too_long=drop")
     elif stats.chunked == 0 and len(no_eos) > stats.cut:
-        v.failures.append(f"{len(no_eos) - stats.cut} examples lack a trained EOS although they were not cut "
+        verdict.failures.append(f"{len(no_eos) - stats.cut} examples lack a trained EOS although they were not cut "
                           f"(first: #{no_eos[:1]}); every answer must end with the EOS id, trained")
     else:
-        v.passed.append("EOS is trained at the end of every answer that fits in data.max_length")
-    cut_warning(v, stats, dcfg)
+        verdict.passed.append("EOS is trained at the end of every answer that fits in data.max_length")
+    cut_warning(verdict, stats, dcfg)
     convs = [ex["messages"] for ex in sample if "messages" in ex]  # raw text has no prompt to check
     bad = [b for b in (_prefix_problem(tokenizer.sp, conv, dcfg.train_on) for conv in convs) if b]
-    _check(v, not bad, f"the inference prompt is the training prefix of every answer ({len(convs)} conversations)",
+    _check(verdict, not bad,
+           f"the inference prompt is the training prefix of every answer ({len(convs)} conversations)",
            f"inference prompt != training prefix in {len(bad)} of {len(convs)} conversations: {bad[:1]}")
-    return v
+    return verdict
 
 
 CUT_LOUD = 0.05  # above this share of examples with a cut answer, the warning goes on the headline
 
 
-def cut_warning(v: Verdict, stats, dcfg) -> None:
+def cut_warning(verdict: Verdict, stats, dcfg) -> None:
     """Answers cut at data.max_length lose their EOS: a warning, on the headline when more than a few percent."""
     if not stats.cut:
         return
     share = stats.cut / max(stats.examples, 1)
-    v.warnings.append(f"{stats.cut} of {stats.examples} examples had their answer cut at data.max_length="
+    verdict.warnings.append(f"{stats.cut} of {stats.examples} examples had their answer cut at data.max_length="
                       f"{dcfg.max_length} and lose their EOS; raise data.max_length or set data.too_long=drop to "
                       "train only whole answers")
     if share > CUT_LOUD:
-        v.loud = (f"{share:.0%} of the examples ({stats.cut} of {stats.examples}) have a cut answer: the model learns "
-                  f"answers that never end; raise data.max_length (now {dcfg.max_length}) or set data.too_long=drop")
+        verdict.loud = (f"{share:.0%} of the examples ({stats.cut} of {stats.examples}) have a cut answer: "
+                        f"the model learns answers that never end; raise data.max_length (now {dcfg.max_length}) "
+                        "or set data.too_long=drop")
 
 
 def require(tokenizer, prepared, dcfg) -> Verdict:
@@ -102,7 +104,7 @@ def require(tokenizer, prepared, dcfg) -> Verdict:
     return verdict
 
 
-def _pairs(v: Verdict, dataset, stats) -> Verdict:
+def _pairs(verdict: Verdict, dataset, stats) -> Verdict:
     """Preference pairs (or unpaired answers, KTO): each prompt starts with one BOS, and every answer that was not
     cut ends with EOS."""
     answers = [c for c in ("llama_chosen_ids", "llama_rejected_ids", "llama_completion_ids")
@@ -112,31 +114,31 @@ def _pairs(v: Verdict, dataset, stats) -> Verdict:
         for i, prompt in enumerate(batch["llama_prompt_ids"]):
             bad_bos += prompt[:1] != [BOS_ID] or prompt[:2] == [BOS_ID, BOS_ID]
             no_eos += sum(batch[c][i][-1:] != [EOS_ID] for c in answers)
-    _check(v, not bad_bos, "every prompt starts with one BOS id",
+    _check(verdict, not bad_bos, "every prompt starts with one BOS id",
            f"{bad_bos} prompts start without BOS or with two; encode with finetune.data.chat_format")
-    _check(v, no_eos <= len(answers) * stats.cut, "EOS ends every answer that fits in data.max_length",
+    _check(verdict, no_eos <= len(answers) * stats.cut, "EOS ends every answer that fits in data.max_length",
            f"{no_eos} answers lack EOS although only {stats.cut} examples were cut; every answer must end with EOS")
-    return v
+    return verdict
 
 
-def _check(v: Verdict, ok: bool, passed: str, failed: str) -> None:
-    (v.passed if ok else v.failures).append(passed if ok else failed)
+def _check(verdict: Verdict, ok: bool, passed: str, failed: str) -> None:
+    (verdict.passed if ok else verdict.failures).append(passed if ok else failed)
 
 
 def _scan(dataset) -> tuple[list[int], list[int], list[int]]:
     """Indices of rows with a BOS problem, with an empty mask, and without a trained EOS; one pass, in batches."""
-    double, empty, no_eos, i = [], [], [], 0
+    double, empty, no_eos, row = [], [], [], 0
     for batch in dataset.select_columns(["input_ids", "assistant_masks"]).iter(batch_size=1024):
         for ids, mask in zip(batch["input_ids"], batch["assistant_masks"]):
             ids, mask = np.asarray(ids), np.asarray(mask, dtype=bool)
             chunk = mask.all()  # a raw-text piece after the first: trained throughout, no BOS
             if (ids[0] != BOS_ID and not chunk) or ((ids[:-1] == BOS_ID) & (ids[1:] == BOS_ID)).any():
-                double.append(i)
+                double.append(row)
             if not mask.any():
-                empty.append(i)
+                empty.append(row)
             if not ((ids == EOS_ID) & mask).any():
-                no_eos.append(i)
-            i += 1
+                no_eos.append(row)
+            row += 1
     return double, empty, no_eos
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from finetune.data import sources
 from finetune.data.chat_format import DialogError, check_dialog, encode_prompt
@@ -15,17 +14,17 @@ from finetune.data.stats import DataError
 class Prompt:
     messages: list[dict]  # system? (user, assistant)* user
     ids: list[int]  # encode_prompt(messages)
-    reference: Optional[str] = None  # the dataset's answer, when the prompt comes from a dataset
+    reference: str | None = None  # the dataset's answer, when the prompt comes from a dataset
 
 
-def to_prompt(sp, messages: list[dict], where: str, reference: Optional[str] = None) -> Prompt:
+def to_prompt(sp, messages: list[dict], where: str, reference: str | None = None) -> Prompt:
     try:
         return Prompt(messages, encode_prompt(sp, messages), reference)
     except DialogError as exc:
         raise DataError(f"{where}: {exc}") from None
 
 
-def prompt_messages(path: str, system: Optional[str] = None) -> list[tuple[list[dict], str]]:
+def prompt_messages(path: str, system: str | None = None) -> list[tuple[list[dict], str]]:
     """(messages, "file:line") from a JSONL file, one prompt per line: {"prompt": "text"} (one user turn,
     optional "system") or {"messages": [{"role", "content"}, ...]} ending with a user message. `system` goes
     first where a line has no system message of its own. Checked here, before any weights load."""
@@ -55,7 +54,7 @@ def prompt_messages(path: str, system: Optional[str] = None) -> list[tuple[list[
     return out
 
 
-def read_prompts(path: str, sp, system: Optional[str] = None) -> list[Prompt]:
+def read_prompts(path: str, sp, system: str | None = None) -> list[Prompt]:
     return [to_prompt(sp, messages, where) for messages, where in prompt_messages(path, system)]
 
 

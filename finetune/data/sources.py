@@ -15,8 +15,9 @@ import codecs
 import gzip
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, NamedTuple, Optional
+from typing import NamedTuple
 
 from finetune.config import UserError, looks_local
 
@@ -51,19 +52,19 @@ def supported(name: str) -> bool:
 def files(path: str) -> list[Path]:
     """The data files at `path`: the file itself, or every supported file under the folder, sorted. Hidden files
     and folders (`.ipynb_checkpoints/`, `.git/`, editor backups) are skipped: their copies would be read twice."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        found = sorted(f for f in p.rglob("*") if f.is_file() and supported(f.name)
-                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+    location = Path(path).expanduser()
+    if location.is_dir():
+        found = sorted(f for f in location.rglob("*") if f.is_file() and supported(f.name)
+                       and not any(part.startswith(".") for part in f.relative_to(location).parts))
         if not found:
-            raise SourceError(f"{p}: no data files in this folder (looked for {', '.join(SUFFIXES)}, "
+            raise SourceError(f"{location}: no data files in this folder (looked for {', '.join(SUFFIXES)}, "
                               "hidden files skipped)")
         return found
-    if not p.is_file():
-        raise SourceError(f"{p}: no such file or folder")
-    if not supported(p.name):
-        raise SourceError(f"{p}: unsupported file type; use one of {', '.join(SUFFIXES)}")
-    return [p]
+    if not location.is_file():
+        raise SourceError(f"{location}: no such file or folder")
+    if not supported(location.name):
+        raise SourceError(f"{location}: unsupported file type; use one of {', '.join(SUFFIXES)}")
+    return [location]
 
 
 def read_records(path: str, split: str = "train", revision: str | None = None) -> Iterator[tuple[Record, str]]:
@@ -73,7 +74,7 @@ def read_records(path: str, split: str = "train", revision: str | None = None) -
 
 
 def records(path: str, split: str = "train", revision: str | None = None,
-            start: Optional[Position] = None) -> Iterator[tuple[Record, str, Position]]:
+            start: Position | None = None) -> Iterator[tuple[Record, str, Position]]:
     """(record, where, position) in the order of `read_records`, from `start` (a position this function gave)
     or from the beginning."""
     start = start or Position(0, 0, 0)

@@ -5,15 +5,14 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import torch
 
 from finetune.config import ConfigError, ModelConfig, QuantConfig, UserError, cache_root, looks_local
 from finetune.data.chat_format import BOS_ID, EOS_ID
 from finetune.model import rope
-from finetune.runtime.cache import build_once
 from finetune.runtime import dist
+from finetune.runtime.cache import build_once
 from finetune.runtime.dist import launched_sharding
 
 
@@ -29,11 +28,11 @@ def compute_dtype(mcfg: ModelConfig) -> torch.dtype:
 def llama_config(mcfg: ModelConfig):
     from transformers import LlamaConfig
 
-    a = mcfg.arch
-    return LlamaConfig(hidden_size=a.hidden_size, intermediate_size=a.intermediate_size,
-                       num_hidden_layers=a.num_layers, num_attention_heads=a.num_heads,
-                       num_key_value_heads=a.num_kv_heads, vocab_size=a.vocab_size,
-                       max_position_embeddings=a.max_position_embeddings, rms_norm_eps=a.rms_norm_eps,
+    arch = mcfg.arch
+    return LlamaConfig(hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size,
+                       num_hidden_layers=arch.num_layers, num_attention_heads=arch.num_heads,
+                       num_key_value_heads=arch.num_kv_heads, vocab_size=arch.vocab_size,
+                       max_position_embeddings=arch.max_position_embeddings, rms_norm_eps=arch.rms_norm_eps,
                        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=0,
                        tie_word_embeddings=False)
 
@@ -214,19 +213,19 @@ def fetch_config(mcfg: ModelConfig) -> None:
 
 def check(cfg) -> list[str]:
     """Problems with the model, its quantization and the launch, found before any weight loads."""
-    m, q, problems = cfg.model, cfg.quant, []
-    if q.mode != "none" and (err := bitsandbytes_problem()):
-        problems.append(f"quant.mode={q.mode} needs bitsandbytes: {err}; install it with "
+    mcfg, quant, problems = cfg.model, cfg.quant, []
+    if quant.mode != "none" and (err := bitsandbytes_problem()):
+        problems.append(f"quant.mode={quant.mode} needs bitsandbytes: {err}; install it with "
                         "`pip install 'bitsandbytes>=0.50.2'` or set quant.mode=none for 16-bit LoRA")
-    if looks_local(m.path) and not m.random_init and not Path(m.path).is_dir():
-        problems.append(f"model.path={m.path}: no such folder; give a local Llama 2 checkpoint folder "
+    if looks_local(mcfg.path) and not mcfg.random_init and not Path(mcfg.path).is_dir():
+        problems.append(f"model.path={mcfg.path}: no such folder; give a local Llama 2 checkpoint folder "
                         "or a hub id like meta-llama/Llama-2-7b-hf")
-    if m.tokenizer and looks_local(m.tokenizer) and not (Path(m.tokenizer) / "tokenizer.model").is_file():
-        problems.append(f"model.tokenizer={m.tokenizer}: no tokenizer.model in that folder")
-    return problems + launch_problems(m, q)
+    if mcfg.tokenizer and looks_local(mcfg.tokenizer) and not (Path(mcfg.tokenizer) / "tokenizer.model").is_file():
+        problems.append(f"model.tokenizer={mcfg.tokenizer}: no tokenizer.model in that folder")
+    return problems + launch_problems(mcfg, quant)
 
 
-def bitsandbytes_problem() -> Optional[str]:
+def bitsandbytes_problem() -> str | None:
     try:
         import bitsandbytes  # noqa: F401
     except Exception as exc:  # ImportError, or a broken binary raising at import

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from typing import Optional
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -28,7 +27,7 @@ class HostCopy:
     """One layer input in pinned host memory: copied out on a side stream, back on the side stream when
     prefetched (else on the compute stream), and handed to the compute stream after an event."""
 
-    def __init__(self, t: torch.Tensor, stream: Optional["torch.cuda.Stream"]):
+    def __init__(self, t: torch.Tensor, stream: torch.cuda.Stream | None):
         self.device, self.stream, self.back = t.device, stream, None
         if stream is None:  # CPU: a copy, so the autograd graph holds no reference to the layer's input
             self.host = t.detach().clone()

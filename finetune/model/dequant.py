@@ -10,7 +10,7 @@ it at once (same stream) and never save it.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

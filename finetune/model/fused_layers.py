@@ -10,8 +10,6 @@ is replaced, and `apply` says why in one line and changes nothing.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
@@ -22,7 +20,7 @@ from finetune.model.fused import LoraMLP, LoraProjections, Proj, is_4bit
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def current(layer: nn.Module) -> Optional[tuple[Proj, tuple]]:
+def current(layer: nn.Module) -> tuple[Proj, tuple] | None:
     """(Proj, (A, B) or ()) for this call of one projection, or None when peft's own layer must run it."""
     from peft.tuners.lora import LoraLayer
 
@@ -40,7 +38,7 @@ def current(layer: nn.Module) -> Optional[tuple[Proj, tuple]]:
     return Proj(base, layer.scaling[a]), (layer.lora_A[a].weight, layer.lora_B[a].weight)
 
 
-def gather(*layers: nn.Module) -> Optional[tuple[tuple[Proj, ...], tuple]]:
+def gather(*layers: nn.Module) -> tuple[tuple[Proj, ...], tuple] | None:
     """The projections and their adapters' tensors, in order, or None when any must run unfused."""
     projs, ab = [], []
     for layer in layers:
@@ -117,7 +115,7 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return list(getattr(inner, "layers", []))
 
 
-def why_not(model: nn.Module) -> Optional[str]:
+def why_not(model: nn.Module) -> str | None:
     """Why the fused path cannot run on this model, naming the key to change; None when it can."""
     from peft.tuners.lora import LoraLayer
     from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP
@@ -152,7 +150,7 @@ def why_not(model: nn.Module) -> Optional[str]:
     return None if found else "the model has no LoRA layers"
 
 
-def lora_problem(layer) -> Optional[str]:
+def lora_problem(layer) -> str | None:
     for a in layer.lora_A:
         if not isinstance(layer.lora_dropout[a], nn.Identity):
             return f"lora.dropout={layer.lora_dropout[a].p} > 0 (the fused functions keep no dropout mask); " \

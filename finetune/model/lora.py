@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 from finetune.config import LoraConfig, ModelConfig
 from finetune.model import variants
 
 
-def apply_lora(base, lcfg: LoraConfig, init_adapter: Optional[str] = None, mcfg: Optional[ModelConfig] = None):
+def apply_lora(base, lcfg: LoraConfig, init_adapter: str | None = None, mcfg: ModelConfig | None = None):
     """A PeftModel with trainable LoRA on `lora.target_modules`, new or continued from `init_adapter`. `mcfg` (the
     base's config) is needed by `lora.init=loftq`, which reads the checkpoint's own weights."""
     from peft import LoraConfig as PeftLoraConfig
@@ -39,7 +38,7 @@ def apply_lora(base, lcfg: LoraConfig, init_adapter: Optional[str] = None, mcfg:
 EMBEDDINGS_AND_NORMS = ["embed_tokens", "norm"]
 
 
-def fully_trained(lcfg: LoraConfig) -> Optional[list[str]]:
+def fully_trained(lcfg: LoraConfig) -> list[str] | None:
     """The modules trained in full beside LoRA (peft's modules_to_save), or None."""
     return list(EMBEDDINGS_AND_NORMS) if lcfg.train_embeddings_and_norms else None
 
@@ -67,12 +66,13 @@ def adapter_base_problems(adapter: Path, mcfg) -> list[str]:
     if theirs and theirs not in ours:
         return [f"init_adapter={adapter} was trained on {meta['base_model_name_or_path']}, not on "
                 f"model.path={mcfg.path}; {fix}"]
-    a = mcfg.arch
-    head = a.hidden_size // a.num_heads
-    dims = {"q_proj": (a.hidden_size, a.hidden_size), "k_proj": (a.hidden_size, a.num_kv_heads * head),
-            "v_proj": (a.hidden_size, a.num_kv_heads * head), "o_proj": (a.hidden_size, a.hidden_size),
-            "gate_proj": (a.hidden_size, a.intermediate_size), "up_proj": (a.hidden_size, a.intermediate_size),
-            "down_proj": (a.intermediate_size, a.hidden_size)}
+    arch = mcfg.arch
+    head = arch.hidden_size // arch.num_heads
+    dims = {"q_proj": (arch.hidden_size, arch.hidden_size), "k_proj": (arch.hidden_size, arch.num_kv_heads * head),
+            "v_proj": (arch.hidden_size, arch.num_kv_heads * head), "o_proj": (arch.hidden_size, arch.hidden_size),
+            "gate_proj": (arch.hidden_size, arch.intermediate_size),
+            "up_proj": (arch.hidden_size, arch.intermediate_size),
+            "down_proj": (arch.intermediate_size, arch.hidden_size)}
     weights = adapter / "adapter_model.safetensors"
     if not weights.is_file():
         return [f"init_adapter={adapter}: no adapter_model.safetensors there; point it at a run's adapter/ folder"]
@@ -88,9 +88,9 @@ def adapter_base_problems(adapter: Path, mcfg) -> list[str]:
         parts = key.split(".")
         module, layer = parts[-3], int(parts[parts.index("layers") + 1]) if "layers" in parts else 0
         want = dims.get(module)
-        bad = layer >= a.num_layers or (want and (
+        bad = layer >= arch.num_layers or (want and (
             (parts[-2] == "lora_A" and shape[1] != want[0]) or (parts[-2] == "lora_B" and shape[0] != want[1])))
         if bad:
             return [f"init_adapter={adapter}: {key} has shape {list(shape)}, which does not fit "
-                    f"model={mcfg.name} (hidden {a.hidden_size}, {a.num_layers} layers); {fix}"]
+                    f"model={mcfg.name} (hidden {arch.hidden_size}, {arch.num_layers} layers); {fix}"]
     return []

@@ -7,8 +7,6 @@ the pretrained context there, because it rescales from that length on as sequenc
 """
 from __future__ import annotations
 
-from typing import Optional
-
 from finetune.config import ModelConfig
 from finetune.config.rope import context, original_context
 
@@ -50,7 +48,7 @@ def scaled_config(mcfg: ModelConfig):
     return config
 
 
-def scaling_of(config: dict) -> Optional[dict]:
+def scaling_of(config: dict) -> dict | None:
     """The RoPE scaling a config.json declares ({"type", "factor", "original_context", YaRN's betas}), or None."""
     params = config.get("rope_parameters") or config.get("rope_scaling") or {}
     kind = params.get("rope_type") or params.get("type")

@@ -2,10 +2,10 @@
 
 On CUDA with triton installed, one Triton kernel each way (finetune/model/swiglu_triton.py); elsewhere (the CPU, or
 `FINETUNE_TRITON=0` to compare) the same contract in PyTorch ops. `FINETUNE_TRITON=cpu` runs the kernels on CPU
-tensors too, for the interpreter (TRITON_INTERPRET=1: bench/opcount.py and the kernels' tests). `backward_(dh, g, u)` leaves d(gate) in g and
-d(up) in u (so when g and u are the halves of one gate|up buffer, the input gradient is one GEMM over it) and
-returns h, which the down projection's LoRA gradients need: the kernel writes it over dh, the PyTorch path into a
-buffer of its own.
+tensors too, for the interpreter (TRITON_INTERPRET=1: bench/opcount.py and the kernels' tests).
+`backward_(dh, g, u)` leaves d(gate) in g and d(up) in u (so when g and u are the halves of one gate|up buffer,
+the input gradient is one GEMM over it) and returns h, which the down projection's LoRA gradients need: the kernel
+writes it over dh, the PyTorch path into a buffer of its own.
 """
 from __future__ import annotations
 

@@ -37,29 +37,29 @@ def peft_kwargs(lcfg) -> dict:
 
 def problems(cfg) -> list[str]:
     """Variant combinations that cannot train, or cannot export exactly, found before any weight loads."""
-    lo, mode, found = cfg.lora, cfg.quant.mode, []
+    lora, mode, found = cfg.lora, cfg.quant.mode, []
     four_bit = mode in ("nf4", "fp4")
-    if lo.init in CONVERTED and mode != "none":
-        why = ("PiSSA's SVD needs 16-bit weights (peft refuses a quantized base)" if lo.init == "pissa" else
+    if lora.init in CONVERTED and mode != "none":
+        why = ("PiSSA's SVD needs 16-bit weights (peft refuses a quantized base)" if lora.init == "pissa" else
                "over a quantized base peft re-quantizes W - B·A, a base no export can rebuild")
-        found.append(f"lora.init={lo.init} with quant.mode={mode}: {why}; use quant.mode=none, or lora.init=loftq "
+        found.append(f"lora.init={lora.init} with quant.mode={mode}: {why}; use quant.mode=none, or lora.init=loftq "
                      "for a 4-bit base")
-    if lo.init == "loftq" and not four_bit:
+    if lora.init == "loftq" and not four_bit:
         found.append(f"lora.init=loftq with quant.mode={mode}: LoftQ starts B·A at the 4-bit quantization error, "
                      "and this base has none to absorb; use quant.mode=nf4 (QLoRA), or lora.init=pissa for a "
                      "16-bit base")
-    if lo.use_dora and lo.init in CONVERTED:
-        found.append(f"lora.use_dora=true with lora.init={lo.init}: peft converts the trained adapter to a plain "
+    if lora.use_dora and lora.init in CONVERTED:
+        found.append(f"lora.use_dora=true with lora.init={lora.init}: peft converts the trained adapter to a plain "
                      "LoRA on the original base from A and B alone, and DoRA's magnitudes are no such delta; "
                      "drop one of them")
-    if cfg.init_adapter and lo.init != "default":
-        found.append(f"lora.init={lo.init} with init_adapter={cfg.init_adapter}: an initialisation makes a new "
+    if cfg.init_adapter and lora.init != "default":
+        found.append(f"lora.init={lora.init} with init_adapter={cfg.init_adapter}: an initialisation makes a new "
                      "adapter, init_adapter continues a trained one (with its own settings); drop one of them")
     sharding = launched_sharding()
-    if lo.init in CONVERTED and sharding in ("fsdp", "zero3"):
-        found.append(f"lora.init={lo.init} under {sharding}: the adapter is converted at save from the whole "
+    if lora.init in CONVERTED and sharding in ("fsdp", "zero3"):
+        found.append(f"lora.init={lora.init} under {sharding}: the adapter is converted at save from the whole "
                      "adapter on one process, which this sharding splits; launch with DDP or DeepSpeed ZeRO-2")
-    if lo.init == "loftq" and sharding == "fsdp":
+    if lora.init == "loftq" and sharding == "fsdp":
         found.append("lora.init=loftq under fsdp: not checked there (FSDP stores the 4-bit weights as bf16 to shard "
                      "them, and LoftQ reads them before sharding); launch with DDP, or drop lora.init")
     return found

@@ -10,7 +10,6 @@ hide behind compute, and stalls when the link cannot keep up). The kept layers a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from finetune.config.methods import METHODS
 from finetune.planning import methods, planner
@@ -33,58 +32,58 @@ class LayerPlan:
 
     def checkpointed(self) -> list[bool]:
         """Per decoder layer, in order: recompute it in backward."""
-        s = self.setup
-        n = s.layers - s.kept_layers if s.checkpointing else 0
-        return [i < n for i in range(s.layers)]
+        setup = self.setup
+        count = setup.layers - setup.kept_layers if setup.checkpointing else 0
+        return [i < count for i in range(setup.layers)]
 
     def line(self) -> str:
-        s, n = self.setup, sum(self.checkpointed())
-        where = "offloaded to pinned CPU memory" if s.offload_checkpoints else "kept on the GPU"
-        how = f"{'layer 0' if n == 1 else f'layers 0-{n - 1}'} checkpointed, inputs {where}" if n else \
+        setup, count = self.setup, sum(self.checkpointed())
+        where = "offloaded to pinned CPU memory" if setup.offload_checkpoints else "kept on the GPU"
+        how = f"{'layer 0' if count == 1 else f'layers 0-{count - 1}'} checkpointed, inputs {where}" if count else \
             "none checkpointed"
-        return (f"memory plan: {s.layers - n} of {s.layers} layers keep their activations, {how}: "
+        return (f"memory plan: {setup.layers - count} of {setup.layers} layers keep their activations, {how}: "
                 f"{self.need / GiB:.2f} of {self.budget / GiB:.2f} GiB ({self.source or 'budget'}), "
                 f"~{self.tokens_per_s:,.0f} tokens/s estimated")
 
 
-def disk_bytes(s: Setup) -> tuple[float, float]:
+def disk_bytes(setup: Setup) -> tuple[float, float]:
     """(one checkpoint, the final adapter) on disk, in bytes: the trained LoRA (and DoRA magnitude) weights in
     float32 with the optimizer's states, the frozen reference copy of the starting adapter that DPO/KTO
     checkpoints also hold, and the files saved beside them."""
-    trained = planner.param_counts(s)["lora"]
-    if s.dora:
-        trained += s.layers * sum(o for _, o in methods.targets(s).values())
-    ref = trained * 4 if METHODS[s.kind].reference else 0
-    return (trained * (4 + planner.optimizer_bytes(s.optim)) + ref + CHECKPOINT_FILES,
+    trained = planner.param_counts(setup)["lora"]
+    if setup.dora:
+        trained += setup.layers * sum(o for _, o in methods.targets(setup).values())
+    ref = trained * 4 if METHODS[setup.kind].reference else 0
+    return (trained * (4 + planner.optimizer_bytes(setup.optim)) + ref + CHECKPOINT_FILES,
             trained * 4 + ADAPTER_FILES)
 
 
-def offload_seconds_per_token(s: Setup, link: float = LINK_BYTES_PER_S) -> float:
+def offload_seconds_per_token(setup: Setup, link: float = LINK_BYTES_PER_S) -> float:
     """Seconds per token the link needs for one direction of the checkpointed inputs' copies."""
-    if not (s.checkpointing and s.offload_checkpoints):
+    if not (setup.checkpointing and setup.offload_checkpoints):
         return 0.0
-    res = 4 if (s.quant != "none" and s.upcast_fp32) else s.dtype_bytes
-    return (s.layers - s.kept_layers) * res * s.hidden / link
+    res = 4 if (setup.quant != "none" and setup.upcast_fp32) else setup.dtype_bytes
+    return (setup.layers - setup.kept_layers) * res * setup.hidden / link
 
 
-def speed(s: Setup, peak_flops: float, utilization: float, link: float = LINK_BYTES_PER_S) -> float:
+def speed(setup: Setup, peak_flops: float, utilization: float, link: float = LINK_BYTES_PER_S) -> float:
     """The planner's tokens/s, less the stalls of copies that outlast the compute they hide behind: the device
     -> host copies behind the forward (about a third of the step), host -> device behind the backward."""
-    t = 1 / planner.tokens_per_second(s, peak_flops, utilization)
-    copy = offload_seconds_per_token(s, link)
-    return 1 / (t + max(0.0, copy - t / 3) + max(0.0, copy - 2 * t / 3))
+    compute_s = 1 / planner.tokens_per_second(setup, peak_flops, utilization)
+    copy = offload_seconds_per_token(setup, link)
+    return 1 / (compute_s + max(0.0, copy - compute_s / 3) + max(0.0, copy - 2 * compute_s / 3))
 
 
-def choose(s: Setup, budget: float, peak_flops: float, utilization: float,
-           link: float = LINK_BYTES_PER_S) -> Optional[LayerPlan]:
-    """The fastest plan for `s` whose planner total fits `budget` bytes (ties: less memory); None if none fits."""
+def choose(setup: Setup, budget: float, peak_flops: float, utilization: float,
+           link: float = LINK_BYTES_PER_S) -> LayerPlan | None:
+    """The fastest plan for `setup` whose planner total fits `budget` bytes (ties: less memory); None if none fits."""
     found = []
     for offload in (False, True):
-        for kept in range(s.layers, -1, -1):
-            c = s.but(checkpointing=kept < s.layers, kept_layers=kept if kept < s.layers else 0,
-                      offload_checkpoints=offload and kept < s.layers, offload_activations=False)
-            need = planner.memory(c).need
+        for kept in range(setup.layers, -1, -1):
+            candidate = setup.but(checkpointing=kept < setup.layers, kept_layers=kept if kept < setup.layers else 0,
+                      offload_checkpoints=offload and kept < setup.layers, offload_activations=False)
+            need = planner.memory(candidate).need
             if need <= budget:
-                found.append(LayerPlan(c, need, speed(c, peak_flops, utilization, link), budget))
+                found.append(LayerPlan(candidate, need, speed(candidate, peak_flops, utilization, link), budget))
                 break
     return max(found, key=lambda p: (p.tokens_per_s, -p.need), default=None)

@@ -60,7 +60,7 @@ class Setup:
     attention: str = "sdpa"  # model.attn_implementation: sdpa | flash_attention_2 | eager (planning/longctx.py)
     train_embeddings_and_norms: bool = False  # LongLoRA: embeddings and norms trained in full (planning/longctx.py)
 
-    def but(self, **changes) -> "Setup":
+    def but(self, **changes) -> Setup:
         return dataclasses.replace(self, **changes)
 
 

@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import torch
 from transformers import TrainerCallback
@@ -33,7 +32,7 @@ def staging_dir(path: Path) -> Path:
     return path / "checkpoints" / STAGING
 
 
-def promote(written: Path, path: Path, keep: Optional[int]) -> Path:
+def promote(written: Path, path: Path, keep: int | None) -> Path:
     """Move a fully written checkpoint into <run>/checkpoints (flushed to disk first, then one rename), then
     delete all but the newest `keep` (None or <= 0: keep all)."""
     fsync_tree(written)
@@ -72,7 +71,7 @@ def fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def attach(trainer, path: Path, keep: Optional[int]) -> None:
+def attach(trainer, path: Path, keep: int | None) -> None:
     """Make `trainer` resumable exactly: checkpoints complete or absent (AtomicCheckpoints), and adapter weights
     in float32 from the start. Trainer resumes a LoRA run through peft's `load_adapter`, which upcasts bf16
     adapter weights to float32, while TRL casts QLoRA adapters to bf16 when it builds the trainer: a resumed run
@@ -91,7 +90,7 @@ class AtomicCheckpoints(TrainerCallback):
     (Trainer's own checkpoint-N is written file by file, and its rotation would delete an older complete
     checkpoint before the new one is finished)."""
 
-    def __init__(self, path: Path, keep: Optional[int]):
+    def __init__(self, path: Path, keep: int | None):
         self.path, self.keep = Path(path), keep
 
     def on_save(self, args, state, control, **kwargs):
@@ -101,7 +100,7 @@ class AtomicCheckpoints(TrainerCallback):
             promote(written, self.path, self.keep)
 
 
-def train(trainer, resume: Optional[str]) -> None:
+def train(trainer, resume: str | None) -> None:
     """`trainer.train` from `resume`. A checkpoint at the last step (the run was killed while it saved its final
     adapter) has nothing left to train: its adapter is the run's final one, restored as it is (Trainer would
     train one step too many). FSDP checkpoints are sharded and go through Trainer's own loader."""

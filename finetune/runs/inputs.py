@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 from finetune.runtime import dist
 
@@ -21,7 +20,7 @@ class Inputs:
     examples: list  # held-out examples first, then training ones (the data build's head)
     data: str  # data.path they came from
     base_path: str  # the resolved base: an absolute folder or a Hub id
-    base_revision: Optional[str]
+    base_revision: str | None
 
     def source(self, run: Path) -> str:
         """Where the examples come from, for logs, errors and verification.json."""
@@ -39,7 +38,7 @@ def write(run_dir: Path, head: list, cfg) -> None:
     tmp.replace(Path(run_dir) / FILE)
 
 
-def read(run_dir: Path) -> Optional[Inputs]:
+def read(run_dir: Path) -> Inputs | None:
     """The run's record, or None for a run trained before it was written (or a damaged file)."""
     try:
         data = json.loads((Path(run_dir) / FILE).read_text())

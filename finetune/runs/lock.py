@@ -18,7 +18,6 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 from finetune.config import ConfigError, UserError
 
@@ -37,7 +36,7 @@ def me() -> dict:
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def holder_gone(held: dict, age_s: float) -> Optional[str]:
+def holder_gone(held: dict, age_s: float) -> str | None:
     """Why the holder of a lock is gone, or None while it may still run."""
     if age_s > STALE_S:
         return f"not refreshed for {age_s:.0f} s"
@@ -53,7 +52,7 @@ def holder_gone(held: dict, age_s: float) -> Optional[str]:
     return None
 
 
-def acquire(run_dir: Path) -> Optional[str]:
+def acquire(run_dir: Path) -> str | None:
     """Hold <run>/.lock for this process (rank 0); a note when a stale lock was taken over. ConfigError when
     another job holds it, RunInUse while a reader holds the run."""
     path = Path(run_dir) / LOCK
@@ -70,7 +69,7 @@ def acquire(run_dir: Path) -> Optional[str]:
         if why is None and held.get("pid") != os.getpid():
             raise ConfigError([f"output_dir={run_dir} is in use by another job (host {held.get('host')}, PID "
                                f"{held.get('pid')}, started {held.get('started')}): wait for it to end, or "
-                               "choose another output_dir="])
+                               "choose another output_dir="]) from None
         note = (f"run lock: took over {path} from host {held.get('host')} PID {held.get('pid')} ({why})"
                 if why else None)
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
@@ -101,7 +100,7 @@ def share(run_dir: Path, command: str) -> None:
     threading.Thread(target=refresh, args=(path, os.getpid()), daemon=True).start()
 
 
-def live_reader(run_dir: Path) -> Optional[dict]:
+def live_reader(run_dir: Path) -> dict | None:
     """A reader of the run other than this process that is still running; files of gone readers are removed."""
     for path in sorted(run_dir.glob(READER + "*")):
         if held := live_holder(path):
@@ -111,7 +110,7 @@ def live_reader(run_dir: Path) -> Optional[dict]:
     return None
 
 
-def live_holder(path: Path) -> Optional[dict]:
+def live_holder(path: Path) -> dict | None:
     """What a lock file names as its holder, while that holder (another process) may still run."""
     try:
         held, age = json.loads(path.read_text() or "{}"), time.time() - path.stat().st_mtime

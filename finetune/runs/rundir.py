@@ -1,8 +1,8 @@
 """The run directory: one for every rank, what it holds, and reading it back.
 
 Layout: <run>/config.yaml, <run>/inputs.json (see `inputs`), <run>/checkpoints/checkpoint-N/ (complete ones only;
-see `checkpoints`), <run>/adapter/, <run>/metrics.jsonl, <run>/wandb_run_id. chat, evaluate, export and publish read a run
-through `run_config` and `finished` here.
+see `checkpoints`), <run>/adapter/, <run>/metrics.jsonl, <run>/wandb_run_id. chat, evaluate, export and publish
+read a run through `run_config` and `finished` here.
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -108,14 +107,14 @@ def adapter_hash(run: Path) -> str:
     return digest.hexdigest()
 
 
-def recorded_hash(folder: Path) -> Optional[str]:
+def recorded_hash(folder: Path) -> str | None:
     try:
         return json.loads((folder / "verification.json").read_text()).get("adapter_sha256")
     except (OSError, ValueError, AttributeError):
         return None
 
 
-def derived_problem(run: Path, what: str) -> Optional[str]:
+def derived_problem(run: Path, what: str) -> str | None:
     """Why <run>/<what> (merged or gguf) is not derived from the run's current adapter, with the command that
     derives it again; None when it is."""
     run = Path(run)
@@ -139,7 +138,7 @@ def files_of(folder: Path) -> list[dict]:
         return []
 
 
-def start(output_dir: Optional[str], name: str, resume: bool, overwrite: bool) -> tuple[Path, Optional[str]]:
+def start(output_dir: str | None, name: str, resume: bool, overwrite: bool) -> tuple[Path, str | None]:
     """(run directory, checkpoint to resume from or None), decided once by rank 0 and shared with every rank.
 
     - no `output_dir`: outputs/<name>-<time>, a new run (a per-rank `${now:}` would split a run in two when a
@@ -165,7 +164,7 @@ def used(path: Path) -> bool:
     return (path / "config.yaml").is_file() or (path / "checkpoints").is_dir()
 
 
-def latest(path: Path) -> Optional[str]:
+def latest(path: Path) -> str | None:
     """The newest complete checkpoint under <run>/checkpoints, or None (transformers' own search: complete by
     construction, see `checkpoints.promote`)."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -174,14 +173,14 @@ def latest(path: Path) -> Optional[str]:
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
-def step_of(ckpt) -> Optional[int]:
+def step_of(ckpt) -> int | None:
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     name = Path(ckpt).name
     return int(name.split("-")[-1]) if name.startswith(PREFIX_CHECKPOINT_DIR + "-") else None
 
 
-def prepare(path: Path, dict_cfg: DictConfig, resume: Optional[str]) -> None:
+def prepare(path: Path, dict_cfg: DictConfig, resume: str | None) -> None:
     """Rank 0 takes the run directory's lock (one job per directory, before anything in it is written or
     deleted), writes the resolved config, clears what a killed save left behind and, when resuming, drops
     metrics logged after the checkpoint (they are logged again); the others wait."""
@@ -210,7 +209,7 @@ def prepare(path: Path, dict_cfg: DictConfig, resume: Optional[str]) -> None:
     dist.wait_for_everyone()
 
 
-def trim_metrics(metrics: Path, step: Optional[int]) -> None:
+def trim_metrics(metrics: Path, step: int | None) -> None:
     """Keep the rows up to the resumed step; a line cut off by the kill is dropped too."""
     if step is None or not metrics.is_file():
         return
@@ -220,7 +219,7 @@ def trim_metrics(metrics: Path, step: Optional[int]) -> None:
     tmp.replace(metrics)
 
 
-def row_step(line: str) -> Optional[int]:
+def row_step(line: str) -> int | None:
     try:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):

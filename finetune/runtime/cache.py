@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 
 def build_once(path: Path, ready: Callable[[Path], bool], write: Callable[[Path], None],
-               waiting: Optional[Callable[[], None]] = None) -> bool:
+               waiting: Callable[[], None] | None = None) -> bool:
     """Make `path` by `write(tmp)` unless `ready(path)`; True when this call built it. A stale folder that is
     not ready (an older format) is replaced. Other processes asking for the same path wait on the lock (after
     calling `waiting`, when the lock is held)."""

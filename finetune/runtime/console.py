@@ -11,6 +11,7 @@ import warnings
 from finetune.config.errors import UserError
 from finetune.runtime import dist
 
+
 def quiet_library_notices() -> None:
     """Two library notices every command printed, each silenced by its exact source, never wholesale (called by
     `exit_cleanly` as an entry point starts):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 
 def state():
@@ -47,7 +46,7 @@ def wait_for_everyone() -> None:
         state().wait_for_everyone()
 
 
-def launched_sharding(env=None) -> Optional[str]:
+def launched_sharding(env=None) -> str | None:
     """What `accelerate launch` set up: "fsdp", "zero2", "zero3", or None for plain data parallel / one process.
     Reads the environment as it is now (`env` for a launcher's prepared one)."""
     env = os.environ if env is None else env

@@ -7,7 +7,6 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 from safetensors import safe_open
@@ -89,7 +88,7 @@ def read_adapter(adapter_dir: Path) -> Lora:
     return Lora(pairs=pairs, scale=scale, magnitudes=magnitudes, replaced=replaced)
 
 
-def saved_module_weight(key: str, modules_to_save: list[str]) -> Optional[str]:
+def saved_module_weight(key: str, modules_to_save: list[str]) -> str | None:
     """The base weight a modules_to_save tensor replaces (peft saves it without its wrapper's prefix:
     `base_model.model.model.norm.weight` -> `model.norm.weight`), or None for any other key."""
     m = SAVED_KEY_RE.match(key)

@@ -8,14 +8,13 @@ cannot reproduce is refused before anything is written, with the fix.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 from finetune.model import rope
 
 YARN_DEFAULT_BETAS = {"beta_fast": 32.0, "beta_slow": 1.0}
 
 
-def problems(scaling: Optional[dict]) -> list[str]:
+def problems(scaling: dict | None) -> list[str]:
     """What llama.cpp cannot run as trained, for the scaling `rope.scaling_of` read from a config."""
     if not scaling:
         return []
@@ -36,7 +35,7 @@ def check(config: dict) -> list[str]:
     return problems(scaling) if scaling else []
 
 
-def add(writer, config: dict) -> Optional[dict]:
+def add(writer, config: dict) -> dict | None:
     """Write the scaling merged/config.json declares into the GGUF header (`check` it first); the scaling (or
     None)."""
     import gguf

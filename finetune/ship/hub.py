@@ -18,7 +18,6 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from finetune.config import UserError
 
@@ -48,7 +47,7 @@ class Plan:
     folder: Path
     repo_id: str
     private: bool
-    revision: Optional[str]
+    revision: str | None
     message: str
     files: list[tuple[str, int]]  # (path in repo, bytes)
 
@@ -68,7 +67,7 @@ def visibility(repo_id: str, private: bool) -> str:
             "repository private)")
 
 
-def plan(folder: Path, repo_id: str, private: bool, revision: Optional[str], message: Optional[str]) -> Plan:
+def plan(folder: Path, repo_id: str, private: bool, revision: str | None, message: str | None) -> Plan:
     if not (folder / "README.md").is_file():
         raise PublishError(f"{folder} has no README.md model card; run `python finetune/export.py run=<run>` "
                            "(add merge=true for merged/) first")
@@ -94,13 +93,13 @@ def plan(folder: Path, repo_id: str, private: bool, revision: Optional[str], mes
                 files)
 
 
-def token_or_none() -> Optional[str]:
+def token_or_none() -> str | None:
     from huggingface_hub import get_token
 
     return get_token()
 
 
-def token_findings(folder: Path, token: Optional[str]) -> list[str]:
+def token_findings(folder: Path, token: str | None) -> list[str]:
     """Files whose name, folder or content looks like it holds a token, each named with where and how it was
     read (never the token: its first 5 characters): every file read whole, except weights (their header only)."""
     found = []
@@ -119,7 +118,7 @@ def token_findings(folder: Path, token: Optional[str]) -> list[str]:
     return found
 
 
-def find_token(text: bytes, token: Optional[str]):
+def find_token(text: bytes, token: str | None):
     return TOKEN_RE.search(text) or (re.search(re.escape(token.encode()), text) if token else None)
 
 
@@ -127,7 +126,7 @@ def shown(m) -> str:
     return m.group()[:5].decode(errors="replace") + "..."
 
 
-def redact(path: str, token: Optional[str]) -> str:
+def redact(path: str, token: str | None) -> str:
     """A path with every token-like part cut to its first 5 characters (a folder may be named after one)."""
     out = TOKEN_RE.sub(lambda m: m.group()[:5] + b"...", path.encode())
     if token:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -12,7 +11,8 @@ from finetune.config import QuantConfig, TrainConfig
 from finetune.model import base as model
 from finetune.model import tokenizer as tok
 
-def quant_config(quant: Optional[QuantConfig], train_cfg: TrainConfig, merged: bool) -> QuantConfig:
+
+def quant_config(quant: QuantConfig | None, train_cfg: TrainConfig, merged: bool) -> QuantConfig:
     """`quant=` if given; else the run's own quantization for base + adapter (the model that was trained), and
     none for merged weights (already what export chose)."""
     return quant or (QuantConfig() if merged else train_cfg.quant)
@@ -23,7 +23,7 @@ def load_tokenizer(run: Path, train_cfg: TrainConfig):
     return tok.load_tokenizer(dataclasses.replace(train_cfg.model, tokenizer=str(run / "adapter")))
 
 
-def load_base(run: Optional[Path], train_cfg: TrainConfig, tokenizer, quant: Optional[QuantConfig],
+def load_base(run: Path | None, train_cfg: TrainConfig, tokenizer, quant: QuantConfig | None,
               merged: bool = False):
     """The run's base model (or its merged/ weights) on whatever device is present, in eval mode."""
     if merged:
@@ -38,7 +38,7 @@ def load_base(run: Optional[Path], train_cfg: TrainConfig, tokenizer, quant: Opt
     return base.eval()
 
 
-def recorded_base(run: Optional[Path], train_cfg: TrainConfig):
+def recorded_base(run: Path | None, train_cfg: TrainConfig):
     """A copy of the run's model config naming the base training resolved (path and revision from
     <run>/inputs.json); random-init bases (rebuilt from their seed where this machine caches them) and runs
     without that file: model.path and model.revision as config.yaml has them."""

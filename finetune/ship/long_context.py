@@ -17,7 +17,6 @@ import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 from finetune.config import ROOT, ConfigError, rope
 from finetune.data.chat_format import BOS_ID
@@ -31,7 +30,7 @@ CHUNK = 1024  # positions projected through the LM head at a time (no N x 32000 
 
 @dataclass
 class LongContextConfig:
-    length: Optional[int] = None  # tokens per window and per passkey prompt; null: no long-context eval
+    length: int | None = None  # tokens per window and per passkey prompt; null: no long-context eval
     windows: int = 2  # perplexity windows of `length` tokens taken from the long document
     passkeys: int = 4  # passkey trials, the key at depths evenly spread from the start to the end
     seed: int = 0  # the passkeys' digits
@@ -41,7 +40,7 @@ class LongContextConfig:
 class LongResult:
     model: str
     perplexity: float  # over every position of every window
-    perplexity_past_original: Optional[float]  # over the positions past the original context (None: none there)
+    perplexity_past_original: float | None  # over the positions past the original context (None: none there)
     passkey_exact: int  # trials whose every key token is the argmax
     passkey_logprob: float  # mean log-probability of the whole key
     last_position: int  # the last position scored (length - 1)
@@ -156,8 +155,8 @@ def score_all(models, sp, lcfg: LongContextConfig, mcfg, out: Path) -> str:
     return "\n".join(lines) + f"\nsaved: {out}"
 
 
-def evaluate(lcfg: LongContextConfig, run: Optional[Path], train_cfg, tokenizer, quant, base: bool,
-             out: Optional[str]) -> str:
+def evaluate(lcfg: LongContextConfig, run: Path | None, train_cfg, tokenizer, quant, base: bool,
+             out: str | None) -> str:
     """evaluate.py's long-context mode: the base as trained (with the run's RoPE scaling, no adapter) when
     `base` or there is no run, then the run's adapter model; returns the printed table."""
     from finetune.ship import loading

@@ -19,7 +19,6 @@ import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from safetensors import safe_open
@@ -91,17 +90,17 @@ class Entry:
         return math.prod(self.shape) * DTYPE_BYTES[self.dtype]
 
 
-def plan(files: list[Path], max_shard_bytes: int, out_dtype: Optional[torch.dtype]) -> list[list[Entry]]:
+def plan(files: list[Path], max_shard_bytes: int, out_dtype: torch.dtype | None) -> list[list[Entry]]:
     """Every tensor grouped into output shards of at most `max_shard_bytes`, from the headers alone."""
     shards: list[list[Entry]] = [[]]
     size = 0
-    for f in files:
-        with safe_open(str(f), framework="pt") as fh:
+    for path in files:
+        with safe_open(str(path), framework="pt") as fh:
             for name in fh.keys():
                 sl = fh.get_slice(name)
                 stored = sl.get_dtype()
                 dtype = SAFETENSORS_DTYPES[out_dtype] if out_dtype and stored in ("F32", "BF16", "F16") else stored
-                entry = Entry(f, name, list(sl.get_shape()), dtype)
+                entry = Entry(path, name, list(sl.get_shape()), dtype)
                 if shards[-1] and size + entry.nbytes > max_shard_bytes:
                     shards.append([])
                     size = 0
@@ -115,23 +114,25 @@ def write_shard(path: Path, entries: list[Entry], tensor_of) -> None:
     the plan, so only the tensor being written is in memory. (safetensors' save_file needs them all at once.)"""
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for e in entries:
-        header[e.name] = {"dtype": e.dtype, "shape": e.shape, "data_offsets": [offset, offset + e.nbytes]}
-        offset += e.nbytes
+    for entry in entries:
+        header[entry.name] = {"dtype": entry.dtype, "shape": entry.shape,
+                              "data_offsets": [offset, offset + entry.nbytes]}
+        offset += entry.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the format aligns the data to 8 bytes
     with path.open("wb") as fh:
         fh.write(struct.pack("<Q", len(blob)) + blob)
-        for e in entries:
-            t = tensor_of(e)
-            if list(t.shape) != e.shape or SAFETENSORS_DTYPES.get(t.dtype, e.dtype) != e.dtype:
-                raise MergeError(f"{e.name}: computed {tuple(t.shape)} {t.dtype}, planned {e.shape} {e.dtype}")
-            fh.write(memoryview(t.contiguous().view(torch.uint8).numpy()))
+        for entry in entries:
+            tensor = tensor_of(entry)
+            if list(tensor.shape) != entry.shape or SAFETENSORS_DTYPES.get(tensor.dtype, entry.dtype) != entry.dtype:
+                raise MergeError(f"{entry.name}: computed {tuple(tensor.shape)} {tensor.dtype}, "
+                                 f"planned {entry.shape} {entry.dtype}")
+            fh.write(memoryview(tensor.contiguous().view(torch.uint8).numpy()))
 
 
-def merge(base_dir: Path, adapter: Lora, out_dir: Path, quant: Optional[Quant] = None,
-          out_dtype: Optional[torch.dtype] = None, max_shard_bytes: int = 2 * 1024**3,
-          config_fields: Optional[dict] = None) -> MergeStats:
+def merge(base_dir: Path, adapter: Lora, out_dir: Path, quant: Quant | None = None,
+          out_dtype: torch.dtype | None = None, max_shard_bytes: int = 2 * 1024**3,
+          config_fields: dict | None = None) -> MergeStats:
     """Write `out_dir/model-XXXXX-of-YYYYY.safetensors` + index + config: base (+ quantize roundtrip) + LoRA.
 
     `quant` given: every 4-bit-quantized weight goes through `quantize_roundtrip` first (base="dequantized").
@@ -143,22 +144,22 @@ def merge(base_dir: Path, adapter: Lora, out_dir: Path, quant: Optional[Quant] =
     pending = set(adapter.pairs) | set(adapter.replaced)
     counts = {"merged": 0, "dequantized": 0, "replaced": 0}
 
-    def tensor_of(e: Entry) -> torch.Tensor:
-        with safe_open(str(e.src), framework="pt") as fh:  # reopened per tensor: its mapped pages are let go
-            t = fh.get_tensor(e.name)
-        dtype = out_dtype if out_dtype and t.is_floating_point() else t.dtype
-        if e.name in adapter.replaced:  # trained in full (embeddings, norms): the adapter's tensor as it is
-            pending.discard(e.name)
+    def tensor_of(entry: Entry) -> torch.Tensor:
+        with safe_open(str(entry.src), framework="pt") as fh:  # reopened per tensor: its mapped pages are let go
+            tensor = fh.get_tensor(entry.name)
+        dtype = out_dtype if out_dtype and tensor.is_floating_point() else tensor.dtype
+        if entry.name in adapter.replaced:  # trained in full (embeddings, norms): the adapter's tensor as it is
+            pending.discard(entry.name)
             counts["replaced"] += 1
-            return adapter.replaced[e.name].to(dtype)
-        if quant is not None and QUANTIZED_RE.search(e.name):
-            t = quantize_roundtrip(t, quant).float()
+            return adapter.replaced[entry.name].to(dtype)
+        if quant is not None and QUANTIZED_RE.search(entry.name):
+            tensor = quantize_roundtrip(tensor, quant).float()
             counts["dequantized"] += 1
-        if e.name in adapter.pairs:
-            t = adapter.add_to(e.name, t.to(torch.float32, copy=True))
-            pending.discard(e.name)
+        if entry.name in adapter.pairs:
+            tensor = adapter.add_to(entry.name, tensor.to(torch.float32, copy=True))
+            pending.discard(entry.name)
             counts["merged"] += 1
-        return t.to(dtype)
+        return tensor.to(dtype)
 
     weight_map = {}
     for i, entries in enumerate(shards, 1):
@@ -175,8 +176,8 @@ def merge(base_dir: Path, adapter: Lora, out_dir: Path, quant: Optional[Quant] =
     return MergeStats(shards=len(shards), tensors=len(weight_map), total_bytes=total, **counts)
 
 
-def write_config(base_dir: Path, out_dir: Path, out_dtype: Optional[torch.dtype],
-                 fields: Optional[dict] = None) -> None:
+def write_config(base_dir: Path, out_dir: Path, out_dtype: torch.dtype | None,
+                 fields: dict | None = None) -> None:
     """config.json of the base, minus any quantization_config, with the dtype the shards now hold and `fields`.
     A RoPE scaling is written as transformers 5 spells it (`rope_parameters`) and as older readers do
     (`rope_scaling`, rope_theta at the top level)."""

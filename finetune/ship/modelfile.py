@@ -12,7 +12,6 @@ Modelfile's SYSTEM (Ollama's rule).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from finetune.config import UserError
 from finetune.data import chat_format
@@ -43,7 +42,7 @@ def quoted(text: str) -> str:
     return f'"""{text}"""'
 
 
-def render(gguf_name: str, system: Optional[str], licence: str, context: Optional[int] = None) -> str:
+def render(gguf_name: str, system: str | None, licence: str, context: int | None = None) -> str:
     """The Modelfile text for `./gguf_name`; `context` (the trained context) becomes num_ctx, so Ollama serves
     the whole of it (its own default is shorter)."""
     lines = [f"# Ollama: ollama create <name> -f {'Modelfile'} && ollama run <name>",
@@ -57,8 +56,8 @@ def render(gguf_name: str, system: Optional[str], licence: str, context: Optiona
     return "\n".join(lines) + "\n"
 
 
-def write(folder: Path, gguf_name: str, system: Optional[str], licence_file: Path,
-          context: Optional[int] = None) -> Path:
+def write(folder: Path, gguf_name: str, system: str | None, licence_file: Path,
+          context: int | None = None) -> Path:
     """`folder/Modelfile.<type>` beside `folder/gguf_name` (`<run>.<type>.gguf`)."""
     licence = licence_file.read_text() if licence_file.is_file() else "Llama 2 Community License"
     out = Path(folder) / f"Modelfile.{gguf_name.rsplit('.', 2)[-2]}"

@@ -15,8 +15,8 @@ import torch
 
 from finetune.config import QuantConfig, TrainConfig
 from finetune.data import chat_format, examples
-from finetune.model import base as model
 from finetune.data.stats import DataError
+from finetune.model import base as model
 from finetune.runtime import console
 
 # Used only when the run's data file is gone; the card then says so.

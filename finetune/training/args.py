@@ -40,31 +40,31 @@ def liger(cfg: TrainConfig) -> bool:
 
 def common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool) -> dict:
     """TrainingArguments shared by SFT and DPO, from the `trainer` sub-config."""
-    t, cuda = cfg.trainer, torch.cuda.is_available()
-    if t.liger and not cuda:
+    tcfg, cuda = cfg.trainer, torch.cuda.is_available()
+    if tcfg.liger and not cuda:
         console.info("trainer.liger=true: ignored without CUDA (Liger's kernels are Triton GPU kernels); training "
                      "without them")
     gc = gradient_checkpointing(cfg)
     return dict(
         output_dir=str(checkpoints.staging_dir(run_dir)),  # runs.checkpoints.AtomicCheckpoints moves each out
-        per_device_train_batch_size=t.micro_batch_size,
-        per_device_eval_batch_size=t.micro_batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,  # a float < 1 is a fraction of the steps (transformers 5)
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=t.optim,
-        num_train_epochs=t.num_epochs,
-        max_steps=t.max_steps,
-        logging_steps=t.logging_steps,
+        per_device_train_batch_size=tcfg.micro_batch_size,
+        per_device_eval_batch_size=tcfg.micro_batch_size,
+        gradient_accumulation_steps=tcfg.grad_accum,
+        learning_rate=tcfg.learning_rate,
+        lr_scheduler_type=tcfg.lr_scheduler,
+        warmup_steps=tcfg.warmup_ratio,  # a float < 1 is a fraction of the steps (transformers 5)
+        weight_decay=tcfg.weight_decay,
+        max_grad_norm=tcfg.max_grad_norm,
+        optim=tcfg.optim,
+        num_train_epochs=tcfg.num_epochs,
+        max_steps=tcfg.max_steps,
+        logging_steps=tcfg.logging_steps,
         logging_first_step=True,
         save_strategy="steps",
-        save_steps=t.save_steps,
+        save_steps=tcfg.save_steps,
         save_total_limit=None,  # runs.checkpoints.AtomicCheckpoints keeps the last trainer.save_total_limit
         eval_strategy="steps" if has_eval else "no",
-        eval_steps=cfg.eval.every or t.save_steps,
+        eval_steps=cfg.eval.every or tcfg.save_steps,
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=cuda and cfg.model.dtype == "bfloat16",
@@ -72,10 +72,10 @@ def common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool) -> dict:
         use_cpu=not cuda,
         **checkpointing_args(gc),
         ddp_find_unused_parameters=False,  # LoRA: every trainable parameter is used
-        dataloader_num_workers=t.dataloader_workers,
+        dataloader_num_workers=tcfg.dataloader_workers,
         report_to=tracking.report_to(cfg.tracking),  # wandb/tensorboard callbacks log on rank 0 only
         run_name=run_dir.name,
-        neftune_noise_alpha=t.neftune_alpha,  # NEFTune (training.extras checks where it may be used)
+        neftune_noise_alpha=tcfg.neftune_alpha,  # NEFTune (training.extras checks where it may be used)
     )
 
 

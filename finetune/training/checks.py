@@ -6,7 +6,6 @@ Each stage owns its checks (the knowledge they need lives there); this is the on
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import torch
 from omegaconf import DictConfig
@@ -37,7 +36,7 @@ def problems(dict_cfg: DictConfig) -> list[str]:
     return found
 
 
-def before_weights(dict_cfg: DictConfig, recipe: Optional[str] = None, training: bool = False) -> TrainConfig:
+def before_weights(dict_cfg: DictConfig, recipe: str | None = None, training: bool = False) -> TrainConfig:
     """The schema object after every check; one ConfigError otherwise. `training`: first, what this machine cannot
     train at all (a GPU-sized `recipe` or FSDP without a GPU), alone on one line: nothing else matters here."""
     if training and (found := machine_problems(dict_cfg, recipe)):
@@ -47,7 +46,7 @@ def before_weights(dict_cfg: DictConfig, recipe: Optional[str] = None, training:
     return config.load(dict_cfg)
 
 
-def machine_problems(cfg, recipe: Optional[str]) -> list[str]:
+def machine_problems(cfg, recipe: str | None) -> list[str]:
     """A recipe sized for a GPU on a machine without one, or a launch that shards over GPUs that are not there."""
     fsdp = [p for p in base.launch_problems(cfg.model, cfg.quant) if p.startswith("FSDP ")]
     return memory.gpu_sized(cfg, recipe) + fsdp
@@ -58,24 +57,24 @@ def trainer_problems(cfg) -> list[str]:
     from transformers.trainer_utils import SchedulerType
     from transformers.training_args import OptimizerNames
 
-    t, found = cfg.trainer, []
+    tcfg, found = cfg.trainer, []
     for key, names in (("lr_scheduler", SchedulerType), ("optim", OptimizerNames)):
         valid = [n.value for n in names]
-        if getattr(t, key) not in valid:
-            found.append(f"trainer.{key}={getattr(t, key)}: transformers has no such {key.replace('_', ' ')}; "
+        if getattr(tcfg, key) not in valid:
+            found.append(f"trainer.{key}={getattr(tcfg, key)}: transformers has no such {key.replace('_', ' ')}; "
                          f"use one of {', '.join(valid)}")
-    if t.activation_offloading and not torch.cuda.is_available():
+    if tcfg.activation_offloading and not torch.cuda.is_available():
         found.append("trainer.activation_offloading=true moves activations from the GPU to CPU memory; "
                      "without a GPU set trainer.activation_offloading=false")
-    if t.memory_budget is not None and not torch.cuda.is_available() and (err := ram_problem(t.memory_budget)):
+    if tcfg.memory_budget is not None and not torch.cuda.is_available() and (err := ram_problem(tcfg.memory_budget)):
         found.append(err)
-    if t.liger and (err := liger_problem()):
+    if tcfg.liger and (err := liger_problem()):
         found.append(f"trainer.liger=true needs liger-kernel: {err}; install it with `pip install liger-kernel` "
                      "or set trainer.liger=false")
     return found
 
 
-def ram_problem(budget: str) -> Optional[str]:
+def ram_problem(budget: str) -> str | None:
     """A CPU run trains in RAM: a memory budget beyond it (which the GPU plan would accept) is refused. On a GPU the
     budget plan compares it with the card (planning.report.budget_plan)."""
     if str(budget).lower() == "auto":
@@ -87,7 +86,7 @@ def ram_problem(budget: str) -> Optional[str]:
     return memory.beyond(size, f"trainer.memory_budget={budget}", memory.ram(), "this machine's RAM (no GPU)", False)
 
 
-def liger_problem() -> Optional[str]:
+def liger_problem() -> str | None:
     """Why Liger's kernels cannot run here, or None; on a CPU they are not used, so nothing is missing."""
     if not torch.cuda.is_available():
         return None
@@ -119,7 +118,7 @@ def weights_problems(cfg) -> list[str]:
     return found
 
 
-def unusable(path: Path) -> Optional[str]:
+def unusable(path: Path) -> str | None:
     """Why a checkpoint file cannot be used, or None: safetensors that do not read or hold NaN/inf (trained LoRA
     weights are finite), torch's zip files whose CRCs fail, JSON that does not parse."""
     import json

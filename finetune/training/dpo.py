@@ -39,11 +39,11 @@ def loss_types() -> tuple[str, ...]:
 
 def check(cfg) -> list[str]:
     """Problems in a DPO config, found before any weight loads."""
-    t, problems = cfg.trainer, []
-    if t.loss_type not in (valid := loss_types()):
-        problems.append(f"trainer.loss_type={t.loss_type}: use one of {', '.join(valid)}")
-    if t.beta <= 0:
-        problems.append(f"trainer.beta={t.beta}: must be > 0 (0.1 is the DPO paper's; 0.01-0.5 is usual)")
+    tcfg, problems = cfg.trainer, []
+    if tcfg.loss_type not in (valid := loss_types()):
+        problems.append(f"trainer.loss_type={tcfg.loss_type}: use one of {', '.join(valid)}")
+    if tcfg.beta <= 0:
+        problems.append(f"trainer.beta={tcfg.beta}: must be > 0 (0.1 is the DPO paper's; 0.01-0.5 is usual)")
     return problems
 
 
@@ -75,13 +75,13 @@ def build(cfg, model, tokenizer, prepared, run_dir: Path):
     """TRL's DPOTrainer on our PeftModel: reference = the same model with the frozen "ref" adapter."""
     from trl import DPOConfig, DPOTrainer
 
-    t, train_ds, eval_ds = cfg.trainer, prepared.train, prepared.eval
+    tcfg, train_ds, eval_ds = cfg.trainer, prepared.train, prepared.eval
     args = DPOConfig(
         **common_args(cfg, run_dir, eval_ds is not None),
-        beta=t.beta,
-        loss_type=[t.loss_type],
+        beta=tcfg.beta,
+        loss_type=[tcfg.loss_type],
         max_length=None,  # lengths are enforced when tokenizing (data.max_length, data.max_prompt_length)
-        precompute_ref_log_probs=t.precompute_ref,
+        precompute_ref_log_probs=tcfg.precompute_ref,
         remove_unused_columns=False,  # our llama_*_ids columns reach `collate`
     )
     before = reference_tables(train_ds)
@@ -89,7 +89,7 @@ def build(cfg, model, tokenizer, prepared, run_dir: Path):
                          eval_dataset=eval_ds, processing_class=tokenizer.hf,
                          callbacks=callbacks(cfg, tokenizer, prepared.head, run_dir),
                          optimizers=optimizers(cfg, model, args))
-    if t.precompute_ref:
+    if tcfg.precompute_ref:
         made = reference_tables(train_ds) - before
         console.info(f"reference log-probs: {'computed and cached' if made else 'reused from the cache'} in "
                      f"{Path(train_ds.cache_files[0]['filename']).parent}")

@@ -9,25 +9,25 @@ from finetune.runtime.dist import launched_sharding
 
 def check(cfg) -> list[str]:
     """Problems with `trainer.loraplus_lr_ratio` and `trainer.neftune_alpha`, found before any weight loads."""
-    t, found = cfg.trainer, []
-    if t.loraplus_lr_ratio is not None:
-        if t.loraplus_lr_ratio < 1:
-            found.append(f"trainer.loraplus_lr_ratio={t.loraplus_lr_ratio}: LoRA+ trains lora_B this many times "
+    tcfg, found = cfg.trainer, []
+    if tcfg.loraplus_lr_ratio is not None:
+        if tcfg.loraplus_lr_ratio < 1:
+            found.append(f"trainer.loraplus_lr_ratio={tcfg.loraplus_lr_ratio}: LoRA+ trains lora_B this many times "
                          "faster than lora_A, so it must be >= 1 (the paper uses 2-16; 16 for Llama)")
         if (sharding := launched_sharding()) in ("fsdp", "zero2", "zero3"):
             found.append(f"trainer.loraplus_lr_ratio under {sharding}: LoRA+ hands the Trainer a ready optimizer, "
                          "which transformers refuses with FSDP and DeepSpeed; launch with DDP, or drop "
                          "trainer.loraplus_lr_ratio")
-    if t.neftune_alpha is not None:
-        if t.neftune_alpha <= 0:
-            found.append(f"trainer.neftune_alpha={t.neftune_alpha}: must be > 0 (the paper uses 5-15), or null "
+    if tcfg.neftune_alpha is not None:
+        if tcfg.neftune_alpha <= 0:
+            found.append(f"trainer.neftune_alpha={tcfg.neftune_alpha}: must be > 0 (the paper uses 5-15), or null "
                          "for no noise")
-        if t.kind in METHODS and METHODS[t.kind].reference:  # a reference pass through the same model
+        if tcfg.kind in METHODS and METHODS[tcfg.kind].reference:  # a reference pass through the same model
             free = names(lambda m: not m.reference)
-            found.append(f"trainer.neftune_alpha with trainer.kind={t.kind}: the noise would reach the reference "
+            found.append(f"trainer.neftune_alpha with trainer.kind={tcfg.kind}: the noise would reach the reference "
                          "pass too (the same model with a frozen adapter), so the policy would be compared with "
                          f"a noisy reference; use it with {', '.join(free[:-1])} or {free[-1]}")
-        if t.packing:
+        if tcfg.packing:
             found.append("trainer.neftune_alpha with trainer.packing=true: NEFTune scales its noise by "
                          "1/sqrt(sequence length x hidden), and a packed row holds many examples, so each would get "
                          "far less noise than alpha means; set trainer.packing=false")

@@ -52,18 +52,18 @@ def collate(pad_id: int):
 
 def check(cfg) -> list[str]:
     """Problems in a KTO config, found before any weight loads."""
-    t, problems = cfg.trainer, []
-    if t.loss_type not in (valid := loss_types()):
-        problems.append(f"trainer.loss_type={t.loss_type} with trainer.kind=kto: use one of {', '.join(valid)}")
-    if t.beta <= 0:
-        problems.append(f"trainer.beta={t.beta}: must be > 0 (0.1 is the KTO paper's)")
-    if min(t.desirable_weight, t.undesirable_weight) <= 0:
-        problems.append(f"trainer.desirable_weight={t.desirable_weight}, trainer.undesirable_weight="
-                        f"{t.undesirable_weight}: both must be > 0")
-    if t.loss_type == "kto" and t.micro_batch_size < 2:
+    tcfg, problems = cfg.trainer, []
+    if tcfg.loss_type not in (valid := loss_types()):
+        problems.append(f"trainer.loss_type={tcfg.loss_type} with trainer.kind=kto: use one of {', '.join(valid)}")
+    if tcfg.beta <= 0:
+        problems.append(f"trainer.beta={tcfg.beta}: must be > 0 (0.1 is the KTO paper's)")
+    if min(tcfg.desirable_weight, tcfg.undesirable_weight) <= 0:
+        problems.append(f"trainer.desirable_weight={tcfg.desirable_weight}, trainer.undesirable_weight="
+                        f"{tcfg.undesirable_weight}: both must be > 0")
+    if tcfg.loss_type == "kto" and tcfg.micro_batch_size < 2:
         problems.append("trainer.micro_batch_size=1 with KTO: its KL term pairs each prompt with another example's "
                         "answer from the same micro-batch; use trainer.micro_batch_size >= 2")
-    if t.precompute_ref:
+    if tcfg.precompute_ref:
         problems.append("trainer.precompute_ref=true with trainer.kind=kto: not wired for KTO (its KL answers are "
                         "formed per micro-batch by our collator); set trainer.precompute_ref=false")
     return problems
@@ -88,13 +88,13 @@ def build(cfg, model, tokenizer, prepared, run_dir: Path):
     """TRL's KTOTrainer on our PeftModel: reference = the same model with the frozen "ref" adapter."""
     from trl import KTOConfig, KTOTrainer
 
-    t, train_ds, eval_ds = cfg.trainer, prepared.train, prepared.eval
+    tcfg, train_ds, eval_ds = cfg.trainer, prepared.train, prepared.eval
     args = KTOConfig(
         **common_args(cfg, run_dir, eval_ds is not None),
-        beta=t.beta,
-        loss_type=t.loss_type,
-        desirable_weight=t.desirable_weight,
-        undesirable_weight=t.undesirable_weight,
+        beta=tcfg.beta,
+        loss_type=tcfg.loss_type,
+        desirable_weight=tcfg.desirable_weight,
+        undesirable_weight=tcfg.undesirable_weight,
         max_length=None,  # lengths are enforced when tokenizing (data.max_length, data.max_prompt_length)
         remove_unused_columns=False,  # our llama_*_ids columns reach `collate`
     )

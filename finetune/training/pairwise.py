@@ -55,11 +55,11 @@ def collate(pad_id: int):
 
 def check(cfg, name: str) -> list[str]:
     """Problems every reference-free pair trainer shares."""
-    t, problems = cfg.trainer, []
-    if t.beta <= 0:
-        problems.append(f"trainer.beta={t.beta}: must be > 0")
-    if t.precompute_ref:
-        problems.append(f"trainer.precompute_ref=true with trainer.kind={t.kind}: {name} has no reference model "
+    tcfg, problems = cfg.trainer, []
+    if tcfg.beta <= 0:
+        problems.append(f"trainer.beta={tcfg.beta}: must be > 0")
+    if tcfg.precompute_ref:
+        problems.append(f"trainer.precompute_ref=true with trainer.kind={tcfg.kind}: {name} has no reference model "
                         "to precompute; set trainer.precompute_ref=false")
     return problems
 

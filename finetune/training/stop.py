@@ -12,7 +12,6 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional
 
 from finetune.config import UserError
 from finetune.runs import checkpoints, rundir
@@ -26,7 +25,7 @@ class DiskFullError(UserError, OSError):
     """The run's disk has no room for what the run writes: names the path, the space free and the space needed."""
 
 
-def command(overrides: list[str], run_dir: Optional[Path]) -> str:
+def command(overrides: list[str], run_dir: Path | None) -> str:
     """The command that picks the run up again: the user's own launcher and overrides with output_dir= pointing at
     this run (a run resumes from its latest checkpoint by default) and without resume=/overwrite= (overwrite=true
     would start it over)."""
@@ -57,7 +56,7 @@ def launcher() -> list[str]:
     return [shlex.quote(w) for w in words]
 
 
-def restart(run_dir: Optional[Path], overrides: list[str]) -> str:
+def restart(run_dir: Path | None, overrides: list[str]) -> str:
     """Where the run stands and the command that goes on from there."""
     latest = rundir.latest(run_dir) if run_dir else None
     if latest:
@@ -67,7 +66,7 @@ def restart(run_dir: Optional[Path], overrides: list[str]) -> str:
     return f"{state}; {verb}: {command(overrides, run_dir)}"
 
 
-def interrupted(trainer, run_dir: Optional[Path], overrides: list[str]) -> str:
+def interrupted(trainer, run_dir: Path | None, overrides: list[str]) -> str:
     """The one line a Ctrl-C prints."""
     if trainer is not None:
         from finetune.training import progress
@@ -80,10 +79,10 @@ def interrupted(trainer, run_dir: Optional[Path], overrides: list[str]) -> str:
     return f"{at} (Ctrl-C); {restart(run_dir, overrides)}"
 
 
-def full(exc: BaseException) -> Optional[BaseException]:
+def full(exc: BaseException) -> BaseException | None:
     """The exception (`exc` or one it came from) that says the disk is full, or None: an OSError with
     ENOSPC/EDQUOT, or the text that safetensors' and torch's writers put in their own exception types."""
-    seen: Optional[BaseException] = exc
+    seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
             return seen

@@ -10,8 +10,7 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 
-from tests.unit.test_fused_lora import (assert_close, batch, gqa_path, load, loss_and_grads,  # noqa: E402,F401
-                                        with_lora)
+from tests.unit.test_fused_lora import assert_close, batch, gqa_path, load, loss_and_grads, with_lora  # noqa: E402,F401
 from finetune.model import checkpointing, fused_layers  # noqa: E402
 
 

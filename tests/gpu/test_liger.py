@@ -13,10 +13,10 @@ pytest.importorskip("liger_kernel", reason="pip install liger-kernel")
 
 from tests.conftest import compose  # noqa: E402
 from finetune import config
-from finetune.model import base as model_base
-from finetune.model import tokenizer as tokenizer_mod
 from finetune.data.load import Prepared  # noqa: E402
 from finetune.data.stats import Stats  # noqa: E402
+from finetune.model import base as model_base
+from finetune.model import tokenizer as tokenizer_mod
 from finetune.training import sft as sft_trainer
 
 

@@ -74,7 +74,8 @@ def test_shipped_tasks_base_vs_tuned_are_lm_evals_numbers_and_reach_the_card(tin
         line = f"{r['task']:<16} {r['metric']:<28} {r['base']:>8.4f} {r['tuned']:>8.4f} {r['delta']:>+8.4f}"
         assert line in proc.stdout
     assert "base: llama2_tiny (nf4); tuned: run (adapter, nf4)" in proc.stdout
-    assert "prompts in the Llama 2 chat format (lm_eval's chat-template path gives the ids training used)" in proc.stdout
+    chat_note = "prompts in the Llama 2 chat format (lm_eval's chat-template path gives the ids training used)"
+    assert chat_note in proc.stdout
     assert "nltk_data" not in proc.stdout + proc.stderr  # no task module tried nltk.download() (offline: an error)
 
     # The adapter changed the model: the gold ending's perplexity moved; the same number as lm_eval's own run

@@ -8,8 +8,7 @@ import pytest
 
 from tests.conftest import run_entry
 from finetune import chat
-from finetune.data import chat_format
-from finetune.data import examples
+from finetune.data import chat_format, examples
 from finetune.runs import rundir
 from finetune.ship import loading
 

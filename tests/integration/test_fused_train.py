@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 from tests.conftest import run_entry
 from tests.integration.test_train import REPEATED, rows, stock_eval_loss
 
-
 # 683.5MB lies between the planner's totals for one and for two tiny layers keeping their activations
 BUDGET = ("trainer.memory_budget=683.5MB", "memory plan: 1 of 2 layers keep their activations, layer 0 checkpointed")
 

@@ -133,7 +133,8 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
 
 
 def check_common(trainer, run_dir, start, forwards, per_step: int, before: dict) -> tuple[list[dict], dict]:
-    """Every LoRA tensor moved, `per_step` forwards a step, the loss fell (training and held out); (rows, eval after)."""
+    """Every LoRA tensor moved, `per_step` forwards a step, the loss fell (training and held out);
+    (rows, eval after)."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     unchanged = [k for k, v in model.named_parameters() if k in start and torch.equal(start[k], v)]
     assert not unchanged, unchanged
@@ -191,7 +192,8 @@ def test_kto(toy, tmp_path):
     assert set(model.peft_config) == {"default", "ref"}  # the reference: a frozen copy of the starting adapter
     # per step: policy, reference, and the KL sequences under both
     rows_logged, after = check_common(trainer, tmp_path / "run", start, forwards, 4, before)
-    assert before["eval_loss"] == pytest.approx(0.5, abs=1e-6) and rows_logged[0]["loss"] == pytest.approx(0.5, abs=1e-6)
+    assert before["eval_loss"] == pytest.approx(0.5, abs=1e-6)
+    assert rows_logged[0]["loss"] == pytest.approx(0.5, abs=1e-6)
     assert before["eval_kl"] == 0.0 and before["eval_rewards/margins"] == pytest.approx(0.0, abs=1e-6)
 
     rows = prepared.eval.to_list()

@@ -33,7 +33,8 @@ def test_prepare_fills_the_cache_and_the_training_run_reads_it(tmp_path):
     assert line.startswith("data: messages: 3000 examples (30 eval) from 3000 records;") and line.endswith("miss")
     assert len(list((tmp_path / "cache" / "data").glob("messages-*/rows/train/*.arrow"))) == 2
     train = run_entry("train.py", *data, f"output_dir={tmp_path / 'run'}", "trainer.max_steps=1",
-                      "trainer.micro_batch_size=2", "trainer.grad_accum=1", "trainer.logging_steps=1", "trainer.save_steps=1",
+                      "trainer.micro_batch_size=2", "trainer.grad_accum=1", "trainer.logging_steps=1",
+                      "trainer.save_steps=1",
                       "eval.samples=0",
                       env=env).stdout
     assert data_line(train) == line.replace("tokenized cache: miss", "tokenized cache: hit")

@@ -13,13 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from tests.conftest import FAST, ROOT, compose, run_entry
-from finetune.runs import checkpoints
-from finetune.runs import metrics
-from finetune.runs import rundir
+from finetune.runs import checkpoints, metrics, rundir
 from finetune.training import checks
 
 TRAIN = [sys.executable, str(ROOT / "finetune" / "train.py"), "recipe=tiny_qlora", *FAST]
@@ -142,7 +139,6 @@ def test_resume_false_starts_over_in_a_new_directory_and_overwrite_in_the_same(t
 
 
 def test_finished_run_error_names_the_three_ways_out(tmp_path):
-    from finetune import config
 
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")

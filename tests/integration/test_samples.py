@@ -8,11 +8,9 @@ import math
 import pytest
 
 from tests.conftest import run_entry
-from finetune.data import chat_format
-from finetune.data import examples
+from finetune.data import chat_format, examples
 from finetune.data import prompts as data_prompts
-from finetune.runs import metrics
-from finetune.runs import rundir
+from finetune.runs import metrics, rundir
 from finetune.ship import loading
 from finetune.training import samples
 

@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 SUBNET = "10.77.0"  # private: the bridge lives in the controller's namespace, never on this machine's network
 CTL_ADDR = f"{SUBNET}.1"
@@ -87,7 +86,7 @@ class ClusterError(RuntimeError):
     pass
 
 
-def unavailable() -> Optional[str]:
+def unavailable() -> str | None:
     """Why this machine cannot run the cluster (a reason to skip), or None when it can."""
     if os.geteuid() != 0:
         return "the SLURM cluster needs root (network, UTS and mount namespaces); run as root or in a root container"
@@ -160,7 +159,7 @@ def pid_alive(pid: int) -> bool:
 class Cluster:
     """`with Cluster(dir) as c:` (or `c.start()` ... `c.stop()`); `c.sbatch(...)`, `c.job(id)`, `c.kill_node(...)`."""
 
-    def __init__(self, workdir: Optional[Path] = None):
+    def __init__(self, workdir: Path | None = None):
         self.prefix = f"ft{os.getpid()}-{secrets.token_hex(2)}"
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="slurm-")).resolve()
         self.conf = self.dir / "slurm.conf"
@@ -172,16 +171,17 @@ class Cluster:
         return f"{self.prefix}-{host}"
 
     # ---- lifecycle
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self, timeout: float = 60) -> "Cluster":
+    def start(self, timeout: float = 60) -> Cluster:
         missing = missing_tools()
         if missing:
-            raise ClusterError(f"not installed: {', '.join(missing)}; run `make system-deps` (apt-get install {PACKAGES})")
+            raise ClusterError(f"not installed: {', '.join(missing)}; "
+                               f"run `make system-deps` (apt-get install {PACKAGES})")
         reap_stale()
         try:
             self._write_files()
@@ -273,7 +273,7 @@ class Cluster:
     def scontrol(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.run_on("ctl", "scontrol", *args, check=check)
 
-    def sbatch(self, *args: str, cwd: Path, env: Optional[dict] = None) -> int:
+    def sbatch(self, *args: str, cwd: Path, env: dict | None = None) -> int:
         """Submit from the controller's host; returns the job id. `args`: sbatch options, the script, its args."""
         return int(self.run_on("ctl", "sbatch", "--parsable", *args, cwd=cwd, env=env or {}).stdout.split(";")[0])
 

@@ -5,12 +5,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import ROOT
-from finetune.data import adapters
-from finetune.data import examples
-from finetune.data.stats import DataError
-from finetune.data.stats import Stats
 from finetune.config import DataConfig
+from finetune.data import adapters, examples
 from finetune.data.adapters import Invalid, MissingField
+from finetune.data.stats import DataError, Stats
 
 
 def data_cfg(name: str, **overrides) -> DataConfig:
@@ -107,7 +105,8 @@ def test_field_mapping_reads_any_schema_including_nested_fields():
     assert next(adapters.mapped(rec, fields))["messages"] == [
         {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?\n\nBecause."},
         {"role": "assistant", "content": "42"}]
-    pair = next(adapters.mapped({"p": "Q", "good": "A", "bad": "B"}, {"prompt": "p", "chosen": "good", "rejected": "bad"}))
+    fields = {"prompt": "p", "chosen": "good", "rejected": "bad"}
+    pair = next(adapters.mapped({"p": "Q", "good": "A", "bad": "B"}, fields))
     assert pair == {"prompt": [{"role": "user", "content": "Q"}], "chosen": "A", "rejected": "B"}
 
 

@@ -195,7 +195,8 @@ def importtime_modules(stderr: str) -> set[str]:
 
 @pytest.mark.parametrize("script", ["train.py", "preview.py"])
 def test_a_wrong_data_field_is_every_field_and_its_fix_before_torch_loads(tmp_path, script):
-    path = write(tmp_path / "tickets.jsonl", json.dumps({"ticket_question": "Jammed?", "staff_reply": "Tray 2."}) + "\n")
+    record = {"ticket_question": "Jammed?", "staff_reply": "Tray 2."}
+    path = write(tmp_path / "tickets.jsonl", json.dumps(record) + "\n")
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "finetune" / script), "data=jsonl",
                            f"data.path={path}", "data.fields.prompt=question", "data.fields.response=answer",
@@ -212,7 +213,8 @@ def test_a_wrong_data_field_is_every_field_and_its_fix_before_torch_loads(tmp_pa
 def test_sft_data_for_dpo_is_refused_before_torch_loads(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "finetune" / "train.py"), "recipe=tiny_dpo",
-                           "data=self_instruct", f"output_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           "data=self_instruct", f"output_dir={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "not preference pairs (prompt/chosen/rejected)" in proc.stderr, proc.stderr[-3000:]
     assert "torch" not in importtime_modules(proc.stderr) and not out.exists()
 

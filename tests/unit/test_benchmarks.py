@@ -124,7 +124,8 @@ def test_sweep_metric_names_the_task_and_checks_the_metric(tmp_path):
     assert s.metrics_key == report.log_key("hellaswag_mini", "acc_norm") == "eval_benchmark/hellaswag_mini/acc_norm"
     assert s.fixed["eval.benchmarks"] == "[hellaswag_mini]"
     assert objective.prepare(sweep("eval/loss")) is None
-    with pytest.raises(ConfigError, match="task gsm8k_mini logs exact_match,strict-match, exact_match,flexible-extract"):
+    logged = "task gsm8k_mini logs exact_match,strict-match, exact_match,flexible-extract"
+    with pytest.raises(ConfigError, match=logged):
         objective.prepare(sweep("benchmark/gsm8k_mini/exact_match"))
 
 

@@ -26,8 +26,8 @@ def meta_reference(dialog: list[dict]) -> list[int]:
     """Meta's `chat_completion` (llama/generation.py), transcribed: ids for a dialog ending with a user turn,
     or for every finished turn when it ends with an assistant answer (the training sequence)."""
     if dialog[0]["role"] == "system":
-        dialog = [{"role": dialog[1]["role"],
-                   "content": "<<SYS>>\n" + dialog[0]["content"] + "\n<</SYS>>\n\n" + dialog[1]["content"]}] + dialog[2:]
+        system, first = dialog[0]["content"], dialog[1]
+        dialog = [{"role": first["role"], "content": f"<<SYS>>\n{system}\n<</SYS>>\n\n{first['content']}"}] + dialog[2:]
     tokens = sum([[1] + SP.encode(f"[INST] {(p['content']).strip()} [/INST] {(a['content']).strip()} ") + [2]
                   for p, a in zip(dialog[::2], dialog[1::2])], [])
     if dialog[-1]["role"] == "user":
@@ -94,7 +94,8 @@ def test_hf_chat_template_renders_metas_text():
 
 
 @pytest.mark.parametrize("dialog, message", [
-    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "message 1 has role 'user', expected 'assistant'"),
+    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+     "message 1 has role 'user', expected 'assistant'"),
     ([{"role": "user", "content": "a"}], "a training conversation must end with an assistant answer"),
     ([{"role": "system", "content": "s"}], "a system message must be followed by a user message"),
     ([{"role": "assistant", "content": "a"}], "message 0 has role 'assistant', expected 'user'"),

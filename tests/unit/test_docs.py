@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import ROOT
 
 TOP = ("finetune", "configs", "recipes", "bench", "launch", "tests", "data", "docs", ".ci")
-PATH = re.compile(r"(?<![\w./<>-])((?:%s)/[\w./-]*[\w/])" % "|".join(re.escape(t) for t in TOP))
+PATH = re.compile(r"(?<![\w./<>-])((?:" + "|".join(re.escape(top) for top in TOP) + r")/[\w./-]*[\w/])")
 # named on purpose though absent from a checkout: made at install or at run time, or a prefix/placeholder
 NOT_IN_CHECKOUT = {"finetune/bundled", "recipes/dpo_qlora_", "bench/results/dpo_memory", "bench/results/gpu/bench",
                    "bench/SCRIPT.py"}
@@ -50,7 +50,8 @@ def test_the_readme_is_a_short_front_page_that_links_every_docs_page():
     assert [p for p in pages if f"(docs/{p})" not in readme] == []
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed: make setup installs it")
+@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None,
+                    reason="mkdocs is not installed: make setup installs it")
 def test_the_docs_site_builds_strict(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
                           cwd=ROOT, capture_output=True, text=True)

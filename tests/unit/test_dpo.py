@@ -8,17 +8,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import ROOT, compose
+from tests.conftest import compose
 from finetune import config
-from finetune.data import chat_format
-from finetune.data import examples
+from finetune.data import chat_format, examples, pairs
 from finetune.data import load as data_load
-from finetune.data import pairs
+from finetune.data.stats import DataError, Stats
 from finetune.model import lora
 from finetune.model import tokenizer as tokenizer_mod
-from finetune.training import checks
-from finetune.training import dpo
-from finetune.data.stats import DataError, Stats
+from finetune.training import checks, dpo
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +100,9 @@ def test_conversations_are_refused_for_dpo(tok):
 def test_identical_chosen_and_rejected_names_the_line(dcfg, tok, tmp_path):
     dcfg.path, dcfg.eval_fraction = pair_file(tmp_path, [("b?", "Yes", "No"), ("a?", "Same.", "Same. "),
                                                          ("c?", "x", "x")]), 0.0
-    with pytest.raises(DataError, match=rf"^{dcfg.path}:2: chosen and rejected are identical \(such a pair teaches "
-                                        r"nothing: its DPO loss stays ln 2\); fix the record, or set data.invalid=skip"):
+    with pytest.raises(DataError, match=rf"^{dcfg.path}:2: chosen and rejected are identical \(such a pair "
+                                        r"teaches nothing: its DPO loss stays ln 2\); fix the record, or set "
+                                        r"data.invalid=skip"):
         data_load.load(dcfg, tok, "dpo")
     dcfg.invalid = "skip"
     p = data_load.load(dcfg, tok, "dpo")

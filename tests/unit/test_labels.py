@@ -3,6 +3,7 @@ OpenAssistant conversations (multi-turn), with pad distinct from EOS and one BOS
 from __future__ import annotations
 
 import dataclasses
+
 import pytest
 import sentencepiece as spm
 

@@ -2,8 +2,6 @@
 sets up the distributed environment it claims to (what the training processes would receive)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
@@ -114,8 +112,8 @@ def test_model_loader_sees_the_sharding_each_config_launches(name, sharding):
 def test_qlora_under_zero3_stops_before_loading_weights():
     import os
 
-    from finetune import config
     from tests.conftest import compose
+    from finetune import config
 
     cfg = config.load(compose("recipe=tiny_qlora"))
     saved = dict(os.environ)

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from finetune.ship import merge
 
+from finetune.ship import merge
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]  # a subset: the QLoRA path must still dequantize k/o/gate/up
 
@@ -122,7 +122,8 @@ def test_unsupported_adapters_are_refused(checkpoint, tmp_path):
     odd = tmp_path / "odd"
     shutil.copytree(adapter_dir, odd)
     cfg = json.loads((odd / "adapter_config.json").read_text())
-    (odd / "adapter_config.json").write_text(json.dumps({**cfg, "rank_pattern": {"q": 8}, "init_lora_weights": "pissa"}))
+    unmergeable = {**cfg, "rank_pattern": {"q": 8}, "init_lora_weights": "pissa"}
+    (odd / "adapter_config.json").write_text(json.dumps(unmergeable))
     with pytest.raises(merge.MergeError, match=r"\['rank_pattern', 'init_lora_weights=pissa'\].*merge_and_unload"):
         merge.read_adapter(odd)
     (odd / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))  # DoRA without magnitudes

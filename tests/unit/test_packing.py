@@ -10,11 +10,11 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from tests.conftest import compose
 from finetune import config
+from finetune.data.load import Prepared
+from finetune.data.stats import Stats
 from finetune.model import base as model_base
 from finetune.model import lora
 from finetune.model import tokenizer as tokenizer_mod
-from finetune.data.load import Prepared
-from finetune.data.stats import Stats
 from finetune.training import sft as sft_trainer
 
 LENGTHS = (37, 53, 29)  # three documents of different lengths in one row

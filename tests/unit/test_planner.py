@@ -5,8 +5,8 @@ import pytest
 
 from tests.conftest import compose
 from finetune import config
-from finetune.planning import planner
 from finetune.config import parse_size
+from finetune.planning import planner
 from finetune.planning.planner import GiB, Setup
 from finetune.planning.report import Card, PlanError, check_before_training, suggestions
 

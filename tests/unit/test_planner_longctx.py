@@ -32,8 +32,10 @@ def test_long_context_plan_judges_the_common_cards():
     at = lines.index("at 32768 tokens on one GPU of:")
     need = planner.memory(s).need / GiB
     assert 23.6 < need < 47.5  # between the 24 GB and 48 GB cards
-    assert lines[at + 1].startswith(f"  24 GB: does not fit ({need:.1f} of 23.6 GiB); fits with trainer.memory_budget")
-    assert lines[at + 2:at + 4] == [f"  48 GB: fits ({need:.1f} of 47.5 GiB)", f"  80 GB: fits ({need:.1f} of 79.6 GiB)"]
+    assert lines[at + 1].startswith(f"  24 GB: does not fit ({need:.1f} of 23.6 GiB); "
+                                    "fits with trainer.memory_budget")
+    assert lines[at + 2:at + 4] == [f"  48 GB: fits ({need:.1f} of 47.5 GiB)",
+                                    f"  80 GB: fits ({need:.1f} of 79.6 GiB)"]
     cfg, s = plan_of("recipe=qlora_13b")
     _, short = report.report(cfg, s, report.Card("h100", 989.4e12, 79.6 * GiB, "test"), 0.295)
     assert "on one GPU of:" not in short  # plans at Llama 2's own context print what they always did

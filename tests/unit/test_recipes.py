@@ -1,9 +1,6 @@
 """Every shipped recipe composes and validates; the headline recipe says what it is; bad input names the fix."""
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
-
 import pytest
 from omegaconf import OmegaConf
 
@@ -70,7 +67,8 @@ def test_unknown_model_lists_the_models():
     proc = run_entry("train.py", "model=llama3_8b", check=False)
     assert proc.returncode == 2
     line, = proc.stderr.splitlines()
-    assert line.startswith("error: model=llama3_8b: no such model;") and "llama2_13b_chat" in line.split("available: ")[1]
+    assert line.startswith("error: model=llama3_8b: no such model;")
+    assert "llama2_13b_chat" in line.split("available: ")[1]
 
 
 def test_misspelled_key_is_named():
