@@ -21,6 +21,7 @@ appended to bench/results/data_throughput.md (+ .jsonl) with the machine, load a
 Synthetic conversations: 2 user/assistant turns of random whole-word Llama pieces, ~770 tokens each
 (52/325/40/325 words, +-20%), deterministic (seed 0); written once under --work.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,13 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD_REV = "ff809cd"  # the last commit with the in-memory path (finetune/data/load.py `tokenized`)
-REAL = {"oasst": "tiny_qlora", "self_instruct": "tiny_qlora", "orca_dpo": "tiny_dpo", "oasst_pairs": "tiny_dpo",
-        "hh_rlhf": "tiny_dpo"}  # data config -> the recipe that trains on it (sft or dpo)
+REAL = {
+    "oasst": "tiny_qlora",
+    "self_instruct": "tiny_qlora",
+    "orca_dpo": "tiny_dpo",
+    "oasst_pairs": "tiny_dpo",
+    "hh_rlhf": "tiny_dpo",
+}  # data config -> the recipe that trains on it (sft or dpo)
 OLD_DRIVER = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
@@ -66,15 +72,18 @@ def synthetic(n: int, work: Path) -> Path:
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(ROOT / "data/llama2-tokenizer/tokenizer.model"))
-    vocab = [p[1:] for p in map(sp.id_to_piece, range(sp.get_piece_size()))
-             if p.startswith("▁") and p[1:].isalpha() and len(p) > 3]  # whole words: one token each
+    vocab = [
+        p[1:]
+        for p in map(sp.id_to_piece, range(sp.get_piece_size()))
+        if p.startswith("▁") and p[1:].isalpha() and len(p) > 3
+    ]  # whole words: one token each
     rng = random.Random(0)
     words = [rng.choice(vocab) for _ in range(1 << 20)]
 
     def text(k: int) -> str:
         k = rng.randint(int(k * 0.8), int(k * 1.2))
         at = rng.randrange(len(words) - k)
-        return " ".join(words[at:at + k])
+        return " ".join(words[at : at + k])
 
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w") as f:
@@ -120,8 +129,14 @@ def measure(cmd: list[str], cwd: Path, env: dict) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     kernel = after.ru_maxrss * 1024 if after.ru_maxrss > before.ru_maxrss else 0  # a max over all children ever
-    return {"rc": proc.returncode, "wall_s": time.time() - start, "cpu_s": cpu, "peak_pss": peak_pss,
-            "peak_rss": max(peak_rss, kernel), "out": "".join(out)}
+    return {
+        "rc": proc.returncode,
+        "wall_s": time.time() - start,
+        "cpu_s": cpu,
+        "peak_pss": peak_pss,
+        "peak_rss": max(peak_rss, kernel),
+        "out": "".join(out),
+    }
 
 
 def old_tree(rev: str, work: Path) -> Path:
@@ -130,8 +145,12 @@ def old_tree(rev: str, work: Path) -> Path:
         tmp = work / f"old-{rev}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        archive = subprocess.run(["git", "archive", rev, "finetune", "configs", "recipes", "data/llama2-tokenizer"],
-                                 cwd=ROOT, capture_output=True, check=True).stdout
+        archive = subprocess.run(
+            ["git", "archive", rev, "finetune", "configs", "recipes", "data/llama2-tokenizer"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        ).stdout
         subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
         tmp.rename(root)
     return root
@@ -140,8 +159,14 @@ def old_tree(rev: str, work: Path) -> Path:
 def run_arm(arm: str, overrides: list[str], work: Path, rev: str) -> dict:
     cache = work / f"cache-{arm}"
     shutil.rmtree(cache, ignore_errors=True)  # a cold cache: every run tokenizes
-    env = {**os.environ, "FINETUNE_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "FINETUNE_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
     if arm == "new" or arm.startswith("at:"):  # at:<rev>: prepare.py of the tree at that commit
         tree = ROOT if arm == "new" else old_tree(arm[3:], work)
         r = measure([sys.executable, str(tree / "finetune/prepare.py"), *overrides], tree, env)
@@ -179,45 +204,69 @@ def ceiling(work: Path) -> str:
     solo = float(subprocess.run(cmd + [str(path)], capture_output=True, text=True, check=True).stdout)
     procs = [subprocess.Popen(cmd + [str(path)], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     pair = sum(float(p.communicate()[0]) for p in procs)
-    row = (f"| encoder alone (the ceiling now) | 1 process / 2 at once | 1,500 | | | {solo:,.0f} / {pair:,.0f} "
-           f"(x{pair / solo:.2f}) | | | | | | |")
+    row = (
+        f"| encoder alone (the ceiling now) | 1 process / 2 at once | 1,500 | | | {solo:,.0f} / {pair:,.0f} "
+        f"(x{pair / solo:.2f}) | | | | | | |"
+    )
     print(row, flush=True)
     return row
 
 
 def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    return (f"{cpu}, {len(os.sched_getaffinity(0))} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
-            f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return (
+        f"{cpu}, {len(os.sched_getaffinity(0))} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10000,100000", help="synthetic conversation counts, comma-separated")
     ap.add_argument("--real", action="store_true", help="also the bundled real sets")
-    ap.add_argument("--arms", default="new,old", help="new (this tree), old (--old-rev's in-memory path), "
-                    "at:<rev> (prepare.py of the tree at that commit); arms repeat and run in the order given")
+    ap.add_argument(
+        "--arms",
+        default="new,old",
+        help="new (this tree), old (--old-rev's in-memory path), "
+        "at:<rev> (prepare.py of the tree at that commit); arms repeat and run in the order given",
+    )
     ap.add_argument("--old-rev", default=OLD_REV)
     ap.add_argument("--num-proc", type=int, default=None, help="data.num_proc for the new arm (default: all cores)")
     ap.add_argument("--work", default=str(ROOT / ".cache" / "bench" / "data_throughput"))
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "data_throughput.md"))
     ap.add_argument("--no-record", action="store_true", help="print only")
-    ap.add_argument("--ceiling", action="store_true", help="first measure the speedup this machine gives now: "
-                    "the encoder alone in 1 process, then in 2 processes at once")
+    ap.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="first measure the speedup this machine gives now: "
+        "the encoder alone in 1 process, then in 2 processes at once",
+    )
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    cases = [(f"synthetic {int(n):,}", ["data=messages", f"data.path={synthetic(int(n), work)}",
-                                        "data.max_length=1024"]) for n in filter(None, args.sizes.split(","))]
+    cases = [
+        (f"synthetic {int(n):,}", ["data=messages", f"data.path={synthetic(int(n), work)}", "data.max_length=1024"])
+        for n in filter(None, args.sizes.split(","))
+    ]
     if args.real:
-        cases += [(f"{name} (bundled)", [f"recipe={recipe}", f"data={name}",
-                                         f"data.path={ROOT / _config_path(name)}"]) for name, recipe in REAL.items()]
-    header = (f"\n### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {machine()}\n\n"
-              f"`python bench/data_throughput.py {' '.join(sys.argv[1:])}` (old = `{args.old_rev}`; load average "
-              f"at start {os.getloadavg()[0]:.1f})\n\n"
-              "| data | arm | records | examples | wall s | conv/s (wall) | tokens/s (wall) | CPU s | conv per CPU s "
-              "| peak PSS (tree) | largest RSS | cache on disk |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+        cases += [
+            (f"{name} (bundled)", [f"recipe={recipe}", f"data={name}", f"data.path={ROOT / _config_path(name)}"])
+            for name, recipe in REAL.items()
+        ]
+    header = (
+        f"\n### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {machine()}\n\n"
+        f"`python bench/data_throughput.py {' '.join(sys.argv[1:])}` (old = `{args.old_rev}`; load average "
+        f"at start {os.getloadavg()[0]:.1f})\n\n"
+        "| data | arm | records | examples | wall s | conv/s (wall) | tokens/s (wall) | CPU s | conv per CPU s "
+        "| peak PSS (tree) | largest RSS | cache on disk |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
     print(header, flush=True)
     record(args, header)
     if args.ceiling:
@@ -226,14 +275,25 @@ def main() -> None:
         for arm in args.arms.split(","):
             extra = [f"data.num_proc={args.num_proc}"] if arm != "old" and args.num_proc else []
             r = run_arm(arm, overrides + extra, work, args.old_rev)
-            row = (f"| {label} | {arm} | {r['records']:,} | {r['examples']:,} | {r['wall_s']:.1f} | "
-                   f"{r['records'] / r['wall_s']:,.0f} | {r['tokens'] / r['wall_s']:,.0f} | {r['cpu_s']:.1f} | "
-                   f"{r['records'] / r['cpu_s']:,.1f} | {r['peak_pss'] / 2**30:.2f} GiB | "
-                   f"{r['peak_rss'] / 2**30:.2f} GiB | {r['disk'] / 2**30:.2f} GiB |")
+            row = (
+                f"| {label} | {arm} | {r['records']:,} | {r['examples']:,} | {r['wall_s']:.1f} | "
+                f"{r['records'] / r['wall_s']:,.0f} | {r['tokens'] / r['wall_s']:,.0f} | {r['cpu_s']:.1f} | "
+                f"{r['records'] / r['cpu_s']:,.1f} | {r['peak_pss'] / 2**30:.2f} GiB | "
+                f"{r['peak_rss'] / 2**30:.2f} GiB | {r['disk'] / 2**30:.2f} GiB |"
+            )
             print(row, flush=True)
-            record(args, row, {"date": datetime.now(timezone.utc).isoformat(), "machine": machine(), "data": label,
-                               "arm": arm, "overrides": overrides + extra,
-                               **{k: v for k, v in r.items() if k != "out"}})
+            record(
+                args,
+                row,
+                {
+                    "date": datetime.now(timezone.utc).isoformat(),
+                    "machine": machine(),
+                    "data": label,
+                    "arm": arm,
+                    "overrides": overrides + extra,
+                    **{k: v for k, v in r.items() if k != "out"},
+                },
+            )
 
 
 def record(args, line: str, entry: dict | None = None) -> None:
@@ -249,8 +309,11 @@ def record(args, line: str, entry: dict | None = None) -> None:
 
 def _config_path(name: str) -> str:
     """The repository file a data config names (`path: ${bundled:data/...}`)."""
-    value = next(ln.split(":", 1)[1].split("#")[0].strip() for ln in
-                 (ROOT / "configs" / "data" / f"{name}.yaml").read_text().splitlines() if ln.startswith("path:"))
+    value = next(
+        ln.split(":", 1)[1].split("#")[0].strip()
+        for ln in (ROOT / "configs" / "data" / f"{name}.yaml").read_text().splitlines()
+        if ln.startswith("path:")
+    )
     return value.removeprefix("${bundled:").removesuffix("}")
 
 

@@ -30,6 +30,7 @@ with different settings (TRL's defaults: lr 1e-6, linear decay, AdamW; the recip
 AdamW), so losses after step 0 differ and no step-by-step comparison is made: the gate is the step-0 loss, ln 2 for
 every arm. Results are appended to <results>/dpo_throughput.{md,jsonl}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,12 @@ from finetune.data.stats import Stats  # noqa: E402
 from finetune.model import tokenizer as model  # noqa: E402
 from finetune.training import dpo  # noqa: E402
 
-RECIPES = {("tiny", "nf4"): "tiny_dpo", ("7b", "nf4"): "dpo_qlora_7b", ("7b", "none"): "dpo_lora_7b",
-           ("13b", "nf4"): "dpo_qlora_13b"}
+RECIPES = {
+    ("tiny", "nf4"): "tiny_dpo",
+    ("7b", "nf4"): "dpo_qlora_7b",
+    ("7b", "none"): "dpo_lora_7b",
+    ("13b", "nf4"): "dpo_qlora_13b",
+}
 KNOBS = {**tt.KNOBS, "pack": "trainer.packing=true"}  # packed DPO: each micro-batch one padding-free row
 LORA = tt.LORA  # r=16, alpha 16, dropout 0 on all 7 linear layers
 LIMITS = (1024, 512)  # pairs that fit: the 7B/13B recipes' data.max_length (DPOConfig's max_length) and prompt limit
@@ -67,12 +72,24 @@ LN2 = math.log(2)
 
 def shared_overrides(a, model_dir: str, run_dir: Path) -> list[str]:
     """What our arms share with TRL's: model, LoRA, data limits, pairs per step, steps; the recipe keeps the rest."""
-    return [f"model.path={model_dir}", "model.random_init=false", f"lora.r={LORA['r']}", f"lora.alpha={LORA['alpha']}",
-            f"lora.dropout={LORA['dropout']}", f"data.max_length={a.limits[0]}",
-            f"data.max_prompt_length={a.limits[1]}", "data.too_long=drop", "data.eval_fraction=0",
-            f"trainer.micro_batch_size={a.micro_batch}", f"trainer.grad_accum={a.grad_accum}",
-            f"trainer.max_steps={a.warmup + a.steps}", "trainer.logging_steps=1", "trainer.save_steps=1000000",
-            "seed=42", f"output_dir={run_dir}"]
+    return [
+        f"model.path={model_dir}",
+        "model.random_init=false",
+        f"lora.r={LORA['r']}",
+        f"lora.alpha={LORA['alpha']}",
+        f"lora.dropout={LORA['dropout']}",
+        f"data.max_length={a.limits[0]}",
+        f"data.max_prompt_length={a.limits[1]}",
+        "data.too_long=drop",
+        "data.eval_fraction=0",
+        f"trainer.micro_batch_size={a.micro_batch}",
+        f"trainer.grad_accum={a.grad_accum}",
+        f"trainer.max_steps={a.warmup + a.steps}",
+        "trainer.logging_steps=1",
+        "trainer.save_steps=1000000",
+        "seed=42",
+        f"output_dir={run_dir}",
+    ]
 
 
 def pick_pairs(cfg, tok, n: int) -> list[dict]:
@@ -89,8 +106,9 @@ def datasets(chosen: list[dict], cfg, tok):
 
     ours_ds = Dataset.from_dict(pairs.tokenize(chosen, tok.sp, cfg.data, Stats()))
     answer = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
-    trl_ds = Dataset.from_list([{"prompt": ex["prompt"], "chosen": answer(ex["chosen"]),
-                                 "rejected": answer(ex["rejected"])} for ex in chosen])
+    trl_ds = Dataset.from_list(
+        [{"prompt": ex["prompt"], "chosen": answer(ex["chosen"]), "rejected": answer(ex["rejected"])} for ex in chosen]
+    )
     return ours_ds, trl_ds
 
 
@@ -114,13 +132,30 @@ def trl_trainer(a, quant_mode: str, model_dir: str, ds, run_dir: Path):
     from trl import DPOConfig, DPOTrainer
 
     cpu = {} if torch.cuda.is_available() else {"bf16": False, "use_cpu": True}  # DPOConfig defaults to bf16
-    args = DPOConfig(output_dir=str(run_dir), per_device_train_batch_size=a.micro_batch,
-                     gradient_accumulation_steps=a.grad_accum, max_steps=a.warmup + a.steps, logging_steps=1,
-                     save_strategy="no", report_to="none", **cpu)
-    lora = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                      target_modules=list(plain_hf.LLAMA_LINEARS), task_type="CAUSAL_LM")
-    return DPOTrainer(model=plain_hf.load(quant_mode, model_dir), args=args, train_dataset=ds,
-                      processing_class=AutoTokenizer.from_pretrained(model_dir), peft_config=lora)
+    args = DPOConfig(
+        output_dir=str(run_dir),
+        per_device_train_batch_size=a.micro_batch,
+        gradient_accumulation_steps=a.grad_accum,
+        max_steps=a.warmup + a.steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        **cpu,
+    )
+    lora = LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules=list(plain_hf.LLAMA_LINEARS),
+        task_type="CAUSAL_LM",
+    )
+    return DPOTrainer(
+        model=plain_hf.load(quant_mode, model_dir),
+        args=args,
+        train_dataset=ds,
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        peft_config=lora,
+    )
 
 
 def run_arm(a, name: str, recipe: str, quant_mode: str, model_dir: str, dsets) -> perf.ArmResult:
@@ -143,11 +178,12 @@ def run_arm(a, name: str, recipe: str, quant_mode: str, model_dir: str, dsets) -
     return result(a, name, timer, counted.tokens, load_s, peak, overrides)
 
 
-def result(a, name: str, timer, batch_tokens: list[int], load_s: float, peak: tuple,
-           overrides: list[str]) -> perf.ArmResult:
+def result(
+    a, name: str, timer, batch_tokens: list[int], load_s: float, peak: tuple, overrides: list[str]
+) -> perf.ArmResult:
     """The timed steps' real tokens/s (from the batches) and step time; every step's loss and grad norm."""
     first, last = a.warmup + 1, a.warmup + a.steps
-    tokens = sum(batch_tokens[a.warmup * a.grad_accum:last * a.grad_accum])
+    tokens = sum(batch_tokens[a.warmup * a.grad_accum : last * a.grad_accum])
     wall = timer.end[last] - timer.begin[first]
     notes = []
     seen = {s: lg.get("num_tokens") for s, lg in timer.logs.items()}  # TRL's own running count, cross-checked
@@ -157,11 +193,19 @@ def result(a, name: str, timer, batch_tokens: list[int], load_s: float, peak: tu
             notes.append(f"TRL's num_tokens over the timed steps is {trl_count:,.0f}, the batches say {tokens:,}")
     steps = sorted(timer.logs)
     return perf.ArmResult(
-        arm=name, tokens_per_s=tokens / wall, step_s_median=statistics.median(
-            timer.end[s] - timer.begin[s] for s in range(first, last + 1)),
-        tokens_per_step=tokens / a.steps, mfu=None, peak_alloc_gib=peak[0], peak_reserved_gib=peak[1],
-        load_s=load_s, losses=[timer.logs[s]["loss"] for s in steps], grad_norms=[timer.grad_norm[s] for s in steps],
-        overrides=overrides, notes=notes)
+        arm=name,
+        tokens_per_s=tokens / wall,
+        step_s_median=statistics.median(timer.end[s] - timer.begin[s] for s in range(first, last + 1)),
+        tokens_per_step=tokens / a.steps,
+        mfu=None,
+        peak_alloc_gib=peak[0],
+        peak_reserved_gib=peak[1],
+        load_s=load_s,
+        losses=[timer.logs[s]["loss"] for s in steps],
+        grad_norms=[timer.grad_norm[s] for s in steps],
+        overrides=overrides,
+        notes=notes,
+    )
 
 
 def gate(r: perf.ArmResult) -> str:
@@ -172,28 +216,37 @@ def gate(r: perf.ArmResult) -> str:
     finite = all(math.isfinite(x) for x in r.losses)
     alive = all(g > 0 and math.isfinite(g) for g in r.grad_norms)
     ok = d0 <= 1e-2 and finite and alive
-    return (("pass: " if ok else "FAIL: ") + f"step-0 loss off ln 2 by {d0:.1e} (tol 1e-02), "
-            + ("losses finite" if finite else "a loss is not finite")
-            + ("" if alive else ", a gradient norm is zero or not finite"))
+    return (
+        ("pass: " if ok else "FAIL: ")
+        + f"step-0 loss off ln 2 by {d0:.1e} (tol 1e-02), "
+        + ("losses finite" if finite else "a loss is not finite")
+        + ("" if alive else ", a gradient norm is zero or not finite")
+    )
 
 
 def table(run: dict, results: list[perf.ArmResult], gates: dict[str, str]) -> str:
     base = results[0]
-    gib = (lambda v: "n/a" if v is None else f"{v:.2f}")  # noqa: E731
-    lines = [f"### {run['title']}", "",
-             f"{run['env']['date']} · {run['env']['card']} · CUDA {run['env']['cuda']} · "
-             + ", ".join(f"{k} {v}" for k, v in run['env']['versions'].items() if v),
-             f"Orca DPO pairs (bundled) that fit {run['limits'][0]} tokens (prompt <= {run['limits'][1]}), "
-             f"{run['pairs']} pairs · {run['steps']} timed steps after {run['warmup']} "
-             f"warmup · real tokens = non-pad prompt+chosen and prompt+rejected tokens of the batches fed",
-             f"`{run['command']}`", "",
-             f"| arm | real tokens/s | × {base.arm} | peak alloc GiB | peak reserved GiB | step s (median) | "
-             "real tokens/step | step-0 loss | gate |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    gib = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = [
+        f"### {run['title']}",
+        "",
+        f"{run['env']['date']} · {run['env']['card']} · CUDA {run['env']['cuda']} · "
+        + ", ".join(f"{k} {v}" for k, v in run["env"]["versions"].items() if v),
+        f"Orca DPO pairs (bundled) that fit {run['limits'][0]} tokens (prompt <= {run['limits'][1]}), "
+        f"{run['pairs']} pairs · {run['steps']} timed steps after {run['warmup']} "
+        f"warmup · real tokens = non-pad prompt+chosen and prompt+rejected tokens of the batches fed",
+        f"`{run['command']}`",
+        "",
+        f"| arm | real tokens/s | × {base.arm} | peak alloc GiB | peak reserved GiB | step s (median) | "
+        "real tokens/step | step-0 loss | gate |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r.arm} | {r.tokens_per_s:,.0f} | {r.tokens_per_s / base.tokens_per_s:.2f} | "
-                     f"{gib(r.peak_alloc_gib)} | {gib(r.peak_reserved_gib)} | {r.step_s_median:.2f} | "
-                     f"{r.tokens_per_step:,.0f} | {r.losses[0]:.4f} | {gates.get(r.arm, '')} |")
+        lines.append(
+            f"| {r.arm} | {r.tokens_per_s:,.0f} | {r.tokens_per_s / base.tokens_per_s:.2f} | "
+            f"{gib(r.peak_alloc_gib)} | {gib(r.peak_reserved_gib)} | {r.step_s_median:.2f} | "
+            f"{r.tokens_per_step:,.0f} | {r.losses[0]:.4f} | {gates.get(r.arm, '')} |"
+        )
     return "\n".join(lines + perf.footer(results, run, f"recipe `{run['recipe']}`")) + "\n"
 
 
@@ -201,8 +254,9 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="7b", choices=sorted({m for m, _ in RECIPES}))
     p.add_argument("--quant", default="nf4", choices=["nf4", "none"])
-    p.add_argument("--arms", default="trl,ours",
-                   help=f"comma-separated: trl, ours[-knob...] with knobs {', '.join(KNOBS)}")
+    p.add_argument(
+        "--arms", default="trl,ours", help=f"comma-separated: trl, ours[-knob...] with knobs {', '.join(KNOBS)}"
+    )
     p.add_argument("--override", action="append", default=[], help="extra key=value for our arms (repeatable)")
     p.add_argument("--micro-batch", type=int, default=2, help="pairs per micro-batch (each is two sequences)")
     p.add_argument("--grad-accum", type=int, default=1)
@@ -221,8 +275,11 @@ def parse(argv=None):
         except KeyError:
             unknown.append(x)
     if unknown or (a.model, a.quant) not in RECIPES:
-        p.error(f"unknown arms {unknown}: use trl, ours[-knob...] with knobs {', '.join(KNOBS)}"
-                if unknown else f"no DPO recipe for --model {a.model} --quant {a.quant}")
+        p.error(
+            f"unknown arms {unknown}: use trl, ours[-knob...] with knobs {', '.join(KNOBS)}"
+            if unknown
+            else f"no DPO recipe for --model {a.model} --quant {a.quant}"
+        )
     return a
 
 
@@ -237,14 +294,24 @@ def main(argv=None) -> list[perf.ArmResult]:
     results, failed = perf.run_arms(
         sorted(a.arms.split(","), key=lambda x: x != "trl"),  # TRL's first: the column "× trl"
         lambda name: run_arm(a, name, recipe, cfg.quant.mode, model_dir, dsets),
-        lambda r: f"{r.tokens_per_s:,.0f} real tokens/s, {r.tokens_per_step:,.0f} tokens/step, peak alloc/reserved "
-                  f"{r.peak_alloc_gib}/{r.peak_reserved_gib} GiB")
+        lambda r: (
+            f"{r.tokens_per_s:,.0f} real tokens/s, {r.tokens_per_step:,.0f} tokens/step, peak alloc/reserved "
+            f"{r.peak_alloc_gib}/{r.peak_reserved_gib} GiB"
+        ),
+    )
     gates = {r.arm: gate(r) for r in results}
-    run = {"title": f"{a.model} DPO {'QLoRA' if cfg.quant.mode == 'nf4' else 'LoRA ' + str(cfg.model.dtype)}, "
-                    f"micro-batch {a.micro_batch} pairs, grad accum {a.grad_accum}, LoRA r={LORA['r']}",
-           "env": perf.environment(), "pairs": len(chosen), "limits": a.limits, "steps": a.steps,
-           "warmup": a.warmup, "recipe": recipe, "failed": failed,
-           "command": "python bench/dpo_throughput.py " + shlex.join(sys.argv[1:] if argv is None else argv)}
+    run = {
+        "title": f"{a.model} DPO {'QLoRA' if cfg.quant.mode == 'nf4' else 'LoRA ' + str(cfg.model.dtype)}, "
+        f"micro-batch {a.micro_batch} pairs, grad accum {a.grad_accum}, LoRA r={LORA['r']}",
+        "env": perf.environment(),
+        "pairs": len(chosen),
+        "limits": a.limits,
+        "steps": a.steps,
+        "warmup": a.warmup,
+        "recipe": recipe,
+        "failed": failed,
+        "command": "python bench/dpo_throughput.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+    }
     print(perf.record(Path(a.results), run, results, gates, name="dpo_throughput", render=table), flush=True)
     return results
 

@@ -10,6 +10,7 @@ never imports torch: Linux carries a parent's peak RSS into its children across 
 compared tensor by tensor.
 Prints a Markdown table; bench/results/merge_memory.md holds a recorded one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,18 +38,33 @@ def make_checkpoint(a, base: Path, adapter: Path) -> int:
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
-    cfg = LlamaConfig(hidden_size=a.hidden, intermediate_size=a.intermediate, num_hidden_layers=a.layers,
-                      num_attention_heads=a.hidden // 128, num_key_value_heads=a.hidden // 128, vocab_size=32000,
-                      tie_word_embeddings=False, dtype="bfloat16")
+    cfg = LlamaConfig(
+        hidden_size=a.hidden,
+        intermediate_size=a.intermediate,
+        num_hidden_layers=a.layers,
+        num_attention_heads=a.hidden // 128,
+        num_key_value_heads=a.hidden // 128,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+        dtype="bfloat16",
+    )
     h, i, v = a.hidden, a.intermediate, 32000
     shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,), "lm_head.weight": (v, h)}
     for n in range(a.layers):
         p = f"model.layers.{n}."
-        shapes.update({p + "self_attn.q_proj.weight": (h, h), p + "self_attn.k_proj.weight": (h, h),
-                       p + "self_attn.v_proj.weight": (h, h), p + "self_attn.o_proj.weight": (h, h),
-                       p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h),
-                       p + "mlp.down_proj.weight": (h, i), p + "input_layernorm.weight": (h,),
-                       p + "post_attention_layernorm.weight": (h,)})
+        shapes.update(
+            {
+                p + "self_attn.q_proj.weight": (h, h),
+                p + "self_attn.k_proj.weight": (h, h),
+                p + "self_attn.v_proj.weight": (h, h),
+                p + "self_attn.o_proj.weight": (h, h),
+                p + "mlp.gate_proj.weight": (i, h),
+                p + "mlp.up_proj.weight": (i, h),
+                p + "mlp.down_proj.weight": (h, i),
+                p + "input_layernorm.weight": (h,),
+                p + "post_attention_layernorm.weight": (h,),
+            }
+        )
     base.mkdir(parents=True)
     gen = torch.Generator().manual_seed(0)
     groups, size = [[]], 0
@@ -66,8 +82,9 @@ def make_checkpoint(a, base: Path, adapter: Path) -> int:
         save_file(tensors, str(base / fname), metadata={"format": "pt"})
         weight_map.update({n: fname for n in names})
         total += sum(t.numel() for t in tensors.values())
-    (base / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 2 * total},
-                                                                   "weight_map": weight_map}))
+    (base / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 2 * total}, "weight_map": weight_map})
+    )
     cfg.save_pretrained(base)
     lora, r = {}, 16
     for name, shape in shapes.items():
@@ -77,8 +94,9 @@ def make_checkpoint(a, base: Path, adapter: Path) -> int:
             lora[mod + ".lora_B.weight"] = torch.randn(shape[0], r, generator=gen) * 0.01
     adapter.mkdir(parents=True)
     save_file(lora, str(adapter / "adapter_model.safetensors"), metadata={"format": "pt"})
-    LoraConfig(r=r, lora_alpha=32, target_modules=PROJ, task_type="CAUSAL_LM",
-               base_model_name_or_path=str(base)).save_pretrained(adapter)
+    LoraConfig(
+        r=r, lora_alpha=32, target_modules=PROJ, task_type="CAUSAL_LM", base_model_name_or_path=str(base)
+    ).save_pretrained(adapter)
     return total
 
 
@@ -163,17 +181,21 @@ def report(a) -> None:
     res = {m: child(m, a) for m in ("stream", "peft")}
     worst, rel = child("compare", a)
     ratio = res["stream"]["peak_mb"] / res["peft"]["peak_mb"]
-    print(f"checkpoint: {params / 1e6:.0f}M parameters, bf16, {2 * params / 1e9:.2f} GB in {shards} shards of "
-          f"<= {a.shard_mb} MB; LoRA r=16 on all 7 projections of {a.layers} layers\n"
-          f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}\n")
+    print(
+        f"checkpoint: {params / 1e6:.0f}M parameters, bf16, {2 * params / 1e9:.2f} GB in {shards} shards of "
+        f"<= {a.shard_mb} MB; LoRA r=16 on all 7 projections of {a.layers} layers\n"
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}\n"
+    )
     print("| merge | peak RSS (MB) | RSS after imports (MB) | time (s) |\n| --- | --- | --- | --- |")
     arms = (("stream", "finetune.ship.merge (streaming)"), ("peft", "peft merge_and_unload + save_pretrained"))
     for m, label in arms:
         r = res[m]
         print(f"| {label} | {r['peak_mb']:.0f} | {r['after_import_mb']:.0f} | {r['seconds']:.1f} |")
-    print(f"\npeak RSS ratio streaming / peft: {ratio:.3f} (target <= 0.25)\n"
-          f"max |streaming - peft| over every tensor: {worst:.3g} ({rel:.3g} of the tensor's max |value|; "
-          "both add a float32 B @ A to the bf16 weight and round once)")
+    print(
+        f"\npeak RSS ratio streaming / peft: {ratio:.3f} (target <= 0.25)\n"
+        f"max |streaming - peft| over every tensor: {worst:.3g} ({rel:.3g} of the tensor's max |value|; "
+        "both add a float32 B @ A to the bf16 weight and round once)"
+    )
     shutil.rmtree(a.work, ignore_errors=True)
 
 

@@ -13,6 +13,7 @@ interpreter on CPU tensors (TRITON_INTERPRET=1, set here before triton loads): e
     python bench/opcount.py --before 048bc46         # the fused functions before the kernel work
     python bench/opcount.py --nf4                    # NF4 bases: gate|up and q/k/v each one GEMM
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,18 +27,45 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS, HIDDEN, FFN, RANK = 64, 256, 688, 16  # FFN: the intermediate size (Llama 2's 11008 / 4096 ratio)
-VIEWS = {"view", "t", "transpose", "_unsafe_view", "split", "split_with_sizes", "reshape", "expand", "detach",
-         "alias", "slice", "select", "as_strided", "permute", "unsqueeze", "squeeze", "empty", "empty_strided",
-         "empty_like", "new_empty", "new_empty_strided", "set_", "lift_fresh"}
+VIEWS = {
+    "view",
+    "t",
+    "transpose",
+    "_unsafe_view",
+    "split",
+    "split_with_sizes",
+    "reshape",
+    "expand",
+    "detach",
+    "alias",
+    "slice",
+    "select",
+    "as_strided",
+    "permute",
+    "unsqueeze",
+    "squeeze",
+    "empty",
+    "empty_strided",
+    "empty_like",
+    "new_empty",
+    "new_empty_strided",
+    "set_",
+    "lift_fresh",
+}
 GEMMS = {"mm", "addmm", "addmm_", "bmm", "baddbmm", "matmul", "linear", "gemm_4bit", "gemv_4bit"}
 
 
 def load_fused(before: str | None):
     if before is None:
         from finetune.model import fused
+
         return fused
-    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{before}:finetune/model/fused.py"], check=True,
-                          capture_output=True, text=True).stdout
+    text = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{before}:finetune/model/fused.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     path = Path(tempfile.mkdtemp()) / "fused_before.py"
     path.write_text(text)
     spec = importlib.util.spec_from_file_location("fused_before", path)
@@ -64,6 +92,7 @@ def main() -> None:
     launches = [0, False]  # launches, inside one
     if args.triton:
         from finetune.model import swiglu_triton
+
         for name in ("_swiglu_fwd", "_swiglu_bwd"):  # count launches: the interpreter's own tensor ops are not ours
             kernel = getattr(swiglu_triton, name)
             swiglu_triton.__dict__[name] = Launches(kernel, launches)
@@ -77,19 +106,32 @@ def main() -> None:
     (g, ag, bg), (u, au, bu), (d, ad, bd) = proj(HIDDEN, FFN), proj(HIDDEN, FFN), proj(FFN, HIDDEN)
     x = torch.randn(1, TOKENS, HIDDEN, dtype=torch.bfloat16, requires_grad=True)
     box = {}
-    print(f"fused functions: {'git ' + args.before if args.before else 'this tree'}; SwiGLU: "
-          f"{'Triton kernels (interpreter)' if args.triton else 'PyTorch ops'}; "
-          f"N={TOKENS} H={HIDDEN} I={FFN} r={RANK}, bf16 activations over {'NF4' if args.nf4 else 'bf16'} bases\n")
+    print(
+        f"fused functions: {'git ' + args.before if args.before else 'this tree'}; SwiGLU: "
+        f"{'Triton kernels (interpreter)' if args.triton else 'PyTorch ops'}; "
+        f"N={TOKENS} H={HIDDEN} I={FFN} r={RANK}, bf16 activations over {'NF4' if args.nf4 else 'bf16'} bases\n"
+    )
     print("| pass | full-size elementwise passes | by op | full-size tensors written by GEMMs |\n|---|---|---|---|")
-    count("MLP forward (N x I)", lambda: box.update(y=fused.LoraMLP.apply(x, (g, u, d), *extra, ag, bg, au, bu,
-                                                                          ad, bd)), (TOKENS, FFN), launches)
+    count(
+        "MLP forward (N x I)",
+        lambda: box.update(y=fused.LoraMLP.apply(x, (g, u, d), *extra, ag, bg, au, bu, ad, bd)),
+        (TOKENS, FFN),
+        launches,
+    )
     count("MLP backward (N x I)", lambda: box["y"].backward(torch.randn_like(box["y"])), (TOKENS, FFN), launches)
     (q, aq, bq), (k, ak, bk), (v, av, bv) = proj(HIDDEN, HIDDEN), proj(HIDDEN, HIDDEN), proj(HIDDEN, HIDDEN)
-    count("q/k/v forward (N x H)", lambda: box.update(o=fused.LoraProjections.apply(x, (q, k, v), *extra, aq, bq,
-                                                                                    ak, bk, av, bv)),
-          (TOKENS, HIDDEN), launches)
-    count("q/k/v backward (N x H)", lambda: torch.autograd.backward(box["o"], [torch.randn_like(t) for t in box["o"]]),
-          (TOKENS, HIDDEN), launches)
+    count(
+        "q/k/v forward (N x H)",
+        lambda: box.update(o=fused.LoraProjections.apply(x, (q, k, v), *extra, aq, bq, ak, bk, av, bv)),
+        (TOKENS, HIDDEN),
+        launches,
+    )
+    count(
+        "q/k/v backward (N x H)",
+        lambda: torch.autograd.backward(box["o"], [torch.randn_like(t) for t in box["o"]]),
+        (TOKENS, HIDDEN),
+        launches,
+    )
 
 
 def projection(fused, in_features: int, out_features: int, nf4: bool):
@@ -107,8 +149,11 @@ def projection(fused, in_features: int, out_features: int, nf4: bool):
         lin.weight = bnb.nn.Params4bit(weight.data, requires_grad=False, quant_type="nf4")
         lin = lin.to("cpu")  # quantizes
         lin.weight.quant_state.packing_format_for_cpu = False
-    return fused.Proj(lin, 2.0), (torch.randn(RANK, in_features) * 0.01).to(dtype).requires_grad_(), \
-        (torch.randn(out_features, RANK) * 0.01).to(dtype).requires_grad_()
+    return (
+        fused.Proj(lin, 2.0),
+        (torch.randn(RANK, in_features) * 0.01).to(dtype).requires_grad_(),
+        (torch.randn(out_features, RANK) * 0.01).to(dtype).requires_grad_(),
+    )
 
 
 def op_log(launches: list):
@@ -139,8 +184,15 @@ def count(label: str, run, full: tuple[int, int], launches: list) -> None:
     with op_log(launches) as log:
         run()
     # an output of N x (k * cols) (one GEMM over gate|up, or q|k|v) counts as k full-size tensors
-    ops = [(r[0], r[1][1] // full[1]) for r in log.rows if r[0] not in VIEWS and len(r[1]) == 2
-           and r[1][0] == full[0] and r[1][1] % full[1] == 0 and r[1][1] // full[1] <= 3]
+    ops = [
+        (r[0], r[1][1] // full[1])
+        for r in log.rows
+        if r[0] not in VIEWS
+        and len(r[1]) == 2
+        and r[1][0] == full[0]
+        and r[1][1] % full[1] == 0
+        and r[1][1] // full[1] <= 3
+    ]
     gemm = collections.Counter()
     passes = collections.Counter()
     for name, k in ops:
@@ -165,6 +217,7 @@ class Launches:
                 return self.kernel[grid](*args, **kwargs)
             finally:
                 self.counter[1] = False
+
         return launch
 
 

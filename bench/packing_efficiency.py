@@ -8,6 +8,7 @@ best-fit-decreasing packing (what trainer.packing=true runs) and compares the to
   longest  pad each micro-batch to its longest conversation (dynamic padding, random order as the Trainer samples)
   max      pad every conversation to max_length (the pad-to-max baseline)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,7 @@ def compose(overrides: list[str]):
 def padded_to_longest(lengths: list[int], micro_batch: int, seed: int = 42) -> int:
     order = list(range(len(lengths)))
     random.Random(seed).shuffle(order)
-    batches = [order[i:i + micro_batch] for i in range(0, len(order), micro_batch)]
+    batches = [order[i : i + micro_batch] for i in range(0, len(order), micro_batch)]
     return sum(len(b) * max(lengths[i] for i in b) for b in batches)
 
 
@@ -65,10 +66,18 @@ def measure(max_length: int, micro_batch: int) -> dict:
     packs = pack_dataset(train.select_columns(["input_ids"]), max_length, strategy="bfd")
     pack_s = time.perf_counter() - t0
     n_packs = len(packs)
-    return {"max_length": max_length, "conversations": len(lengths), "dropped": stats.dropped_too_long,
-            "real": real, "packs": n_packs, "packed": real / (n_packs * max_length),
-            "longest": real / padded_to_longest(lengths, micro_batch), "max": real / (len(lengths) * max_length),
-            "tokenize_s": tokenize_s, "pack_s": pack_s}
+    return {
+        "max_length": max_length,
+        "conversations": len(lengths),
+        "dropped": stats.dropped_too_long,
+        "real": real,
+        "packs": n_packs,
+        "packed": real / (n_packs * max_length),
+        "longest": real / padded_to_longest(lengths, micro_batch),
+        "max": real / (len(lengths) * max_length),
+        "tokenize_s": tokenize_s,
+        "pack_s": pack_s,
+    }
 
 
 def main(argv=None) -> list[dict]:
@@ -79,18 +88,24 @@ def main(argv=None) -> list[dict]:
     a = p.parse_args(argv)
     rows = [measure(n, a.micro_batch) for n in (a.max_length or [1024, 2048, 4096])]
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"### OASST (data/sft/oasst-en100), micro-batch {a.micro_batch} · {date} · CPU "
-             f"({platform.machine()}, {os.cpu_count()} cores)", "",
-             f"`python bench/packing_efficiency.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
-             "| max_length | conversations (dropped) | real tokens | packs | packing efficiency | "
-             "pad to longest | pad to max | packed ÷ pad-to-max tokens | tokenize (conv/s, tokens/s) | "
-             "pack (tokens/s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### OASST (data/sft/oasst-en100), micro-batch {a.micro_batch} · {date} · CPU "
+        f"({platform.machine()}, {os.cpu_count()} cores)",
+        "",
+        f"`python bench/packing_efficiency.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        "",
+        "| max_length | conversations (dropped) | real tokens | packs | packing efficiency | "
+        "pad to longest | pad to max | packed ÷ pad-to-max tokens | tokenize (conv/s, tokens/s) | "
+        "pack (tokens/s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['max_length']} | {r['conversations']} ({r['dropped']}) | {r['real']:,} | {r['packs']} | "
-                     f"{r['packed']:.3f} | {r['longest']:.3f} | {r['max']:.3f} | {1 / r['max']:.1f}x | "
-                     f"{r['conversations'] / r['tokenize_s']:,.0f}, {r['real'] / r['tokenize_s']:,.0f} | "
-                     f"{r['real'] / r['pack_s']:,.0f} |")
+        lines.append(
+            f"| {r['max_length']} | {r['conversations']} ({r['dropped']}) | {r['real']:,} | {r['packs']} | "
+            f"{r['packed']:.3f} | {r['longest']:.3f} | {r['max']:.3f} | {1 / r['max']:.1f}x | "
+            f"{r['conversations'] / r['tokenize_s']:,.0f}, {r['real'] / r['tokenize_s']:,.0f} | "
+            f"{r['real'] / r['pack_s']:,.0f} |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     Path(a.results).mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """What the throughput benchmark measures with: model FLOPs, a matmul peak measured in the same run, the card and
 versions, the loss/grad-norm gate, and the results files. Formulas: bench/README.md (MFU).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -39,8 +40,15 @@ def llama_flops_per_token(arch, lora_r: int, lora_modules: list[str], attn_len: 
     attn_len = Σℓ²/Σℓ over the documents, so packed and padded batches count only real attention)."""
     d, f, L, V = arch.hidden_size, arch.intermediate_size, arch.num_layers, arch.vocab_size
     d_kv = d * arch.num_kv_heads // arch.num_heads
-    shapes = {"q_proj": (d, d), "k_proj": (d, d_kv), "v_proj": (d, d_kv), "o_proj": (d, d),
-              "gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d)}
+    shapes = {
+        "q_proj": (d, d),
+        "k_proj": (d, d_kv),
+        "v_proj": (d, d_kv),
+        "o_proj": (d, d),
+        "gate_proj": (d, f),
+        "up_proj": (d, f),
+        "down_proj": (f, d),
+    }
     n_mat = L * sum(i * o for i, o in shapes.values()) + d * V
     n_lora = L * lora_r * sum(i + o for name, (i, o) in shapes.items() if name in lora_modules)
     return 4 * n_mat + 6 * n_lora + 3 * 2 * L * d * attn_len
@@ -79,8 +87,12 @@ def environment() -> dict:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'cpu'})"
-    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "card": card,
-            "cuda": torch.version.cuda, "versions": versions}
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "card": card,
+        "cuda": torch.version.cuda,
+        "versions": versions,
+    }
 
 
 def gate(ref: ArmResult, other: ArmResult, rtol_loss: float, rtol_grad: float) -> tuple[bool, str]:
@@ -97,19 +109,25 @@ def gate(ref: ArmResult, other: ArmResult, rtol_loss: float, rtol_grad: float) -
 
 def table(run: dict, results: list[ArmResult], gates: dict[str, str]) -> str:
     base = results[0]
-    lines = [f"### {run['title']}", "",
-             f"{run['env']['date']} · {run['env']['card']} · CUDA {run['env']['cuda']} · "
-             + ", ".join(f"{k} {v}" for k, v in run['env']['versions'].items() if v),
-             f"matmul peak {run['peak_tflops']:.3g} TFLOP/s ({run['peak_what']}) · data: {run['data']} · "
-             f"{run['steps']} timed steps after {run['warmup']} warmup"
-             + (", then 1 under torch.profiler (profile-<arm>.txt)" if run.get("profile") else ""),
-             f"`{run['command']}`", "",
-             "| arm | tokens/s | × first | peak alloc GiB | peak reserved GiB | MFU | tokens/step | gate |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### {run['title']}",
+        "",
+        f"{run['env']['date']} · {run['env']['card']} · CUDA {run['env']['cuda']} · "
+        + ", ".join(f"{k} {v}" for k, v in run["env"]["versions"].items() if v),
+        f"matmul peak {run['peak_tflops']:.3g} TFLOP/s ({run['peak_what']}) · data: {run['data']} · "
+        f"{run['steps']} timed steps after {run['warmup']} warmup"
+        + (", then 1 under torch.profiler (profile-<arm>.txt)" if run.get("profile") else ""),
+        f"`{run['command']}`",
+        "",
+        "| arm | tokens/s | × first | peak alloc GiB | peak reserved GiB | MFU | tokens/step | gate |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r.arm} | {r.tokens_per_s:,.0f} | {r.tokens_per_s / base.tokens_per_s:.2f} | "
-                     f"{gib_cell(r.peak_alloc_gib)} | {gib_cell(r.peak_reserved_gib)} | {r.mfu:.1%} | "
-                     f"{r.tokens_per_step:,.0f} | {gates.get(r.arm, '')} |")
+        lines.append(
+            f"| {r.arm} | {r.tokens_per_s:,.0f} | {r.tokens_per_s / base.tokens_per_s:.2f} | "
+            f"{gib_cell(r.peak_alloc_gib)} | {gib_cell(r.peak_reserved_gib)} | {r.mfu:.1%} | "
+            f"{r.tokens_per_step:,.0f} | {gates.get(r.arm, '')} |"
+        )
     return "\n".join(lines + footer(results, run, "recipe")) + "\n"
 
 
@@ -128,8 +146,14 @@ def footer(results: list[ArmResult], run: dict, recipe: str) -> list[str]:
     return lines + [f"\n{name}: FAILED {why}" for name, why in run.get("failed", {}).items()]
 
 
-def record(results_dir: Path, run: dict, results: list[ArmResult], gates: dict[str, str], name: str = "throughput",
-           render=table) -> str:
+def record(
+    results_dir: Path,
+    run: dict,
+    results: list[ArmResult],
+    gates: dict[str, str],
+    name: str = "throughput",
+    render=table,
+) -> str:
     """Append the run to <name>.jsonl (everything) and <name>.md (the table `render` makes); return the table."""
     results_dir.mkdir(parents=True, exist_ok=True)
     with (results_dir / f"{name}.jsonl").open("a") as fh:
@@ -152,8 +176,11 @@ def run_arms(names: list[str], run_one, describe) -> tuple[list[ArmResult], dict
             failed[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
             print(f"{name}: FAILED {failed[name]}", flush=True)
             continue
-        print(f"{name}: {describe(r)}, load {r.load_s:.0f} s, step {r.step_s_median:.2f} s, "
-              f"losses {[round(x, 4) for x in r.losses[:4]]}", flush=True)
+        print(
+            f"{name}: {describe(r)}, load {r.load_s:.0f} s, step {r.step_s_median:.2f} s, "
+            f"losses {[round(x, 4) for x in r.losses[:4]]}",
+            flush=True,
+        )
         results.append(r)
     if not results:
         raise SystemExit(f"every arm failed: {failed}")

@@ -1,4 +1,5 @@
 """The baseline arm: plain Hugging Face, as a user writes it without this toolkit (no finetune.* code)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,11 +18,20 @@ def trainer(a, quant_mode: str, model_dir: str, ds, run_dir: Path, lora_settings
     base = load(quant_mode, model_dir)
     if quant_mode != "none":
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=True)
-    lora = LoraConfig(r=lora_settings["r"], lora_alpha=lora_settings["alpha"], lora_dropout=lora_settings["dropout"],
-                      target_modules=list(LLAMA_LINEARS), task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=lora_settings["r"],
+        lora_alpha=lora_settings["alpha"],
+        lora_dropout=lora_settings["dropout"],
+        target_modules=list(LLAMA_LINEARS),
+        task_type="CAUSAL_LM",
+    )
     torch.manual_seed(0)  # the same LoRA A matrices in every arm, so grad norms compare step by step
-    return Trainer(model=get_peft_model(base, lora), args=training_args(a, run_dir), train_dataset=ds,
-                   data_collator=default_data_collator)
+    return Trainer(
+        model=get_peft_model(base, lora),
+        args=training_args(a, run_dir),
+        train_dataset=ds,
+        data_collator=default_data_collator,
+    )
 
 
 def load(quant_mode: str, model_dir: str):
@@ -34,7 +44,8 @@ def load(quant_mode: str, model_dir: str):
     kwargs = dict(dtype=dtype, attn_implementation="sdpa")
     if quant_mode != "none":
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
         kwargs["device_map"] = {"": 0} if cuda else "cpu"
     return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
 
@@ -50,10 +61,24 @@ def training_args(a, run_dir: Path, gradient_checkpointing: bool = True):
 
     cuda = torch.cuda.is_available()
     return TrainingArguments(
-        output_dir=str(run_dir), per_device_train_batch_size=a.micro_batch, gradient_accumulation_steps=a.grad_accum,
-        max_steps=train_steps(a), learning_rate=2e-4, lr_scheduler_type="constant", warmup_steps=0,
-        max_grad_norm=1e9, optim="adamw_torch", bf16=cuda, use_cpu=not cuda,
+        output_dir=str(run_dir),
+        per_device_train_batch_size=a.micro_batch,
+        gradient_accumulation_steps=a.grad_accum,
+        max_steps=train_steps(a),
+        learning_rate=2e-4,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=1e9,
+        optim="adamw_torch",
+        bf16=cuda,
+        use_cpu=not cuda,
         gradient_checkpointing=gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
-        logging_steps=1, save_strategy="no", report_to="none", seed=42, data_seed=42,
-        include_num_input_tokens_seen="non_padding", remove_unused_columns=False)
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=42,
+        data_seed=42,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+    )

@@ -6,6 +6,7 @@ CPU rows: a small Llama-2-shaped model (float32, the real 32000 vocabulary), pef
 AdamW, one warm-up step, then the peak bytes of live tensor storage during a second step (every operator's outputs
 tracked until freed, plus parameters and optimizer states): what torch.cuda.max_memory_allocated counts on a GPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,25 +38,42 @@ GPU_ROWS = [
     ("7B", "H200", "QLoRA, checkpointing", L7, dict(quant="nf4"), 8.27, 5806),
     ("7B", "H200", "LoRA bf16, checkpointing", L7, dict(quant="none"), 18.58, 6811),
     ("7B", "H200", "QLoRA, no checkpointing", L7, dict(quant="nf4", checkpointing=False), 47.24, 8156),
-    ("7B", "H200", "QLoRA, no checkpointing, Liger", L7, dict(quant="nf4", checkpointing=False, liger=True),
-     40.80, 9455),
+    (
+        "7B",
+        "H200",
+        "QLoRA, no checkpointing, Liger",
+        L7,
+        dict(quant="nf4", checkpointing=False, liger=True),
+        40.80,
+        9455,
+    ),
     ("7B", "H200", "QLoRA, checkpointing, Liger", L7, dict(quant="nf4", liger=True), 7.97, 6396),
-    ("7B", "H200", "LoRA bf16, no checkpointing, Liger", L7, dict(quant="none", checkpointing=False, liger=True),
-     37.90, 11866),
+    (
+        "7B",
+        "H200",
+        "LoRA bf16, no checkpointing, Liger",
+        L7,
+        dict(quant="none", checkpointing=False, liger=True),
+        37.90,
+        11866,
+    ),
 ]
 CPU_ARCH = dict(hidden=256, ffn=688, layers=4, heads=4, kv_heads=4)
 
 
 def gpu_table() -> list[str]:
-    rows = ["| model | card | setting | measured GiB | estimate GiB | error | measured tok/s | estimate tok/s "
-            "| error |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| model | card | setting | measured GiB | estimate GiB | error | measured tok/s | estimate tok/s | error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for model, card, label, arch, kw, gib, tps in GPU_ROWS:
         s = Setup(**arch, **{**BENCH, **kw, **({"loss_head": "liger"} if kw.get("liger") else {})})
         est = planner.memory(s).allocated / GiB
         speed = planner.tokens_per_second(s, planner.GPUS[card.lower()][0])
-        rows.append(f"| {model} | {card} | {label} | {gib:.2f} | {est:.2f} | {(est - gib) / gib:+.1%} | {tps:,} | "
-                    f"{speed:,.0f} | {(speed - tps) / tps:+.1%} |")
+        rows.append(
+            f"| {model} | {card} | {label} | {gib:.2f} | {est:.2f} | {(est - gib) / gib:+.1%} | {tps:,} | "
+            f"{speed:,.0f} | {(speed - tps) / tps:+.1%} |"
+        )
     return rows
 
 
@@ -93,8 +111,10 @@ def recorded_table(results: Path = ROOT / "bench" / "results") -> list[str]:
     from finetune.planning import report as plan_report
 
     config.register()
-    rows = ["| card | run | arm | measured GiB | estimate GiB | error | measured tok/s | estimate tok/s | error |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| card | run | arm | measured GiB | estimate GiB | error | measured tok/s | estimate tok/s | error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for path in sorted(results.rglob("throughput.jsonl")):
         for line in path.read_text().splitlines():
             run = json.loads(line)
@@ -108,21 +128,36 @@ def recorded_table(results: Path = ROOT / "bench" / "results") -> list[str]:
                 if arm["peak_alloc_gib"] is None:
                     continue
                 ours = arm["arm"].startswith("ours")
-                overrides = [f"recipe={run['recipe']}", "lora.r=16", "lora.alpha=16", "lora.dropout=0.0",
-                             f"data.max_length={opt.get('--seq-len', 2048)}",
-                             f"trainer.micro_batch_size={opt.get('--micro-batch', 2)}"]
+                overrides = [
+                    f"recipe={run['recipe']}",
+                    "lora.r=16",
+                    "lora.alpha=16",
+                    "lora.dropout=0.0",
+                    f"data.max_length={opt.get('--seq-len', 2048)}",
+                    f"trainer.micro_batch_size={opt.get('--micro-batch', 2)}",
+                ]
                 with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-                    cfg = plan_report.load(compose(config_name="train",
-                                                   overrides=overrides + (arm["overrides"] if ours else [])))
+                    cfg = plan_report.load(
+                        compose(config_name="train", overrides=overrides + (arm["overrides"] if ours else []))
+                    )
                 s = plan_report.setup(cfg, 1, "ddp")
                 if not ours:  # bench/plain_hf.py: transformers' loss, peft's upcast, checkpointing, AdamW, no Liger
-                    s = s.but(loss_head="hf", liger=False, upcast_fp32=True, checkpointing=True, packing=False,
-                              optim="adamw_torch", offload_activations=False)
+                    s = s.but(
+                        loss_head="hf",
+                        liger=False,
+                        upcast_fp32=True,
+                        checkpointing=True,
+                        packing=False,
+                        optim="adamw_torch",
+                        offload_activations=False,
+                    )
                 est = planner.memory(s).allocated / GiB
                 tps = planner.tokens_per_second(s, planner.GPUS[gpu][0])
                 gib, meas = arm["peak_alloc_gib"], arm["tokens_per_s"]
-                rows.append(f"| {card} | {run['title']} | {arm['arm']} | {gib:.2f} | {est:.2f} | "
-                            f"{(est - gib) / gib:+.1%} | {meas:,.0f} | {tps:,.0f} | {(tps - meas) / meas:+.1%} |")
+                rows.append(
+                    f"| {card} | {run['title']} | {arm['arm']} | {gib:.2f} | {est:.2f} | "
+                    f"{(est - gib) / gib:+.1%} | {meas:,.0f} | {tps:,.0f} | {(tps - meas) / meas:+.1%} |"
+                )
     return rows if len(rows) > 2 else ["(no GPU run of bench/train_throughput.py recorded under bench/results yet)"]
 
 
@@ -133,9 +168,17 @@ def measure_cpu(checkpointing: bool, micro_batch: int, length: int, head: str) -
 
     torch.manual_seed(0)
     a = CPU_ARCH
-    cfg = LlamaConfig(hidden_size=a["hidden"], intermediate_size=a["ffn"], num_hidden_layers=a["layers"],
-                      num_attention_heads=a["heads"], num_key_value_heads=a["kv_heads"], vocab_size=32000,
-                      tie_word_embeddings=False, attn_implementation="sdpa", use_cache=False)
+    cfg = LlamaConfig(
+        hidden_size=a["hidden"],
+        intermediate_size=a["ffn"],
+        num_hidden_layers=a["layers"],
+        num_attention_heads=a["heads"],
+        num_key_value_heads=a["kv_heads"],
+        vocab_size=32000,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+        use_cache=False,
+    )
     model = LlamaForCausalLM(cfg)
     if head == "trl":  # what TRL's SFT and DPO trainers add: log-probs through the LM head in tiles
         from trl.trainer.utils import add_fused_lm_head
@@ -143,9 +186,16 @@ def measure_cpu(checkpointing: bool, micro_batch: int, length: int, head: str) -
         add_fused_lm_head(model)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                             "up_proj", "down_proj"]))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(3, 32000, (micro_batch, length))
 
@@ -163,17 +213,28 @@ def measure_cpu(checkpointing: bool, micro_batch: int, length: int, head: str) -
 
 
 def cpu_table() -> list[str]:
-    rows = ["| setting (CPU, float32, hidden 256, 4 layers, vocab 32000, r=16) | measured MiB | estimate MiB | error |",
-            "|---|---|---|---|"]
-    for gc, mb, length, head in ((True, 2, 512, "hf"), (False, 2, 512, "hf"), (True, 2, 1024, "hf"),
-                                 (False, 2, 1024, "hf"), (True, 2, 1024, "trl"), (False, 2, 1024, "trl")):
+    rows = [
+        "| setting (CPU, float32, hidden 256, 4 layers, vocab 32000, r=16) | measured MiB | estimate MiB | error |",
+        "|---|---|---|---|",
+    ]
+    for gc, mb, length, head in (
+        (True, 2, 512, "hf"),
+        (False, 2, 512, "hf"),
+        (True, 2, 1024, "hf"),
+        (False, 2, 1024, "hf"),
+        (True, 2, 1024, "trl"),
+        (False, 2, 1024, "trl"),
+    ):
         measured = measure_cpu(gc, mb, length, head)
-        s = Setup(**CPU_ARCH, dtype_bytes=4, lora_r=16, micro_batch=mb, max_length=length, checkpointing=gc,
-                  loss_head=head)
+        s = Setup(
+            **CPU_ARCH, dtype_bytes=4, lora_r=16, micro_batch=mb, max_length=length, checkpointing=gc, loss_head=head
+        )
         est = planner.memory(s).allocated
-        rows.append(f"| {mb} x {length} tokens, checkpointing {'on' if gc else 'off'}, {head} loss "
-                    f"| {measured / 2**20:.1f} | "
-                    f"{est / 2**20:.1f} | {(est - measured) / measured:+.1%} |")
+        rows.append(
+            f"| {mb} x {length} tokens, checkpointing {'on' if gc else 'off'}, {head} loss "
+            f"| {measured / 2**20:.1f} | "
+            f"{est / 2**20:.1f} | {(est - measured) / measured:+.1%} |"
+        )
     return rows
 
 

@@ -11,6 +11,7 @@ Measured from outside, per case: wall seconds, CPU seconds of the process (getru
 exit code, whether torch was imported before the error (`python -X importtime`) and the error's first line.
 Results are appended to bench/results/time_to_error.md with the command, machine, load average and date.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,13 @@ def cases(work: Path) -> list[tuple[str, str, list[str]]]:
         out.append(("data", name, ["data=messages", f"data.path={path}"]))
     tickets = work / "tickets.jsonl"
     tickets.write_text(json.dumps({"ticket_question": "Jammed?", "staff_reply": "Tray 2."}) + "\n")
-    out.append(("data", "wrong data.fields", ["data=jsonl", f"data.path={tickets}", "data.fields.prompt=question",
-                                              "data.fields.response=answer"]))
+    out.append(
+        (
+            "data",
+            "wrong data.fields",
+            ["data=jsonl", f"data.path={tickets}", "data.fields.prompt=question", "data.fields.response=answer"],
+        )
+    )
     out.append(("data", "SFT data for DPO", ["recipe=tiny_dpo", "data=self_instruct"]))
     (work / "a_file").write_text("x")
     out.append(("run", "output_dir is a file", [f"output_dir={work / 'a_file'}"]))
@@ -59,35 +65,55 @@ def measure(tree: Path, overrides: list[str], work: Path) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "FINETUNE_CACHE": str(work / "cache")}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-X", "importtime", str(tree / "finetune" / "train.py"), *overrides],
-                          cwd=tree, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", str(tree / "finetune" / "train.py"), *overrides],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in proc.stderr.splitlines()
-                if line.startswith("import time:") and "|" in line}
+    imported = {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip() and not ln.startswith("import time:")]
     at = next((i for i, ln in enumerate(lines) if ln.startswith("error:")), len(lines) - 1)
-    first = " ".join(lines[at:at + 2]) if lines and lines[at].endswith(":") else (lines[at] if lines else "")
+    first = " ".join(lines[at : at + 2]) if lines and lines[at].endswith(":") else (lines[at] if lines else "")
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
-            "rc": proc.returncode, "torch": "torch" in imported, "error": first[:160]}
+    return {
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "rc": proc.returncode,
+        "torch": "torch" in imported,
+        "error": first[:160],
+    }
 
 
 def table(label: str, rows: list[dict]) -> str:
-    lines = [f"| {label}: group | case | wall s | CPU s | exit | torch imported | first line |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| {label}: group | case | wall s | CPU s | exit | torch imported | first line |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['group']} | `{r['case']}` | {r['wall_s']} | {r['cpu_s']} | {r['rc']} | "
-                     f"{'yes' if r['torch'] else 'no'} | {r['error'].replace('|', '/')} |")
+        lines.append(
+            f"| {r['group']} | `{r['case']}` | {r['wall_s']} | {r['cpu_s']} | {r['rc']} | "
+            f"{'yes' if r['torch'] else 'no'} | {r['error'].replace('|', '/')} |"
+        )
     return "\n".join(lines)
 
 
 def summary(label: str, rows: list[dict]) -> str:
     wall, cpu = [r["wall_s"] for r in rows], [r["cpu_s"] for r in rows]
-    return (f"{label}: {len(rows)} cases, wall median {statistics.median(wall):.2f} s (max {max(wall):.2f}), "
-            f"CPU median "
-            f"{statistics.median(cpu):.2f} s (max {max(cpu):.2f}); exit 2 in {sum(r['rc'] == 2 for r in rows)}; torch "
-            f"imported before the error in {sum(r['torch'] for r in rows)}")
+    return (
+        f"{label}: {len(rows)} cases, wall median {statistics.median(wall):.2f} s (max {max(wall):.2f}), "
+        f"CPU median "
+        f"{statistics.median(cpu):.2f} s (max {max(cpu):.2f}); exit 2 in {sum(r['rc'] == 2 for r in rows)}; torch "
+        f"imported before the error in {sum(r['torch'] for r in rows)}"
+    )
 
 
 def old_tree(rev: str, work: Path) -> Path:
@@ -110,13 +136,16 @@ def main() -> None:
         corpus = [c for c in cases(work) if not args.only or c[0] in args.only.split(",")]
         if args.per_group:
             corpus = [c for c in corpus if [d[0] for d in corpus].index(c[0]) + args.per_group > corpus.index(c)]
-        trees = ([(f"before ({args.old_rev})", old_tree(args.old_rev, work))] if args.old_rev else [])
+        trees = [(f"before ({args.old_rev})", old_tree(args.old_rev, work))] if args.old_rev else []
         rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
         trees.append((f"after ({rev.stdout.strip() or 'this tree'})", ROOT))
-        report = [f"## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-                  f"`python bench/time_to_error.py {' '.join(sys.argv[1:])}` on {platform.node()} "
-                  f"({os.cpu_count()} CPUs, load average before {os.getloadavg()[0]:.2f}), "
-                  f"python {platform.python_version()}", ""]
+        report = [
+            f"## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+            f"`python bench/time_to_error.py {' '.join(sys.argv[1:])}` on {platform.node()} "
+            f"({os.cpu_count()} CPUs, load average before {os.getloadavg()[0]:.2f}), "
+            f"python {platform.python_version()}",
+            "",
+        ]
         for label, tree in trees:
             rows = []
             for group, name, overrides in corpus:
@@ -128,8 +157,12 @@ def main() -> None:
         print(text)
         if not args.no_record:
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            head = "" if RESULTS.is_file() else "# Time to error: bad inputs through `finetune/train.py`\n\n" + \
-                "Written by `bench/time_to_error.py` (read its docstring for what is measured).\n\n"
+            head = (
+                ""
+                if RESULTS.is_file()
+                else "# Time to error: bad inputs through `finetune/train.py`\n\n"
+                + "Written by `bench/time_to_error.py` (read its docstring for what is measured).\n\n"
+            )
             with RESULTS.open("a") as fh:
                 fh.write(head + text)
     finally:

@@ -16,6 +16,7 @@ and a gate: every arm's loss and grad norm at the same steps agree with the base
 torch.profiler and writes its top 40 ops by self time (GPU time on CUDA, CPU time on a CPU) to
 <results>/profile-<arm>.txt.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,9 +47,15 @@ from finetune.planning import report as plan_report  # noqa: E402
 from finetune.training import args as train_args  # noqa: E402
 from finetune.training import sft  # noqa: E402
 
-RECIPES = {("tiny", "nf4"): "tiny_qlora", ("tiny", "none"): "tiny_lora", ("7b", "nf4"): "qlora_7b",
-           ("7b", "none"): "lora_7b", ("13b", "nf4"): "qlora_13b", ("13b", "none"): "lora_13b",
-           ("70b", "nf4"): "qlora_70b"}
+RECIPES = {
+    ("tiny", "nf4"): "tiny_qlora",
+    ("tiny", "none"): "tiny_lora",
+    ("7b", "nf4"): "qlora_7b",
+    ("7b", "none"): "lora_7b",
+    ("13b", "nf4"): "qlora_13b",
+    ("13b", "none"): "lora_13b",
+    ("70b", "nf4"): "qlora_70b",
+}
 # Our arms: "ours" is the recipe as shipped; "ours-nogc-nopack" adds these knobs' overrides. `baseline` and
 # `pad_to_max` are plain HF (plain_hf.py).
 KNOBS = {
@@ -82,12 +89,26 @@ def compose(recipe: str, overrides: list[str]):
 
 def shared_overrides(a, model_dir: str, run_dir: Path) -> list[str]:
     """What every one of our arms shares with the baseline: model, LoRA, batch, steps, optimizer schedule."""
-    return [f"model.path={model_dir}", "model.random_init=false", f"lora.r={LORA['r']}", f"lora.alpha={LORA['alpha']}",
-            f"lora.dropout={LORA['dropout']}", f"data.max_length={a.seq_len}", "data.eval_fraction=0",
-            f"trainer.micro_batch_size={a.micro_batch}", f"trainer.grad_accum={a.grad_accum}",
-            f"trainer.max_steps={plain_hf.train_steps(a)}", "trainer.learning_rate=2e-4",
-            "trainer.lr_scheduler=constant", "trainer.warmup_ratio=0", "trainer.max_grad_norm=1e9",
-            "trainer.logging_steps=1", "trainer.save_steps=1000000", "seed=42", f"output_dir={run_dir}"]
+    return [
+        f"model.path={model_dir}",
+        "model.random_init=false",
+        f"lora.r={LORA['r']}",
+        f"lora.alpha={LORA['alpha']}",
+        f"lora.dropout={LORA['dropout']}",
+        f"data.max_length={a.seq_len}",
+        "data.eval_fraction=0",
+        f"trainer.micro_batch_size={a.micro_batch}",
+        f"trainer.grad_accum={a.grad_accum}",
+        f"trainer.max_steps={plain_hf.train_steps(a)}",
+        "trainer.learning_rate=2e-4",
+        "trainer.lr_scheduler=constant",
+        "trainer.warmup_ratio=0",
+        "trainer.max_grad_norm=1e9",
+        "trainer.logging_steps=1",
+        "trainer.save_steps=1000000",
+        "seed=42",
+        f"output_dir={run_dir}",
+    ]
 
 
 def materialize(a, recipe: str) -> tuple[str, object]:
@@ -186,9 +207,16 @@ def run_arm(a, name: str, recipe: str, cfg, model_dir: str, dsets, attn_len: flo
                     layer.compile()
                 overrides = overrides + ["(each decoder layer under torch.compile)"]
         load_s = time.perf_counter() - t0
-        profile = ProfileStep(trainer.args.max_steps, Path(a.results) / f"profile-{name}.txt",
-                              f"{name}: {a.model} {a.quant}, {a.data} data, micro-batch {a.micro_batch} x {a.seq_len}, "
-                              f"{perf.environment()['card']}") if a.profile else None
+        profile = (
+            ProfileStep(
+                trainer.args.max_steps,
+                Path(a.results) / f"profile-{name}.txt",
+                f"{name}: {a.model} {a.quant}, {a.data} data, micro-batch {a.micro_batch} x {a.seq_len}, "
+                f"{perf.environment()['card']}",
+            )
+            if a.profile
+            else None
+        )
         timer, peak = train(trainer, profile)
         del trainer
     return result(a, name, timer, load_s, peak, flops(attn_len), overrides)
@@ -205,8 +233,9 @@ def arm_overrides(name: str, knobs: dict = KNOBS) -> list[str]:
 def ordered(arms: list[str]) -> list[str]:
     """Baselines first (the peer starts from the baseline's LoRA), Liger arms last: Liger replaces transformers'
     Llama classes for the rest of the process."""
-    return sorted(arms, key=lambda name: 0 if name in PLAIN else 1 if "noliger" in name.split("-") or name in PEERS
-                  else 2)
+    return sorted(
+        arms, key=lambda name: 0 if name in PLAIN else 1 if "noliger" in name.split("-") or name in PEERS else 2
+    )
 
 
 def parse(argv=None):
@@ -214,9 +243,12 @@ def parse(argv=None):
     p.add_argument("--model", default="7b", choices=sorted({m for m, _ in RECIPES}))
     p.add_argument("--quant", default="nf4", choices=["nf4", "none"])
     p.add_argument("--data", default="random", choices=["random", "oasst"])
-    p.add_argument("--arms", default="baseline,ours",
-                   help=f"comma-separated: baseline, pad_to_max, unsloth, ours[-knob...] with knobs "
-                        f"{', '.join((*KNOBS, *BENCH_KNOBS))}")
+    p.add_argument(
+        "--arms",
+        default="baseline,ours",
+        help=f"comma-separated: baseline, pad_to_max, unsloth, ours[-knob...] with knobs "
+        f"{', '.join((*KNOBS, *BENCH_KNOBS))}",
+    )
     p.add_argument("--override", action="append", default=[], help="extra key=value for our arms (repeatable)")
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--micro-batch", type=int, default=2)
@@ -225,10 +257,16 @@ def parse(argv=None):
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
     p.add_argument("--smoke", action="store_true", help="tiny model, CPU, seconds: checks the benchmark itself")
-    p.add_argument("--prequantized", action="store_true",
-                   help="random weights written already in NF4 (bench/random_nf4.py; always for --model 70b)")
-    p.add_argument("--profile", action="store_true",
-                   help="one more step per arm under torch.profiler: <results>/profile-<arm>.txt (not the peer's)")
+    p.add_argument(
+        "--prequantized",
+        action="store_true",
+        help="random weights written already in NF4 (bench/random_nf4.py; always for --model 70b)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="one more step per arm under torch.profiler: <results>/profile-<arm>.txt (not the peer's)",
+    )
     a = p.parse_args(argv)
     if a.smoke:
         a.model, a.seq_len, a.warmup, a.steps = "tiny", 512 if a.data == "oasst" else 64, 1, 2
@@ -242,9 +280,12 @@ def parse(argv=None):
         except KeyError:
             unknown.append(x)
     if unknown or (a.model, a.quant) not in RECIPES:
-        p.error(f"unknown arms {unknown}: use baseline, pad_to_max, unsloth, ours[-knob...] with knobs "
-                f"{', '.join((*KNOBS, *BENCH_KNOBS))}"
-                if unknown else f"no recipe for --model {a.model} --quant {a.quant}")
+        p.error(
+            f"unknown arms {unknown}: use baseline, pad_to_max, unsloth, ours[-knob...] with knobs "
+            f"{', '.join((*KNOBS, *BENCH_KNOBS))}"
+            if unknown
+            else f"no recipe for --model {a.model} --quant {a.quant}"
+        )
     return a
 
 
@@ -262,19 +303,31 @@ def main(argv=None) -> list[perf.ArmResult]:
         results, failed = perf.run_arms(
             ordered(a.arms.split(",")),
             lambda name: run_arm(a, name, recipe, cfg, model_dir, (ours_ds, plain_ds), attn_len, flops),
-            lambda r: f"{r.tokens_per_s:,.0f} tokens/s, peak alloc/reserved {r.peak_alloc_gib}/{r.peak_reserved_gib} "
-                      f"GiB, MFU {r.mfu:.1%}")
+            lambda r: (
+                f"{r.tokens_per_s:,.0f} tokens/s, peak alloc/reserved {r.peak_alloc_gib}/{r.peak_reserved_gib} "
+                f"GiB, MFU {r.mfu:.1%}"
+            ),
+        )
     cuda = torch.cuda.is_available()
     gates = {}
     if a.data == "random" and results[0].arm == "baseline":  # same batches at every step: compare step by step
         for r in results[1:]:
             ok, why = perf.gate(results[0], r, 5e-3 if cuda else 1e-4, 5e-2 if cuda else 1e-3)
             gates[r.arm] = ("pass: " if ok else "FAIL: ") + why
-    run = {"title": f"{a.model} {'QLoRA' if a.quant == 'nf4' else 'LoRA ' + str(cfg.model.dtype)}, {a.data} data, "
-                    f"micro-batch {a.micro_batch} x {a.seq_len}, grad accum {a.grad_accum}, LoRA r={LORA['r']}",
-           "env": perf.environment(), "peak_tflops": a.peak / 1e12, "peak_what": peak_what, "data": a.data,
-           "steps": a.steps, "warmup": a.warmup, "profile": a.profile, "recipe": recipe, "failed": failed,
-           "command": "python bench/train_throughput.py " + shlex.join(sys.argv[1:] if argv is None else argv)}
+    run = {
+        "title": f"{a.model} {'QLoRA' if a.quant == 'nf4' else 'LoRA ' + str(cfg.model.dtype)}, {a.data} data, "
+        f"micro-batch {a.micro_batch} x {a.seq_len}, grad accum {a.grad_accum}, LoRA r={LORA['r']}",
+        "env": perf.environment(),
+        "peak_tflops": a.peak / 1e12,
+        "peak_what": peak_what,
+        "data": a.data,
+        "steps": a.steps,
+        "warmup": a.warmup,
+        "profile": a.profile,
+        "recipe": recipe,
+        "failed": failed,
+        "command": "python bench/train_throughput.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+    }
     print(perf.record(Path(a.results), run, results, gates), flush=True)
     return results
 

@@ -13,6 +13,7 @@ wheels and those pins in a folder of their own and name it in UNSLOTH_SITE; only
 
   python bench/unsloth_arm.py SPEC.json OUT.json      # what run() starts; SPEC from run(), OUT an ArmResult
 """
+
 from __future__ import annotations
 
 import json
@@ -56,16 +57,24 @@ def run(a, quant: str, model_dir: str, rows, lora: dict, flops_per_token: float)
 
     with tempfile.TemporaryDirectory() as tmp:
         rows.save_to_disk(f"{tmp}/rows")
-        spec = {"model_dir": model_dir, "quant": quant, "rows": f"{tmp}/rows", "lora": lora,
-                "lora_init": a.lora_init if a.lora_init and Path(a.lora_init).is_file() else None,
-                "flops_per_token": flops_per_token, "peak": a.peak, "run_dir": f"{tmp}/run",
-                **{k: getattr(a, k) for k in ("seq_len", "micro_batch", "grad_accum", "warmup", "steps")}}
+        spec = {
+            "model_dir": model_dir,
+            "quant": quant,
+            "rows": f"{tmp}/rows",
+            "lora": lora,
+            "lora_init": a.lora_init if a.lora_init and Path(a.lora_init).is_file() else None,
+            "flops_per_token": flops_per_token,
+            "peak": a.peak,
+            "run_dir": f"{tmp}/run",
+            **{k: getattr(a, k) for k in ("seq_len", "micro_batch", "grad_accum", "warmup", "steps")},
+        }
         Path(f"{tmp}/spec.json").write_text(json.dumps(spec))
         env = dict(os.environ)
         if os.environ.get("UNSLOTH_SITE"):
             env["PYTHONPATH"] = os.pathsep.join([os.environ["UNSLOTH_SITE"], env.get("PYTHONPATH", "")])
-        proc = subprocess.run([sys.executable, __file__, f"{tmp}/spec.json", f"{tmp}/out.json"], env=env,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, f"{tmp}/spec.json", f"{tmp}/out.json"], env=env, capture_output=True, text=True
+        )
         print(proc.stdout[-4000:], proc.stderr[-4000:], sep="\n", flush=True)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]  # the exception, echoed in full above
@@ -93,21 +102,39 @@ def main(spec_path: str, out_path: str) -> None:
     cuda = torch.cuda.is_available()
     t0 = time.perf_counter()
     model, _ = FastLanguageModel.from_pretrained(
-        model_name=a.model_dir, max_seq_length=a.seq_len, dtype=torch.bfloat16 if cuda else torch.float32,
-        load_in_4bit=a.quant != "none", load_in_16bit=a.quant == "none", fix_tokenizer=False,
-        use_gradient_checkpointing="unsloth", local_files_only=True)
+        model_name=a.model_dir,
+        max_seq_length=a.seq_len,
+        dtype=torch.bfloat16 if cuda else torch.float32,
+        load_in_4bit=a.quant != "none",
+        load_in_16bit=a.quant == "none",
+        fix_tokenizer=False,
+        use_gradient_checkpointing="unsloth",
+        local_files_only=True,
+    )
     model = FastLanguageModel.get_peft_model(
-        model, r=a.lora["r"], lora_alpha=a.lora["alpha"], lora_dropout=a.lora["dropout"], bias="none",
-        target_modules=LLAMA_LINEARS, use_gradient_checkpointing="unsloth", random_state=0)
+        model,
+        r=a.lora["r"],
+        lora_alpha=a.lora["alpha"],
+        lora_dropout=a.lora["dropout"],
+        bias="none",
+        target_modules=LLAMA_LINEARS,
+        use_gradient_checkpointing="unsloth",
+        random_state=0,
+    )
     copied = load_lora(model, a.lora_init) if a.lora_init else 0
-    trainer = Trainer(model=model, args=plain_hf.training_args(a, Path(a.run_dir), gradient_checkpointing=False),
-                      train_dataset=load_from_disk(a.rows), data_collator=default_data_collator)
+    trainer = Trainer(
+        model=model,
+        args=plain_hf.training_args(a, Path(a.run_dir), gradient_checkpointing=False),
+        train_dataset=load_from_disk(a.rows),
+        data_collator=default_data_collator,
+    )
     load_s = time.perf_counter() - t0
     timer, peak = steps.train(trainer)
     versions = {p: importlib.metadata.version(p) for p in ("unsloth", "unsloth_zoo", "transformers", "trl", "peft")}
     notes = [f"{k} {v}" for k, v in versions.items()] + [
         f"FastLanguageModel {'4-bit' if a.quant != 'none' else '16-bit'}, use_gradient_checkpointing='unsloth', "
-        f"{'the baseline' if copied else 'its own'} starting LoRA"]
+        f"{'the baseline' if copied else 'its own'} starting LoRA"
+    ]
     r = steps.result(a, "unsloth", timer, load_s, peak, a.flops_per_token, [])
     Path(out_path).write_text(json.dumps({**dataclasses.asdict(r), "notes": notes}))
 

@@ -5,6 +5,7 @@ The model is the run's base (rebuilt from its config.yaml, 4-bit where the run w
 its merged/ weights. Prompts are token ids from `chat_format.encode_prompt`, the function family that encoded the
 training data, with the run's own tokenizer (adapter/), so training and inference cannot drift.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,15 @@ def generation(gcfg: GenerateConfig, pad_id: int):
         return greedy(gcfg.max_new_tokens, pad_id)
     set_seed(gcfg.seed)
     base = greedy(gcfg.max_new_tokens, pad_id).to_dict()
-    return GenerationConfig(**{**base, "do_sample": True, "temperature": gcfg.temperature, "top_p": gcfg.top_p,
-                               "repetition_penalty": gcfg.repetition_penalty})
+    return GenerationConfig(
+        **{
+            **base,
+            "do_sample": True,
+            "temperature": gcfg.temperature,
+            "top_p": gcfg.top_p,
+            "repetition_penalty": gcfg.repetition_penalty,
+        }
+    )
 
 
 def batch(model, tokenizer, prompts, gen, batch_size: int, out: Path) -> None:
@@ -69,16 +77,27 @@ def batch(model, tokenizer, prompts, gen, batch_size: int, out: Path) -> None:
     from finetune.model.generate import generate
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    console.info(f"answering {len(prompts)} prompts, {batch_size} at a time, up to {gen.max_new_tokens} new tokens "
-                 "each")
+    console.info(
+        f"answering {len(prompts)} prompts, {batch_size} at a time, up to {gen.max_new_tokens} new tokens each"
+    )
     with out.open("w") as fh:
         for i in range(0, len(prompts), batch_size):
-            chunk = prompts[i: i + batch_size]
+            chunk = prompts[i : i + batch_size]
             for p, new in zip(chunk, generate(model, [p.ids for p in chunk], gen)):
                 stop = "eos" if len(new) < gen.max_new_tokens else "length"
-                fh.write(json.dumps({"messages": p.messages, "answer": tokenizer.sp.decode(new),
-                                     "prompt_ids": p.ids, "new_tokens": len(new), "stop": stop},
-                                    ensure_ascii=False) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "messages": p.messages,
+                            "answer": tokenizer.sp.decode(new),
+                            "prompt_ids": p.ids,
+                            "new_tokens": len(new),
+                            "stop": stop,
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
             console.info(f"{min(i + batch_size, len(prompts))}/{len(prompts)} answered")
     console.info(f"answers: {out}")
 
@@ -113,7 +132,7 @@ def interactive(model, tokenizer, gen, system: str | None) -> None:
         if line in ("/quit", "/exit"):
             break
         if line.startswith("/system"):
-            system = line[len("/system"):].strip() or None
+            system = line[len("/system") :].strip() or None
         if line == "/reset" or line.startswith("/system"):
             history.clear()
             said = f"system prompt: {system!r}" if system else "no system prompt"
@@ -166,8 +185,9 @@ def main(dict_cfg: DictConfig) -> None:
         model = add_adapter(model, run)
     gen = generation(ccfg.generate, tokenizer.pad_id)
     what = "merged weights" if ccfg.merged else "base + adapter"
-    console.info(f"model: {run.name} ({what}, quant={quant_config(ccfg.quant, train_cfg, ccfg.merged).mode}, "
-                 f"{model.device})")
+    console.info(
+        f"model: {run.name} ({what}, quant={quant_config(ccfg.quant, train_cfg, ccfg.merged).mode}, {model.device})"
+    )
 
     # Talk
     if prompts is not None:

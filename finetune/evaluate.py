@@ -8,6 +8,7 @@ The loss is the training loss's: mean negative log-likelihood over the tokens tr
 answers and their EOS, `assistant_masks`), token-weighted over the whole split; perplexity = exp(loss). Results
 go to <run>/eval/<data>-<split>.json and a summary table to stdout.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,14 +73,17 @@ def token_loss(model, dataset, batch_size: int, pad_id: int) -> tuple[float, int
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(dataset), batch_size):
-            rows = dataset[i: i + batch_size]
+            rows = dataset[i : i + batch_size]
             ids = pad(rows["input_ids"], pad_id)
             keep = pad(rows["assistant_masks"]).bool()
             attention = pad([[1] * len(r) for r in rows["input_ids"]])
             labels = ids.masked_fill(~keep, -100)[:, 1:].to(model.device)
             logits = model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device)).logits
-            total += float(F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(),
-                                           ignore_index=-100, reduction="sum"))
+            total += float(
+                F.cross_entropy(
+                    logits[:, :-1].float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum"
+                )
+            )
             count += int((labels != -100).sum())
     return total / max(count, 1), count
 
@@ -93,8 +97,12 @@ def split_dataset(dcfg: DataConfig, tokenizer, split: str):
     prepared = data.load(dcfg, tokenizer)
     train, held_out = prepared.train, prepared.eval
     if split == "eval" and held_out is None:
-        raise ConfigError([f"split=eval: data={dcfg.name} has no held-out split (data.eval_fraction=0 and no "
-                           "data.eval_path); set data.eval_fraction=0.1, or split=train or split=all"])
+        raise ConfigError(
+            [
+                f"split=eval: data={dcfg.name} has no held-out split (data.eval_fraction=0 and no "
+                "data.eval_path); set data.eval_fraction=0.1, or split=train or split=all"
+            ]
+        )
     if split == "all" and held_out is not None:
         return concatenate_datasets([train, held_out])
     return held_out if split == "eval" else train
@@ -121,8 +129,10 @@ def check(ecfg: EvaluateConfig) -> list[str]:
 
 def table(results: list[Result], dcfg: DataConfig, split: str) -> str:
     r0 = results[0]
-    lines = [f"{dcfg.name}, {split} split: {r0.examples} sequences, {r0.tokens:,} scored tokens (answers + EOS)",
-             f"{'model':<44} {'loss':>8} {'perplexity':>12}"]
+    lines = [
+        f"{dcfg.name}, {split} split: {r0.examples} sequences, {r0.tokens:,} scored tokens (answers + EOS)",
+        f"{'model':<44} {'loss':>8} {'perplexity':>12}",
+    ]
     lines += [f"{r.model:<44} {r.loss:>8.4f} {r.perplexity:>12,.2f}" for r in results]
     return "\n".join(lines)
 
@@ -148,17 +158,24 @@ def main(dict_cfg: DictConfig) -> None:
         from finetune.ship import loading, long_context
 
         tokenizer = loading.load_tokenizer(run, train_cfg) if run else load_tokenizer(ecfg.model)
-        return console.info(long_context.evaluate(ecfg.long_context, run, train_cfg, tokenizer, ecfg.quant,
-                                                  ecfg.base, ecfg.out))
+        return console.info(
+            long_context.evaluate(ecfg.long_context, run, train_cfg, tokenizer, ecfg.quant, ecfg.base, ecfg.out)
+        )
     dcfg = ecfg.data or train_cfg.data
     if not ecfg.data and not (method := METHODS[train_cfg.trainer.kind]).conversations:
         from finetune.data.hints import sft_data_for
-        raise ConfigError([f"run={run} is a {method.name.upper()} run: its data are {method.data}, and evaluate "
-                           f"scores conversations; pick SFT data: {sft_data_for(train_cfg)}"])
+
+        raise ConfigError(
+            [
+                f"run={run} is a {method.name.upper()} run: its data are {method.data}, and evaluate "
+                f"scores conversations; pick SFT data: {sft_data_for(train_cfg)}"
+            ]
+        )
     if problems := examples.check(dcfg):
         raise ConfigError(problems)
     from finetune.model.tokenizer import load_tokenizer  # torch: after the checks above
     from finetune.ship import loading
+
     tokenizer = loading.load_tokenizer(run, train_cfg) if run else load_tokenizer(ecfg.model)
     dataset = split_dataset(dcfg, tokenizer, ecfg.split)
 
@@ -173,11 +190,25 @@ def main(dict_cfg: DictConfig) -> None:
         results.append(Result(label, loss, math.exp(loss), tokens, len(dataset)))
 
     # Report and save
-    out = Path(ecfg.out) if ecfg.out else (run / "eval" if run else Path("outputs", "eval")) / (
-        f"{'' if run else train_cfg.model.name + '-'}{dcfg.name}-{ecfg.split}.json")
+    out = (
+        Path(ecfg.out)
+        if ecfg.out
+        else (run / "eval" if run else Path("outputs", "eval"))
+        / (f"{'' if run else train_cfg.model.name + '-'}{dcfg.name}-{ecfg.split}.json")
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"run": str(run) if run else None, "data": dcfg.name, "split": ecfg.split,
-                               "results": [asdict(r) for r in results]}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "run": str(run) if run else None,
+                "data": dcfg.name,
+                "split": ecfg.split,
+                "results": [asdict(r) for r in results],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     console.info(table(results, dcfg, ecfg.split) + f"\nsaved: {out}")
 
 
@@ -206,16 +237,37 @@ def benchmark(ecfg: EvaluateConfig) -> None:
     labels = (f"{train_cfg.model.name} ({mode})", f"{run.name} ({'merged/' if bench.merged else 'adapter, ' + mode})")
     rows = report.rows(scores["base"], scores["tuned"])
     matched = scores["tuned"]["chat_ids_match"]
-    note = (None if not chat else "prompts in the Llama 2 chat format (lm_eval's chat-template path gives the ids "
-            "training used)" if matched in (True, None) else "prompts in the Llama 2 chat format, but lm_eval's "
-            "chat-template path does NOT give the ids training used (compare chat_format.encode_prompt)")
-    out = report.write(run, {"run": str(run), "tasks": bench.tasks, "limit": bench.limit, "chat_template": chat,
-                             "chat_ids_match": matched, "chat_note": note, "lm_eval": lm_eval.__version__,
-                             "models": dict(zip(("base", "tuned"), labels)), "rows": rows,
-                             "datasets": scores["tuned"]["datasets"], "scores": scores})
+    note = (
+        None
+        if not chat
+        else "prompts in the Llama 2 chat format (lm_eval's chat-template path gives the ids training used)"
+        if matched in (True, None)
+        else "prompts in the Llama 2 chat format, but lm_eval's "
+        "chat-template path does NOT give the ids training used (compare chat_format.encode_prompt)"
+    )
+    out = report.write(
+        run,
+        {
+            "run": str(run),
+            "tasks": bench.tasks,
+            "limit": bench.limit,
+            "chat_template": chat,
+            "chat_ids_match": matched,
+            "chat_note": note,
+            "lm_eval": lm_eval.__version__,
+            "models": dict(zip(("base", "tuned"), labels)),
+            "rows": rows,
+            "datasets": scores["tuned"]["datasets"],
+            "scores": scores,
+        },
+    )
     cards = [p for p in (run / "adapter" / "README.md", run / "merged" / "README.md") if report.update_card(p, run)]
-    console.info(report.table(rows, *labels) + (f"\n{note}" if note else "") + f"\nsaved: {out}"
-                 + "".join(f"\nmodel card: {p} (model-index)" for p in cards))
+    console.info(
+        report.table(rows, *labels)
+        + (f"\n{note}" if note else "")
+        + f"\nsaved: {out}"
+        + "".join(f"\nmodel card: {p} (model-index)" for p in cards)
+    )
 
 
 def benchmark_scores(ecfg: EvaluateConfig, train_cfg: TrainConfig, run: Path, tokenizer, chat: bool) -> dict:
@@ -225,10 +277,14 @@ def benchmark_scores(ecfg: EvaluateConfig, train_cfg: TrainConfig, run: Path, to
 
     bench = ecfg.benchmarks
     if bench.backend == "vllm":
-        lms = {"base": lambda: backends.vllm_lm(train_cfg, run, False, False, ecfg.batch_size),
-               "tuned": lambda: backends.vllm_lm(train_cfg, run, not bench.merged, bench.merged, ecfg.batch_size)}
-        return {k: runner.evaluate_lm(lm(), tokenizer, bench, chat) if k == "tuned" or ecfg.base else None
-                for k, lm in lms.items()}
+        lms = {
+            "base": lambda: backends.vllm_lm(train_cfg, run, False, False, ecfg.batch_size),
+            "tuned": lambda: backends.vllm_lm(train_cfg, run, not bench.merged, bench.merged, ecfg.batch_size),
+        }
+        return {
+            k: runner.evaluate_lm(lm(), tokenizer, bench, chat) if k == "tuned" or ecfg.base else None
+            for k, lm in lms.items()
+        }
     base = loading.load_base(run, train_cfg, tokenizer, ecfg.quant)
     scores = {"base": runner.evaluate(base, tokenizer, bench, chat, ecfg.batch_size) if ecfg.base else None}
     if bench.merged:

@@ -7,6 +7,7 @@ Always: <run>/adapter/README.md, a model card from the run's config and metrics.
 tolerance the export fails with the numbers and no merged/ is left behind. format=gguf: <run>/gguf/ from merged/
 (finetune/ship/gguf_export.py), each file checked in llama.cpp against merged/.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,8 +64,10 @@ ConfigStore.instance().store(name="export_schema", node=ExportConfig)
 def check(cfg: ExportConfig, run: Path) -> list[str]:
     problems = []
     if not (run / "adapter" / "adapter_config.json").is_file():
-        problems.append(f"run={cfg.run}: no adapter/adapter_config.json there; point run= at a finished training "
-                        "run (outputs/<run>), or finish it (training writes adapter/ at the end)")
+        problems.append(
+            f"run={cfg.run}: no adapter/adapter_config.json there; point run= at a finished training "
+            "run (outputs/<run>), or finish it (training writes adapter/ at the end)"
+        )
     if cfg.merge_base not in ("auto", "dequantized", "original"):
         problems.append(f"merge_base={cfg.merge_base}: use auto, dequantized or original")
     if cfg.dtype is not None and cfg.dtype not in config.DTYPES:
@@ -100,13 +103,18 @@ def base_dir(run: Path, train_cfg, tokenizer) -> Path:
     if config.looks_local(mcfg.path):
         if not Path(mcfg.path).is_dir():
             named_in = inputs.FILE if record else "adapter_config.json"
-            raise MergeError(f"the base model folder {mcfg.path} (the run's {named_in}) is gone; put the base "
-                             "checkpoint back there to merge")
+            raise MergeError(
+                f"the base model folder {mcfg.path} (the run's {named_in}) is gone; put the base "
+                "checkpoint back there to merge"
+            )
         return Path(mcfg.path)
     from huggingface_hub import snapshot_download  # the weights are read shard by shard from the local cache
 
-    return Path(snapshot_download(mcfg.path, revision=mcfg.revision,
-                                  allow_patterns=["*.json", "*.safetensors", "tokenizer.model"]))
+    return Path(
+        snapshot_download(
+            mcfg.path, revision=mcfg.revision, allow_patterns=["*.json", "*.safetensors", "tokenizer.model"]
+        )
+    )
 
 
 def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path, serve: str = ""):
@@ -127,43 +135,75 @@ def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path, serve: str = ""):
     four_bit = train_cfg.quant.mode in ("nf4", "fp4")
     merge_base = cfg.merge_base if cfg.merge_base != "auto" else ("dequantized" if four_bit else "original")
     if merge_base == "dequantized" and not four_bit:
-        raise merge.MergeError(f"merge_base=dequantized reproduces a 4-bit (QLoRA) base, but this run used "
-                         f"quant.mode={train_cfg.quant.mode}; use merge_base=original")
-    quant = merge.Quant(train_cfg.quant.mode, train_cfg.quant.double_quant, model.compute_dtype(train_cfg.model)) \
-        if merge_base == "dequantized" else None
+        raise merge.MergeError(
+            f"merge_base=dequantized reproduces a 4-bit (QLoRA) base, but this run used "
+            f"quant.mode={train_cfg.quant.mode}; use merge_base=original"
+        )
+    quant = (
+        merge.Quant(train_cfg.quant.mode, train_cfg.quant.double_quant, model.compute_dtype(train_cfg.model))
+        if merge_base == "dequantized"
+        else None
+    )
     out_dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
     partial, final = run / "merged.partial", run / "merged"
     shutil.rmtree(partial, ignore_errors=True)
     rope_fields = rope.config_fields(train_cfg.model, rope.theta_of(json.loads((base / "config.json").read_text())))
-    stats = merge.merge(base, merge.read_adapter(adapter_dir), partial, quant, out_dtype,
-                        config.parse_size(cfg.max_shard_size, "max_shard_size", "", "it like 2GB, 500MB or 1.5GiB"),
-                        config_fields=rope_fields)  # the RoPE scaling the run trained with
+    stats = merge.merge(
+        base,
+        merge.read_adapter(adapter_dir),
+        partial,
+        quant,
+        out_dtype,
+        config.parse_size(cfg.max_shard_size, "max_shard_size", "", "it like 2GB, 500MB or 1.5GiB"),
+        config_fields=rope_fields,
+    )  # the RoPE scaling the run trained with
     tokenizer.save(partial)
-    console.info(f"merged {stats.merged} LoRA weights into {merge_base} base weights "
-                 f"({stats.dequantized} quantize-dequantized), {stats.shards} shards, {stats.total_bytes / 1e9:.2f} GB"
-                 + (f"; {stats.replaced} fully trained tensors (embeddings, norms) copied" if stats.replaced else ""))
+    console.info(
+        f"merged {stats.merged} LoRA weights into {merge_base} base weights "
+        f"({stats.dequantized} quantize-dequantized), {stats.shards} shards, {stats.total_bytes / 1e9:.2f} GB"
+        + (f"; {stats.replaced} fully trained tensors (embeddings, norms) copied" if stats.replaced else "")
+    )
 
     # Verify: the adapter model on the base it was trained on (and, for original, on that base too)
     stored = out_dtype or getattr(torch, json.loads((partial / "config.json").read_text()).get("dtype", "float32"))
     tolerance = cfg.verify.tolerance or verify.default_tolerance(stored, model.compute_dtype(train_cfg.model))
-    prompts, source = verify.sample_prompts(verify.run_examples(run, train_cfg), tokenizer.sp, cfg.verify.prompts,
-                                            cfg.verify.max_prompt_tokens)
+    prompts, source = verify.sample_prompts(
+        verify.run_examples(run, train_cfg), tokenizer.sp, cfg.verify.prompts, cfg.verify.max_prompt_tokens
+    )
     merged_out = verify.merged_outputs(partial, prompts, cfg.verify.max_new_tokens)
     refs = [("the adapter model as trained", four_bit)]
     if merge_base == "original" and train_cfg.quant.mode != "none":  # check the arithmetic, report the drift
         refs.insert(0, ("the adapter on the original 16-bit base", False))
-    drifts = [verify.compare(name, verify.adapter_outputs(train_cfg, base, adapter_dir, q, prompts,
-                                                          cfg.verify.max_new_tokens),
-                             merged_out, tolerance, tokenizer.sp.decode, prompts) for name, q in refs]
+    drifts = [
+        verify.compare(
+            name,
+            verify.adapter_outputs(train_cfg, base, adapter_dir, q, prompts, cfg.verify.max_new_tokens),
+            merged_out,
+            tolerance,
+            tokenizer.sp.decode,
+            prompts,
+        )
+        for name, q in refs
+    ]
     if not drifts[0].ok:
         shutil.rmtree(partial)
-        raise merge.MergeError(f"merged model failed verification on {len(prompts)} prompts from {source}: "
-                         f"{drifts[0].summary()}. Nothing was written to {final}. If this drift is acceptable for "
-                         f"{stored} weights, pass verify.tolerance={drifts[0].relative * 2:.0e}")
-    (partial / "verification.json").write_text(json.dumps(
-        {"adapter_sha256": adapter_sha, "merge_base": merge_base, "dtype": str(stored).removeprefix("torch."),
-         "prompt_source": source,
-         "checks": [dataclasses.asdict(d) for d in drifts]}, indent=2))
+        raise merge.MergeError(
+            f"merged model failed verification on {len(prompts)} prompts from {source}: "
+            f"{drifts[0].summary()}. Nothing was written to {final}. If this drift is acceptable for "
+            f"{stored} weights, pass verify.tolerance={drifts[0].relative * 2:.0e}"
+        )
+    (partial / "verification.json").write_text(
+        json.dumps(
+            {
+                "adapter_sha256": adapter_sha,
+                "merge_base": merge_base,
+                "dtype": str(stored).removeprefix("torch."),
+                "prompt_source": source,
+                "checks": [dataclasses.asdict(d) for d in drifts],
+            },
+            indent=2,
+        )
+    )
     modelcard.write(partial, run, "merged", merge_section(merge_base, stored, stats, source, drifts) + serve)
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
@@ -172,17 +212,24 @@ def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path, serve: str = ""):
 
 def merge_section(merge_base: str, dtype, stats, source: str, drifts) -> str:
     """The model card's account of how the weights were merged and how far they drift."""
-    into = ("the NF4 quantize-then-dequantize of the base weights (what QLoRA trained against)"
-            if merge_base == "dequantized" else "the original base weights")
-    lines = [f"\n## Merge\n\nThe LoRA adapter was merged into {into} (`merge_base={merge_base}`), stored as "
-             f"{str(dtype).removeprefix('torch.')} in {stats.shards} safetensors shards.\n",
-             f"Verified on {drifts[0].prompts} prompts from {source}:\n",
-             "| compared with | max \\|Δlogits\\| | relative to max \\|logits\\| | tolerance | identical greedy "
-             "generations |", "| --- | --- | --- | --- | --- |"]
+    into = (
+        "the NF4 quantize-then-dequantize of the base weights (what QLoRA trained against)"
+        if merge_base == "dequantized"
+        else "the original base weights"
+    )
+    lines = [
+        f"\n## Merge\n\nThe LoRA adapter was merged into {into} (`merge_base={merge_base}`), stored as "
+        f"{str(dtype).removeprefix('torch.')} in {stats.shards} safetensors shards.\n",
+        f"Verified on {drifts[0].prompts} prompts from {source}:\n",
+        "| compared with | max \\|Δlogits\\| | relative to max \\|logits\\| | tolerance | identical greedy "
+        "generations |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for d in drifts:
         checked = f"{d.tolerance:.0e}" if d is drifts[0] else "none (reported only)"
-        lines.append(f"| {d.reference} | {d.max_abs:.2e} | {d.relative:.2e} | {checked} | "
-                     f"{d.same_generations}/{d.prompts} |")
+        lines.append(
+            f"| {d.reference} | {d.max_abs:.2e} | {d.relative:.2e} | {checked} | {d.same_generations}/{d.prompts} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -212,20 +259,25 @@ def main(dict_cfg: DictConfig) -> None:
     if (pickle := adapter_dir / "training_args.bin").is_file():  # written by older runs: a pickle, not needed
         pickle.unlink()
         console.info(f"removed {pickle} (a pickle of TrainingArguments; adapter/ ships safetensors only)")
-    serve = serving.section(modelcard.base_of(train_cfg, adapter_dir).hub_id or "<base model>", run.name,
-                            adapter_dir)
+    serve = serving.section(modelcard.base_of(train_cfg, adapter_dir).hub_id or "<base model>", run.name, adapter_dir)
     modelcard.write(adapter_dir, run, "adapter", serve)
     console.info(f"adapter: {adapter_dir} ({', '.join(sorted(p.name for p in adapter_dir.iterdir()))})")
     for warning in serving.adapter_warnings(adapter_dir):
         console.info(f"warning: vLLM: {warning}")
     merged = run / "merged"
-    reuse = cfg.format == "gguf" and not cfg.merge and (merged / "config.json").is_file() and \
-        rundir.derived_problem(run, "merged") is None  # merged/ from this very adapter
+    reuse = (
+        cfg.format == "gguf"
+        and not cfg.merge
+        and (merged / "config.json").is_file()
+        and rundir.derived_problem(run, "merged") is None
+    )  # merged/ from this very adapter
     if cfg.merge or (cfg.format == "gguf" and not reuse):
         # Merge shard by shard, verify against the adapter model, then publish the folder as merged/
         out, drifts = merge_and_verify(cfg, train_cfg, run, serve)
-        console.info(f"merged: {out}\nverified {drifts[0].summary()}"
-                     + "".join(f"\nreported {d.summary(checked=False)}" for d in drifts[1:]))
+        console.info(
+            f"merged: {out}\nverified {drifts[0].summary()}"
+            + "".join(f"\nreported {d.summary(checked=False)}" for d in drifts[1:])
+        )
     if cfg.format == "gguf":
         export_gguf(cfg, train_cfg, run)
 

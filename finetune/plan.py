@@ -7,6 +7,7 @@ Every train.py override works too (`model=`, `lora.r=`, `trainer.micro_batch_siz
 gpus= plan.gpus, gpu_memory= plan.gpu_memory, gpu= plan.gpu, micro_batch= trainer.micro_batch_size,
 max_length= data.max_length. Exit code 0 when it fits, 1 when it does not.
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,8 +24,13 @@ from finetune.runtime import console
 
 config.register()
 
-SHORTHANDS = {"gpus": "plan.gpus", "gpu_memory": "plan.gpu_memory", "gpu": "plan.gpu",
-              "micro_batch": "trainer.micro_batch_size", "max_length": "data.max_length"}
+SHORTHANDS = {
+    "gpus": "plan.gpus",
+    "gpu_memory": "plan.gpu_memory",
+    "gpu": "plan.gpu",
+    "micro_batch": "trainer.micro_batch_size",
+    "max_length": "data.max_length",
+}
 
 
 def expand(args: list[str]) -> list[str]:

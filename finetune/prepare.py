@@ -7,6 +7,7 @@ then starts with `tokenized cache: hit`. Give the training job the same $FINETUN
 the same data paths: both are part of the key. Run by several processes or nodes on one shared filesystem, one
 tokenizes and the others wait for it and read. Loads no weights. Exits 2 on bad data, naming the file and line.
 """
+
 from __future__ import annotations
 
 import sys
@@ -36,16 +37,22 @@ def main(dict_cfg: DictConfig) -> None:
 
     cfg = checks.before_weights(dict_cfg)
     if not cfg.data.cache:
-        raise ConfigError(["data.cache=false: prepare.py fills the tokenized cache for the training run; "
-                           "drop data.cache=false (the training run must use the cache too)"])
+        raise ConfigError(
+            [
+                "data.cache=false: prepare.py fills the tokenized cache for the training run; "
+                "drop data.cache=false (the training run must use the cache too)"
+            ]
+        )
     tokenizer = load_tokenizer(cfg.model)
     start = time.time()
     prepared = data.load(cfg.data, tokenizer, cfg.trainer.kind, progress=True)
     kinds.check_data(cfg, prepared)  # the training run would refuse it too (KTO: answers of one kind only)
     stats = prepared.stats
-    console.info(f"data: {cfg.data.name}: {stats.summary()}\n"
-                 f"cache: {stats.cache_dir} ({'tokenized' if stats.cache == 'miss' else 'already there'}, "
-                 f"{time.time() - start:.0f} s); train.py with the same recipe, data and $FINETUNE_CACHE reads it")
+    console.info(
+        f"data: {cfg.data.name}: {stats.summary()}\n"
+        f"cache: {stats.cache_dir} ({'tokenized' if stats.cache == 'miss' else 'already there'}, "
+        f"{time.time() - start:.0f} s); train.py with the same recipe, data and $FINETUNE_CACHE reads it"
+    )
 
 
 if __name__ == "__main__":

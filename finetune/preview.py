@@ -8,6 +8,7 @@ prompt + chosen and prompt + rejected, and an unpaired answer (KTO) as prompt + 
 `format=json` prints one JSON object per sequence instead ({"input_ids", "labels"}, -100 where masked), for
 tools; the summary and verdict then go to stderr. Exits 1 when the preflight fails. Loads no weights.
 """
+
 from __future__ import annotations
 
 import sys
@@ -91,8 +92,15 @@ def sequences(k: int, row: dict) -> list[tuple[str, list[int], list[int]]]:
 def to_json(index: int, ids: list[int], mask: list[int]) -> str:
     import json
 
-    return json.dumps({"index": index, "input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)],
-                       "tokens": len(ids), "trained": sum(mask)})
+    return json.dumps(
+        {
+            "index": index,
+            "input_ids": ids,
+            "labels": [t if m else -100 for t, m in zip(ids, mask)],
+            "tokens": len(ids),
+            "trained": sum(mask),
+        }
+    )
 
 
 def render(sp, ids: list[int], mask: list[int], color: bool = False) -> str:
@@ -114,7 +122,7 @@ def render(sp, ids: list[int], mask: list[int], color: bool = False) -> str:
             while j < len(run) and run[j][1] == run[k][1]:
                 j += 1
             text = sp.decode([t for t, _ in run[:j]])  # decode the prefix: pieces keep their spaces
-            out.append(mark(text[len(done):], run[k][1]))
+            out.append(mark(text[len(done) :], run[k][1]))
             done, k = text, j
         run.clear()
 

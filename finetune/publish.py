@@ -3,6 +3,7 @@
 `dry_run=true` prints what would be uploaded, and whether the repository will be public, and sends nothing.
 The work is in finetune/ship/hub.py.
 """
+
 from __future__ import annotations
 
 import sys
@@ -47,8 +48,10 @@ def main(dict_cfg: DictConfig) -> None:
         raise config.ConfigError([f"what={cfg.what}: use adapter, merged or gguf"])
     folder = Path(cfg.run).expanduser().resolve() / cfg.what
     if not folder.is_dir():
-        fix = {"merged": "python finetune/export.py run=<run> merge=true",
-               "gguf": "python finetune/export.py run=<run> format=gguf"}.get(cfg.what, "finish training first")
+        fix = {
+            "merged": "python finetune/export.py run=<run> merge=true",
+            "gguf": "python finetune/export.py run=<run> format=gguf",
+        }.get(cfg.what, "finish training first")
         raise hub.PublishError(f"{folder}: no such folder; {fix}")
     lock.share(folder.parent, "publish.py")  # a training job does not replace the adapter while it is read
     if cfg.what in rundir.DERIVED and (stale := rundir.derived_problem(folder.parent, cfg.what)):
@@ -57,8 +60,10 @@ def main(dict_cfg: DictConfig) -> None:
     # What goes out, and whether any of it looks like a secret (checked before any network call)
     token = hub.token_or_none()  # a leaked token is named first, whatever file holds it
     if leaks := hub.token_findings(folder, token):
-        raise hub.PublishError(f"{folder} holds token-like strings, refusing to publish: {'; '.join(leaks)}. "
-                               "Remove them (and revoke the token if it was real)")
+        raise hub.PublishError(
+            f"{folder} holds token-like strings, refusing to publish: {'; '.join(leaks)}. "
+            "Remove them (and revoke the token if it was real)"
+        )
     plan = hub.plan(folder, cfg.repo_id, cfg.private, cfg.revision, cfg.commit_message)
     console.info(plan.describe())
     if cfg.dry_run:
@@ -66,8 +71,10 @@ def main(dict_cfg: DictConfig) -> None:
         console.info(f"dry run: nothing sent ({found})")
         return
     if not token:
-        raise hub.PublishError("no Hugging Face token: set HF_TOKEN=<a write token> or run `hf auth login` "
-                               "(the token is never written to the run or the repo)")
+        raise hub.PublishError(
+            "no Hugging Face token: set HF_TOKEN=<a write token> or run `hf auth login` "
+            "(the token is never written to the run or the repo)"
+        )
 
     # One commit to the Hub
     url = hub.publish(plan, token)

@@ -17,6 +17,7 @@ Options: trials=N (default: the grid's size, or the file's run_cap), sweep_dir=P
 outputs/sweeps/<file name>), sampler_seed=N. Every other key=value goes to every trial and fixes that key, e.g.
 model.path=/models/Llama-2-13b-hf or tracking=none.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -28,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: import the package, never sibling files as top-level modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
@@ -36,11 +37,13 @@ if __package__ in (None, ""):  # run as a script: import the package, never sibl
 from omegaconf import OmegaConf
 
 from finetune import config
-from finetune.runtime import console
 from finetune.benchmarks import objective
 from finetune.config import ConfigError
 from finetune.runs.rundir import finished
-from finetune.sweeps import logged, records as sweep_records, report as sweep_report
+from finetune.runtime import console
+from finetune.sweeps import logged
+from finetune.sweeps import records as sweep_records
+from finetune.sweeps import report as sweep_report
 from finetune.sweeps import space as sweep_space
 from finetune.sweeps.space import Sweep
 
@@ -49,8 +52,8 @@ USAGE = "usage: python finetune/sweep.py SWEEP_FILE [trials=N] [sweep_dir=PATH] 
 
 @dataclass
 class Options:
-    trials: Optional[int] = None  # default: every grid point, or the file's run_cap
-    sweep_dir: Optional[str] = None  # default: outputs/sweeps/<file name without .yaml>
+    trials: int | None = None  # default: every grid point, or the file's run_cap
+    sweep_dir: str | None = None  # default: outputs/sweeps/<file name without .yaml>
     sampler_seed: int = 0  # random and bayes proposals are reproducible for a given seed and history
 
 
@@ -69,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:  # None: the command line (the `
     if trains(sweep):
         precheck(sweep, out)
     records = sweep_records.open_dir(sweep, path, out)
-    console.info(f"sweep {path} ({sweep.method}, {sweep.goal} {sweep.metric}): {total} trials in {out}"
-                 + (f", {len(records)} recorded" if records else ""))
+    console.info(
+        f"sweep {path} ({sweep.method}, {sweep.goal} {sweep.metric}): {total} trials in {out}"
+        + (f", {len(records)} recorded" if records else "")
+    )
     for r in [r for r in records.values() if r["status"] == "started"]:  # interrupted: run again, same values
         records[r["trial"]] = run_trial(sweep, r["trial"], total, r["params"], out)
         sweep_report.write(sweep, list(records.values()), out)
@@ -84,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:  # None: the command line (the `
     if best["status"] != "finished":
         console.info(f"every trial failed; see trial.log in each trial folder under {out}")
         return 1
-    console.info(f"best: trial {best['trial']} {sweep.metric}={best['metric']:.6g} {fmt_params(best['params'])}\n"
-                 f"leaderboard: {out / 'leaderboard.md'} (and .csv), plot: {out / 'sweep.png'}")
+    console.info(
+        f"best: trial {best['trial']} {sweep.metric}={best['metric']:.6g} {fmt_params(best['params'])}\n"
+        f"leaderboard: {out / 'leaderboard.md'} (and .csv), plot: {out / 'sweep.png'}"
+    )
     return 0
 
 
@@ -115,7 +122,7 @@ def parse_args(argv: list[str]) -> tuple[Path, Options, dict[str, str]]:
     return path, opts, overrides  # type: ignore[return-value]
 
 
-def trial_count(sweep: Sweep, trials: Optional[int]) -> int:
+def trial_count(sweep: Sweep, trials: int | None) -> int:
     grid = sweep_space.size(sweep)
     n = trials or sweep.run_cap or grid
     if not n or n < 1:
@@ -150,8 +157,12 @@ def precheck(sweep: Sweep, out: Path) -> None:
         problems = [explain(exc)]
     if problems:
         why = "\n".join(problems)
-        raise ConfigError([f"{sweep.path}: finetune/train.py rejects the trial overrides {' '.join(args)}:\n    "
-                           + why.replace("\n", "\n    ")])
+        raise ConfigError(
+            [
+                f"{sweep.path}: finetune/train.py rejects the trial overrides {' '.join(args)}:\n    "
+                + why.replace("\n", "\n    ")
+            ]
+        )
     evals = bool(cfg.data.eval_fraction or cfg.data.eval_path)
     if bad := logged.problem(sweep.metric, sweep.metrics_key, cfg.trainer.kind, evals):
         raise ConfigError([f"{sweep.path}: {bad}"])
@@ -189,8 +200,11 @@ def run_trial(sweep: Sweep, n: int, total: int, params: dict[str, Any], out: Pat
         record.update(status="finished", metric=metric)
         console.info(f"trial {n}/{total}: {sweep.metric}={metric:.6g}")
     else:
-        why = (f"exit {record['returncode']}: {last_error(trial_dir / 'trial.log')}" if record.get("returncode")
-               else f"no {sweep.metrics_key} in {trial_dir / 'metrics.jsonl'} (does the run have an eval split?)")
+        why = (
+            f"exit {record['returncode']}: {last_error(trial_dir / 'trial.log')}"
+            if record.get("returncode")
+            else f"no {sweep.metrics_key} in {trial_dir / 'metrics.jsonl'} (does the run have an eval split?)"
+        )
         record.update(status="failed", metric=None, error=why)
         console.info(f"trial {n}/{total} failed ({why}); log: {trial_dir / 'trial.log'}")
     append(out, record)
@@ -217,7 +231,7 @@ def done(trial_dir: Path, key: str) -> bool:
     return finished(trial_dir) and read_metric(trial_dir / "metrics.jsonl", key) is not None
 
 
-def read_metric(path: Path, key: str) -> Optional[float]:
+def read_metric(path: Path, key: str) -> float | None:
     """The last logged value of `key` (what wandb's run summary, and so its sweep controller, would use)."""
     if not path.is_file():
         return None
@@ -233,7 +247,7 @@ def last_error(log: Path) -> str:
     starts = [i for i, ln in enumerate(lines) if ln.startswith("error:")]
     if not starts:
         return (lines[-1] if lines else "(no output)")[:400]
-    message = list(itertools.takewhile(lambda ln: not ln.startswith("Traceback"), lines[starts[-1]:]))
+    message = list(itertools.takewhile(lambda ln: not ln.startswith("Traceback"), lines[starts[-1] :]))
     return " ".join(message)[:400]  # accelerate launch adds its own traceback after the run's message
 
 

@@ -2,6 +2,7 @@
 
 `python finetune/train.py recipe=qlora_13b --cfg job` prints the composed config and loads nothing.
 """
+
 from __future__ import annotations
 
 import sys
@@ -109,10 +110,15 @@ def train(dict_cfg: DictConfig, run: dict) -> None:
     adapter_dir = checkpoints.save(trainer, tokenizer, run_dir)
     tracking.finish(cfg.tracking)
     curve = run_dir / "loss.png"
-    console.info(f"adapter: {adapter_dir}\nmetrics: {run_dir / 'metrics.jsonl'}"
-                 + (f"\nloss curve: {curve}" if curve.is_file() else "")
-                 + (f"\ntensorboard: tensorboard --logdir {run_dir / 'tensorboard'}"
-                    if cfg.tracking.backend == "tensorboard" else ""))
+    console.info(
+        f"adapter: {adapter_dir}\nmetrics: {run_dir / 'metrics.jsonl'}"
+        + (f"\nloss curve: {curve}" if curve.is_file() else "")
+        + (
+            f"\ntensorboard: tensorboard --logdir {run_dir / 'tensorboard'}"
+            if cfg.tracking.backend == "tensorboard"
+            else ""
+        )
+    )
 
 
 def start_report(trainer, cfg, stats, run_dir, resume) -> str:
@@ -121,13 +127,15 @@ def start_report(trainer, cfg, stats, run_dir, resume) -> str:
     world = args.world_size
     effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    return (f"run: {run_dir}\n"
-            f"model: {cfg.model.name} ({cfg.model.path}), quant={cfg.quant.mode}, LoRA r={cfg.lora.r}, "
-            f"{trainable:,} trainable parameters\n"
-            f"data: {cfg.data.name}: {stats.summary()}\n"
-            f"effective batch: {effective} = {args.per_device_train_batch_size} micro x "
-            f"{args.gradient_accumulation_steps} accumulation x {world} processes"
-            + (f"\nresuming from {resume}" if resume else ""))
+    return (
+        f"run: {run_dir}\n"
+        f"model: {cfg.model.name} ({cfg.model.path}), quant={cfg.quant.mode}, LoRA r={cfg.lora.r}, "
+        f"{trainable:,} trainable parameters\n"
+        f"data: {cfg.data.name}: {stats.summary()}\n"
+        f"effective batch: {effective} = {args.per_device_train_batch_size} micro x "
+        f"{args.gradient_accumulation_steps} accumulation x {world} processes"
+        + (f"\nresuming from {resume}" if resume else "")
+    )
 
 
 if __name__ == "__main__":

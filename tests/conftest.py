@@ -1,4 +1,5 @@
 """Shared test setup: offline, deterministic, and one tiny trained run reused by the tests that need one."""
+
 from __future__ import annotations
 
 import os
@@ -20,16 +21,32 @@ os.environ.setdefault("HYDRA_FULL_ERROR", "0")
 os.environ.setdefault("FINETUNE_CACHE", str(ROOT / ".cache" / "test"))
 
 # Small and fast, but the real code path: real tokenizer, real bundled data, real TRL loop.
-FAST = ["data.max_samples=16", "data.max_length=256", "data.too_long=truncate", "data.eval_fraction=0.25",
-        "trainer.max_steps=4", "trainer.micro_batch_size=2", "trainer.logging_steps=1", "trainer.save_steps=2",
-        "eval.max_new_tokens=8"]
+FAST = [
+    "data.max_samples=16",
+    "data.max_length=256",
+    "data.too_long=truncate",
+    "data.eval_fraction=0.25",
+    "trainer.max_steps=4",
+    "trainer.micro_batch_size=2",
+    "trainer.logging_steps=1",
+    "trainer.save_steps=2",
+    "eval.max_new_tokens=8",
+]
 
 
 # `make test` runs files in two worker processes (pytest-xdist, one file per worker at a time): the longest files
 # start first, so that neither worker is left running a long file alone at the end.
-LONGEST_FIRST = ["integration/test_readme.py", "integration/test_sweep.py", "integration/test_slurm.py",
-                 "integration/test_train.py", "integration/test_benchmarks.py", "integration/test_resume.py",
-                 "integration/test_chat_modes.py", "integration/test_preview.py", "integration/test_demo.py"]
+LONGEST_FIRST = [
+    "integration/test_readme.py",
+    "integration/test_sweep.py",
+    "integration/test_slurm.py",
+    "integration/test_train.py",
+    "integration/test_benchmarks.py",
+    "integration/test_resume.py",
+    "integration/test_chat_modes.py",
+    "integration/test_preview.py",
+    "integration/test_demo.py",
+]
 
 
 def pytest_collection_modifyitems(items):
@@ -37,20 +54,48 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(Path(item.path).relative_to(ROOT / "tests").as_posix(), len(rank)))
 
 
-def run_entry(script: str, *overrides: str, launcher: str = "python", check: bool = True,
-              timeout: int = 600, env: dict | None = None, input: str = "") -> subprocess.CompletedProcess:
+def run_entry(
+    script: str,
+    *overrides: str,
+    launcher: str = "python",
+    check: bool = True,
+    timeout: int = 600,
+    env: dict | None = None,
+    input: str = "",
+) -> subprocess.CompletedProcess:
     """Run a finetune/ entry point the way a user does; `launcher="accelerate"` goes through accelerate launch.
     `input` is the process's stdin (what a user types; empty: end of input at once)."""
     if launcher == "accelerate":
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "finetune" / script)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(ROOT / "finetune" / script),
+        ]
     else:
         cmd = [sys.executable, str(ROOT / "finetune" / script)]
-    proc = subprocess.run(cmd + list(overrides), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, input=input)
+    proc = subprocess.run(
+        cmd + list(overrides),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        input=input,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd[-1:] + list(overrides))} failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd[-1:] + list(overrides))} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 

@@ -1,5 +1,6 @@
 """`benchmarks.backend`: hf (transformers in this process, the model exactly as trained) or vllm (lm_eval's vLLM
 backend serving the base with the run's LoRA adapter; CUDA only)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -14,8 +15,10 @@ def check(b: BenchmarksConfig, run: Path) -> None:
     if b.backend not in BACKENDS:
         raise ConfigError([f"benchmarks.backend={b.backend}: use one of {', '.join(BACKENDS)}"])
     if b.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise BenchmarkError("benchmarks.backend=vllm: vLLM is not installed here (pip install vllm, on a CUDA "
-                             "machine); benchmarks.backend=hf (the default) runs the same tasks through transformers")
+        raise BenchmarkError(
+            "benchmarks.backend=vllm: vLLM is not installed here (pip install vllm, on a CUDA "
+            "machine); benchmarks.backend=hf (the default) runs the same tasks through transformers"
+        )
 
 
 def vllm_lm(train_cfg: TrainConfig, run: Path, adapter: bool, merged: bool, batch_size: int):
@@ -24,7 +27,12 @@ def vllm_lm(train_cfg: TrainConfig, run: Path, adapter: bool, merged: bool, batc
     from lm_eval.models.vllm_causallms import VLLM
 
     four_bit = train_cfg.quant.mode in ("nf4", "fp4") and not merged
-    return VLLM(pretrained=str(run / "merged") if merged else train_cfg.model.path, tokenizer=str(run / "adapter"),
-                dtype=train_cfg.model.dtype, quantization="bitsandbytes" if four_bit else None,
-                lora_local_path=str(run / "adapter") if adapter else None,
-                max_lora_rank=max(16, train_cfg.lora.r), batch_size=batch_size)
+    return VLLM(
+        pretrained=str(run / "merged") if merged else train_cfg.model.path,
+        tokenizer=str(run / "adapter"),
+        dtype=train_cfg.model.dtype,
+        quantization="bitsandbytes" if four_bit else None,
+        lora_local_path=str(run / "adapter") if adapter else None,
+        max_lora_rank=max(16, train_cfg.lora.r),
+        batch_size=batch_size,
+    )

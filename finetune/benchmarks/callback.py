@@ -1,6 +1,7 @@
 """`eval.benchmarks=[...]` during training: lm_eval tasks on the model being trained every `eval.benchmark_steps`
 optimizer steps and at the end, logged through the Trainer like eval loss (metrics.jsonl as
 eval_benchmark/<task>/<metric>; wandb and TensorBoard as eval/benchmark/<task>/<metric>)."""
+
 from __future__ import annotations
 
 from transformers import TrainerCallback
@@ -30,8 +31,13 @@ class BenchmarkCallback(TrainerCallback):
         training = model.training
         scores = runner.evaluate(model, self.tokenizer, self.bcfg, self.chat, self.batch_size)
         model.train(training)  # lm_eval's wrapper put the model in eval mode
-        self.trainer.log({report.log_key(r["task"], r["metric"]): r["tuned"] for r in report.rows(None, scores)
-                          if r["tuned"] is not None})
+        self.trainer.log(
+            {
+                report.log_key(r["task"], r["metric"]): r["tuned"]
+                for r in report.rows(None, scores)
+                if r["tuned"] is not None
+            }
+        )
 
 
 def config_of(ecfg) -> BenchmarksConfig:
@@ -43,8 +49,13 @@ def check(ecfg) -> list[str]:
     """Unknown tasks, lm_eval missing, a stock task while offline: before any weights load (train.py, sweeps)."""
     if not ecfg.benchmarks:
         return []
-    problems = [] if not ecfg.benchmark_steps or ecfg.benchmark_steps > 0 else [
-        f"eval.benchmark_steps={ecfg.benchmark_steps}: give a positive number of optimizer steps, or null (the end)"]
+    problems = (
+        []
+        if not ecfg.benchmark_steps or ecfg.benchmark_steps > 0
+        else [
+            f"eval.benchmark_steps={ecfg.benchmark_steps}: give a positive number of optimizer steps, or null (the end)"
+        ]
+    )
     try:
         tasks.check(list(ecfg.benchmarks), None)
     except tasks.BenchmarkError as exc:
@@ -56,8 +67,18 @@ def attach(trainer, cfg, tokenizer) -> None:
     """Add the callback when `eval.benchmarks` names tasks (not under FSDP: its root parameters stay sharded
     outside the wrapped forward, so lm_eval's generate cannot run mid-training, as for eval.samples)."""
     if cfg.eval.benchmarks and dist.launched_sharding() == "fsdp":
-        console.info(f"eval.benchmarks: off under FSDP; after training run `python finetune/evaluate.py "
-                     f"run=<run> benchmarks=[{','.join(cfg.eval.benchmarks)}]`")
+        console.info(
+            f"eval.benchmarks: off under FSDP; after training run `python finetune/evaluate.py "
+            f"run=<run> benchmarks=[{','.join(cfg.eval.benchmarks)}]`"
+        )
     elif cfg.eval.benchmarks:
-        trainer.add_callback(BenchmarkCallback(trainer, tokenizer, config_of(cfg.eval), cfg.data.adapter != "text",
-                                               cfg.eval.benchmark_steps or 0, cfg.trainer.micro_batch_size))
+        trainer.add_callback(
+            BenchmarkCallback(
+                trainer,
+                tokenizer,
+                config_of(cfg.eval),
+                cfg.data.adapter != "text",
+                cfg.eval.benchmark_steps or 0,
+                cfg.trainer.micro_batch_size,
+            )
+        )

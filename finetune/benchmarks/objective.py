@@ -2,6 +2,7 @@
 shows) in the sweep file. Every trial then scores <task> at its end (`eval.benchmarks=[<task>]`, the training
 callback) and logs eval_benchmark/<task>/<metric> to its metrics.jsonl, which the sweep ranks by; online, wandb
 gets the same value as eval/benchmark/<task>/<metric>."""
+
 from __future__ import annotations
 
 from finetune.benchmarks import tasks
@@ -14,7 +15,7 @@ def parse(metric: str) -> tuple[str, str] | None:
     """(task, metric) of a benchmark metric name; None for any other metric."""
     for prefix in PREFIXES:
         if metric.startswith(prefix):
-            task, _, name = metric[len(prefix):].partition("/")
+            task, _, name = metric[len(prefix) :].partition("/")
             return task, name
     return None
 
@@ -36,10 +37,16 @@ def prepare(sweep) -> str | None:
     built = tasks.build([task], None)
     valid = [n for t in built.tasks for n in metric_names(t)]
     if name not in valid:
-        raise ConfigError([f"{sweep.path}: metric.name {sweep.metric}: task {task} logs "
-                           f"{', '.join(valid)}; write benchmark/{task}/<one of them>"])
+        raise ConfigError(
+            [
+                f"{sweep.path}: metric.name {sweep.metric}: task {task} logs "
+                f"{', '.join(valid)}; write benchmark/{task}/<one of them>"
+            ]
+        )
     sweep.metric = f"eval/benchmark/{task}/{name}"  # metrics.jsonl: eval_benchmark/<task>/<metric>
     if "eval.benchmarks" not in sweep.fixed and "eval.benchmarks" not in sweep.space:
         sweep.fixed["eval.benchmarks"] = f"[{task}]"
-    return (f"each trial scores {task} at its end (eval.benchmarks={sweep.fixed.get('eval.benchmarks')}, "
-            f"eval.benchmark_limit={sweep.fixed.get('eval.benchmark_limit', 'null')}) and is ranked by {name}")
+    return (
+        f"each trial scores {task} at its end (eval.benchmarks={sweep.fixed.get('eval.benchmarks')}, "
+        f"eval.benchmark_limit={sweep.fixed.get('eval.benchmark_limit', 'null')}) and is ranked by {name}"
+    )

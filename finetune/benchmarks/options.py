@@ -1,4 +1,5 @@
 """The `benchmarks` settings of evaluate.py (`benchmarks=[gsm8k_mini,hellaswag_mini]` is `benchmarks.tasks=...`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -3,6 +3,7 @@
 Metric names are lm_eval's keys without the default filter: `acc`, `acc_norm`, and `exact_match,strict-match`
 where a task has named filters (lm_eval's `metric,filter`).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,9 +38,17 @@ def rows(base: dict | None, tuned: dict) -> list[dict]:
         before = metrics(base["results"].get(task, {})) if base else {}
         for name, (value, stderr) in metrics(res).items():
             b = before.get(name, (None, None))[0]
-            out.append({"task": task, "metric": name, "base": b, "tuned": value,
-                        "delta": value - b if b is not None and value is not None else None,
-                        "stderr": stderr, "n": n})
+            out.append(
+                {
+                    "task": task,
+                    "metric": name,
+                    "base": b,
+                    "tuned": value,
+                    "delta": value - b if b is not None and value is not None else None,
+                    "stderr": stderr,
+                    "n": n,
+                }
+            )
     return out
 
 
@@ -50,8 +59,11 @@ def fmt(v: float | None, sign: bool = False) -> str:
 def table(table_rows: list[dict], base_label: str, tuned_label: str) -> str:
     """The rows as a fixed-width table, with what base and tuned mean underneath."""
     head = f"{'task':<16} {'metric':<28} {'base':>8} {'tuned':>8} {'delta':>8} {'stderr':>8} {'n':>5}"
-    lines = [head] + [f"{r['task']:<16} {r['metric']:<28} {fmt(r['base']):>8} {fmt(r['tuned']):>8} "
-                      f"{fmt(r['delta'], sign=True):>8} {fmt(r['stderr']):>8} {r['n'] or '-':>5}" for r in table_rows]
+    lines = [head] + [
+        f"{r['task']:<16} {r['metric']:<28} {fmt(r['base']):>8} {fmt(r['tuned']):>8} "
+        f"{fmt(r['delta'], sign=True):>8} {fmt(r['stderr']):>8} {r['n'] or '-':>5}"
+        for r in table_rows
+    ]
     lines.append(f"base: {base_label}; tuned: {tuned_label}; stderr: the tuned score's (lm_eval's), n: items scored")
     return "\n".join(lines)
 
@@ -80,12 +92,20 @@ def card_metadata(run_dir: Path, model_name: str) -> dict:
         if r["tuned"] is None:
             continue
         ds = (saved.get("datasets") or {}).get(r["task"]) or {}
-        results.append(EvalResult(
-            task_type="text-generation", dataset_type=ds.get("hub_id") or r["task"], dataset_name=r["task"],
-            dataset_split=ds.get("split"), metric_type=r["metric"].split(",")[0], metric_name=r["metric"],
-            metric_value=round(r["tuned"], 4), source_name="lm-evaluation-harness " + str(saved.get("lm_eval", "")),
-            source_url="https://github.com/EleutherAI/lm-evaluation-harness",
-            metric_args={"n": r["n"], "limit": saved.get("limit"), "chat_template": saved.get("chat_template")}))
+        results.append(
+            EvalResult(
+                task_type="text-generation",
+                dataset_type=ds.get("hub_id") or r["task"],
+                dataset_name=r["task"],
+                dataset_split=ds.get("split"),
+                metric_type=r["metric"].split(",")[0],
+                metric_name=r["metric"],
+                metric_value=round(r["tuned"], 4),
+                source_name="lm-evaluation-harness " + str(saved.get("lm_eval", "")),
+                source_url="https://github.com/EleutherAI/lm-evaluation-harness",
+                metric_args={"n": r["n"], "limit": saved.get("limit"), "chat_template": saved.get("chat_template")},
+            )
+        )
     return {"model_name": model_name, "eval_results": results} if results else {}
 
 
@@ -94,12 +114,22 @@ def card_section(run_dir: Path) -> str:
     saved = read(run_dir)
     if not saved or not saved.get("rows"):
         return ""
-    lines = ["## Benchmarks", "", f"lm-evaluation-harness {saved.get('lm_eval', '')}, "
-             f"{'Llama 2 chat format' if saved.get('chat_template') else 'plain prompts'}"
-             + (f", first {saved['limit']} items per task" if saved.get("limit") else "") + ".", "",
-             "| task | metric | base | tuned | delta | stderr | n |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['task']} | {r['metric']} | {fmt(r['base'])} | {fmt(r['tuned'])} | {fmt(r['delta'], True)} | "
-              f"{fmt(r['stderr'])} | {r['n']} |" for r in saved["rows"]]
+    lines = [
+        "## Benchmarks",
+        "",
+        f"lm-evaluation-harness {saved.get('lm_eval', '')}, "
+        f"{'Llama 2 chat format' if saved.get('chat_template') else 'plain prompts'}"
+        + (f", first {saved['limit']} items per task" if saved.get("limit") else "")
+        + ".",
+        "",
+        "| task | metric | base | tuned | delta | stderr | n |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r['task']} | {r['metric']} | {fmt(r['base'])} | {fmt(r['tuned'])} | {fmt(r['delta'], True)} | "
+        f"{fmt(r['stderr'])} | {r['n']} |"
+        for r in saved["rows"]
+    ]
     if saved.get("chat_note"):
         lines += ["", saved["chat_note"]]
     return "\n".join(lines) + "\n"
@@ -125,7 +155,7 @@ def update_card(readme: Path, run_dir: Path) -> bool:
     text, section = card.text, card_section(run_dir)
     if "\n## Benchmarks\n" in text:  # replace the previous results, up to the next section
         head, rest = text.split("\n## Benchmarks\n", 1)
-        tail = rest[rest.index("\n## "):] if "\n## " in rest else "\n"
+        tail = rest[rest.index("\n## ") :] if "\n## " in rest else "\n"
         text = head + "\n" + section + tail
     elif "\n## Prompt format" in text:
         text = text.replace("\n## Prompt format", "\n" + section + "\n## Prompt format", 1)

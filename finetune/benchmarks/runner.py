@@ -5,6 +5,7 @@ Prompts: with `chat` on, lm_eval renders each prompt through the tokenizer's cha
 the run trained on) and tokenizes the text; `chat_ids_match` checks that this gives `chat_format.encode_prompt`'s
 ids, the ids training used.
 """
+
 from __future__ import annotations
 
 from finetune.benchmarks import tasks as task_lib
@@ -40,12 +41,16 @@ def dataset_of(cfg: dict) -> dict:
     """The Hub dataset a task scores (its `metadata.hub_dataset`, else its `dataset_path`) and the split."""
     meta = cfg.get("metadata") or {}
     path = meta.get("hub_dataset") or (cfg.get("dataset_path") if cfg.get("dataset_path") != "json" else None)
-    return {"hub_id": path, "name": cfg.get("dataset_name"), "split": cfg.get("test_split") or cfg.get(
-        "validation_split")}
+    return {
+        "hub_id": path,
+        "name": cfg.get("dataset_name"),
+        "split": cfg.get("test_split") or cfg.get("validation_split"),
+    }
 
 
-def evaluate(model, tokenizer, bcfg: BenchmarksConfig, chat: bool, batch_size: int,
-             max_length: int | None = None) -> dict:
+def evaluate(
+    model, tokenizer, bcfg: BenchmarksConfig, chat: bool, batch_size: int, max_length: int | None = None
+) -> dict:
     """lm_eval's results for `bcfg.tasks` on an in-memory `model` (see evaluate_lm)."""
     return evaluate_lm(hflm(model, tokenizer, batch_size, max_length), tokenizer, bcfg, chat)
 
@@ -58,9 +63,16 @@ def evaluate_lm(lm, tokenizer, bcfg: BenchmarksConfig, chat: bool) -> dict:
     built = task_lib.build(bcfg.tasks, bcfg.include)
     text = first_prompt(built) if chat else None
     gen = {"max_gen_toks": bcfg.max_gen_toks} if bcfg.max_gen_toks else None
-    out = simple_evaluate(model=lm, tasks=built.tasks, task_manager=built.manager, limit=bcfg.limit,
-                          num_fewshot=bcfg.num_fewshot, apply_chat_template=chat, gen_kwargs=gen,
-                          log_samples=False)  # lm_eval's default seeds: its few-shot choices are reproducible
+    out = simple_evaluate(
+        model=lm,
+        tasks=built.tasks,
+        task_manager=built.manager,
+        limit=bcfg.limit,
+        num_fewshot=bcfg.num_fewshot,
+        apply_chat_template=chat,
+        gen_kwargs=gen,
+        log_samples=False,
+    )  # lm_eval's default seeds: its few-shot choices are reproducible
     keep = {k: out.get(k) for k in ("results", "n-samples", "versions", "higher_is_better")}
     keep["datasets"] = {name: dataset_of(cfg) for name, cfg in (out.get("configs") or {}).items()}
     keep["chat_ids_match"] = chat_ids_match(lm, tokenizer.sp, text) if text is not None else None

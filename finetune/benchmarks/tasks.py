@@ -5,6 +5,7 @@ subsets in data/benchmarks/, then lm_eval's stock tasks (which download their da
 A relative `data_files` path in a task YAML is relative to that YAML's folder, so a task folder works from any
 working directory and on any machine.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,8 +49,10 @@ def folders(include: str | None) -> list[Path]:
     if include:
         path = Path(include).expanduser().resolve()
         if not path.is_dir():
-            raise BenchmarkError(f"benchmarks.include={include}: no such folder; give a folder holding lm_eval "
-                                 "task YAML files (dataset_path: json, data_files beside the YAML)")
+            raise BenchmarkError(
+                f"benchmarks.include={include}: no such folder; give a folder holding lm_eval "
+                "task YAML files (dataset_path: json, data_files beside the YAML)"
+            )
         out.append(path)
     return out + [SHIPPED]
 
@@ -74,8 +77,10 @@ def check(names: list[str], include: str | None) -> list[str]:
     missing = [n for n in unknown if n not in in_stock_yaml(unknown)]
     if missing:
         where = f"{SHIPPED}" + (f" and {include}" if include else "")
-        raise BenchmarkError(f"benchmarks: unknown task {', '.join(missing)}; available here ({where}): "
-                             f"{', '.join(own.all_tasks)}; or any lm_eval task name (`lm_eval ls tasks`)")
+        raise BenchmarkError(
+            f"benchmarks: unknown task {', '.join(missing)}; available here ({where}): "
+            f"{', '.join(own.all_tasks)}; or any lm_eval task name (`lm_eval ls tasks`)"
+        )
     return unknown
 
 
@@ -87,8 +92,7 @@ def in_stock_yaml(names: list[str]) -> dict[str, Path]:
 
     if not names:
         return {}
-    pattern = re.compile(r"(?m)^\s*(?:-\s*|task:\s*|group:\s*|tag:\s*)(" + "|".join(map(re.escape, names))
-                         + r")\s*$")
+    pattern = re.compile(r"(?m)^\s*(?:-\s*|task:\s*|group:\s*|tag:\s*)(" + "|".join(map(re.escape, names)) + r")\s*$")
     found: dict[str, Path] = {}
     for path in sorted(Path(lm_eval.tasks.__file__).parent.rglob("*.yaml")):
         for name in pattern.findall(path.read_text(errors="replace")):
@@ -111,8 +115,10 @@ def build(names: list[str], include: str | None) -> Built:
             try:
                 tasks += list(own.load([name])["tasks"].values())
             except (FileNotFoundError, ValueError) as exc:
-                raise BenchmarkError(f"{yaml_path}: task {name} cannot read its data ({exc}); data_files paths "
-                                     "are relative to the YAML's folder") from None
+                raise BenchmarkError(
+                    f"{yaml_path}: task {name} cannot read its data ({exc}); data_files paths "
+                    "are relative to the YAML's folder"
+                ) from None
     for name, folder in in_stock_yaml(stock).items():
         tasks += list(load_stock(stock_manager(name, folder), name).values())
     return Built(tasks, own, stock)
@@ -146,8 +152,11 @@ def load_stock(manager, name: str) -> dict:
             return manager.load([name])["tasks"]
     except Exception as exc:  # datasets raises ConnectionError, OfflineModeIsEnabled, DatasetNotFoundError, ...
         path = getattr(manager.task_index.get(name), "yaml_path", None)
-        why = (f"it downloads its data from the Hugging Face Hub and this process is offline "
-               f"(HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set); run once with the network to fill the datasets cache, "
-               f"or use a shipped task ({', '.join(local_manager(None).all_tasks)})" if offline
-               else f"loading its data failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        why = (
+            f"it downloads its data from the Hugging Face Hub and this process is offline "
+            f"(HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set); run once with the network to fill the datasets cache, "
+            f"or use a shipped task ({', '.join(local_manager(None).all_tasks)})"
+            if offline
+            else f"loading its data failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
         raise BenchmarkError(f"benchmarks: lm_eval task {name} ({path}) cannot run: {why}") from None

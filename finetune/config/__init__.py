@@ -4,6 +4,7 @@ Owns: what every key means (schema), which spellings a choice allows, the checks
 where the repository's configs and the cache are. Must never import another finetune package: every stage
 imports this one, and it reaches no data, model or weights.
 """
+
 from finetune.config.choices import CHOICES, Dtype, QuantMode
 from finetune.config.errors import ConfigError, UserError
 from finetune.config.load import (
@@ -38,9 +39,40 @@ from finetune.config.store import recipe_names, register
 DTYPES = tuple(Dtype.values())
 QUANT_MODES = tuple(QuantMode.values())
 
-__all__ = ["ConfigError", "UserError", "check", "flatten", "unknown_keys", "choice_problem", "choice_problems",
-           "load", "redact", "schema_object", "to_yaml", "variants_line", "CONFIGS_DIR",
-           "RECIPES_DIR", "ROOT", "cache_root", "looks_local", "parse_size", "CHOICES", "LLAMA_LINEARS",
-           "ArchConfig", "DataConfig", "EvalConfig", "FieldsConfig", "LoraConfig", "ModelConfig", "PlanConfig",
-           "QuantConfig", "TrackingConfig", "TrainConfig", "TrainerConfig", "recipe_names", "register", "DTYPES",
-           "QUANT_MODES"]
+__all__ = [
+    "ConfigError",
+    "UserError",
+    "check",
+    "flatten",
+    "unknown_keys",
+    "choice_problem",
+    "choice_problems",
+    "load",
+    "redact",
+    "schema_object",
+    "to_yaml",
+    "variants_line",
+    "CONFIGS_DIR",
+    "RECIPES_DIR",
+    "ROOT",
+    "cache_root",
+    "looks_local",
+    "parse_size",
+    "CHOICES",
+    "LLAMA_LINEARS",
+    "ArchConfig",
+    "DataConfig",
+    "EvalConfig",
+    "FieldsConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "PlanConfig",
+    "QuantConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "TrainerConfig",
+    "recipe_names",
+    "register",
+    "DTYPES",
+    "QUANT_MODES",
+]

@@ -1,4 +1,5 @@
 """Keys whose value is one of a fixed set of spellings, and those sets (checked by `config.load`)."""
+
 from __future__ import annotations
 
 from enum import Enum
@@ -79,8 +80,15 @@ class Sharding(Choice):
 
 # Every key whose value is one of a fixed set, and that set; checked by `config.load`, read by the stages.
 CHOICES: dict[str, type[Choice]] = {
-    "model.dtype": Dtype, "quant.mode": QuantMode, "quant.storage_dtype": Dtype, "trainer.kind": Kind,
-    "lora.init": LoraInit, "model.rope_scaling.type": RopeType, "data.too_long": TooLong, "data.train_on": TrainOn,
+    "model.dtype": Dtype,
+    "quant.mode": QuantMode,
+    "quant.storage_dtype": Dtype,
+    "trainer.kind": Kind,
+    "lora.init": LoraInit,
+    "model.rope_scaling.type": RopeType,
+    "data.too_long": TooLong,
+    "data.train_on": TrainOn,
     "data.invalid": OnInvalid,
-    "tracking.backend": Tracker, "plan.sharding": Sharding,
+    "tracking.backend": Tracker,
+    "plan.sharding": Sharding,
 }

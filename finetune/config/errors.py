@@ -3,6 +3,7 @@
 Each stage defines its own subclass where the knowledge lives (`data.DataError`, `ship.merge.MergeError`,
 `planning.report.PlanError`, ...); `runtime.console.exit_cleanly` catches this base without importing them.
 """
+
 from __future__ import annotations
 
 

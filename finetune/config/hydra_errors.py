@@ -3,6 +3,7 @@ line in our words, naming the key, the nearest valid spelling and the fix.
 
 Hydra's text advises `+key=value` for a misspelled key, which adds a key nothing reads; ours never does.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,8 +33,10 @@ def explain(exc: BaseException) -> str:
         group, name = exc.missing_cfg_file.rsplit("/", 1)
         return missing_option(group, name, list(exc.options or []))
     if isinstance(exc, OverrideParseException):
-        return (f"cannot read the override '{exc.override}' ({first_line(exc)}); write key=value, quoting a value "
-                "with spaces or brackets: 'key=\"a b\"'")
+        return (
+            f"cannot read the override '{exc.override}' ({first_line(exc)}); write key=value, quoting a value "
+            "with spaces or brackets: 'key=\"a b\"'"
+        )
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
         return unknown_key(cause.full_key, cause)
     if isinstance(cause, ValidationError) and getattr(cause, "full_key", None):
@@ -42,8 +45,7 @@ def explain(exc: BaseException) -> str:
         return f"{cause.full_key}: required, no value given (set {cause.full_key}=...)"
     if m := re.search(r"An item is already at '([^']+)'.*?prefix: '([^']+)'", str(exc), re.S):
         return f"+{m.group(2)}: {m.group(1)} already exists; write {m.group(2)}"
-    return "; ".join(line for line in str(exc).splitlines()[:2] if line.strip() and "+" not in line) \
-        or first_line(exc)
+    return "; ".join(line for line in str(exc).splitlines()[:2] if line.strip() and "+" not in line) or first_line(exc)
 
 
 def first_line(exc: BaseException) -> str:
@@ -53,8 +55,11 @@ def first_line(exc: BaseException) -> str:
 def missing_option(group: str, name: str, options: list[str]) -> str:
     """`recipe=nosuch`: the nearest option, then every one."""
     near = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
-    return (f"{group}={name}: no such {group}" + (f"; did you mean {group}={near[0]}?" if near else "")
-            + (f"{' ' if near else '; '}available: {', '.join(options)}" if options else ""))
+    return (
+        f"{group}={name}: no such {group}"
+        + (f"; did you mean {group}={near[0]}?" if near else "")
+        + (f"{' ' if near else '; '}available: {', '.join(options)}" if options else "")
+    )
 
 
 def schema_names(cause: OmegaConfBaseException) -> list[str]:
@@ -70,11 +75,16 @@ def schema_names(cause: OmegaConfBaseException) -> list[str]:
 def unknown_key(full_key: str, cause: OmegaConfBaseException) -> str:
     prefix, _, key = full_key.rpartition(".")
     names = schema_names(cause)
-    near = difflib.get_close_matches(key, names, n=1) or sorted(  # `lora.rank` -> lora.r: one spelled out
-        (n for n in names if key.startswith(n) or n.startswith(key)), key=len, reverse=True)[:1]
+    near = (
+        difflib.get_close_matches(key, names, n=1)
+        or sorted(  # `lora.rank` -> lora.r: one spelled out
+            (n for n in names if key.startswith(n) or n.startswith(key)), key=len, reverse=True
+        )[:1]
+    )
     dotted = f"{prefix}.{near[0]}" if prefix and near else (near[0] if near else "")
-    return f"{full_key}: no such key; " + (f"did you mean {dotted}?" if near else
-                                            "`--cfg job` without this override prints every key")
+    return f"{full_key}: no such key; " + (
+        f"did you mean {dotted}?" if near else "`--cfg job` without this override prints every key"
+    )
 
 
 def expected(tp) -> str:

@@ -4,6 +4,7 @@ Checks that need another stage's knowledge (the data files, the model folder, TR
 directory) live in that stage and run from the entry point (`training.checks.before_weights`), before any
 file is written or weight loaded.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -48,8 +49,10 @@ def check(cfg: DictConfig) -> list[str]:
         problems += arch_problems(cfg.model.arch) + rope.problems(cfg.model, cfg.data.max_length)
     evaluation, plan = cfg.eval, cfg.plan
     if evaluation.every is not None and evaluation.every < 1:
-        problems.append(f"eval.every={evaluation.every}: must be >= 1 (optimizer steps between evaluations), "
-                        "or null to follow trainer.save_steps")
+        problems.append(
+            f"eval.every={evaluation.every}: must be >= 1 (optimizer steps between evaluations), "
+            "or null to follow trainer.save_steps"
+        )
     if evaluation.samples < 0 or evaluation.max_new_tokens < 1:
         problems.append("eval.samples must be >= 0 (0: no samples) and eval.max_new_tokens >= 1")
     if plan.gpus is not None and plan.gpus < 1:
@@ -64,8 +67,9 @@ def trainer_problems(trainer) -> list[str]:
     if not trainer.learning_rate > 0:
         problems.append(f"trainer.learning_rate={trainer.learning_rate}: must be > 0 (2e-4 is the QLoRA paper's)")
     if not 0 <= trainer.warmup_ratio < 1:
-        problems.append(f"trainer.warmup_ratio={trainer.warmup_ratio}: a fraction of the steps, in [0, 1) "
-                        "(0.03 is usual)")
+        problems.append(
+            f"trainer.warmup_ratio={trainer.warmup_ratio}: a fraction of the steps, in [0, 1) (0.03 is usual)"
+        )
     if trainer.weight_decay < 0 or trainer.max_grad_norm < 0:
         problems.append("trainer.weight_decay and trainer.max_grad_norm must be >= 0 (0: off)")
     if trainer.micro_batch_size < 1 or trainer.grad_accum < 1:
@@ -97,11 +101,15 @@ def lora_problems(lora) -> list[str]:
 def arch_problems(arch) -> list[str]:
     problems = []
     if arch.hidden_size < 1 or arch.num_heads < 1 or arch.hidden_size % arch.num_heads:
-        problems.append(f"model.arch.hidden_size={arch.hidden_size} is not a multiple of model.arch.num_heads="
-                        f"{arch.num_heads}; each head gets hidden_size / num_heads dimensions")
+        problems.append(
+            f"model.arch.hidden_size={arch.hidden_size} is not a multiple of model.arch.num_heads="
+            f"{arch.num_heads}; each head gets hidden_size / num_heads dimensions"
+        )
     elif arch.num_kv_heads < 1 or arch.num_heads % arch.num_kv_heads:
-        problems.append(f"model.arch.num_heads={arch.num_heads} is not a multiple of model.arch.num_kv_heads="
-                        f"{arch.num_kv_heads} (grouped-query attention shares each KV head among whole groups)")
+        problems.append(
+            f"model.arch.num_heads={arch.num_heads} is not a multiple of model.arch.num_kv_heads="
+            f"{arch.num_kv_heads} (grouped-query attention shares each KV head among whole groups)"
+        )
     return problems
 
 
@@ -130,10 +138,16 @@ def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     for key in cfg.keys():
         if key not in names:
             near = difflib.get_close_matches(str(key), names, n=1)
-            out.append(f"{prefix}{key}: no such key" + (f"; did you mean {prefix}{near[0]}?" if near else "")
-                       + " (a +/++ override adds keys that nothing reads); remove it or fix the spelling")
-        elif not OmegaConf.is_missing(cfg, key) and not OmegaConf.is_interpolation(cfg, key) \
-                and isinstance(node := cfg[key], DictConfig):  # a sub-config, neither ??? nor None
+            out.append(
+                f"{prefix}{key}: no such key"
+                + (f"; did you mean {prefix}{near[0]}?" if near else "")
+                + " (a +/++ override adds keys that nothing reads); remove it or fix the spelling"
+            )
+        elif (
+            not OmegaConf.is_missing(cfg, key)
+            and not OmegaConf.is_interpolation(cfg, key)
+            and isinstance(node := cfg[key], DictConfig)
+        ):  # a sub-config, neither ??? nor None
             out += unknown_keys(node, f"{prefix}{key}.")
     return out
 
@@ -145,11 +159,13 @@ def variants_line(cfg) -> str | None:
     """One line naming every LoRA variant a config turns on (DoRA, rsLoRA, PiSSA/OLoRA/LoftQ init, LoRA+, NEFTune)
     with the key that does it; None for plain LoRA."""
     lo, t = cfg.lora, cfg.trainer
-    on = [("DoRA", "lora.use_dora=true") if lo.use_dora else None,
-          ("rsLoRA", "lora.use_rslora=true") if lo.use_rslora else None,
-          (INITS[lo.init], f"lora.init={lo.init}") if lo.init in INITS else None,
-          ("LoRA+", f"trainer.loraplus_lr_ratio={t.loraplus_lr_ratio}") if t.loraplus_lr_ratio else None,
-          ("NEFTune", f"trainer.neftune_alpha={t.neftune_alpha}") if t.neftune_alpha else None]
+    on = [
+        ("DoRA", "lora.use_dora=true") if lo.use_dora else None,
+        ("rsLoRA", "lora.use_rslora=true") if lo.use_rslora else None,
+        (INITS[lo.init], f"lora.init={lo.init}") if lo.init in INITS else None,
+        ("LoRA+", f"trainer.loraplus_lr_ratio={t.loraplus_lr_ratio}") if t.loraplus_lr_ratio else None,
+        ("NEFTune", f"trainer.neftune_alpha={t.neftune_alpha}") if t.neftune_alpha else None,
+    ]
     named = [f"{name} ({key})" for name, key in filter(None, on)]
     return f"LoRA variants on: {', '.join(named)}" if named else None
 
@@ -172,8 +188,12 @@ def flatten(node: dict, prefix: str = ""):
 def redact(node: Any) -> Any:
     if isinstance(node, dict):
         # whole words only: `hf_token` is a secret, `model.tokenizer` (a path export needs) is not
-        return {k: "***" if set(str(k).lower().split("_")) & {"token", "key", "password", "secret"}
-                and node[k] else redact(v) for k, v in node.items()}
+        return {
+            k: "***"
+            if set(str(k).lower().split("_")) & {"token", "key", "password", "secret"} and node[k]
+            else redact(v)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [redact(v) for v in node]
     return node

@@ -8,6 +8,7 @@ its trainer module finetune/training/<trainer>.py, with `check(cfg) -> list[str]
 `build(cfg, model, tokenizer, prepared, run_dir)`; tests/unit/test_methods.py fails until every table covers it.
 The records name modules, never import them: this package sits below every stage.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,30 +45,102 @@ class Method:
 
 
 # what every preference trainer of TRL logs per step (and with eval_ per evaluation)
-PAIR_LOGS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-             "logps/rejected", "logits/chosen", "logits/rejected")
+PAIR_LOGS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "logits/chosen",
+    "logits/rejected",
+)
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("sft", "SFT", "SFT", trainer="sft", encoder="sft", data="conversations", sequences=1, reference=False,
-           no_grad_passes=0, precomputable=False, token_nll=True, packing="trl",
-           wired=("liger", "activation_offloading"), logs=("mean_token_accuracy",)),
-    Method("dpo", "DPO", "DPO", trainer="dpo", encoder="pairs", data="preference examples", sequences=2,
-           reference=True, no_grad_passes=1, precomputable=True, token_nll=False, packing="padding_free",
-           logs=PAIR_LOGS),
-    # reference-free: odds ratio + NLL
-    Method("orpo", "ORPO", "ORPO", trainer="orpo", encoder="pairs", data="preference examples", sequences=2,
-           reference=False, no_grad_passes=0, precomputable=False, token_nll=False, packing="",
-           logs=PAIR_LOGS + ("nll_loss", "log_odds_ratio", "log_odds_chosen")),
-    # reference-free: length-normalised margin (CPOTrainer with loss_type=simpo)
-    Method("simpo", "SimPO", "CPO (loss simpo)", trainer="simpo", encoder="pairs", data="preference examples",
-           sequences=2, reference=False, no_grad_passes=0, precomputable=False, token_nll=False, packing="",
-           logs=PAIR_LOGS + ("nll_loss",)),
-    # unpaired thumbs-up/down answers; no_grad_passes: the reference over the answers and over the mismatched KL
-    # answers, and the policy over the KL answers
-    Method("kto", "KTO", "KTO", trainer="kto", encoder="unpaired", data="preference examples", sequences=1,
-           reference=True, no_grad_passes=3, precomputable=False, token_nll=False, packing="",
-           logs=PAIR_LOGS + ("kl",)),
-)}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "sft",
+            "SFT",
+            "SFT",
+            trainer="sft",
+            encoder="sft",
+            data="conversations",
+            sequences=1,
+            reference=False,
+            no_grad_passes=0,
+            precomputable=False,
+            token_nll=True,
+            packing="trl",
+            wired=("liger", "activation_offloading"),
+            logs=("mean_token_accuracy",),
+        ),
+        Method(
+            "dpo",
+            "DPO",
+            "DPO",
+            trainer="dpo",
+            encoder="pairs",
+            data="preference examples",
+            sequences=2,
+            reference=True,
+            no_grad_passes=1,
+            precomputable=True,
+            token_nll=False,
+            packing="padding_free",
+            logs=PAIR_LOGS,
+        ),
+        # reference-free: odds ratio + NLL
+        Method(
+            "orpo",
+            "ORPO",
+            "ORPO",
+            trainer="orpo",
+            encoder="pairs",
+            data="preference examples",
+            sequences=2,
+            reference=False,
+            no_grad_passes=0,
+            precomputable=False,
+            token_nll=False,
+            packing="",
+            logs=PAIR_LOGS + ("nll_loss", "log_odds_ratio", "log_odds_chosen"),
+        ),
+        # reference-free: length-normalised margin (CPOTrainer with loss_type=simpo)
+        Method(
+            "simpo",
+            "SimPO",
+            "CPO (loss simpo)",
+            trainer="simpo",
+            encoder="pairs",
+            data="preference examples",
+            sequences=2,
+            reference=False,
+            no_grad_passes=0,
+            precomputable=False,
+            token_nll=False,
+            packing="",
+            logs=PAIR_LOGS + ("nll_loss",),
+        ),
+        # unpaired thumbs-up/down answers; no_grad_passes: the reference over the answers and over the mismatched KL
+        # answers, and the policy over the KL answers
+        Method(
+            "kto",
+            "KTO",
+            "KTO",
+            trainer="kto",
+            encoder="unpaired",
+            data="preference examples",
+            sequences=1,
+            reference=True,
+            no_grad_passes=3,
+            precomputable=False,
+            token_nll=False,
+            packing="",
+            logs=PAIR_LOGS + ("kl",),
+        ),
+    )
+}
 
 
 def names(pred=lambda m: True) -> list[str]:
@@ -83,11 +156,15 @@ def check(cfg) -> list[str]:
         return []
     problems, data = [], cfg.data
     if not method.conversations and data.max_prompt_length is not None and data.max_prompt_length >= data.max_length:
-        problems.append(f"data.max_prompt_length={data.max_prompt_length} leaves no room for an answer in "
-                        f"data.max_length={data.max_length}; lower it or raise data.max_length")
+        problems.append(
+            f"data.max_prompt_length={data.max_prompt_length} leaves no room for an answer in "
+            f"data.max_length={data.max_length}; lower it or raise data.max_length"
+        )
     wired = {*method.wired, *(["packing"] if method.packing else [])}
     for key, why in WIRED.items():
         if key not in wired and getattr(cfg.trainer, key):
-            problems.append(f"trainer.{key}=true with trainer.kind={method.name}: {why.format(title=method.title)}; "
-                            f"set trainer.{key}=false")
+            problems.append(
+                f"trainer.{key}=true with trainer.kind={method.name}: {why.format(title=method.title)}; "
+                f"set trainer.{key}=false"
+            )
     return problems

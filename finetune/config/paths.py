@@ -1,4 +1,5 @@
 """Where things are: the toolkit's configs, recipes and bundled data, the cache root, and local path vs hub id."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 OmegaConf checks a composed config against these dataclasses, so a misspelled key, a wrong type or a value
 outside a choice fails with the key's name before anything runs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,5 @@
 """Hydra registration: the schema, and every `recipes/*.yaml` as an option of the group `recipe`."""
+
 from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore

@@ -10,6 +10,7 @@ dotted for nesting: `data.fields.prompt=input.question`). A missing field raises
 content breaks the format (roles out of order, a conversation ending on a user turn) raises `Invalid`, which
 `data.invalid=skip` turns into a counted skip.
 """
+
 from __future__ import annotations
 
 import re
@@ -17,9 +18,17 @@ from collections.abc import Callable, Iterator, Mapping
 
 Record = dict
 Example = dict
-ROLES = {"system": "system", "user": "user", "assistant": "assistant",  # OpenAI
-         "human": "user", "gpt": "assistant", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
-         "prompter": "user"}  # ShareGPT / OpenAssistant spellings
+ROLES = {
+    "system": "system",
+    "user": "user",
+    "assistant": "assistant",  # OpenAI
+    "human": "user",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "prompter": "user",
+}  # ShareGPT / OpenAssistant spellings
 
 
 class MissingField(KeyError):
@@ -43,8 +52,10 @@ def get(record: Record, name: str, fields: Mapping[str, str], default=MissingFie
         elif default is MissingField:
             keys = sorted(record) if isinstance(record, dict) else type(record).__name__
             hint = f"data.fields.{name}={path}" if name in fields else f"data.fields.{name}=<your field>"
-            raise MissingField(f"missing field '{path}' (the record has {keys}); if your data names it "
-                               f"differently, map it with {hint}, or pick another data.adapter")
+            raise MissingField(
+                f"missing field '{path}' (the record has {keys}); if your data names it "
+                f"differently, map it with {hint}, or pick another data.adapter"
+            )
         else:
             return default
     return node
@@ -64,8 +75,10 @@ def _message(m, role_key: str, content_key: str) -> dict:
         raise Invalid(f"message {str(m)[:80]} lacks '{role_key}' or '{content_key}'")
     role = ROLES.get(str(m[role_key]).lower())
     if role is None:
-        raise Invalid(f"message role '{m[role_key]}' is not one of {sorted(set(ROLES))}; Llama 2 chat has "
-                      "system, user and assistant turns only")
+        raise Invalid(
+            f"message role '{m[role_key]}' is not one of {sorted(set(ROLES))}; Llama 2 chat has "
+            "system, user and assistant turns only"
+        )
     return {"role": role, "content": _text(m[content_key], f"the content of a {role} message")}
 
 
@@ -83,8 +96,10 @@ def _single_turn(user: str, answer: str) -> Example:
 def alpaca(record: Record, fields: Mapping[str, str]) -> Iterator[Example]:
     """Alpaca {instruction, input, output}: the input (if any) follows the instruction after a blank line."""
     instruction = _text(get(record, "instruction", fields), "instruction")
-    yield _single_turn(_user_turn(instruction, get(record, "input", fields, default=None)),
-                       _text(get(record, "output", fields), "output"))
+    yield _single_turn(
+        _user_turn(instruction, get(record, "input", fields, default=None)),
+        _text(get(record, "output", fields), "output"),
+    )
 
 
 def self_instruct(record: Record, fields: Mapping[str, str]) -> Iterator[Example]:
@@ -124,6 +139,7 @@ def oasst(tree: Record, fields: Mapping[str, str]) -> Iterator[Example]:
 def oasst_pairs(tree: Record, fields: Mapping[str, str]) -> Iterator[Example]:
     """Preference pairs from an OpenAssistant tree: under every prompt, the best-ranked reply against each
     worse-ranked sibling (ties and unranked replies give no pair); the prompt is the path from the root."""
+
     def walk(node: Record, path: list[dict]) -> Iterator[Example]:
         path = path + [_message(node, "role", "text")]
         ranked = sorted((r for r in _replies(node) if r.get("rank") is not None), key=lambda r: r["rank"])
@@ -166,8 +182,10 @@ def hh_rlhf(record: Record, fields: Mapping[str, str]) -> Iterator[Example]:
     prompt, chosen = _hh_split(_text(get(record, "chosen", fields), "chosen"))
     prompt_r, rejected = _hh_split(_text(get(record, "rejected", fields), "rejected"))
     if prompt != prompt_r:
-        raise Invalid("chosen and rejected continue different conversations (they differ before the last "
-                      "'\\n\\nAssistant:'), so they are no preference pair")
+        raise Invalid(
+            "chosen and rejected continue different conversations (they differ before the last "
+            "'\\n\\nAssistant:'), so they are no preference pair"
+        )
     yield {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
@@ -205,11 +223,15 @@ def mapped(record: Record, fields: Mapping[str, str]) -> Iterator[Example]:
     if system and msgs[0]["role"] != "system":
         msgs.insert(0, {"role": "system", "content": _text(system, "system")})
     if "chosen" in fields or ("response" not in fields and "chosen" in record):
-        yield {"prompt": msgs, "chosen": _answer(get(record, "chosen", fields), "chosen"),
-               "rejected": _answer(get(record, "rejected", fields), "rejected")}
+        yield {
+            "prompt": msgs,
+            "chosen": _answer(get(record, "chosen", fields), "chosen"),
+            "rejected": _answer(get(record, "rejected", fields), "rejected"),
+        }
     else:
-        yield {"messages": msgs + [{"role": "assistant",
-                                    "content": _answer(get(record, "response", fields), "response")}]}
+        yield {
+            "messages": msgs + [{"role": "assistant", "content": _answer(get(record, "response", fields), "response")}]
+        }
 
 
 def _answer(value, what: str) -> str:

@@ -14,6 +14,7 @@ is made. `load` and prepare.py build through here; SFT conversations and DPO pai
               the Arrow list offsets: the tokens themselves are not read back
 The rows stay in file order on disk; `read` gives them in training order through an index (`Dataset.select`).
 """
+
 from __future__ import annotations
 
 import gc
@@ -68,12 +69,16 @@ def build(dcfg, sp, kind: str, folder: Path, final: str = "", progress: bool = F
     used = [examples.order(src.n, dcfg) for src in sources]  # example indices in training order, capped
     n_eval = len(used[1]) if dcfg.eval_path else int(round(len(used[0]) * dcfg.eval_fraction))
     procs = min(processes(dcfg, sum(map(len, used))), max(len(src.marks) for src in sources))  # a share each
-    say(f"data: {sum(src.n for src in sources)} examples from {stats.records} records; tokenizing "
-        f"{sum(map(len, used))} on {procs} process{'es' if procs > 1 else ''}")
+    say(
+        f"data: {sum(src.n for src in sources)} examples from {stats.records} records; tokenizing "
+        f"{sum(map(len, used))} on {procs} process{'es' if procs > 1 else ''}"
+    )
     folder.mkdir(parents=True, exist_ok=True)
     with console.datasets_bars(progress):
-        made = [tokenize(dcfg, sp, kind, src, use, folder / "rows" / name, procs)
-                for name, src, use in zip(("train", "eval"), sources, used)]
+        made = [
+            tokenize(dcfg, sp, kind, src, use, folder / "rows" / name, procs)
+            for name, src, use in zip(("train", "eval"), sources, used)
+        ]
     splits = {"train": "train", "eval": "eval" if dcfg.eval_path else "train"}  # split -> the rows it is from
     layout = {"rows": {name: files for name, (files, _, _) in zip(("train", "eval"), made)}, "splits": splits}
     order, lengths = _order(folder, layout, kind, None if dcfg.eval_path else n_eval)
@@ -91,8 +96,15 @@ def build(dcfg, sp, kind: str, folder: Path, final: str = "", progress: bool = F
     train = [heads[0][p] for p in range(0 if dcfg.eval_path else len(held_out), min(HEAD, len(used[0])))]
     np.savez(folder / "order.npz", **order)
     (folder / "layout.json").write_text(json.dumps(layout))
-    (folder / "head.json").write_text(json.dumps({"sample": [heads[0][p] for p in range(
-        min(PREFLIGHT_SAMPLE, len(used[0])))], "head": (held_out + train)[:HEAD]}, ensure_ascii=False))
+    (folder / "head.json").write_text(
+        json.dumps(
+            {
+                "sample": [heads[0][p] for p in range(min(PREFLIGHT_SAMPLE, len(used[0])))],
+                "head": (held_out + train)[:HEAD],
+            },
+            ensure_ascii=False,
+        )
+    )
     stats.cache_dir = final
     (folder / "stats.json").write_text(json.dumps(asdict(stats)))
 
@@ -145,20 +157,38 @@ def tokenize(dcfg, sp, kind: str, src: Source, used: np.ndarray, out: Path, proc
     position = np.full(src.n, -1, dtype=np.int64)
     position[used] = np.arange(len(used))
     starts = [e for _, e in src.marks] + [src.n]
-    shares = Dataset.from_dict({"first": starts[:-1], "start": [list(m) for m, _ in src.marks],
-                                "position": [position[a:b] for a, b in zip(starts, starts[1:])]})
+    shares = Dataset.from_dict(
+        {
+            "first": starts[:-1],
+            "start": [list(m) for m, _ in src.marks],
+            "position": [position[a:b] for a, b in zip(starts, starts[1:])],
+        }
+    )
     scratch = out.with_name(out.name + ".scratch")
     (scratch / "side").mkdir(parents=True)
     procs = min(procs, len(shares))
     gc.freeze()  # forked processes share this one's objects; the collector would write to (and so copy) them all
     try:
         with children.bound():  # the pool's workers and datasets' queue manager die with this process (kill -9)
-            rows = shares.map(_encode, batched=True, batch_size=1, num_proc=procs if procs > 1 else None,
-                              desc=f"data: tokenizing {out.name} in shares of ~{STEP} examples",
-                              features=_features(kind), remove_columns=shares.column_names,
-                              fn_kwargs={"dcfg": dcfg, "sp": sp, "kind": kind, "path": src.path,
-                                         "side": str(scratch / "side"), "build": uuid.uuid4().hex},
-                              cache_file_name=str(scratch / "rows.arrow"), new_fingerprint=uuid.uuid4().hex)
+            rows = shares.map(
+                _encode,
+                batched=True,
+                batch_size=1,
+                num_proc=procs if procs > 1 else None,
+                desc=f"data: tokenizing {out.name} in shares of ~{STEP} examples",
+                features=_features(kind),
+                remove_columns=shares.column_names,
+                fn_kwargs={
+                    "dcfg": dcfg,
+                    "sp": sp,
+                    "kind": kind,
+                    "path": src.path,
+                    "side": str(scratch / "side"),
+                    "build": uuid.uuid4().hex,
+                },
+                cache_file_name=str(scratch / "rows.arrow"),
+                new_fingerprint=uuid.uuid4().hex,
+            )
     finally:
         gc.unfreeze()
     out.mkdir()
@@ -233,7 +263,11 @@ def read(folder: Path, in_memory: bool = False):
     layout = json.loads((folder / "layout.json").read_text())
     order = np.load(folder / "order.npz")
     rows = {name: _rows(folder / "rows" / name, files, in_memory) for name, files in layout["rows"].items()}
-    train, held_out = (rows[layout["splits"][split]].select(order[split], keep_in_memory=True)
-                       .remove_columns("position") if len(order[split]) else None for split in ("train", "eval"))
+    train, held_out = (
+        rows[layout["splits"][split]].select(order[split], keep_in_memory=True).remove_columns("position")
+        if len(order[split])
+        else None
+        for split in ("train", "eval")
+    )
     heads = json.loads((folder / "head.json").read_text())
     return train, held_out, Stats(**json.loads((folder / "stats.json").read_text())), heads["sample"], heads["head"]

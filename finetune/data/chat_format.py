@@ -14,6 +14,7 @@ continued pretraining is `BOS + text + EOS` (`encode_text`).
 
 `encode_dialog` (training) and `encode_prompt` (inference) share `_turn`, so they cannot drift.
 """
+
 from __future__ import annotations
 
 import functools
@@ -44,14 +45,21 @@ def check_dialog(messages: Sequence[dict], ends_with: str) -> None:
     for j, m in enumerate(body):
         want = "user" if j % 2 == 0 else "assistant"
         if m["role"] != want:
-            raise DialogError(f"message {j + start} has role '{m['role']}', expected '{want}' "
-                              "(roles must alternate user/assistant, after an optional system message)")
+            raise DialogError(
+                f"message {j + start} has role '{m['role']}', expected '{want}' "
+                "(roles must alternate user/assistant, after an optional system message)"
+            )
     if not body:
         raise DialogError("a system message must be followed by a user message")
     if body[-1]["role"] != ends_with:
-        raise DialogError(f"the conversation ends with a {body[-1]['role']} message; "
-                          + ("a training conversation must end with an assistant answer"
-                             if ends_with == "assistant" else "a prompt must end with a user message"))
+        raise DialogError(
+            f"the conversation ends with a {body[-1]['role']} message; "
+            + (
+                "a training conversation must end with an assistant answer"
+                if ends_with == "assistant"
+                else "a prompt must end with a user message"
+            )
+        )
 
 
 def _fold_system(messages: Sequence[dict]) -> list[dict]:
@@ -90,8 +98,9 @@ def splits_at_spaces(sp: spm.SentencePieceProcessor) -> bool:
     return sp.normalize("a\u00a0b  ") == "▁a\u00a0b▁▁" and not any("▁" in p.lstrip("▁") for p in pieces)
 
 
-def encode_dialog(sp: spm.SentencePieceProcessor, messages: Sequence[dict],
-                  train_on: str = "all") -> tuple[list[int], list[int]]:
+def encode_dialog(
+    sp: spm.SentencePieceProcessor, messages: Sequence[dict], train_on: str = "all"
+) -> tuple[list[int], list[int]]:
     """Token ids and a 0/1 mask (1 = trained: each answer's tokens, its closing "▁" and EOS) of a finished dialog.
 
     `train_on="last"` trains only the final answer. The dialog must end with an assistant message.

@@ -3,6 +3,7 @@ and the data's first record through its adapter and the trainer kind's check (a 
 given to DPO), every record of a small source. A mistake is then answered in about a second, not after the
 libraries' import and the tokenizer load; the full read of a large source later finds what lies deeper in it.
 """
+
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf

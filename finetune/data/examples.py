@@ -5,6 +5,7 @@ shuffles; SFT examples are {"messages"} or {"text"}, preference examples {"promp
 `adapted()` streams the same examples in file order and `order()` gives their shuffled, capped order from their
 count alone: how `build` handles data of any size.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,8 +69,9 @@ def examples(dcfg, stats: Stats | None = None, path: str | None = None) -> list[
     return out
 
 
-def adapted(dcfg, stats: Stats, path: str | None = None,
-            start: sources.Position | None = None) -> Iterator[tuple[Example, sources.Position]]:
+def adapted(
+    dcfg, stats: Stats, path: str | None = None, start: sources.Position | None = None
+) -> Iterator[tuple[Example, sources.Position]]:
     """(example, position of its record) for every adapted, checked example of `data.path` (or `path`) in file
     order, from the record at `start` on. A bad record raises DataError naming its file:line, or with
     `data.invalid=skip` is counted in `stats.skipped` (when the reading ends); `stats.records` counts records."""
@@ -84,8 +86,10 @@ def adapted(dcfg, stats: Stats, path: str | None = None,
                 raise DataError(f"{where}: {fields_report(record, dcfg.adapter, fields) or exc}") from None
             except (Invalid, DialogError) as exc:
                 if dcfg.invalid != "skip":
-                    raise DataError(f"{where}: {exc}; fix the record, or set data.invalid=skip to skip such "
-                                    "records (they are counted)") from None
+                    raise DataError(
+                        f"{where}: {exc}; fix the record, or set data.invalid=skip to skip such "
+                        "records (they are counted)"
+                    ) from None
                 skipped[re.sub(r"\d+", "N", str(exc))] += 1
                 continue
             for ex in exs:
@@ -98,9 +102,11 @@ def adapted(dcfg, stats: Stats, path: str | None = None,
 
 def none_read(dcfg, stats: Stats, path: str, skipped: int) -> str:
     """The error for a source that gave no example."""
-    return (f"data.path={path}: no examples from {stats.records} records with data.adapter={dcfg.adapter}"
-            + (f" ({skipped} skipped as invalid)" if skipped else "")
-            + "; check data.adapter and data.fields, or the file")
+    return (
+        f"data.path={path}: no examples from {stats.records} records with data.adapter={dcfg.adapter}"
+        + (f" ({skipped} skipped as invalid)" if skipped else "")
+        + "; check data.adapter and data.fields, or the file"
+    )
 
 
 def order(n: int, dcfg) -> np.ndarray:
@@ -123,8 +129,9 @@ def _checked(ex: Example, dcfg) -> Example:
     if dcfg.system_prompt and msgs and msgs[0]["role"] != "system":
         msgs.insert(0, {"role": "system", "content": dcfg.system_prompt})
     check_dialog(msgs, "assistant" if "messages" in ex else "user")
-    empty = [f"message {i} ({m['role']})" for i, m in enumerate(msgs) if m["role"] != "system"
-             and not m["content"].strip()]
+    empty = [
+        f"message {i} ({m['role']})" for i, m in enumerate(msgs) if m["role"] != "system" and not m["content"].strip()
+    ]
     empty += [f"the {side} answer" for side in ("chosen", "rejected") if side in ex and not ex[side].strip()]
     if empty:
         raise Invalid(f"{empty[0]} is empty (an empty answer teaches the model to stop at once)")
@@ -151,5 +158,3 @@ def fingerprint(dcfg) -> str:
     """sha256 over the bytes of the data (data.path and data.eval_path): the data part of any cache key."""
     parts = [sources.fingerprint(p, dcfg.split, dcfg.revision) for p in (dcfg.path, dcfg.eval_path) if p]
     return hashlib.sha256(":".join(parts).encode()).hexdigest()
-
-

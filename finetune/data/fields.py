@@ -1,6 +1,7 @@
 """What a record lacks for its adapter, said once for every missing field, with the record's own column that
 most likely holds each one: `data.fields.prompt=ticket_question`, not the name that just failed.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -52,8 +53,11 @@ def report(record, adapter: str, fields: Mapping[str, str]) -> str | None:
     names = required(adapter, record if isinstance(record, dict) else {}, fields)
     if not isinstance(record, dict):
         kind = {list: "a JSON list", str: "a JSON string"}.get(type(record), f"a JSON {type(record).__name__}")
-        return (f"the record is {kind}, not an object; data.adapter={adapter} reads one JSON object per record"
-                + (f" like {shape(names)}" if names else "") + " (pick the data.adapter that fits your data)")
+        return (
+            f"the record is {kind}, not an object; data.adapter={adapter} reads one JSON object per record"
+            + (f" like {shape(names)}" if names else "")
+            + " (pick the data.adapter that fits your data)"
+        )
     missing = [n for n in names if _lacks(record, n, fields)]
     if not missing:
         return None
@@ -62,11 +66,13 @@ def report(record, adapter: str, fields: Mapping[str, str]) -> str | None:
     paths = ", ".join(f"'{fields.get(n, n)}'" for n in missing)
     fixes = [f"data.fields.{n}={guesses[n]}" for n in missing if n in guesses]
     unknown = [n for n in missing if n not in guesses]
-    return (f"missing field{'s' if len(missing) > 1 else ''} {paths} (the record has {sorted(record)}); "
-            + (f"set {' '.join(fixes)}" if fixes else "")
-            + ("; " if fixes and unknown else "")
-            + (f"map {', '.join(f'data.fields.{n}' for n in unknown)} to one of the record's fields" if unknown else "")
-            + ", or pick another data.adapter")
+    return (
+        f"missing field{'s' if len(missing) > 1 else ''} {paths} (the record has {sorted(record)}); "
+        + (f"set {' '.join(fixes)}" if fixes else "")
+        + ("; " if fixes and unknown else "")
+        + (f"map {', '.join(f'data.fields.{n}' for n in unknown)} to one of the record's fields" if unknown else "")
+        + ", or pick another data.adapter"
+    )
 
 
 def _lacks(record: dict, name: str, fields: Mapping[str, str]) -> bool:

@@ -1,5 +1,6 @@
 """A data config written back as the command-line overrides that give it, for hints that name the user's own
 data (`data=jsonl data.path=qa.jsonl data.fields.prompt=question ...`) rather than a bundled data set."""
+
 from __future__ import annotations
 
 import dataclasses

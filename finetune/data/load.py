@@ -8,6 +8,7 @@ changing any of them re-tokenizes. One process builds it (a file lock: other ran
 filesystem, or a `prepare.py` run wait and then read); a build that is interrupted leaves only a temporary
 folder, which the next build removes. DPO's reference log-prob table (TRL) is written beside the cached pairs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -63,9 +64,12 @@ def load(dcfg, tokenizer, kind: str = "sft", progress: bool = False) -> Prepared
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     where = cache_root() / "data" / f"{dcfg.name}-{cache_key(dcfg, tokenizer.sp, kind)[:20]}"
-    built = build_once(where, lambda p: (p / "stats.json").is_file(),
-                       lambda tmp: build.build(dcfg, tokenizer.sp, kind, tmp, str(where), progress),
-                       lambda: console.info(f"data: another process is preparing {where.name}; waiting for it"))
+    built = build_once(
+        where,
+        lambda p: (p / "stats.json").is_file(),
+        lambda tmp: build.build(dcfg, tokenizer.sp, kind, tmp, str(where), progress),
+        lambda: console.info(f"data: another process is preparing {where.name}; waiting for it"),
+    )
     prepared = Prepared(*build.read(where))
     prepared.stats.cache = "miss" if built else "hit"
     return prepared

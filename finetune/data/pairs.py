@@ -4,6 +4,7 @@ DPOTrainer re-tokenizes `prompt`/`chosen`/`rejected` text with the Hugging Face 
 Meta's SentencePiece encoding (runs of spaces, turn boundaries); so we encode here and carry the ids in
 `llama_*_ids` columns (`training.dpo.collate` feeds them to TRL's collator).
 """
+
 from __future__ import annotations
 
 from finetune.data.chat_format import DialogError, encode_dialog
@@ -16,6 +17,7 @@ COLUMNS = ("prompt", "chosen", "rejected", *ID_COLUMNS)
 def encode_pair(sp, ex: dict) -> tuple[list[int], list[int], list[int]]:
     """(prompt, chosen, rejected) ids: each `prompt + completion` is exactly Meta's encoding of the dialog
     ending with that answer (and its EOS); the prompt is the part both share."""
+
     def encode(answer: str):
         return encode_dialog(sp, [*ex["prompt"], {"role": "assistant", "content": answer}], "last")
 
@@ -85,11 +87,15 @@ def check_examples(exs: list[dict], dcfg) -> None:
     """One error for data that is not preference pairs (identical answers are refused per record by
     `data.examples`, with the file and line)."""
     if not exs or any(k not in exs[0] for k in ("prompt", "chosen", "rejected")):
-        raise DataError(f"data={dcfg.name} (adapter {dcfg.adapter}) gives {sorted(exs[0]) if exs else 'nothing'}, "
-                        "not preference pairs (prompt/chosen/rejected); DPO needs chosen and rejected answers: "
-                        "use a preference data config (data=orca_dpo) or train with trainer=sft")
+        raise DataError(
+            f"data={dcfg.name} (adapter {dcfg.adapter}) gives {sorted(exs[0]) if exs else 'nothing'}, "
+            "not preference pairs (prompt/chosen/rejected); DPO needs chosen and rejected answers: "
+            "use a preference data config (data=orca_dpo) or train with trainer=sft"
+        )
 
 
 def nothing_left(dcfg) -> str:
-    return (f"data={dcfg.name}: every pair is longer than data.max_length={dcfg.max_length} (or its prompt than "
-            "data.max_prompt_length); raise them or set data.too_long=truncate")
+    return (
+        f"data={dcfg.name}: every pair is longer than data.max_length={dcfg.max_length} (or its prompt than "
+        "data.max_prompt_length); raise them or set data.too_long=truncate"
+    )

@@ -9,6 +9,7 @@
 
 `train.py` stops with the failures before any weight loads; `preview.py` prints the verdict.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -48,34 +49,53 @@ def run(tokenizer, dataset, stats, sample: list[dict], dcfg) -> Verdict:
     inference would)."""
     verdict = Verdict()
     pad, eos = tokenizer.hf.pad_token_id, tokenizer.hf.eos_token_id
-    _check(verdict, pad is not None and pad != eos, f"pad id {pad} != EOS id {eos}",
-           f"the pad token is EOS (id {eos}) or unset: padding would mask EOS out of the labels and the model "
-           "would never stop; use a distinct pad token (Llama 2: <unk>, id 0)")
+    _check(
+        verdict,
+        pad is not None and pad != eos,
+        f"pad id {pad} != EOS id {eos}",
+        f"the pad token is EOS (id {eos}) or unset: padding would mask EOS out of the labels and the model "
+        "would never stop; use a distinct pad token (Llama 2: <unk>, id 0)",
+    )
     if "llama_prompt_ids" in dataset.column_names:
         cut_warning(verdict, stats, dcfg)
         return _pairs(verdict, dataset, stats)
     double, empty, no_eos = _scan(dataset)
-    _check(verdict, not double, "one BOS id at the start of every turn, never two",
-           f"{len(double)} examples start without BOS or hold two BOS in a row (first: #{double[:1]}); "
-           "encode with finetune.chat_format, which adds BOS as an id, never as the text '<s>'")
-    _check(verdict, not empty, "every example has trained tokens",
-           f"{len(empty)} examples have an empty label mask (first: #{empty[:1]}): they train nothing")
+    _check(
+        verdict,
+        not double,
+        "one BOS id at the start of every turn, never two",
+        f"{len(double)} examples start without BOS or hold two BOS in a row (first: #{double[:1]}); "
+        "encode with finetune.chat_format, which adds BOS as an id, never as the text '<s>'",
+    )
+    _check(
+        verdict,
+        not empty,
+        "every example has trained tokens",
+        f"{len(empty)} examples have an empty label mask (first: #{empty[:1]}): they train nothing",
+    )
     rows = len(dataset)
     if rows and len(no_eos) == rows:
-        verdict.failures.append(f"EOS is in no example's labels (all {rows} were cut at data.max_length="
-                          f"{dcfg.max_length}): the model would never learn to stop; raise data.max_length or "
-                          "set data.too_long=drop")
+        verdict.failures.append(
+            f"EOS is in no example's labels (all {rows} were cut at data.max_length="
+            f"{dcfg.max_length}): the model would never learn to stop; raise data.max_length or "
+            "set data.too_long=drop"
+        )
     elif stats.chunked == 0 and len(no_eos) > stats.cut:
-        verdict.failures.append(f"{len(no_eos) - stats.cut} examples lack a trained EOS although they were not cut "
-                          f"(first: #{no_eos[:1]}); every answer must end with the EOS id, trained")
+        verdict.failures.append(
+            f"{len(no_eos) - stats.cut} examples lack a trained EOS although they were not cut "
+            f"(first: #{no_eos[:1]}); every answer must end with the EOS id, trained"
+        )
     else:
         verdict.passed.append("EOS is trained at the end of every answer that fits in data.max_length")
     cut_warning(verdict, stats, dcfg)
     convs = [ex["messages"] for ex in sample if "messages" in ex]  # raw text has no prompt to check
     bad = [b for b in (_prefix_problem(tokenizer.sp, conv, dcfg.train_on) for conv in convs) if b]
-    _check(verdict, not bad,
-           f"the inference prompt is the training prefix of every answer ({len(convs)} conversations)",
-           f"inference prompt != training prefix in {len(bad)} of {len(convs)} conversations: {bad[:1]}")
+    _check(
+        verdict,
+        not bad,
+        f"the inference prompt is the training prefix of every answer ({len(convs)} conversations)",
+        f"inference prompt != training prefix in {len(bad)} of {len(convs)} conversations: {bad[:1]}",
+    )
     return verdict
 
 
@@ -87,13 +107,17 @@ def cut_warning(verdict: Verdict, stats, dcfg) -> None:
     if not stats.cut:
         return
     share = stats.cut / max(stats.examples, 1)
-    verdict.warnings.append(f"{stats.cut} of {stats.examples} examples had their answer cut at data.max_length="
-                      f"{dcfg.max_length} and lose their EOS; raise data.max_length or set data.too_long=drop to "
-                      "train only whole answers")
+    verdict.warnings.append(
+        f"{stats.cut} of {stats.examples} examples had their answer cut at data.max_length="
+        f"{dcfg.max_length} and lose their EOS; raise data.max_length or set data.too_long=drop to "
+        "train only whole answers"
+    )
     if share > CUT_LOUD:
-        verdict.loud = (f"{share:.0%} of the examples ({stats.cut} of {stats.examples}) have a cut answer: "
-                        f"the model learns answers that never end; raise data.max_length (now {dcfg.max_length}) "
-                        "or set data.too_long=drop")
+        verdict.loud = (
+            f"{share:.0%} of the examples ({stats.cut} of {stats.examples}) have a cut answer: "
+            f"the model learns answers that never end; raise data.max_length (now {dcfg.max_length}) "
+            "or set data.too_long=drop"
+        )
 
 
 def require(tokenizer, prepared, dcfg) -> Verdict:
@@ -107,17 +131,26 @@ def require(tokenizer, prepared, dcfg) -> Verdict:
 def _pairs(verdict: Verdict, dataset, stats) -> Verdict:
     """Preference pairs (or unpaired answers, KTO): each prompt starts with one BOS, and every answer that was not
     cut ends with EOS."""
-    answers = [c for c in ("llama_chosen_ids", "llama_rejected_ids", "llama_completion_ids")
-               if c in dataset.column_names]
+    answers = [
+        c for c in ("llama_chosen_ids", "llama_rejected_ids", "llama_completion_ids") if c in dataset.column_names
+    ]
     bad_bos = no_eos = 0
     for batch in dataset.select_columns(["llama_prompt_ids", *answers]).iter(1024):
         for i, prompt in enumerate(batch["llama_prompt_ids"]):
             bad_bos += prompt[:1] != [BOS_ID] or prompt[:2] == [BOS_ID, BOS_ID]
             no_eos += sum(batch[c][i][-1:] != [EOS_ID] for c in answers)
-    _check(verdict, not bad_bos, "every prompt starts with one BOS id",
-           f"{bad_bos} prompts start without BOS or with two; encode with finetune.data.chat_format")
-    _check(verdict, no_eos <= len(answers) * stats.cut, "EOS ends every answer that fits in data.max_length",
-           f"{no_eos} answers lack EOS although only {stats.cut} examples were cut; every answer must end with EOS")
+    _check(
+        verdict,
+        not bad_bos,
+        "every prompt starts with one BOS id",
+        f"{bad_bos} prompts start without BOS or with two; encode with finetune.data.chat_format",
+    )
+    _check(
+        verdict,
+        no_eos <= len(answers) * stats.cut,
+        "EOS ends every answer that fits in data.max_length",
+        f"{no_eos} answers lack EOS although only {stats.cut} examples were cut; every answer must end with EOS",
+    )
     return verdict
 
 
@@ -152,7 +185,7 @@ def _prefix_problem(sp, messages: list[dict], train_on: str) -> str | None:
         return f"{len(trained)} answers to train but {len(starts)} trained spans"
     for k, start in zip(trained, starts):
         prompt = encode_prompt(sp, messages[:k])
-        if ids[:len(prompt)] != prompt:
+        if ids[: len(prompt)] != prompt:
             return f"answer {k}: the inference prompt's tokens differ from the training tokens"
         if len(prompt) != start:
             return f"answer {k}: the inference prompt has {len(prompt)} tokens, training trains from token {start}"

@@ -1,5 +1,6 @@
 """Prompts a run answers: a JSONL of prompts (chat.py, `eval.prompts`) or the data's own held-out dialogs,
 as token ids from `chat_format.encode_prompt` (the function family that encodes the training data)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,8 +39,10 @@ def prompt_messages(path: str, system: str | None = None) -> list[tuple[list[dic
                 if record.get("system"):
                     messages.insert(0, {"role": "system", "content": record["system"]})
             else:
-                raise DataError(f'{where}: a prompt line needs "prompt" (text) or "messages" '
-                                     '([{"role": ..., "content": ...}, ...] ending with a user message)')
+                raise DataError(
+                    f'{where}: a prompt line needs "prompt" (text) or "messages" '
+                    '([{"role": ..., "content": ...}, ...] ending with a user message)'
+                )
             if system and messages and isinstance(messages[0], dict) and messages[0].get("role") != "system":
                 messages.insert(0, {"role": "system", "content": system})
             try:

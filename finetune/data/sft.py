@@ -1,4 +1,5 @@
 """SFT tokens: each conversation (or raw text) as Meta-exact ids and a label mask, within `data.max_length`."""
+
 from __future__ import annotations
 
 from finetune.data.chat_format import encode_dialog, encode_text
@@ -11,11 +12,15 @@ COLUMNS = ("input_ids", "assistant_masks")  # TRL trains exactly the masked-in t
 def check_examples(exs: list[Example], dcfg) -> None:
     """One error for preference pairs given to SFT."""
     if any("prompt" in ex for ex in exs):
-        raise DataError(f"data={dcfg.name} (adapter {dcfg.adapter}) gives preference pairs (prompt/chosen/"
-                        "rejected); SFT needs conversations or text: use an SFT data config, or trainer=dpo")
+        raise DataError(
+            f"data={dcfg.name} (adapter {dcfg.adapter}) gives preference pairs (prompt/chosen/"
+            "rejected); SFT needs conversations or text: use an SFT data config, or trainer=dpo"
+        )
     if any("label" in ex for ex in exs):
-        raise DataError(f"data={dcfg.name} (adapter {dcfg.adapter}) gives answers marked good or bad (label); SFT "
-                        "would learn the bad ones too: train them with trainer=kto")
+        raise DataError(
+            f"data={dcfg.name} (adapter {dcfg.adapter}) gives answers marked good or bad (label); SFT "
+            "would learn the bad ones too: train them with trainer=kto"
+        )
 
 
 def encode(ex: Example, sp, dcfg, stats: Stats) -> list[tuple[list[int], list[int]]]:
@@ -29,7 +34,7 @@ def encode(ex: Example, sp, dcfg, stats: Stats) -> list[tuple[list[int], list[in
             stats.dropped_too_long += 1
             return []
         stats.chunked += 1  # every token is kept, in pieces; only the last piece ends with EOS
-        return [(ids[i:i + limit], mask[i:i + limit]) for i in range(0, len(ids), limit)]
+        return [(ids[i : i + limit], mask[i : i + limit]) for i in range(0, len(ids), limit)]
     msgs = ex["messages"]
     ids, mask = encode_dialog(sp, msgs, dcfg.train_on)
     if len(ids) <= limit:
@@ -80,5 +85,7 @@ def tokenize(exs: list[Example], sp, dcfg, stats: Stats) -> dict[str, list]:
 
 
 def nothing_left(dcfg) -> str:
-    return (f"data={dcfg.name}: every example is longer than data.max_length={dcfg.max_length}; "
-            "raise data.max_length or set data.too_long=truncate")
+    return (
+        f"data={dcfg.name}: every example is longer than data.max_length={dcfg.max_length}; "
+        "raise data.max_length or set data.too_long=truncate"
+    )

@@ -9,6 +9,7 @@ the fly); a `.json` document is one value and is read whole. Tabular files (`.pa
 Every record comes with its `Position`, from which `records(..., start=position)` reads on without reading
 what came before (a seek for JSON Lines): the parallel tokenizer's processes each start at their own share.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -54,11 +55,17 @@ def files(path: str) -> list[Path]:
     and folders (`.ipynb_checkpoints/`, `.git/`, editor backups) are skipped: their copies would be read twice."""
     location = Path(path).expanduser()
     if location.is_dir():
-        found = sorted(f for f in location.rglob("*") if f.is_file() and supported(f.name)
-                       and not any(part.startswith(".") for part in f.relative_to(location).parts))
+        found = sorted(
+            f
+            for f in location.rglob("*")
+            if f.is_file()
+            and supported(f.name)
+            and not any(part.startswith(".") for part in f.relative_to(location).parts)
+        )
         if not found:
-            raise SourceError(f"{location}: no data files in this folder (looked for {', '.join(SUFFIXES)}, "
-                              "hidden files skipped)")
+            raise SourceError(
+                f"{location}: no data files in this folder (looked for {', '.join(SUFFIXES)}, hidden files skipped)"
+            )
         return found
     if not location.is_file():
         raise SourceError(f"{location}: no such file or folder")
@@ -73,8 +80,9 @@ def read_records(path: str, split: str = "train", revision: str | None = None) -
         yield record, where
 
 
-def records(path: str, split: str = "train", revision: str | None = None,
-            start: Position | None = None) -> Iterator[tuple[Record, str, Position]]:
+def records(
+    path: str, split: str = "train", revision: str | None = None, start: Position | None = None
+) -> Iterator[tuple[Record, str, Position]]:
     """(record, where, position) in the order of `read_records`, from `start` (a position this function gave)
     or from the beginning."""
     start = start or Position(0, 0, 0)
@@ -101,9 +109,12 @@ def _load_dataset(name: str, data_file: str | None, split: str, revision: str | 
         return load_dataset(name, data_files=data_file, split=split, revision=revision)
     except Exception as exc:  # datasets raises many types (FileNotFoundError, ConnectionError, ArrowInvalid, ...)
         what = data_file or f"hub dataset {name} (split={split}, revision={revision or 'main'})"
-        fix = ("check the file is valid UTF-8 " + name if data_file else
-               "check the id, data.split and data.revision, the network (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) "
-               "and `hf auth login` for gated datasets")
+        fix = (
+            "check the file is valid UTF-8 " + name
+            if data_file
+            else "check the id, data.split and data.revision, the network (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) "
+            "and `hf auth login` for gated datasets"
+        )
         raise SourceError(f"{what}: could not be read ({type(exc).__name__}: {str(exc)[:300]}); {fix}") from None
 
 
@@ -113,19 +124,26 @@ def _rows(ds, where: str, file: int, first: int) -> Iterator[tuple[Record, str, 
 
 
 def _gzip_error(f: Path, exc: BaseException) -> SourceError:  # BadGzipFile is an OSError; a cut-off file: EOFError
-    return SourceError(f"{f}: not a complete gzip file ({type(exc).__name__}: {exc}); re-download or "
-                       "re-compress it, or give the uncompressed file")
+    return SourceError(
+        f"{f}: not a complete gzip file ({type(exc).__name__}: {exc}); re-download or "
+        "re-compress it, or give the uncompressed file"
+    )
 
 
 def _empty(f: Path) -> SourceError:
-    return SourceError(f"{f}: the file is empty" + (" (after decompressing)" if f.suffix.lower() == ".gz" else "")
-                       + "; give a file with one record per line")
+    return SourceError(
+        f"{f}: the file is empty"
+        + (" (after decompressing)" if f.suffix.lower() == ".gz" else "")
+        + "; give a file with one record per line"
+    )
 
 
 def _not_utf8(f: Path, line: int, offset: int, byte: bytes) -> SourceError:
-    return SourceError(f"{f}:{line}: not UTF-8 (byte offset {offset} in the file"
-                       f"{', uncompressed' if f.suffix == '.gz' else ''}: {byte!r}); "
-                       "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`")
+    return SourceError(
+        f"{f}:{line}: not UTF-8 (byte offset {offset} in the file"
+        f"{', uncompressed' if f.suffix == '.gz' else ''}: {byte!r}); "
+        "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`"
+    )
 
 
 def _json_lines(f: Path, file: int, at: Position) -> Iterator[tuple[Record, str, Position]]:
@@ -142,14 +160,16 @@ def _json_lines(f: Path, file: int, at: Position) -> Iterator[tuple[Record, str,
                 try:
                     line = body.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise _not_utf8(f, lineno, offset + skip + exc.start, body[exc.start:exc.start + 1]) from None
+                    raise _not_utf8(f, lineno, offset + skip + exc.start, body[exc.start : exc.start + 1]) from None
                 if line.strip():
                     seen = True
                     try:
                         record = json.loads(line)
                     except json.JSONDecodeError as exc:
-                        raise SourceError(f"{f}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno}); "
-                                          "each line must be one complete JSON object") from None
+                        raise SourceError(
+                            f"{f}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno}); "
+                            "each line must be one complete JSON object"
+                        ) from None
                     yield record, f"{f}:{lineno}", Position(file, offset, lineno)
                 offset += len(raw)
                 lineno += 1
@@ -173,7 +193,7 @@ def _text(f: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise _not_utf8(f, raw.count(b"\n", 0, exc.start) + 1, exc.start, raw[exc.start:exc.start + 1]) from None
+        raise _not_utf8(f, raw.count(b"\n", 0, exc.start) + 1, exc.start, raw[exc.start : exc.start + 1]) from None
 
 
 def _json_document(f: Path, file: int, first: int) -> Iterator[tuple[Record, str, Position]]:

@@ -1,4 +1,5 @@
 """What happened to the data (counts for the `data:` line, preview and the preflight), and the data error."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,9 +33,11 @@ class Stats:
     def summary(self) -> str:
         n = sorted(self.lengths) or [0]
         skipped = "; ".join(f"{v} skipped: {k}" for k, v in self.skipped.items())
-        return (f"{self.examples} examples ({self.eval_examples} eval) from {self.records} records"
-                + (f" ({skipped})" if skipped else "")
-                + f"; too long: {self.dropped_too_long} dropped, {self.truncated_turns} cut at a turn boundary, "
-                f"{self.cut} answers cut (EOS lost), {self.chunked} documents chunked; tokens per example: "
-                f"min {n[0]}, median {n[len(n) // 2]}, p95 {n[int(0.95 * (len(n) - 1))]}, max {n[-1]}; "
-                f"tokenized cache: {self.cache}")
+        return (
+            f"{self.examples} examples ({self.eval_examples} eval) from {self.records} records"
+            + (f" ({skipped})" if skipped else "")
+            + f"; too long: {self.dropped_too_long} dropped, {self.truncated_turns} cut at a turn boundary, "
+            f"{self.cut} answers cut (EOS lost), {self.chunked} documents chunked; tokens per example: "
+            f"min {n[0]}, median {n[len(n) // 2]}, p95 {n[int(0.95 * (len(n) - 1))]}, max {n[-1]}; "
+            f"tokenized cache: {self.cache}"
+        )

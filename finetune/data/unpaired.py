@@ -7,6 +7,7 @@ makes). Ids as for pairs (`data.pairs`): prompt + answer is exactly Meta's encod
 that answer and its EOS. The rows carry them in `llama_*_ids` columns with empty `prompt`/`completion` text for
 TRL, whose own tokenization of it we never read (`training.kto.collate`).
 """
+
 from __future__ import annotations
 
 from finetune.data import pairs
@@ -62,8 +63,12 @@ def tokenize(exs: list[dict], sp, dcfg, stats: Stats) -> dict[str, list]:
 def features() -> dict:
     from datasets import List, Value
 
-    return {"prompt": Value("string"), "completion": Value("string"), "label": Value("bool"),
-            **{c: List(Value("int64")) for c in ID_COLUMNS}}
+    return {
+        "prompt": Value("string"),
+        "completion": Value("string"),
+        "label": Value("bool"),
+        **{c: List(Value("int64")) for c in ID_COLUMNS},
+    }
 
 
 def lengths(n):
@@ -75,12 +80,16 @@ def check_examples(exs: list[dict], dcfg) -> None:
     """One error for data that is neither answers marked good/bad nor preference pairs."""
     bad = next((ex for ex in exs if "prompt" not in ex and "label" not in ex), None)
     if not exs or bad is not None:
-        raise DataError(f"data={dcfg.name} (adapter {dcfg.adapter}) gives {sorted(bad) if bad else 'nothing'}, "
-                        "not answers marked good or bad; KTO needs {\"messages\": [...], \"label\": true|false} "
-                        "records (data=jsonl data.adapter=unpaired, data.fields.label=<your field>) or preference "
-                        "pairs (data=orca_dpo), which are split into a good and a bad answer")
+        raise DataError(
+            f"data={dcfg.name} (adapter {dcfg.adapter}) gives {sorted(bad) if bad else 'nothing'}, "
+            'not answers marked good or bad; KTO needs {"messages": [...], "label": true|false} '
+            "records (data=jsonl data.adapter=unpaired, data.fields.label=<your field>) or preference "
+            "pairs (data=orca_dpo), which are split into a good and a bad answer"
+        )
 
 
 def nothing_left(dcfg) -> str:
-    return (f"data={dcfg.name}: every example is longer than data.max_length={dcfg.max_length} (or its prompt than "
-            "data.max_prompt_length); raise them or set data.too_long=truncate")
+    return (
+        f"data={dcfg.name}: every example is longer than data.max_length={dcfg.max_length} (or its prompt than "
+        "data.max_prompt_length); raise them or set data.too_long=truncate"
+    )

@@ -1,4 +1,5 @@
 """The base model: 16-bit, or 4/8-bit through bitsandbytes; random weights of the real architecture on request."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,12 +30,20 @@ def llama_config(mcfg: ModelConfig):
     from transformers import LlamaConfig
 
     arch = mcfg.arch
-    return LlamaConfig(hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size,
-                       num_hidden_layers=arch.num_layers, num_attention_heads=arch.num_heads,
-                       num_key_value_heads=arch.num_kv_heads, vocab_size=arch.vocab_size,
-                       max_position_embeddings=arch.max_position_embeddings, rms_norm_eps=arch.rms_norm_eps,
-                       bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=0,
-                       tie_word_embeddings=False)
+    return LlamaConfig(
+        hidden_size=arch.hidden_size,
+        intermediate_size=arch.intermediate_size,
+        num_hidden_layers=arch.num_layers,
+        num_attention_heads=arch.num_heads,
+        num_key_value_heads=arch.num_kv_heads,
+        vocab_size=arch.vocab_size,
+        max_position_embeddings=arch.max_position_embeddings,
+        rms_norm_eps=arch.rms_norm_eps,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
 
 
 def materialize_random(mcfg: ModelConfig, tokenizer) -> Path:
@@ -48,8 +57,12 @@ def materialize_random(mcfg: ModelConfig, tokenizer) -> Path:
     stamp = {"arch": dataclasses.asdict(mcfg.arch), "seed": mcfg.seed, "dtype": mcfg.dtype}
 
     def ready(p: Path) -> bool:  # the files a load reads, checked: a stamp alone once hid a folder without them
-        return (p / "random_init.json").is_file() and json.loads((p / "random_init.json").read_text()) == stamp \
-            and (p / "config.json").is_file() and weights_complete(p)
+        return (
+            (p / "random_init.json").is_file()
+            and json.loads((p / "random_init.json").read_text()) == stamp
+            and (p / "config.json").is_file()
+            and weights_complete(p)
+        )
 
     def write(tmp: Path) -> None:
         torch.manual_seed(mcfg.seed)
@@ -64,8 +77,10 @@ def materialize_random(mcfg: ModelConfig, tokenizer) -> Path:
         build_once(path, ready, write)
         dist.wait_for_everyone()
     if not ready(path):
-        raise BaseModelError(f"model.path={mcfg.path}: the random-weight model at {path} is incomplete (no "
-                             "config.json or weights); delete that folder and rerun")
+        raise BaseModelError(
+            f"model.path={mcfg.path}: the random-weight model at {path} is incomplete (no "
+            "config.json or weights); delete that folder and rerun"
+        )
     return path
 
 
@@ -118,17 +133,23 @@ def launch_problems(mcfg: ModelConfig, qcfg: QuantConfig) -> list[str]:
     sharding = launched_sharding()
     problems = []
     if sharding == "zero3" and qcfg.mode != "none":
-        problems.append(f"quant.mode={qcfg.mode} under DeepSpeed ZeRO-3 is not supported here (the 4-bit base is "
-                        "loaded before deepspeed.zero.Init exists): shard QLoRA with "
-                        "launch/accelerate/fsdp_qlora.yaml, or use deepspeed_zero2.yaml")
+        problems.append(
+            f"quant.mode={qcfg.mode} under DeepSpeed ZeRO-3 is not supported here (the 4-bit base is "
+            "loaded before deepspeed.zero.Init exists): shard QLoRA with "
+            "launch/accelerate/fsdp_qlora.yaml, or use deepspeed_zero2.yaml"
+        )
     if sharding == "fsdp" and not torch.cuda.is_available():
-        problems.append("FSDP (launch/accelerate/fsdp_qlora.yaml) shards the model across GPUs and this machine has "
-                        "none; on CPUs launch data-parallel processes with --config_file "
-                        "launch/accelerate/multi_gpu.yaml, or one process with python finetune/train.py")
+        problems.append(
+            "FSDP (launch/accelerate/fsdp_qlora.yaml) shards the model across GPUs and this machine has "
+            "none; on CPUs launch data-parallel processes with --config_file "
+            "launch/accelerate/multi_gpu.yaml, or one process with python finetune/train.py"
+        )
     if sharding == "fsdp" and compute_dtype(mcfg) == torch.float32 and torch.cuda.is_available():  # seen on an H200
-        problems.append(f"model.dtype={mcfg.dtype} under FSDP: launch/accelerate/fsdp_qlora.yaml computes in bf16 "
-                        "and float32 weights then fail the first matmul (BFloat16 != float); "
-                        "set model.dtype=bfloat16")
+        problems.append(
+            f"model.dtype={mcfg.dtype} under FSDP: launch/accelerate/fsdp_qlora.yaml computes in bf16 "
+            "and float32 weights then fail the first matmul (BFloat16 != float); "
+            "set model.dtype=bfloat16"
+        )
     return problems
 
 
@@ -138,9 +159,13 @@ def bnb_config(qcfg: QuantConfig, dtype: torch.dtype):
     if qcfg.mode == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     storage = getattr(torch, qcfg.storage_dtype) if qcfg.storage_dtype else torch.uint8
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=qcfg.mode,
-                              bnb_4bit_use_double_quant=qcfg.double_quant, bnb_4bit_compute_dtype=dtype,
-                              bnb_4bit_quant_storage=storage)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=qcfg.mode,
+        bnb_4bit_use_double_quant=qcfg.double_quant,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=storage,
+    )
 
 
 def device_map() -> dict | str:
@@ -204,8 +229,10 @@ def fetch_config(mcfg: ModelConfig) -> None:
         why = f"the Hub answered {str(exc).splitlines()[0][:200]}; try again, {local}"
     except Exception as exc:  # LocalEntryNotFoundError offline; httpx's connection errors and timeouts otherwise
         why = "HF_HUB_OFFLINE is set" if offline else f"the Hub could not be reached ({type(exc).__name__})"
-        why = f"not in the local Hugging Face cache and {why}; download it once with network " \
-              f"(`hf download {mcfg.path}`), {local}"
+        why = (
+            f"not in the local Hugging Face cache and {why}; download it once with network "
+            f"(`hf download {mcfg.path}`), {local}"
+        )
     else:
         return
     raise BaseModelError(f"{where}: {why}")
@@ -215,11 +242,15 @@ def check(cfg) -> list[str]:
     """Problems with the model, its quantization and the launch, found before any weight loads."""
     mcfg, quant, problems = cfg.model, cfg.quant, []
     if quant.mode != "none" and (err := bitsandbytes_problem()):
-        problems.append(f"quant.mode={quant.mode} needs bitsandbytes: {err}; install it with "
-                        "`pip install 'bitsandbytes>=0.50.2'` or set quant.mode=none for 16-bit LoRA")
+        problems.append(
+            f"quant.mode={quant.mode} needs bitsandbytes: {err}; install it with "
+            "`pip install 'bitsandbytes>=0.50.2'` or set quant.mode=none for 16-bit LoRA"
+        )
     if looks_local(mcfg.path) and not mcfg.random_init and not Path(mcfg.path).is_dir():
-        problems.append(f"model.path={mcfg.path}: no such folder; give a local Llama 2 checkpoint folder "
-                        "or a hub id like meta-llama/Llama-2-7b-hf")
+        problems.append(
+            f"model.path={mcfg.path}: no such folder; give a local Llama 2 checkpoint folder "
+            "or a hub id like meta-llama/Llama-2-7b-hf"
+        )
     if mcfg.tokenizer and looks_local(mcfg.tokenizer) and not (Path(mcfg.tokenizer) / "tokenizer.model").is_file():
         problems.append(f"model.tokenizer={mcfg.tokenizer}: no tokenizer.model in that folder")
     return problems + launch_problems(mcfg, quant)

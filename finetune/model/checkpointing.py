@@ -13,6 +13,7 @@ The recompute restores the forward's RNG state only when the layer draws random 
 training mode, LoRA dropout included); otherwise it saves and forks nothing. While it runs, `recomputing()` is
 true: the fused LoRA functions then write input gradients over their inputs, which belong to this recompute alone.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -108,8 +109,7 @@ def draws_random(layer: torch.nn.Module) -> bool:
     attn = getattr(layer, "self_attn", None)
     if float(getattr(attn, "attention_dropout", 0.0) or 0.0) > 0:
         return True
-    return any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 and m.training
-               for m in layer.modules())
+    return any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 and m.training for m in layer.modules())
 
 
 class OffloadedCheckpoint(torch.autograd.Function):
@@ -173,8 +173,11 @@ def apply(model, checkpointed: list[bool], offload: bool) -> None:
     offloader = Offloader()
     for layer, on in zip(layers, checkpointed):
         layer.gradient_checkpointing = on
-        layer._gradient_checkpointing_func = (functools.partial(offloaded_checkpoint, layer=layer, offloader=offloader)
-                                              if offload else functools.partial(checkpoint, use_reentrant=False))
+        layer._gradient_checkpointing_func = (
+            functools.partial(offloaded_checkpoint, layer=layer, offloader=offloader)
+            if offload
+            else functools.partial(checkpoint, use_reentrant=False)
+        )
 
 
 def check(cfg) -> list[str]:
@@ -185,8 +188,10 @@ def check(cfg) -> list[str]:
     found = []
     if str(t.memory_budget).lower() == "auto":
         if not torch.cuda.is_available():
-            found.append("trainer.memory_budget=auto reads the GPU's free memory and there is no GPU; give a size "
-                         "like 40GB (the plan is then made for plan.gpu) or leave it unset")
+            found.append(
+                "trainer.memory_budget=auto reads the GPU's free memory and there is no GPU; give a size "
+                "like 40GB (the plan is then made for plan.gpu) or leave it unset"
+            )
     else:
         from finetune.config import ConfigError, parse_size
 
@@ -195,9 +200,12 @@ def check(cfg) -> list[str]:
         except ConfigError as exc:
             found += exc.problems
     if t.gradient_checkpointing is False:
-        found.append("trainer.memory_budget plans which layers to checkpoint; with "
-                     "trainer.gradient_checkpointing=false set one of them, not both")
+        found.append(
+            "trainer.memory_budget plans which layers to checkpoint; with "
+            "trainer.gradient_checkpointing=false set one of them, not both"
+        )
     if t.activation_offloading:
-        found.append("trainer.memory_budget offloads checkpointed inputs itself; set "
-                     "trainer.activation_offloading=false")
+        found.append(
+            "trainer.memory_budget offloads checkpointed inputs itself; set trainer.activation_offloading=false"
+        )
     return found

@@ -8,6 +8,7 @@ nothing copied). The buffer grows to the largest request and is then reused by e
 no allocation per call. A view is valid until the next call for the same device and dtype; the fused functions use
 it at once (same stream) and never save it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -64,7 +65,7 @@ def weights(bases: Sequence[torch.nn.Module], dtype: torch.dtype) -> torch.Tenso
     out = buffer(ws[0].device, dtype, rows * cols).view(rows, cols)
     start = 0
     for b, w, s in zip(bases, ws, shapes):
-        part = out[start:start + s[0]]
+        part = out[start : start + s[0]]
         if is_4bit(b):
             dequantize_into(w, part)
         else:

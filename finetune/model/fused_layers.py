@@ -8,6 +8,7 @@ at that moment (several active adapters, a merged adapter) runs peft's own layer
 dropout, DoRA and other variants, LoRA bias, 8-bit bases, another architecture, FSDP) is found before anything
 is replaced, and `apply` says why in one line and changes nothing.
 """
+
 from __future__ import annotations
 
 import torch
@@ -63,8 +64,15 @@ class FusedLlamaAttention(nn.Module):
 
     def __init__(self, attn: nn.Module):
         super().__init__()
-        for name in ("config", "layer_idx", "head_dim", "num_key_value_groups", "scaling", "attention_dropout",
-                     "is_causal"):
+        for name in (
+            "config",
+            "layer_idx",
+            "head_dim",
+            "num_key_value_groups",
+            "scaling",
+            "attention_dropout",
+            "is_causal",
+        ):
             setattr(self, name, getattr(attn, name))
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
 
@@ -83,10 +91,19 @@ class FusedLlamaAttention(nn.Module):
         q, k = hf.apply_rotary_pos_emb(q, k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
-        attention = hf.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
-                                                             hf.eager_attention_forward)
-        out, weights = attention(self, q, k, v, attention_mask, dropout=self.attention_dropout if self.training
-                                 else 0.0, scaling=self.scaling, **kwargs)
+        attention = hf.ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, hf.eager_attention_forward
+        )
+        out, weights = attention(
+            self,
+            q,
+            k,
+            v,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
         out = out.reshape(*hidden_states.shape[:-1], -1).contiguous()
         o = gather(self.o_proj)  # its input may alias what the attention kernel saved: dX never overwrites it
         return (self.o_proj(out) if o is None else run_fused(LoraProjections, out, o, owns_input=False)[0]), weights
@@ -145,19 +162,25 @@ def why_not(model: nn.Module) -> str | None:
                     return problem
                 module = module.get_base_layer()
             if not (isinstance(module, nn.Linear) or is_4bit(module)) or module.bias is not None:
-                return f"{name} is a {type(module).__name__} (8-bit or biased bases are not covered; quant.mode=nf4 " \
-                       "or none)"
+                return (
+                    f"{name} is a {type(module).__name__} (8-bit or biased bases are not covered; quant.mode=nf4 "
+                    "or none)"
+                )
     return None if found else "the model has no LoRA layers"
 
 
 def lora_problem(layer) -> str | None:
     for a in layer.lora_A:
         if not isinstance(layer.lora_dropout[a], nn.Identity):
-            return f"lora.dropout={layer.lora_dropout[a].p} > 0 (the fused functions keep no dropout mask); " \
-                   "set lora.dropout=0 to fuse"
+            return (
+                f"lora.dropout={layer.lora_dropout[a].p} > 0 (the fused functions keep no dropout mask); "
+                "set lora.dropout=0 to fuse"
+            )
         if a in layer.lora_variant or layer.lora_bias.get(a):
-            return "DoRA (lora.use_dora=true), other LoRA variants and LoRA bias are not covered; set " \
-                   "lora.use_dora=false to fuse"
+            return (
+                "DoRA (lora.use_dora=true), other LoRA variants and LoRA bias are not covered; set "
+                "lora.use_dora=false to fuse"
+            )
         if getattr(layer, "fan_in_fan_out", False):
             return "fan_in_fan_out LoRA layers are not covered"
     weight = getattr(layer.get_base_layer(), "weight", None)
@@ -195,4 +218,3 @@ def restore_quant_states(layer: nn.Module) -> None:
 def fused(model: nn.Module) -> bool:
     """Whether `apply` replaced this model's layers."""
     return any(isinstance(layer.mlp, FusedLlamaMLP) for layer in decoder_layers(model))
-

@@ -1,4 +1,5 @@
 """Greedy (or sampled) generation from prompt ids, shared by the sample callback, chat.py and export checks."""
+
 from __future__ import annotations
 
 import torch
@@ -28,5 +29,11 @@ def generate(model, prompts: list[list[int]], gen: GenerationConfig, streamer=No
 
 
 def greedy(max_new_tokens: int, pad_id: int) -> GenerationConfig:
-    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=EOS_ID,
-                            pad_token_id=pad_id, bos_token_id=BOS_ID, use_cache=True)
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=EOS_ID,
+        pad_token_id=pad_id,
+        bos_token_id=BOS_ID,
+        use_cache=True,
+    )

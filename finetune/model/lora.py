@@ -1,5 +1,6 @@
 """LoRA through peft: a new adapter on `lora.target_modules` (plain, or a variant: `model.variants`), or one
 continued from `init_adapter`."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,16 @@ def apply_lora(base, lcfg: LoraConfig, init_adapter: str | None = None, mcfg: Mo
 
     if init_adapter:
         return PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
-    peft_cfg = PeftLoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
-                              target_modules=list(lcfg.target_modules), bias=lcfg.bias, task_type="CAUSAL_LM",
-                              modules_to_save=fully_trained(lcfg), **variants.peft_kwargs(lcfg))
+    peft_cfg = PeftLoraConfig(
+        r=lcfg.r,
+        lora_alpha=lcfg.alpha,
+        lora_dropout=lcfg.dropout,
+        target_modules=list(lcfg.target_modules),
+        bias=lcfg.bias,
+        task_type="CAUSAL_LM",
+        modules_to_save=fully_trained(lcfg),
+        **variants.peft_kwargs(lcfg),
+    )
     model = get_peft_model(base, peft_cfg)
     if lcfg.init in variants.CONVERTED:  # the base holds W_res now: an adapter added later from this config (TRL's
         model.peft_config["default"].init_lora_weights = True  # frozen reference copy) must not decompose it again
@@ -50,8 +58,9 @@ def check(cfg) -> list[str]:
     if not cfg.init_adapter:
         return found
     if not (Path(cfg.init_adapter) / "adapter_config.json").is_file():
-        return found + [f"init_adapter={cfg.init_adapter}: no adapter_config.json there; point it at a run's "
-                        "adapter/ folder"]
+        return found + [
+            f"init_adapter={cfg.init_adapter}: no adapter_config.json there; point it at a run's adapter/ folder"
+        ]
     return found + adapter_base_problems(Path(cfg.init_adapter), cfg.model)
 
 
@@ -61,18 +70,23 @@ def adapter_base_problems(adapter: Path, mcfg) -> list[str]:
     meta = json.loads((adapter / "adapter_config.json").read_text())
     theirs = Path(str(meta.get("base_model_name_or_path") or "")).name.lower()
     ours = {Path(str(mcfg.path)).name.lower(), mcfg.name.lower(), f"random-{mcfg.name}".lower()}
-    fix = ("train the SFT adapter on this model, or pick the model it was trained on (model=... or "
-           "model.path=...)")
+    fix = "train the SFT adapter on this model, or pick the model it was trained on (model=... or model.path=...)"
     if theirs and theirs not in ours:
-        return [f"init_adapter={adapter} was trained on {meta['base_model_name_or_path']}, not on "
-                f"model.path={mcfg.path}; {fix}"]
+        return [
+            f"init_adapter={adapter} was trained on {meta['base_model_name_or_path']}, not on "
+            f"model.path={mcfg.path}; {fix}"
+        ]
     arch = mcfg.arch
     head = arch.hidden_size // arch.num_heads
-    dims = {"q_proj": (arch.hidden_size, arch.hidden_size), "k_proj": (arch.hidden_size, arch.num_kv_heads * head),
-            "v_proj": (arch.hidden_size, arch.num_kv_heads * head), "o_proj": (arch.hidden_size, arch.hidden_size),
-            "gate_proj": (arch.hidden_size, arch.intermediate_size),
-            "up_proj": (arch.hidden_size, arch.intermediate_size),
-            "down_proj": (arch.intermediate_size, arch.hidden_size)}
+    dims = {
+        "q_proj": (arch.hidden_size, arch.hidden_size),
+        "k_proj": (arch.hidden_size, arch.num_kv_heads * head),
+        "v_proj": (arch.hidden_size, arch.num_kv_heads * head),
+        "o_proj": (arch.hidden_size, arch.hidden_size),
+        "gate_proj": (arch.hidden_size, arch.intermediate_size),
+        "up_proj": (arch.hidden_size, arch.intermediate_size),
+        "down_proj": (arch.intermediate_size, arch.hidden_size),
+    }
     weights = adapter / "adapter_model.safetensors"
     if not weights.is_file():
         return [f"init_adapter={adapter}: no adapter_model.safetensors there; point it at a run's adapter/ folder"]
@@ -82,15 +96,21 @@ def adapter_base_problems(adapter: Path, mcfg) -> list[str]:
         with safe_open(str(weights), "pt") as f:
             shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for a cut or foreign file
-        return [f"init_adapter={adapter}: adapter_model.safetensors cannot be read ({type(exc).__name__}: {exc}); "
-                "point it at a finished run's adapter/ folder"]
+        return [
+            f"init_adapter={adapter}: adapter_model.safetensors cannot be read ({type(exc).__name__}: {exc}); "
+            "point it at a finished run's adapter/ folder"
+        ]
     for key, shape in shapes.items():
         parts = key.split(".")
         module, layer = parts[-3], int(parts[parts.index("layers") + 1]) if "layers" in parts else 0
         want = dims.get(module)
-        bad = layer >= arch.num_layers or (want and (
-            (parts[-2] == "lora_A" and shape[1] != want[0]) or (parts[-2] == "lora_B" and shape[0] != want[1])))
+        bad = layer >= arch.num_layers or (
+            want
+            and ((parts[-2] == "lora_A" and shape[1] != want[0]) or (parts[-2] == "lora_B" and shape[0] != want[1]))
+        )
         if bad:
-            return [f"init_adapter={adapter}: {key} has shape {list(shape)}, which does not fit "
-                    f"model={mcfg.name} (hidden {arch.hidden_size}, {arch.num_layers} layers); {fix}"]
+            return [
+                f"init_adapter={adapter}: {key} has shape {list(shape)}, which does not fit "
+                f"model={mcfg.name} (hidden {arch.hidden_size}, {arch.num_layers} layers); {fix}"
+            ]
     return []

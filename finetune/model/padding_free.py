@@ -8,6 +8,7 @@ unpacked (TRL 1.16 turns its own `padding_free` off for DPO).
 Applied with forward hooks on the loaded model's decoder instance (`LlamaModel`); no library code is patched.
 Calls that pass a cache, position ids, embeddings or no 2-D attention mask (generation, eval samples) run as they are.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,15 +24,27 @@ def decoder(model):
 def pack(module, args, kwargs):
     """Pre-hook: padded (input_ids, attention_mask) -> one row of real tokens with per-sequence position ids."""
     ids, mask = kwargs.get("input_ids", args[0] if args else None), kwargs.get("attention_mask")
-    if (ids is None or mask is None or mask.dim() != 2 or kwargs.get("position_ids") is not None
-            or kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None or kwargs.get("use_cache")):
+    if (
+        ids is None
+        or mask is None
+        or mask.dim() != 2
+        or kwargs.get("position_ids") is not None
+        or kwargs.get("cache") is not None
+        or kwargs.get("past_key_values") is not None
+        or kwargs.get("use_cache")
+    ):
         module._finetune_unpack = None
         return None
     keep = mask.bool()
     positions = (mask.long().cumsum(-1) - 1)[keep]  # 0.. within each sequence (left or right padding)
     module._finetune_unpack = (keep, ids.shape)
-    kwargs = {**kwargs, "input_ids": ids[keep][None], "attention_mask": None, "position_ids": positions[None],
-              "use_cache": False}
+    kwargs = {
+        **kwargs,
+        "input_ids": ids[keep][None],
+        "attention_mask": None,
+        "position_ids": positions[None],
+        "use_cache": False,
+    }
     return (), kwargs
 
 

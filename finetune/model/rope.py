@@ -5,6 +5,7 @@ transformers 5 reads RoPE from `config.rope_parameters` ({"rope_type", "rope_the
 `max_position_embeddings` (YaRN keeps the pretrained one in `original_max_position_embeddings`); dynamic NTK keeps
 the pretrained context there, because it rescales from that length on as sequences grow past it.
 """
+
 from __future__ import annotations
 
 from finetune.config import ModelConfig
@@ -55,7 +56,13 @@ def scaling_of(config: dict) -> dict | None:
     if kind in (None, "default"):
         return None
     original = params.get("original_max_position_embeddings") or (
-        config["max_position_embeddings"] if kind == "dynamic" else
-        round(config["max_position_embeddings"] / float(params["factor"])))
-    return {"type": kind, "factor": float(params["factor"]), "original_context": int(original),
-            **{k: params[k] for k in YARN_KEYS if params.get(k) is not None}}
+        config["max_position_embeddings"]
+        if kind == "dynamic"
+        else round(config["max_position_embeddings"] / float(params["factor"]))
+    )
+    return {
+        "type": kind,
+        "factor": float(params["factor"]),
+        "original_context": int(original),
+        **{k: params[k] for k in YARN_KEYS if params.get(k) is not None},
+    }

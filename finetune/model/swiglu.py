@@ -7,6 +7,7 @@ tensors too, for the interpreter (TRITON_INTERPRET=1: bench/opcount.py and the k
 the input gradient is one GEMM over it) and returns h, which the down projection's LoRA gradients need: the kernel
 writes it over dh, the PyTorch path into a buffer of its own.
 """
+
 from __future__ import annotations
 
 import functools

@@ -6,6 +6,7 @@ arithmetic is in float32 (sigmoid included), each result rounded once to its buf
 kernels correct under TRITON_INTERPRET=1, whose bf16 arithmetic is wrong (its bf16 loads, stores and casts are
 exact). Indices are int64, so tensors past 2^31 elements are addressed correctly.
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,8 +49,10 @@ def _check(*ts: torch.Tensor) -> None:
     shape = ts[0].shape
     for t in ts:
         if t.dim() != 2 or t.shape != shape or t.stride(1) != 1:
-            raise ValueError(f"SwiGLU kernels take 2-D tensors of one shape with unit column stride, got "
-                             f"{[(tuple(x.shape), x.stride()) for x in ts]}")
+            raise ValueError(
+                f"SwiGLU kernels take 2-D tensors of one shape with unit column stride, got "
+                f"{[(tuple(x.shape), x.stride()) for x in ts]}"
+            )
 
 
 def forward(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -67,6 +70,5 @@ def backward_(dh: torch.Tensor, g: torch.Tensor, u: torch.Tensor) -> torch.Tenso
     _check(dh, g, u)
     n, cols = g.numel(), g.shape[1]
     if n:
-        _swiglu_bwd[(triton.cdiv(n, BLOCK),)](dh, g, u, n, cols, dh.stride(0), g.stride(0), u.stride(0),
-                                              BLOCK=BLOCK)
+        _swiglu_bwd[(triton.cdiv(n, BLOCK),)](dh, g, u, n, cols, dh.stride(0), g.stride(0), u.stride(0), BLOCK=BLOCK)
     return dh

@@ -15,6 +15,7 @@ What stays different (said in the model card): text that itself starts with a sp
 then; SentencePiece does; never the case in a chat prompt, which starts every segment with "[INST]"), and
 message text containing "<s>", "</s>" or "<unk>", which every stock stack reads as the special token.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,14 @@ from finetune.data import chat_format
 TOKENIZER_FILES = ("tokenizer.model", "LICENSE-LLAMA2", "NOTICE", "USE_POLICY.md")
 WS = "\u2581"  # SentencePiece's escaped space
 # tokenizer_config.json keys every saved tokenizer carries (see the module docstring); pad is <unk>, never EOS
-SAVED_CONFIG = {"legacy": True, "add_prefix_space": True, "add_bos_token": True, "add_eos_token": False,
-                "pad_token": "<unk>", "chat_template": chat_format.CHAT_TEMPLATE}
+SAVED_CONFIG = {
+    "legacy": True,
+    "add_prefix_space": True,
+    "add_bos_token": True,
+    "add_eos_token": False,
+    "pad_token": "<unk>",
+    "chat_template": chat_format.CHAT_TEMPLATE,
+}
 
 
 @dataclass
@@ -74,8 +81,7 @@ def exact_merges(sp: spm.SentencePieceProcessor) -> list[tuple[str, str]]:
         if set(piece) == {WS}:
             longest_run = max(longest_run, len(piece))
             continue
-        merges += [(piece[:k], piece[k:]) for k in range(1, len(piece))
-                   if piece[:k] in vocab and piece[k:] in vocab]
+        merges += [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
     return merges + [(WS * a, WS) for a in range(longest_run - 1, 0, -1) if WS * (a + 1) in vocab]
 
 
@@ -105,9 +111,17 @@ def load_tokenizer(mcfg: ModelConfig) -> Tokenizer:
     src = tokenizer_dir(mcfg)
     sp = spm.SentencePieceProcessor(model_file=str(src / "tokenizer.model"))
     vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
-    hf = LlamaTokenizer(vocab=vocab, merges=exact_merges(sp), legacy=True, add_prefix_space=True,
-                        unk_token=sp.id_to_piece(sp.unk_id()), bos_token=sp.id_to_piece(sp.bos_id()),
-                        eos_token=sp.id_to_piece(sp.eos_id()), add_bos_token=True, add_eos_token=False)
+    hf = LlamaTokenizer(
+        vocab=vocab,
+        merges=exact_merges(sp),
+        legacy=True,
+        add_prefix_space=True,
+        unk_token=sp.id_to_piece(sp.unk_id()),
+        bos_token=sp.id_to_piece(sp.bos_id()),
+        eos_token=sp.id_to_piece(sp.eos_id()),
+        add_bos_token=True,
+        add_eos_token=False,
+    )
     hf.pad_token = hf.unk_token
     hf.padding_side = "right"
     hf.chat_template = chat_format.CHAT_TEMPLATE

@@ -16,6 +16,7 @@ has) and its `replace_lora_weights_loftq` runs on CUDA only and leaves out the L
 same one-step decomposition over bitsandbytes' own NF4 weights, on any device, with the scale. The base stays
 the checkpoint's NF4 weights, so the adapter needs no conversion and the dequantized merge stays exact.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,28 +41,43 @@ def problems(cfg) -> list[str]:
     lora, mode, found = cfg.lora, cfg.quant.mode, []
     four_bit = mode in ("nf4", "fp4")
     if lora.init in CONVERTED and mode != "none":
-        why = ("PiSSA's SVD needs 16-bit weights (peft refuses a quantized base)" if lora.init == "pissa" else
-               "over a quantized base peft re-quantizes W - B·A, a base no export can rebuild")
-        found.append(f"lora.init={lora.init} with quant.mode={mode}: {why}; use quant.mode=none, or lora.init=loftq "
-                     "for a 4-bit base")
+        why = (
+            "PiSSA's SVD needs 16-bit weights (peft refuses a quantized base)"
+            if lora.init == "pissa"
+            else "over a quantized base peft re-quantizes W - B·A, a base no export can rebuild"
+        )
+        found.append(
+            f"lora.init={lora.init} with quant.mode={mode}: {why}; use quant.mode=none, or lora.init=loftq "
+            "for a 4-bit base"
+        )
     if lora.init == "loftq" and not four_bit:
-        found.append(f"lora.init=loftq with quant.mode={mode}: LoftQ starts B·A at the 4-bit quantization error, "
-                     "and this base has none to absorb; use quant.mode=nf4 (QLoRA), or lora.init=pissa for a "
-                     "16-bit base")
+        found.append(
+            f"lora.init=loftq with quant.mode={mode}: LoftQ starts B·A at the 4-bit quantization error, "
+            "and this base has none to absorb; use quant.mode=nf4 (QLoRA), or lora.init=pissa for a "
+            "16-bit base"
+        )
     if lora.use_dora and lora.init in CONVERTED:
-        found.append(f"lora.use_dora=true with lora.init={lora.init}: peft converts the trained adapter to a plain "
-                     "LoRA on the original base from A and B alone, and DoRA's magnitudes are no such delta; "
-                     "drop one of them")
+        found.append(
+            f"lora.use_dora=true with lora.init={lora.init}: peft converts the trained adapter to a plain "
+            "LoRA on the original base from A and B alone, and DoRA's magnitudes are no such delta; "
+            "drop one of them"
+        )
     if cfg.init_adapter and lora.init != "default":
-        found.append(f"lora.init={lora.init} with init_adapter={cfg.init_adapter}: an initialisation makes a new "
-                     "adapter, init_adapter continues a trained one (with its own settings); drop one of them")
+        found.append(
+            f"lora.init={lora.init} with init_adapter={cfg.init_adapter}: an initialisation makes a new "
+            "adapter, init_adapter continues a trained one (with its own settings); drop one of them"
+        )
     sharding = launched_sharding()
     if lora.init in CONVERTED and sharding in ("fsdp", "zero3"):
-        found.append(f"lora.init={lora.init} under {sharding}: the adapter is converted at save from the whole "
-                     "adapter on one process, which this sharding splits; launch with DDP or DeepSpeed ZeRO-2")
+        found.append(
+            f"lora.init={lora.init} under {sharding}: the adapter is converted at save from the whole "
+            "adapter on one process, which this sharding splits; launch with DDP or DeepSpeed ZeRO-2"
+        )
     if lora.init == "loftq" and sharding == "fsdp":
-        found.append("lora.init=loftq under fsdp: not checked there (FSDP stores the 4-bit weights as bf16 to shard "
-                     "them, and LoftQ reads them before sharding); launch with DDP, or drop lora.init")
+        found.append(
+            "lora.init=loftq under fsdp: not checked there (FSDP stores the 4-bit weights as bf16 to shard "
+            "them, and LoftQ reads them before sharding); launch with DDP, or drop lora.init"
+        )
     return found
 
 
@@ -76,8 +92,11 @@ def weight_files(mcfg) -> dict[str, Path]:
     if not looks_local(mcfg.path):
         from huggingface_hub import snapshot_download  # from_pretrained has just put it in the cache
 
-        folder = Path(snapshot_download(mcfg.path, revision=mcfg.revision, local_files_only=True,
-                                        allow_patterns=["*.safetensors", "*.json"]))
+        folder = Path(
+            snapshot_download(
+                mcfg.path, revision=mcfg.revision, local_files_only=True, allow_patterns=["*.safetensors", "*.json"]
+            )
+        )
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         return {k: folder / v for k, v in json.loads(index.read_text())["weight_map"].items()}

@@ -7,6 +7,7 @@ its input), with the checkpointed inputs either on the GPU or offloaded to pinne
 the most layers within the budget is the fastest; of the two, the faster wins (offloading is free while the copies
 hide behind compute, and stalls when the link cannot keep up). The kept layers are the last ones.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,11 +40,16 @@ class LayerPlan:
     def line(self) -> str:
         setup, count = self.setup, sum(self.checkpointed())
         where = "offloaded to pinned CPU memory" if setup.offload_checkpoints else "kept on the GPU"
-        how = f"{'layer 0' if count == 1 else f'layers 0-{count - 1}'} checkpointed, inputs {where}" if count else \
-            "none checkpointed"
-        return (f"memory plan: {setup.layers - count} of {setup.layers} layers keep their activations, {how}: "
-                f"{self.need / GiB:.2f} of {self.budget / GiB:.2f} GiB ({self.source or 'budget'}), "
-                f"~{self.tokens_per_s:,.0f} tokens/s estimated")
+        how = (
+            f"{'layer 0' if count == 1 else f'layers 0-{count - 1}'} checkpointed, inputs {where}"
+            if count
+            else "none checkpointed"
+        )
+        return (
+            f"memory plan: {setup.layers - count} of {setup.layers} layers keep their activations, {how}: "
+            f"{self.need / GiB:.2f} of {self.budget / GiB:.2f} GiB ({self.source or 'budget'}), "
+            f"~{self.tokens_per_s:,.0f} tokens/s estimated"
+        )
 
 
 def disk_bytes(setup: Setup) -> tuple[float, float]:
@@ -54,8 +60,7 @@ def disk_bytes(setup: Setup) -> tuple[float, float]:
     if setup.dora:
         trained += setup.layers * sum(o for _, o in methods.targets(setup).values())
     ref = trained * 4 if METHODS[setup.kind].reference else 0
-    return (trained * (4 + planner.optimizer_bytes(setup.optim)) + ref + CHECKPOINT_FILES,
-            trained * 4 + ADAPTER_FILES)
+    return (trained * (4 + planner.optimizer_bytes(setup.optim)) + ref + CHECKPOINT_FILES, trained * 4 + ADAPTER_FILES)
 
 
 def offload_seconds_per_token(setup: Setup, link: float = LINK_BYTES_PER_S) -> float:
@@ -74,14 +79,19 @@ def speed(setup: Setup, peak_flops: float, utilization: float, link: float = LIN
     return 1 / (compute_s + max(0.0, copy - compute_s / 3) + max(0.0, copy - 2 * compute_s / 3))
 
 
-def choose(setup: Setup, budget: float, peak_flops: float, utilization: float,
-           link: float = LINK_BYTES_PER_S) -> LayerPlan | None:
+def choose(
+    setup: Setup, budget: float, peak_flops: float, utilization: float, link: float = LINK_BYTES_PER_S
+) -> LayerPlan | None:
     """The fastest plan for `setup` whose planner total fits `budget` bytes (ties: less memory); None if none fits."""
     found = []
     for offload in (False, True):
         for kept in range(setup.layers, -1, -1):
-            candidate = setup.but(checkpointing=kept < setup.layers, kept_layers=kept if kept < setup.layers else 0,
-                      offload_checkpoints=offload and kept < setup.layers, offload_activations=False)
+            candidate = setup.but(
+                checkpointing=kept < setup.layers,
+                kept_layers=kept if kept < setup.layers else 0,
+                offload_checkpoints=offload and kept < setup.layers,
+                offload_activations=False,
+            )
             need = planner.memory(candidate).need
             if need <= budget:
                 found.append(LayerPlan(candidate, need, speed(candidate, peak_flops, utilization, link), budget))

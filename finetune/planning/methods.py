@@ -11,6 +11,7 @@ paths (peft 0.21 `tuners/lora/dora.py`, TRL 1.16):
   dense in x out matrix through an in x in identity, and the norm of W + s·B·A; with lora.dropout > 0 the base
   matmul is redone on the dropped-out input, which for a 4-bit base keeps the dequantized weight for backward.
 """
+
 from __future__ import annotations
 
 from finetune.config.methods import METHODS
@@ -38,13 +39,15 @@ def add(s, parts: dict, transients: dict, tokens: int, lm_head_bytes: float) -> 
     if METHODS[s.kind].reference:  # TRL copies the starting adapter into a frozen "ref" adapter on the same base
         parts["reference adapter (frozen copy of the starting LoRA)"] = param_counts(s)["lora"] * 4 / shard
     if no_grad_passes(s):
-        transients[f"reference forward ({s.kind.upper()}, no grad): one layer's intermediates + LM head tiles"] = \
+        transients[f"reference forward ({s.kind.upper()}, no grad): one layer's intermediates + LM head tiles"] = (
             tokens * (3 * s.ffn + 2 * s.hidden) * c + lm_head_bytes
+        )
     if not s.dora:
         return
     outs = sum(o for _, o in targets(s).values())
-    parts[f"DoRA magnitudes ({s.layers * outs / 1e6:.2f}M, float32, with gradients and optimizer states)"] = \
+    parts[f"DoRA magnitudes ({s.layers * outs / 1e6:.2f}M, float32, with gradients and optimizer states)"] = (
         s.layers * outs * (8 + optimizer_bytes(s.optim)) / shard
+    )
     per_layer = 2 * outs * c * tokens  # the base output and the scaled LoRA output, kept for the magnitudes
     if s.lora_dropout > 0 and s.quant != "none":  # the dequantized weight, kept by the redone base matmul
         per_layer += sum(i * o for i, o in targets(s).values()) * c
@@ -64,8 +67,12 @@ def extra_flops(s, n_mat: float, attn: float) -> float:
     if s.dora:
         layers = targets(s).values()
         passes = 2 if s.checkpointing else 1  # the weight norm is rebuilt in every forward, recompute included
-        f += passes * s.layers * sum(2 * i * i * s.lora_r + 2 * i * s.lora_r * o for i, o in layers) / \
-            (sequences(s) * s.max_length)
+        f += (
+            passes
+            * s.layers
+            * sum(2 * i * i * s.lora_r + 2 * i * s.lora_r * o for i, o in layers)
+            / (sequences(s) * s.max_length)
+        )
         if s.lora_dropout > 0:  # the base matmul again on the dropped-out input, and its input gradient
             f += 4 * s.layers * sum(i * o for i, o in layers)
     return f

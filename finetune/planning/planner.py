@@ -5,6 +5,7 @@ The memory model counts what PyTorch's allocator holds at the peak of a training
 weights by precision, LoRA state, and the tensors autograd saves, module by module; then allocator reserve and
 CUDA context for what the card must hold. Error against every recorded peak: bench/plan_calibration.md.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -137,8 +138,9 @@ def memory(s: Setup) -> Estimate:
     kind = {"nf4": "NF4", "fp4": "FP4", "int8": "int8", "none": f"{8 * s.dtype_bytes}-bit"}[s.quant]
     dq = " + double quant" if s.quant in ("nf4", "fp4") and s.double_quant else ""
     parts[f"base weights ({kind}{dq}, {weight_bits(s):.3f} bits)"] = n["layers"] * weight_bits(s) / 8 / shard_w
-    parts[f"embeddings + lm_head + norms ({8 * other_bytes}-bit)"] = \
+    parts[f"embeddings + lm_head + norms ({8 * other_bytes}-bit)"] = (
         (n["embed_head"] + n["norms"]) * other_bytes / shard_w
+    )
     if shard_w > 1:  # FSDP/ZeRO-3 gathers one decoder layer at a time, and prefetches the next
         parts["gathered layers (FSDP: current + prefetched)"] = 2 * n["layers"] / s.layers * weight_bits(s) / 8
     parts[f"LoRA parameters (r={s.lora_r}, {n['lora'] / 1e6:.1f}M, float32)"] = n["lora"] * 4 / shard_state
@@ -161,16 +163,18 @@ def memory(s: Setup) -> Estimate:
     if s.offload_activations:
         parts["activations (offloaded to CPU: two layers in flight)"] = 2 * layer
     elif ckpt:  # the rest of the layers keep their activations
-        parts[f"checkpointed layer inputs ({ckpt} layers x {tokens} tokens{where})"] = \
+        parts[f"checkpointed layer inputs ({ckpt} layers x {tokens} tokens{where})"] = (
             (min(2, ckpt) if where else ckpt) * tokens * res * s.hidden
+        )
         transients["one recomputed layer (checkpointing)"] = layer
     if s.layers > ckpt and not s.offload_activations:
         parts[f"activations ({s.layers - ckpt} layers x {tokens} tokens, no checkpointing)"] = (s.layers - ckpt) * layer
     methods.add(s, parts, transients, tokens, logits_bytes(s, tokens))  # reference pass and adapter, DoRA
     longctx.add(s, parts)  # packed rows' SDPA mask, LongLoRA's embeddings and norms
     if s.quant == "none" and s.checkpointing and s.dtype_bytes == 2:  # fitted on two H100 rows; cause not found
-        parts["16-bit base + checkpointing: measured excess (24.5% of base weights)"] = \
+        parts["16-bit base + checkpointing: measured excess (24.5% of base weights)"] = (
             BF16_CHECKPOINTING_EXCESS * n["layers"] * s.dtype_bytes / shard_w
+        )
     label, peak = max(transients.items(), key=lambda kv: kv[1])
     parts[f"peak transient: {label}"] = peak
     allocated = sum(parts.values())
@@ -197,9 +201,18 @@ def flops_per_token(s: Setup) -> float:
 
 # Dense bf16 tensor-core peak (spec, FLOP/s) and memory (GiB, as torch reports it) of common cards.
 GPUS = {
-    "h100": (989.4e12, 79.6), "h100-pcie": (756e12, 79.6), "h200": (989.4e12, 139.8), "a100-80gb": (312e12, 79.3),
-    "a100-40gb": (312e12, 39.4), "l40s": (362e12, 44.4), "a6000": (154.8e12, 47.5), "a10": (125e12, 22.1),
-    "l4": (121e12, 22.0), "rtx4090": (165.2e12, 23.6), "rtx3090": (71e12, 23.6), "t4": (65e12, 14.6),
+    "h100": (989.4e12, 79.6),
+    "h100-pcie": (756e12, 79.6),
+    "h200": (989.4e12, 139.8),
+    "a100-80gb": (312e12, 79.3),
+    "a100-40gb": (312e12, 39.4),
+    "l40s": (362e12, 44.4),
+    "a6000": (154.8e12, 47.5),
+    "a10": (125e12, 22.1),
+    "l4": (121e12, 22.0),
+    "rtx4090": (165.2e12, 23.6),
+    "rtx3090": (71e12, 23.6),
+    "t4": (65e12, 14.6),
 }
 
 

@@ -2,6 +2,7 @@
 
 Used by `finetune/plan.py` (the report) and by `finetune/train.py` (the same check, before weights load).
 """
+
 from __future__ import annotations
 
 import os
@@ -51,18 +52,36 @@ def card(plan, cuda: bool) -> Card:
 
 def setup(cfg: TrainConfig, gpus: int, sharding: str) -> Setup:
     arch, trainer, quant = cfg.model.arch, cfg.trainer, cfg.quant
-    return Setup(hidden=arch.hidden_size, ffn=arch.intermediate_size, layers=arch.num_layers, heads=arch.num_heads,
-                 kv_heads=arch.num_kv_heads, vocab=arch.vocab_size, quant=quant.mode, double_quant=quant.double_quant,
-                 upcast_fp32=quant.upcast_fp32, dtype_bytes=4 if cfg.model.dtype == "float32" else 2,
-                 lora_r=cfg.lora.r, lora_modules=tuple(cfg.lora.target_modules), lora_dropout=cfg.lora.dropout,
-                 optim=trainer.optim, micro_batch=trainer.micro_batch_size, max_length=cfg.data.max_length,
-                 checkpointing=trainer.gradient_checkpointing is not False,  # None: on with CUDA; this is a GPU plan
-                 packing=trainer.packing, liger=trainer.liger,
-                 offload_activations=trainer.activation_offloading,
-                 eager_attention=cfg.model.attn_implementation == "eager", kind=trainer.kind,
-                 dora=cfg.lora.use_dora, precompute_ref=trainer.precompute_ref, gpus=gpus, sharding=sharding,
-                 attention=cfg.model.attn_implementation,
-                 train_embeddings_and_norms=cfg.lora.train_embeddings_and_norms)
+    return Setup(
+        hidden=arch.hidden_size,
+        ffn=arch.intermediate_size,
+        layers=arch.num_layers,
+        heads=arch.num_heads,
+        kv_heads=arch.num_kv_heads,
+        vocab=arch.vocab_size,
+        quant=quant.mode,
+        double_quant=quant.double_quant,
+        upcast_fp32=quant.upcast_fp32,
+        dtype_bytes=4 if cfg.model.dtype == "float32" else 2,
+        lora_r=cfg.lora.r,
+        lora_modules=tuple(cfg.lora.target_modules),
+        lora_dropout=cfg.lora.dropout,
+        optim=trainer.optim,
+        micro_batch=trainer.micro_batch_size,
+        max_length=cfg.data.max_length,
+        checkpointing=trainer.gradient_checkpointing is not False,  # None: on with CUDA; this is a GPU plan
+        packing=trainer.packing,
+        liger=trainer.liger,
+        offload_activations=trainer.activation_offloading,
+        eager_attention=cfg.model.attn_implementation == "eager",
+        kind=trainer.kind,
+        dora=cfg.lora.use_dora,
+        precompute_ref=trainer.precompute_ref,
+        gpus=gpus,
+        sharding=sharding,
+        attention=cfg.model.attn_implementation,
+        train_embeddings_and_norms=cfg.lora.train_embeddings_and_norms,
+    )
 
 
 PLAN_KEYS = ("model.arch", "lora", "trainer", "quant", "plan")  # what the arithmetic reads
@@ -99,16 +118,25 @@ def suggestions(run_setup: Setup, gpu: Card, grad_accum: int) -> list[tuple[str,
     if planner.optimizer_bytes(run_setup.optim) > 2:
         out.append(("trainer.optim=paged_adamw_8bit", run_setup.but(optim="paged_adamw_8bit")))
     if longctx.mask_bytes(run_setup):  # packed rows: flash attention runs them as variable-length sequences, no mask
-        out.append(("model.attn_implementation=flash_attention_2  (pip install flash-attn)",
-                    run_setup.but(attention="flash_attention_2")))
+        out.append(
+            (
+                "model.attn_implementation=flash_attention_2  (pip install flash-attn)",
+                run_setup.but(attention="flash_attention_2"),
+            )
+        )
     for length in range((run_setup.max_length - 1) // 256 * 256, 255, -256):
         if fits(run_setup.but(max_length=length), gpu) or length == 256:
             out.append((f"data.max_length={length}", run_setup.but(max_length=length)))
             break
     for n in (2, 4, 8, 16, 32):
         if n > run_setup.gpus and (fits(run_setup.but(gpus=n, sharding="fsdp"), gpu) or n == 32):
-            out.append((f"{n} GPUs with FSDP: accelerate launch --config_file launch/accelerate/fsdp_qlora.yaml "
-                        f"--num_processes {n} finetune/train.py ...", run_setup.but(gpus=n, sharding="fsdp")))
+            out.append(
+                (
+                    f"{n} GPUs with FSDP: accelerate launch --config_file launch/accelerate/fsdp_qlora.yaml "
+                    f"--num_processes {n} finetune/train.py ...",
+                    run_setup.but(gpus=n, sharding="fsdp"),
+                )
+            )
             break
     found = [(label, new) for label, new in out if fits(new, gpu)]
     same_gpus = [(label, new) for label, new in out if new.gpus == run_setup.gpus]
@@ -133,41 +161,60 @@ def report(cfg: TrainConfig, run_setup: Setup, gpu: Card, utilization: float) ->
     est = planner.memory(run_setup)
     ok = est.need <= gpu.memory
     base = "16-bit base" if run_setup.quant == "none" else f"{run_setup.quant.upper()} base"
-    lines = [f"plan: {cfg.model.name}, LoRA r={run_setup.lora_r} ({base}), {run_setup.kind}, "
-             f"micro-batch {run_setup.micro_batch} x {run_setup.max_length} tokens, "
-             f"checkpointing {'on' if run_setup.checkpointing else 'off'}, "
-             f"{run_setup.gpus} GPU{'s' if run_setup.gpus > 1 else ''} ({run_setup.sharding})",
-             f"GPU: {gpu.memory / GiB:.1f} GiB each ({gpu.source})", "", "memory per GPU".ljust(70) + "GiB"]
+    lines = [
+        f"plan: {cfg.model.name}, LoRA r={run_setup.lora_r} ({base}), {run_setup.kind}, "
+        f"micro-batch {run_setup.micro_batch} x {run_setup.max_length} tokens, "
+        f"checkpointing {'on' if run_setup.checkpointing else 'off'}, "
+        f"{run_setup.gpus} GPU{'s' if run_setup.gpus > 1 else ''} ({run_setup.sharding})",
+        f"GPU: {gpu.memory / GiB:.1f} GiB each ({gpu.source})",
+        "",
+        "memory per GPU".ljust(70) + "GiB",
+    ]
     lines += [f"  {label}".ljust(70) + f"{b / GiB:6.2f}" for label, b in est.parts.items()]
-    lines += ["  total".ljust(70) + f"{est.need / GiB:6.2f}",
-              f"  (peak allocated by PyTorch: {est.allocated / GiB:.2f} GiB)", ""]
+    lines += [
+        "  total".ljust(70) + f"{est.need / GiB:6.2f}",
+        f"  (peak allocated by PyTorch: {est.allocated / GiB:.2f} GiB)",
+        "",
+    ]
     margin = gpu.memory - est.need
     if ok:
-        lines.append(f"verdict: FITS, {est.need / GiB:.1f} of {gpu.memory / GiB:.1f} GiB per GPU "
-                     f"(margin {margin / GiB:.1f} GiB, {margin / gpu.memory:.0%})")
+        lines.append(
+            f"verdict: FITS, {est.need / GiB:.1f} of {gpu.memory / GiB:.1f} GiB per GPU "
+            f"(margin {margin / GiB:.1f} GiB, {margin / gpu.memory:.0%})"
+        )
     else:
-        lines.append(f"verdict: DOES NOT FIT, needs {est.need / GiB:.1f} GiB per GPU, has {gpu.memory / GiB:.1f} "
-                     f"(short by {-margin / GiB:.1f} GiB)")
+        lines.append(
+            f"verdict: DOES NOT FIT, needs {est.need / GiB:.1f} GiB per GPU, has {gpu.memory / GiB:.1f} "
+            f"(short by {-margin / GiB:.1f} GiB)"
+        )
     tps = planner.tokens_per_second(run_setup, gpu.peak_flops, utilization)
-    lines.append(f"speed: ~{tps:,.0f} tokens/s per GPU, ~{tps * run_setup.gpus:,.0f} in all "
-                 f"({est.flops_per_token / 1e9:.1f} GFLOP/token at {utilization:.1%} of "
-                 f"{gpu.peak_flops / 1e12:.0f} TFLOP/s, {gpu.name}"
-                 + (f", Liger x{planner.LIGER_SPEEDUP}" if run_setup.liger else "") + ")")
+    lines.append(
+        f"speed: ~{tps:,.0f} tokens/s per GPU, ~{tps * run_setup.gpus:,.0f} in all "
+        f"({est.flops_per_token / 1e9:.1f} GFLOP/token at {utilization:.1%} of "
+        f"{gpu.peak_flops / 1e12:.0f} TFLOP/s, {gpu.name}"
+        + (f", Liger x{planner.LIGER_SPEEDUP}" if run_setup.liger else "")
+        + ")"
+    )
     lines += [f"note: {n}" for n in est.notes]
     if run_setup.max_length > LONG:  # long context: the verdict on the common card sizes, and how long fits on each
         lines += [f"at {run_setup.max_length} tokens on one GPU of:"] + longctx.card_lines(
-            run_setup, lambda x: planner.memory(x).need, lambda x, size: planner.memory(x).need <= size)
+            run_setup, lambda x: planner.memory(x).need, lambda x, size: planner.memory(x).need <= size
+        )
     if not ok:
         found = suggestions(run_setup, gpu, cfg.trainer.grad_accum)
         lines.append("changes that fit (each estimated):" if found else "no change the planner knows makes it fit")
         for label, new in found:
             e = planner.memory(new)
-            lines.append(f"  {label}\n      -> {e.need / GiB:.1f} GiB (margin {(gpu.memory - e.need) / GiB:.1f} GiB), "
-                         f"~{planner.tokens_per_second(new, gpu.peak_flops, utilization):,.0f} tokens/s per GPU")
+            lines.append(
+                f"  {label}\n      -> {e.need / GiB:.1f} GiB (margin {(gpu.memory - e.need) / GiB:.1f} GiB), "
+                f"~{planner.tokens_per_second(new, gpu.peak_flops, utilization):,.0f} tokens/s per GPU"
+            )
     elif run_setup.checkpointing and fits(run_setup.but(checkpointing=False), gpu):
         faster = run_setup.but(checkpointing=False)
-        lines.append(f"also fits: trainer.gradient_checkpointing=false -> {planner.memory(faster).need / GiB:.1f} "
-                     f"GiB, ~{planner.tokens_per_second(faster, gpu.peak_flops, utilization):,.0f} tokens/s per GPU")
+        lines.append(
+            f"also fits: trainer.gradient_checkpointing=false -> {planner.memory(faster).need / GiB:.1f} "
+            f"GiB, ~{planner.tokens_per_second(faster, gpu.peak_flops, utilization):,.0f} tokens/s per GPU"
+        )
     return ok, "\n".join(lines)
 
 
@@ -207,8 +254,9 @@ def budget_plan(cfg: TrainConfig):
         return None
     if str(tcfg.memory_budget).lower() == "auto":
         if not cuda:
-            raise ConfigError(["trainer.memory_budget=auto reads the GPU's free memory and there is no GPU; give a "
-                               "size like 40GB"])
+            raise ConfigError(
+                ["trainer.memory_budget=auto reads the GPU's free memory and there is no GPU; give a size like 40GB"]
+            )
         size, what = torch.cuda.mem_get_info()[0], "trainer.memory_budget=auto, the GPU's free memory"
     else:
         size = parse_size(tcfg.memory_budget, "trainer.memory_budget", "G", "a size like 40GB, or auto")

@@ -7,6 +7,7 @@ meta-llama/Llama-2-13b-hf), and the body names the folder. A card is published: 
 (paths relative to the run or to the toolkit's checkout, else `.../<last part>`), so the author's directory layout
 stays home.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,12 @@ def base_of(cfg: TrainConfig, adapter_dir: Path | None = None) -> Base:
     if adapter_dir is not None and (adapter_dir / "adapter_config.json").is_file():
         path = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path") or path
     if cfg.model.random_init:
-        return Base(None, path, f"a randomly initialised Llama 2 architecture ({cfg.model.name}, seed "
-                                f"{cfg.model.seed}): a toy for demos and tests, not a language model")
+        return Base(
+            None,
+            path,
+            f"a randomly initialised Llama 2 architecture ({cfg.model.name}, seed "
+            f"{cfg.model.seed}): a toy for demos and tests, not a language model",
+        )
     if not looks_local(path):
         return Base(path, path, f"[{path}](https://huggingface.co/{path})")
     named = CONFIGS_DIR / "model" / f"{cfg.model.name}.yaml"
@@ -48,8 +53,12 @@ def base_of(cfg: TrainConfig, adapter_dir: Path | None = None) -> Base:
 
 
 # the card's result table: metrics.jsonl key, label
-RESULTS = (("loss", "final train loss"), ("eval_loss", "final eval loss"), ("step", "steps"),
-           ("train_runtime", "train runtime (s)"))
+RESULTS = (
+    ("loss", "final train loss"),
+    ("eval_loss", "final eval loss"),
+    ("step", "steps"),
+    ("train_runtime", "train runtime (s)"),
+)
 
 
 def final_metrics(run_dir: Path) -> dict:
@@ -83,8 +92,9 @@ def variants(cfg: TrainConfig, adapter_dir: Path | None = None) -> list[tuple[st
         out.append(("rslora", "rsLoRA (scale alpha/sqrt(r))"))
     if lora.init in ("pissa", "olora"):
         name = {"pissa": "PiSSA", "olora": "OLoRA"}[lora.init]
-        out.append((lora.init, f"{name} initialisation, saved converted to a plain LoRA of rank 2r on the original "
-                               "base"))
+        out.append(
+            (lora.init, f"{name} initialisation, saved converted to a plain LoRA of rank 2r on the original base")
+        )
     elif lora.init != "default":
         text = "LoftQ initialisation over the 4-bit base" if lora.init == "loftq" else "gaussian init"
         out.append((lora.init, text))
@@ -106,8 +116,12 @@ def metadata(cfg: TrainConfig, base: Base, kind: str, run_dir: Path | None = Non
             tags.append(f"base_model:adapter:{base.hub_id}")
     if kind == "gguf":  # the Hub lists a repository with .gguf files and these tags as a GGUF repository
         tags += ["gguf", "llama.cpp", "ollama", *gguf_types(run_dir)]
-    meta = {"license": "llama2", "library_name": {"adapter": "peft", "gguf": "gguf"}.get(kind, "transformers"),
-            "pipeline_tag": "text-generation", "tags": tags}
+    meta = {
+        "license": "llama2",
+        "library_name": {"adapter": "peft", "gguf": "gguf"}.get(kind, "transformers"),
+        "pipeline_tag": "text-generation",
+        "tags": tags,
+    }
     if kind == "gguf":
         meta["quantization"] = gguf_types(run_dir)
     if base.hub_id:
@@ -131,13 +145,23 @@ def render(run_dir: Path, kind: str, merge_section: str = "", adapter_dir: Path 
     base = base_of(cfg, adapter_dir or run_dir / "adapter")
     final = final_metrics(run_dir)
     card = ModelCard.from_template(
-        ModelCardData(**metadata(cfg, base, kind, run_dir)), template_path=str(TEMPLATE), kind=kind, cfg=cfg,
-        run_name=run_dir.name, base=base, method=METHODS[cfg.trainer.kind], context=rope.describe(cfg.model),
+        ModelCardData(**metadata(cfg, base, kind, run_dir)),
+        template_path=str(TEMPLATE),
+        kind=kind,
+        cfg=cfg,
+        run_name=run_dir.name,
+        base=base,
+        method=METHODS[cfg.trainer.kind],
+        context=rope.describe(cfg.model),
         variants=[text for _, text in variants(cfg, adapter_dir or run_dir / "adapter")],
-        results=[(label, final.get(key, "n/a")) for key, label in RESULTS], merge_section=merge_section,
+        results=[(label, final.get(key, "n/a")) for key, label in RESULTS],
+        merge_section=merge_section,
         benchmarks=(section + "\n") if kind != "gguf" and (section := benchmarks.card_section(run_dir)) else "",
-        prompt=prompt_example(cfg.data.system_prompt), base_ref=base.hub_id or f"path/to/{Path(base.path).name}",
-        quantization_config=quant_snippet(cfg), config_yaml=(run_dir / "config.yaml").read_text().rstrip())
+        prompt=prompt_example(cfg.data.system_prompt),
+        base_ref=base.hub_id or f"path/to/{Path(base.path).name}",
+        quantization_config=quant_snippet(cfg),
+        config_yaml=(run_dir / "config.yaml").read_text().rstrip(),
+    )
     return ModelCard(without_local_paths(card.content, run_dir)).content
 
 
@@ -158,8 +182,10 @@ def quant_snippet(cfg: TrainConfig) -> str | None:
     if quant.mode == "int8":
         return "BitsAndBytesConfig(load_in_8bit=True)"
     storage = f", bnb_4bit_quant_storage=torch.{quant.storage_dtype}" if quant.storage_dtype else ""
-    return (f'BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="{quant.mode}", bnb_4bit_use_double_quant='
-            f"{bool(quant.double_quant)}, bnb_4bit_compute_dtype=torch.{cfg.model.dtype}{storage})")
+    return (
+        f'BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="{quant.mode}", bnb_4bit_use_double_quant='
+        f"{bool(quant.double_quant)}, bnb_4bit_compute_dtype=torch.{cfg.model.dtype}{storage})"
+    )
 
 
 def is_absolute(value) -> bool:

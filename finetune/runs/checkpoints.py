@@ -5,6 +5,7 @@ writing its part, rank 0 renames it into place (one atomic rename) and deletes a
 killed mid-save leaves its half-written folder under .incomplete/, which is never read and is cleared at the
 next start.
 """
+
 from __future__ import annotations
 
 import json
@@ -130,8 +131,9 @@ def convert(peft_model, out: Path, initial: Path) -> bool:
     when the run has no initial adapter to convert against (every other initialisation)."""
     if not (initial / "adapter_config.json").is_file():
         return False
-    peft_model.save_pretrained(str(out), selected_adapters=[peft_model.active_adapter],
-                               path_initial_model_for_weight_conversion=str(initial))
+    peft_model.save_pretrained(
+        str(out), selected_adapters=[peft_model.active_adapter], path_initial_model_for_weight_conversion=str(initial)
+    )
     shutil.rmtree(initial, ignore_errors=True)
     return True
 

@@ -3,6 +3,7 @@ so export (its verification prompts and perplexity sequences), chat and evaluate
 the first examples of the data (held-out ones first, as the data build kept them) and the base model as
 training resolved it (absolute local folder, or Hub id and revision).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,12 @@ def write(run_dir: Path, head: list, cfg) -> None:
     """Rank 0 writes <run>/inputs.json (aside, then renamed: a reader never sees half of it)."""
     if not dist.is_main():
         return
-    record = Inputs(examples=list(head[:KEEP]), data=str(cfg.data.path), base_path=str(cfg.model.path),
-                    base_revision=cfg.model.revision)
+    record = Inputs(
+        examples=list(head[:KEEP]),
+        data=str(cfg.data.path),
+        base_path=str(cfg.model.path),
+        base_revision=cfg.model.revision,
+    )
     tmp = Path(run_dir) / (FILE + ".tmp")
     tmp.write_text(json.dumps(asdict(record), ensure_ascii=False, indent=1) + "\n")
     tmp.replace(Path(run_dir) / FILE)

@@ -9,6 +9,7 @@ Readers (export, chat, evaluate, publish) hold the run shared: each writes <run>
 as long as it runs. A training job does not start on a run while a live reader holds it (overwrite=true would
 replace the adapter under an export that is merging it), and a reader does not start while a job writes it.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -32,8 +33,12 @@ class RunInUse(UserError):
 
 
 def me() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "job": os.environ.get("SLURM_JOB_ID"),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "job": os.environ.get("SLURM_JOB_ID"),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def holder_gone(held: dict, age_s: float) -> str | None:
@@ -67,19 +72,24 @@ def acquire(run_dir: Path) -> str | None:
             held, age = {}, STALE_S + 1  # half-written by a killed process
         why = holder_gone(held, age)
         if why is None and held.get("pid") != os.getpid():
-            raise ConfigError([f"output_dir={run_dir} is in use by another job (host {held.get('host')}, PID "
-                               f"{held.get('pid')}, started {held.get('started')}): wait for it to end, or "
-                               "choose another output_dir="]) from None
-        note = (f"run lock: took over {path} from host {held.get('host')} PID {held.get('pid')} ({why})"
-                if why else None)
+            raise ConfigError(
+                [
+                    f"output_dir={run_dir} is in use by another job (host {held.get('host')}, PID "
+                    f"{held.get('pid')}, started {held.get('started')}): wait for it to end, or "
+                    "choose another output_dir="
+                ]
+            ) from None
+        note = f"run lock: took over {path} from host {held.get('host')} PID {held.get('pid')} ({why})" if why else None
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     with os.fdopen(fd, "w") as fh:
         fh.write(json.dumps(me()))
     if reader := live_reader(Path(run_dir)):
         release(run_dir)
-        raise RunInUse(f"output_dir={run_dir} is being read by {reader.get('command', 'another process')} (host "
-                       f"{reader.get('host')}, PID {reader.get('pid')}, started {reader.get('started')}): wait for "
-                       "it to end, then start again")
+        raise RunInUse(
+            f"output_dir={run_dir} is being read by {reader.get('command', 'another process')} (host "
+            f"{reader.get('host')}, PID {reader.get('pid')}, started {reader.get('started')}): wait for "
+            "it to end, then start again"
+        )
     atexit.register(release, run_dir)
     threading.Thread(target=refresh, args=(path, os.getpid()), daemon=True).start()
     return note
@@ -94,9 +104,11 @@ def share(run_dir: Path, command: str) -> None:
     atexit.register(path.unlink, missing_ok=True)
     if writer := live_holder(Path(run_dir) / LOCK):
         path.unlink(missing_ok=True)
-        raise RunInUse(f"run={run_dir} is being written by a training job (host {writer.get('host')}, PID "
-                       f"{writer.get('pid')}, started {writer.get('started')}): wait for it to end, then run "
-                       f"{command} again")
+        raise RunInUse(
+            f"run={run_dir} is being written by a training job (host {writer.get('host')}, PID "
+            f"{writer.get('pid')}, started {writer.get('started')}): wait for it to end, then run "
+            f"{command} again"
+        )
     threading.Thread(target=refresh, args=(path, os.getpid()), daemon=True).start()
 
 

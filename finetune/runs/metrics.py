@@ -1,4 +1,5 @@
 """metrics.jsonl (one JSON line per logging step) and loss.png, written by rank 0 only."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,7 @@ class MetricsCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         now, b = time.perf_counter(), self.before
-        row = {"step": state.global_step, "epoch": state.epoch, "time_s": round(b["time_s"] + now - self.t0, 3),
-               **logs}
+        row = {"step": state.global_step, "epoch": state.epoch, "time_s": round(b["time_s"] + now - self.t0, 3), **logs}
         tokens = logs.get("num_tokens")
         if tokens is not None and now > self.last[0]:
             row["tokens_per_s"] = (tokens - self.last[1]) / (now - self.last[0])
@@ -47,8 +47,13 @@ class MetricsCallback(TrainerCallback):
         if self.perplexity and "eval_loss" in logs:
             row["eval_perplexity"] = math.exp(logs["eval_loss"])
         # the trackers' callbacks read the same dict after this one (`first`): they get what metrics.jsonl gets
-        logs.update({k: row[k] for k in ("tokens_per_s", "num_tokens", "eval_perplexity", "train_loss",
-                                         "train_runtime") if k in row})
+        logs.update(
+            {
+                k: row[k]
+                for k in ("tokens_per_s", "num_tokens", "eval_perplexity", "train_loss", "train_runtime")
+                if k in row
+            }
+        )
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
 
@@ -112,8 +117,9 @@ def plot_loss(metrics_path: Path, out: Path) -> None:
     fig, axes = plt.subplots(1, 2 if acc else 1, figsize=(11 if acc else 7, 4), squeeze=False)
     panels = [(axes[0][0], "loss", (("loss", "train loss"), ("eval_loss", "eval loss")))]
     if acc:
-        panels.append((axes[0][1], "reward accuracy", (("rewards/accuracies", "train"),
-                                                       ("eval_rewards/accuracies", "eval"))))
+        panels.append(
+            (axes[0][1], "reward accuracy", (("rewards/accuracies", "train"), ("eval_rewards/accuracies", "eval")))
+        )
     for ax, ylabel, series in panels:
         for key, label in series:
             pts = [(r["step"], r[key]) for r in rows if key in r]

@@ -4,6 +4,7 @@ Layout: <run>/config.yaml, <run>/inputs.json (see `inputs`), <run>/checkpoints/c
 see `checkpoints`), <run>/adapter/, <run>/metrics.jsonl, <run>/wandb_run_id. chat, evaluate, export and publish
 read a run through `run_config` and `finished` here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,15 +25,30 @@ WANDB_ID_FILE = "wandb_run_id"  # training.tracking keeps the wandb run id there
 LORA_INIT = "lora_init"  # PiSSA/OLoRA: the adapter as initialised, until the final save converts against it
 # Folders derived from adapter/ by export.py, each with a verification.json recording the adapter's hash, and the
 # command that derives it again.
-DERIVED = {"merged": "python finetune/export.py run={run} merge=true",
-           "gguf": "python finetune/export.py run={run} format=gguf{types}"}
+DERIVED = {
+    "merged": "python finetune/export.py run={run} merge=true",
+    "gguf": "python finetune/export.py run={run} format=gguf{types}",
+}
 
 
 # Keys a resumed run may change: where it logs and how often, and how long it goes on (more steps continue the
 # schedule from the checkpoint's step; config.yaml then records the new length), never what it trains.
-RESUMABLE = ("output_dir", "resume", "overwrite", "tracking.", "plan.", "eval.samples", "eval.max_new_tokens",
-             "eval.prompts", "data.cache", "data.num_proc", "trainer.logging_steps", "trainer.save_total_limit",
-             "trainer.dataloader_workers", "trainer.max_steps")
+RESUMABLE = (
+    "output_dir",
+    "resume",
+    "overwrite",
+    "tracking.",
+    "plan.",
+    "eval.samples",
+    "eval.max_new_tokens",
+    "eval.prompts",
+    "data.cache",
+    "data.num_proc",
+    "trainer.logging_steps",
+    "trainer.save_total_limit",
+    "trainer.dataloader_workers",
+    "trainer.max_steps",
+)
 
 
 def check(cfg) -> list[str]:
@@ -43,9 +59,11 @@ def check(cfg) -> list[str]:
     if out.exists() and not out.is_dir():
         return [f"output_dir={cfg.output_dir} is a file; give a folder for the run (it is created if missing)"]
     if finished(out) and not cfg.overwrite and cfg.resume:
-        return [f"output_dir={cfg.output_dir} already holds a finished run (adapter/ exists); "
-                "choose a new output_dir=, pass resume=false (starts over in a new directory beside it) "
-                "or overwrite=true (replaces it)"]
+        return [
+            f"output_dir={cfg.output_dir} already holds a finished run (adapter/ exists); "
+            "choose a new output_dir=, pass resume=false (starts over in a new directory beside it) "
+            "or overwrite=true (replaces it)"
+        ]
     if cfg.resume and not cfg.overwrite and latest(out) and (out / "config.yaml").is_file():
         return changed_settings(out, cfg)
     return []
@@ -58,12 +76,17 @@ def changed_settings(run: Path, dict_cfg) -> list[str]:
     stored = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(run / "config.yaml"))
     old = dict(config.flatten(OmegaConf.to_container(stored, resolve=True)))
     new = dict(config.flatten(OmegaConf.to_container(OmegaConf.create(config.to_yaml(dict_cfg)), resolve=True)))
-    diffs = [f"{k}: {old.get(k, '(unset)')} in the checkpoint's run, {new.get(k, '(unset)')} now"
-             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not k.startswith(RESUMABLE)]
+    diffs = [
+        f"{k}: {old.get(k, '(unset)')} in the checkpoint's run, {new.get(k, '(unset)')} now"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k) and not k.startswith(RESUMABLE)
+    ]
     if not diffs:
         return []
-    return [f"output_dir={run} resumes a run trained with other settings ({'; '.join(diffs)}); run it with the "
-            "same settings, or start over: resume=false (a new directory beside it) or overwrite=true"]
+    return [
+        f"output_dir={run} resumes a run trained with other settings ({'; '.join(diffs)}); run it with the "
+        "same settings, or start over: resume=false (a new directory beside it) or overwrite=true"
+    ]
 
 
 def finished(run_dir: Path) -> bool:
@@ -74,8 +97,9 @@ def run_config(run_dir: Path) -> TrainConfig:
     """The run's resolved config.yaml as the schema object (fields added to the schema since take defaults)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        raise ConfigError([f"run={run_dir}: no config.yaml there; point run= at a training run directory "
-                           "(outputs/<run>)"])
+        raise ConfigError(
+            [f"run={run_dir}: no config.yaml there; point run= at a training run directory (outputs/<run>)"]
+        )
     try:
         merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path))
     except Exception as exc:  # omegaconf's key and type errors name the key
@@ -90,8 +114,10 @@ def run_problems(run: Path, merged: bool = False) -> list[str]:
     if not finished(run):
         return [f"run={run}: no adapter/ yet (training unfinished?); wait for the run to end, or point at another"]
     if merged and not (run / "merged" / "config.json").is_file():
-        return [f"run={run}: no merged/ weights; run `python finetune/export.py run={run} merge=true` first, "
-                "or drop merged=true to load base + adapter"]
+        return [
+            f"run={run}: no merged/ weights; run `python finetune/export.py run={run} merge=true` first, "
+            "or drop merged=true to load base + adapter"
+        ]
     if merged and (stale := derived_problem(run, "merged")):
         return [stale]
     return []
@@ -126,8 +152,11 @@ def derived_problem(run: Path, what: str) -> str | None:
         return None
     types = sorted({str(f.get("type")) for f in files_of(run / what)})
     fix = DERIVED[what].format(run=run, types=f" gguf.type=[{','.join(types)}]" if types else "")
-    why = (f"was derived from another adapter (sha256 {recorded[:12]}; adapter/ is now {current[:12]})" if recorded
-           else "records no adapter hash, so it may come from another adapter")
+    why = (
+        f"was derived from another adapter (sha256 {recorded[:12]}; adapter/ is now {current[:12]})"
+        if recorded
+        else "records no adapter hash, so it may come from another adapter"
+    )
     return f"run={run}: {what}/ {why}; derive it again from the current adapter: `{fix}`"
 
 

@@ -1,6 +1,7 @@
 """One way to fill a cache folder: under a file lock, written aside and renamed into place, so concurrent
 ranks (or jobs, or nodes sharing the filesystem) never see half of it and a process killed mid-write leaves
 only a temporary folder, which the next builder removes."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def build_once(path: Path, ready: Callable[[Path], bool], write: Callable[[Path], None],
-               waiting: Callable[[], None] | None = None) -> bool:
+def build_once(
+    path: Path, ready: Callable[[Path], bool], write: Callable[[Path], None], waiting: Callable[[], None] | None = None
+) -> bool:
     """Make `path` by `write(tmp)` unless `ready(path)`; True when this call built it. A stale folder that is
     not ready (an older format) is replaced. Other processes asking for the same path wait on the lock (after
     calling `waiting`, when the lock is held)."""

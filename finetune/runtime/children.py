@@ -4,6 +4,7 @@ manager are forked and would outlive a parent killed with -9 (they wait on pipes
 Inside `bound()`, every process forked by this one asks the kernel for SIGKILL when its parent dies
 (prctl PR_SET_PDEATHSIG on Linux; elsewhere a thread that watches the parent's PID).
 """
+
 from __future__ import annotations
 
 import contextlib

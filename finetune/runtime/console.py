@@ -1,4 +1,5 @@
 """What a run prints: one clear error instead of a traceback for bad input, and rank-0-only messages."""
+
 from __future__ import annotations
 
 import contextlib

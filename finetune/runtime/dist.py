@@ -1,4 +1,5 @@
 """Ranks through accelerate's `PartialState`, and the sharding `accelerate launch` set up (read from its env)."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """A peft LoRA adapter folder as the streaming merge reads it: LoRA pairs, DoRA magnitudes and modules trained in
 full (modules_to_save: LongLoRA's embeddings and norms), with what the merge cannot reproduce refused."""
+
 from __future__ import annotations
 
 import json
@@ -48,14 +49,19 @@ def read_adapter(adapter_dir: Path) -> Lora:
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     if cfg.get("peft_type") != "LORA":
         raise MergeError(f"{adapter_dir}: peft_type={cfg.get('peft_type')}; only LoRA adapters can be merged")
-    unsupported = [k for k in ("fan_in_fan_out", "lora_bias", "rank_pattern", "alpha_pattern",
-                               "trainable_token_indices") if cfg.get(k)]
+    unsupported = [
+        k
+        for k in ("fan_in_fan_out", "lora_bias", "rank_pattern", "alpha_pattern", "trainable_token_indices")
+        if cfg.get(k)
+    ]
     if (init := str(cfg.get("init_lora_weights"))).startswith(("pissa", "olora", "corda", "loftq")):
         unsupported.append(f"init_lora_weights={init}")
     if unsupported:
-        raise MergeError(f"{adapter_dir}/adapter_config.json sets {unsupported}: the streaming merge handles "
-                         "LoRA and DoRA on the original base (an unconverted PiSSA/OLoRA adapter belongs to a "
-                         "changed base); merge this adapter with peft's merge_and_unload instead")
+        raise MergeError(
+            f"{adapter_dir}/adapter_config.json sets {unsupported}: the streaming merge handles "
+            "LoRA and DoRA on the original base (an unconverted PiSSA/OLoRA adapter belongs to a "
+            "changed base); merge this adapter with peft's merge_and_unload instead"
+        )
     r, alpha = cfg["r"], cfg["lora_alpha"]
     scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
     halves: dict[str, dict[str, torch.Tensor]] = {}
@@ -68,8 +74,10 @@ def read_adapter(adapter_dir: Path) -> Lora:
                 continue
             m = LORA_KEY_RE.match(key)
             if not m or (m.group(3) and not cfg.get("use_dora")):
-                raise MergeError(f"{adapter_dir}: unexpected tensor {key} in the adapter (not a LoRA A/B matrix"
-                                 f"{' or a DoRA magnitude' if cfg.get('use_dora') else ''})")
+                raise MergeError(
+                    f"{adapter_dir}: unexpected tensor {key} in the adapter (not a LoRA A/B matrix"
+                    f"{' or a DoRA magnitude' if cfg.get('use_dora') else ''})"
+                )
             if m.group(3):
                 magnitudes[m.group(1) + ".weight"] = fh.get_tensor(key)
             else:
@@ -80,11 +88,15 @@ def read_adapter(adapter_dir: Path) -> Lora:
             raise MergeError(f"{adapter_dir}: {name} has lora_{''.join(ab)} but not both A and B")
         pairs[name] = (ab["A"], ab["B"])
     if cfg.get("use_dora") and set(magnitudes) != set(pairs):
-        raise MergeError(f"{adapter_dir}: a DoRA adapter needs a magnitude for every LoRA weight; "
-                         f"{sorted(set(pairs) ^ set(magnitudes))[0]} has one without the other")
+        raise MergeError(
+            f"{adapter_dir}: a DoRA adapter needs a magnitude for every LoRA weight; "
+            f"{sorted(set(pairs) ^ set(magnitudes))[0]} has one without the other"
+        )
     if cfg.get("modules_to_save") and not replaced:
-        raise MergeError(f"{adapter_dir}: adapter_config.json lists modules_to_save={cfg['modules_to_save']} but "
-                         "adapter_model.safetensors holds none of their weights; save the adapter again")
+        raise MergeError(
+            f"{adapter_dir}: adapter_config.json lists modules_to_save={cfg['modules_to_save']} but "
+            "adapter_model.safetensors holds none of their weights; save the adapter again"
+        )
     return Lora(pairs=pairs, scale=scale, magnitudes=magnitudes, replaced=replaced)
 
 

@@ -12,6 +12,7 @@ llama.cpp that llama-cpp-python builds), exactly what `llama-quantize` does. Not
 TQ2_0 (for BitNet-trained weights; a Llama 2 loses its language), MXFP4/NVFP4 (for checkpoints trained or
 shipped in those formats) and the IQ types (need an importance matrix from calibration data).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,17 @@ from finetune.data import chat_format
 from finetune.ship import gguf_rope
 
 PY_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
-K_TYPES = {"q6_k": "Q6_K", "q5_k_m": "Q5_K_M", "q5_k_s": "Q5_K_S", "q4_k_m": "Q4_K_M", "q4_k_s": "Q4_K_S",
-           "q3_k_l": "Q3_K_L", "q3_k_m": "Q3_K_M", "q3_k_s": "Q3_K_S", "q2_k": "Q2_K"}
+K_TYPES = {
+    "q6_k": "Q6_K",
+    "q5_k_m": "Q5_K_M",
+    "q5_k_s": "Q5_K_S",
+    "q4_k_m": "Q4_K_M",
+    "q4_k_s": "Q4_K_S",
+    "q3_k_l": "Q3_K_L",
+    "q3_k_m": "Q3_K_M",
+    "q3_k_s": "Q3_K_S",
+    "q2_k": "Q2_K",
+}
 TYPES = (*PY_TYPES, *K_TYPES)
 # Below 8 bits the output projection is written in q8_0 (llama.cpp's quantizer keeps it at 6 bits or more too):
 # it maps every hidden state to the whole vocabulary and costs little.
@@ -145,8 +155,9 @@ def add_metadata(writer, cfg: dict, tokenizer_model: Path, name: str, gtype: str
     writer.add_head_count(heads)
     writer.add_head_count_kv(cfg.get("num_key_value_heads") or heads)
     writer.add_rope_dimension_count(cfg.get("head_dim") or cfg["hidden_size"] // heads)
-    writer.add_rope_freq_base(float(cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get(
-        "rope_theta", 10000.0)))
+    writer.add_rope_freq_base(
+        float(cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    )
     writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     if found := gguf_rope.check(cfg):  # a scaling llama.cpp cannot run (dynamic NTK, other YaRN betas)
         raise GGUFError(found[0])
@@ -157,11 +168,21 @@ def add_metadata(writer, cfg: dict, tokenizer_model: Path, name: str, gtype: str
 
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
     if sp.get_piece_size() != cfg["vocab_size"]:
-        raise GGUFError(f"{tokenizer_model} has {sp.get_piece_size()} pieces but config.json vocab_size is "
-                        f"{cfg['vocab_size']}; the GGUF needs the tokenizer the model was trained with")
+        raise GGUFError(
+            f"{tokenizer_model} has {sp.get_piece_size()} pieces but config.json vocab_size is "
+            f"{cfg['vocab_size']}; the GGUF needs the tokenizer the model was trained with"
+        )
     kinds = gguf.TokenType
-    types = [kinds.UNKNOWN if sp.is_unknown(i) else kinds.CONTROL if sp.is_control(i) else
-             kinds.BYTE if sp.is_byte(i) else kinds.NORMAL for i in range(sp.get_piece_size())]
+    types = [
+        kinds.UNKNOWN
+        if sp.is_unknown(i)
+        else kinds.CONTROL
+        if sp.is_control(i)
+        else kinds.BYTE
+        if sp.is_byte(i)
+        else kinds.NORMAL
+        for i in range(sp.get_piece_size())
+    ]
     writer.add_tokenizer_model("llama")  # SentencePiece BPE with scores: llama.cpp's SPM tokenizer
     writer.add_tokenizer_pre("default")
     writer.add_token_list([sp.id_to_piece(i).encode() for i in range(sp.get_piece_size())])
@@ -220,8 +241,10 @@ def k_quantize(src: Path, out: Path, gtype: str, threads: int = 0) -> str:
         llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
     if rc != 0 or not out.is_file():
         errors = [line.strip() for line in lines if "error" in line.lower()][-3:]
-        raise GGUFError(f"llama.cpp's quantizer failed ({rc}) turning {src.name} into {gtype}"
-                        + (f": {' / '.join(errors)}" if errors else ""))
+        raise GGUFError(
+            f"llama.cpp's quantizer failed ({rc}) turning {src.name} into {gtype}"
+            + (f": {' / '.join(errors)}" if errors else "")
+        )
     return fallback_note(lines, gtype)
 
 
@@ -232,6 +255,8 @@ def fallback_note(log: list[str], gtype: str) -> str:
         return ""
     cols = sorted({int(c) for c, _, _, _ in found})
     used = sorted({f for _, _, _, f in found})
-    return (f"{len(found)} tensors with rows of {', '.join(map(str, cols))} values, which a {gtype} block of "
-            f"{found[0][1]} does not divide, were quantized as {'/'.join(used)} instead (llama.cpp's fallback, as "
-            "llama-quantize does; the rows of Llama 2 7B to 70B all divide)")
+    return (
+        f"{len(found)} tensors with rows of {', '.join(map(str, cols))} values, which a {gtype} block of "
+        f"{found[0][1]} does not divide, were quantized as {'/'.join(used)} instead (llama.cpp's fallback, as "
+        "llama-quantize does; the rows of Llama 2 7B to 70B all divide)"
+    )

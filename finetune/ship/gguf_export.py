@@ -5,6 +5,7 @@ Every requested type is written as `<file>.partial` and checked; only when all p
 place, so a failed export leaves nothing of this call behind (files of earlier exports stay, listed in
 gguf/verification.json).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,11 +29,19 @@ def problems(value) -> list[str]:
     written: an export of no type would leave a gguf/ folder without a model)."""
     types = types_of(value)
     if not types:
-        return [f"gguf.type=[]: give at least one type, e.g. gguf.type=q8_0 or gguf.type=[f16,q4_k_m] (one of "
-                f"{', '.join(gguf.TYPES)})"]
+        return [
+            f"gguf.type=[]: give at least one type, e.g. gguf.type=q8_0 or gguf.type=[f16,q4_k_m] (one of "
+            f"{', '.join(gguf.TYPES)})"
+        ]
     wrong = [str(t) for t in types if t not in gguf.TYPES]
-    return [f"gguf.type={','.join(wrong)}: use one or more of {', '.join(gguf.TYPES)} (the IQ, TQ and MXFP4 "
-            "types are not offered: see the README)"] if wrong else []
+    return (
+        [
+            f"gguf.type={','.join(wrong)}: use one or more of {', '.join(gguf.TYPES)} (the IQ, TQ and MXFP4 "
+            "types are not offered: see the README)"
+        ]
+        if wrong
+        else []
+    )
 
 
 def write_one(merged: Path, partial: Path, gtype: str, name: str, merged_dtype: str) -> dict:
@@ -45,8 +54,12 @@ def write_one(merged: Path, partial: Path, gtype: str, name: str, merged_dtype: 
         note = gguf.k_quantize(lossless, partial, gtype)
     finally:
         lossless.unlink(missing_ok=True)
-    return {**stats, "bytes": partial.stat().st_size, "types": f"llama.cpp {gtype} from {stats['types']}",
-            **({"note": note} if note else {})}
+    return {
+        **stats,
+        "bytes": partial.stat().st_size,
+        "types": f"llama.cpp {gtype} from {stats['types']}",
+        **({"note": note} if note else {}),
+    }
 
 
 def export(run: Path, train_cfg, sp, merged: Path, gcfg, vcfg) -> tuple[Path, list]:
@@ -70,17 +83,25 @@ def export(run: Path, train_cfg, sp, merged: Path, gcfg, vcfg) -> tuple[Path, li
             partial = final.with_name(final.name + ".partial")
             partials.append(partial)
             stats = write_one(merged, partial, gtype, name, merged_dtype)
-            chk = llamacpp.check(partial, gtype, gguf.bits(gtype), reference, prompts, seqs, sp,
-                                 vcfg.max_new_tokens, gcfg.tolerance)
-            console.info(f"gguf: {final.name} {stats['bytes'] / 1e6:.1f} MB, {chk.summary()}"
-                         + (f"\ngguf: {final.name}: {stats['note']}" if stats.get("note") else ""))
+            chk = llamacpp.check(
+                partial, gtype, gguf.bits(gtype), reference, prompts, seqs, sp, vcfg.max_new_tokens, gcfg.tolerance
+            )
+            console.info(
+                f"gguf: {final.name} {stats['bytes'] / 1e6:.1f} MB, {chk.summary()}"
+                + (f"\ngguf: {final.name}: {stats['note']}" if stats.get("note") else "")
+            )
             if not chk.ok:
-                fix = ("The chat template in the GGUF does not give the trained ids" if not chk.template_ids_exact
-                       else f"If this drift is acceptable for {gtype}, pass gguf.tolerance="
-                            f"{chk.value * 1.5 if chk.gate == 'perplexity' else chk.value * 2:.3g}")
-                raise gguf.GGUFError(f"{gtype} GGUF failed verification in llama.cpp against merged/ on "
-                                     f"{len(prompts)} prompts from {source} and {chk.scored_tokens} tokens of "
-                                     f"{seq_source}: {chk.summary()}. Nothing was written to {out}. {fix}")
+                fix = (
+                    "The chat template in the GGUF does not give the trained ids"
+                    if not chk.template_ids_exact
+                    else f"If this drift is acceptable for {gtype}, pass gguf.tolerance="
+                    f"{chk.value * 1.5 if chk.gate == 'perplexity' else chk.value * 2:.3g}"
+                )
+                raise gguf.GGUFError(
+                    f"{gtype} GGUF failed verification in llama.cpp against merged/ on "
+                    f"{len(prompts)} prompts from {source} and {chk.scored_tokens} tokens of "
+                    f"{seq_source}: {chk.summary()}. Nothing was written to {out}. {fix}"
+                )
             done.append((final, partial, chk, stats))
     except BaseException:
         for p in partials:
@@ -104,8 +125,13 @@ def record_checks(out: Path, new: list, adapter_sha: str) -> dict:
     old = json.loads(path.read_text()) if path.is_file() else {}
     files = {k: v for k, v in old.get("files", {}).items() if (out / k).is_file()}
     for final, chk, stats, source, seq_source in new:
-        files[final.name] = {**chk.record(), "bytes": stats["bytes"], "tensor_types": stats["types"],
-                             "prompt_source": source, "perplexity_source": seq_source}
+        files[final.name] = {
+            **chk.record(),
+            "bytes": stats["bytes"],
+            "tensor_types": stats["types"],
+            "prompt_source": source,
+            "perplexity_source": seq_source,
+        }
     data = {"adapter_sha256": adapter_sha, "files": dict(sorted(files.items()))}
     path.write_text(json.dumps(data, indent=2) + "\n")
     return data
@@ -114,12 +140,16 @@ def record_checks(out: Path, new: list, adapter_sha: str) -> dict:
 def card_section(out: Path) -> str:
     """The GGUF card's account of each file: type, size, how far it drifts from merged/ in llama.cpp."""
     files = json.loads((out / "verification.json").read_text())["files"]
-    rows = [f"| `{f}` | {c['type']} | {c['bytes'] / 1e6:,.1f} MB | {c['relative']:.2e} | {c['ppl_ratio']:.4f} | "
-            f"{c['gate']} <= {c['tolerance']:g} | {c['same_generations']}/{c['prompts']} | "
-            f"{'exact' if c['template_ids_exact'] else 'differ'} |" for f, c in files.items()]
-    return ("\n## GGUF files\n\nWritten from the merged weights with the `gguf` package; K-quants by llama.cpp's "
-            "own quantizer. Each file was loaded in llama.cpp (llama-cpp-python) and compared with the merged "
-            "model (transformers, float32) on held-out prompts from the run's data:\n\n"
-            "| file | type | size | relative max \\|Δlogits\\| | perplexity ratio | gate | identical greedy "
-            "generations | template ids |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows)
-            + "\n")
+    rows = [
+        f"| `{f}` | {c['type']} | {c['bytes'] / 1e6:,.1f} MB | {c['relative']:.2e} | {c['ppl_ratio']:.4f} | "
+        f"{c['gate']} <= {c['tolerance']:g} | {c['same_generations']}/{c['prompts']} | "
+        f"{'exact' if c['template_ids_exact'] else 'differ'} |"
+        for f, c in files.items()
+    ]
+    return (
+        "\n## GGUF files\n\nWritten from the merged weights with the `gguf` package; K-quants by llama.cpp's "
+        "own quantizer. Each file was loaded in llama.cpp (llama-cpp-python) and compared with the merged "
+        "model (transformers, float32) on held-out prompts from the run's data:\n\n"
+        "| file | type | size | relative max \\|Δlogits\\| | perplexity ratio | gate | identical greedy "
+        "generations | template ids |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
+    )

@@ -5,6 +5,7 @@ llama.cpp implements linear and YaRN scaling; it has no dynamic NTK, computes Ya
 the factor (0.1 ln f + 1) times `rope.scaling.attn_factor`, and keeps YaRN's betas at 32 and 1 for Llama. What it
 cannot reproduce is refused before anything is written, with the fix.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,13 +20,17 @@ def problems(scaling: dict | None) -> list[str]:
     if not scaling:
         return []
     if scaling["type"] not in ("linear", "yarn"):
-        return [f"model.rope_scaling.type={scaling['type']}: llama.cpp has no {scaling['type']} RoPE scaling, so "
-                "a GGUF would not compute what was trained; export safetensors (format=safetensors merge=true), "
-                "or train with model.rope_scaling.type=linear or yarn"]
+        return [
+            f"model.rope_scaling.type={scaling['type']}: llama.cpp has no {scaling['type']} RoPE scaling, so "
+            "a GGUF would not compute what was trained; export safetensors (format=safetensors merge=true), "
+            "or train with model.rope_scaling.type=linear or yarn"
+        ]
     odd = [f"{k}={scaling[k]:g}" for k, v in YARN_DEFAULT_BETAS.items() if scaling.get(k, v) != v]
     if odd:
-        return [f"model.rope_scaling.{', '.join(odd)}: llama.cpp runs Llama's YaRN with beta_fast=32 and "
-                "beta_slow=1 only; export safetensors, or train with the default betas"]
+        return [
+            f"model.rope_scaling.{', '.join(odd)}: llama.cpp runs Llama's YaRN with beta_fast=32 and "
+            "beta_slow=1 only; export safetensors, or train with the default betas"
+        ]
     return []
 
 

@@ -9,6 +9,7 @@ escapes undone; and so is a folder holding a pickle (`.bin`, `.pt`, `.pkl`, ...)
 of what a model repository holds (`ALLOWED`), in any sub-folder, or no model file at all: what we publish is
 safetensors, GGUF and text.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -32,8 +33,17 @@ WIDE = (("utf-16-le", 2), ("utf-16-be", 2), ("utf-32-le", 4), ("utf-32-be", 4))
 MODEL_FILES = {"adapter": "adapter_model.safetensors", "merged": "*.safetensors", "gguf": "*.gguf"}
 # What a model repository holds (weights, configs, tokenizer, template, cards, licences); anything else is refused
 # by name: a scan for secrets cannot know every encoding a file may hide one in.
-ALLOWED = ("*.safetensors", "*.gguf", "*.json", "*.jinja", "*.md", "tokenizer.model", "Modelfile*", "LICENSE*",
-           "NOTICE")
+ALLOWED = (
+    "*.safetensors",
+    "*.gguf",
+    "*.json",
+    "*.jinja",
+    "*.md",
+    "tokenizer.model",
+    "Modelfile*",
+    "LICENSE*",
+    "NOTICE",
+)
 # Pickle-based formats: loading one runs arbitrary code. Everything we ship is safetensors, GGUF or text.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
@@ -53,44 +63,58 @@ class Plan:
 
     def describe(self) -> str:
         where = f"{self.repo_id}" + (f" (branch {self.revision})" if self.revision else "")
-        lines = [f"{'private' if self.private else 'public'} repo {where}, one commit: {self.message!r}",
-                 visibility(self.repo_id, self.private)]
+        lines = [
+            f"{'private' if self.private else 'public'} repo {where}, one commit: {self.message!r}",
+            visibility(self.repo_id, self.private),
+        ]
         lines += [f"  {path}  {size:,} B" for path, size in self.files]
         return "\n".join(lines)
 
 
 def visibility(repo_id: str, private: bool) -> str:
     if private:
-        return (f"visibility: PRIVATE - only you (or the members of {repo_id.split('/')[0]}) can see {repo_id}; an "
-                "existing public repository is refused, not made private")
-    return (f"visibility: PUBLIC - anyone can see and download {repo_id} once published (private=true makes a new "
-            "repository private)")
+        return (
+            f"visibility: PRIVATE - only you (or the members of {repo_id.split('/')[0]}) can see {repo_id}; an "
+            "existing public repository is refused, not made private"
+        )
+    return (
+        f"visibility: PUBLIC - anyone can see and download {repo_id} once published (private=true makes a new "
+        "repository private)"
+    )
 
 
 def plan(folder: Path, repo_id: str, private: bool, revision: str | None, message: str | None) -> Plan:
     if not (folder / "README.md").is_file():
-        raise PublishError(f"{folder} has no README.md model card; run `python finetune/export.py run=<run>` "
-                           "(add merge=true for merged/) first")
+        raise PublishError(
+            f"{folder} has no README.md model card; run `python finetune/export.py run=<run>` "
+            "(add merge=true for merged/) first"
+        )
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise PublishError(f"repo_id={repo_id}: write it as <user or org>/<name>, e.g. me/llama2-13b-oasst-qlora")
     files = sorted((p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
     if pickles := [f for f, _ in files if f.endswith(PICKLE_SUFFIXES)]:
-        raise PublishError(f"{folder} holds pickle files, refusing to publish: {', '.join(pickles)}. Loading a pickle "
-                           "runs code; this folder should hold safetensors only. Delete them (training_args.bin: "
-                           "`python finetune/export.py run=<run>` removes it; it is not needed to load)")
+        raise PublishError(
+            f"{folder} holds pickle files, refusing to publish: {', '.join(pickles)}. Loading a pickle "
+            "runs code; this folder should hold safetensors only. Delete them (training_args.bin: "
+            "`python finetune/export.py run=<run>` removes it; it is not needed to load)"
+        )
     if others := [f for f, _ in files if not any(fnmatch.fnmatch(Path(f).name, pat) for pat in ALLOWED)]:
-        raise PublishError(f"{folder} holds files a model repository does not need, refusing to publish: "
-                           f"{', '.join(others)}. Published are only {', '.join(ALLOWED)}; remove the others (or "
-                           "publish the folder export.py wrote)")
+        raise PublishError(
+            f"{folder} holds files a model repository does not need, refusing to publish: "
+            f"{', '.join(others)}. Published are only {', '.join(ALLOWED)}; remove the others (or "
+            "publish the folder export.py wrote)"
+        )
     want = MODEL_FILES.get(folder.name)
     if want and not any(fnmatch.fnmatch(f, want) for f, _ in files):
-        fix = {"adapter": "training writes it when the run finishes",
-               "merged": f"`python finetune/export.py run={folder.parent} merge=true` writes it",
-               "gguf": f"`python finetune/export.py run={folder.parent} format=gguf` writes it"}[folder.name]
-        raise PublishError(f"{folder} holds no model file ({want}), refusing to publish a repository nobody can "
-                           f"load; {fix}")
-    return Plan(folder, repo_id, private, revision, message or f"Upload {folder.name} from {folder.parent.name}",
-                files)
+        fix = {
+            "adapter": "training writes it when the run finishes",
+            "merged": f"`python finetune/export.py run={folder.parent} merge=true` writes it",
+            "gguf": f"`python finetune/export.py run={folder.parent} format=gguf` writes it",
+        }[folder.name]
+        raise PublishError(
+            f"{folder} holds no model file ({want}), refusing to publish a repository nobody can load; {fix}"
+        )
+    return Plan(folder, repo_id, private, revision, message or f"Upload {folder.name} from {folder.parent.name}", files)
 
 
 def token_or_none() -> str | None:
@@ -135,8 +159,13 @@ def redact(path: str, token: str | None) -> str:
 
 
 def header_or_whole(p: Path) -> bytes:
-    return safetensors_header(p) if p.suffix == ".safetensors" else gguf_header(p) if p.suffix == ".gguf" \
+    return (
+        safetensors_header(p)
+        if p.suffix == ".safetensors"
+        else gguf_header(p)
+        if p.suffix == ".gguf"
         else p.read_bytes()
+    )
 
 
 def readings(blob: bytes) -> list[tuple[bytes, str]]:
@@ -162,8 +191,10 @@ def safetensors_header(path: Path) -> bytes:
     with path.open("rb") as fh:
         head = fh.read(8)
         if len(head) < 8:
-            raise PublishError(f"{path}: not a safetensors file ({len(head)} bytes); delete it, or write the folder "
-                           "again (training writes adapter/, export.py merged/)")
+            raise PublishError(
+                f"{path}: not a safetensors file ({len(head)} bytes); delete it, or write the folder "
+                "again (training writes adapter/, export.py merged/)"
+            )
         (n,) = struct.unpack("<Q", head)
         return fh.read(min(n, 100_000_000))
 
@@ -175,9 +206,11 @@ def gguf_header(path: Path) -> bytes:
     try:
         offset = GGUFReader(path).data_offset
     except Exception as exc:  # the reader fails on a cut or corrupt file in many ways (IndexError, ValueError, ...)
-        raise PublishError(f"{path}: not a readable GGUF file (cut short or corrupt: {type(exc).__name__}); delete "
-                           f"it, or export it again: `python finetune/export.py run={path.parent.parent} "
-                           "format=gguf`") from None
+        raise PublishError(
+            f"{path}: not a readable GGUF file (cut short or corrupt: {type(exc).__name__}); delete "
+            f"it, or export it again: `python finetune/export.py run={path.parent.parent} "
+            "format=gguf`"
+        ) from None
     with path.open("rb") as fh:
         return fh.read(min(offset, 100_000_000))
 
@@ -189,32 +222,40 @@ def publish(p: Plan, token: str) -> str:
     from huggingface_hub.errors import HfHubHTTPError
 
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        raise PublishError("HF_HUB_OFFLINE is set (the Makefile sets it): publishing needs the network; run "
-                           "`HF_HUB_OFFLINE=0 python finetune/publish.py ...`")
+        raise PublishError(
+            "HF_HUB_OFFLINE is set (the Makefile sets it): publishing needs the network; run "
+            "`HF_HUB_OFFLINE=0 python finetune/publish.py ...`"
+        )
     api = HfApi(token=token)
     created = False
     try:
         created = api.create_repo(p.repo_id, private=p.private, exist_ok=True, repo_type="model") is not None
         public_now = not api.repo_info(p.repo_id, repo_type="model").private  # an existing repo keeps its own
         if p.private and public_now:
-            raise PublishError(f"{p.repo_id} already exists and is PUBLIC: private=true would put these files in a "
-                               "public repository. Make it private on the Hub first (its Settings), or publish with "
-                               "private=false. Nothing was published.")
+            raise PublishError(
+                f"{p.repo_id} already exists and is PUBLIC: private=true would put these files in a "
+                "public repository. Make it private on the Hub first (its Settings), or publish with "
+                "private=false. Nothing was published."
+            )
         if p.revision:
             api.create_branch(p.repo_id, branch=p.revision, exist_ok=True)
-        info = api.upload_folder(folder_path=p.folder, repo_id=p.repo_id, revision=p.revision,
-                                 commit_message=p.message)
+        info = api.upload_folder(folder_path=p.folder, repo_id=p.repo_id, revision=p.revision, commit_message=p.message)
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         state = nothing_sent(p, created)
         if status in (401, 403):
-            raise PublishError(f"{api.endpoint} refused the token ({status}) for {p.repo_id}: check it with "
-                               "`hf auth whoami`; it needs write access to that namespace. " + state) from None
-        raise PublishError(f"{api.endpoint} answered {status} for {p.repo_id}: {server_message(exc)}. "
-                           + state) from None
+            raise PublishError(
+                f"{api.endpoint} refused the token ({status}) for {p.repo_id}: check it with "
+                "`hf auth whoami`; it needs write access to that namespace. " + state
+            ) from None
+        raise PublishError(
+            f"{api.endpoint} answered {status} for {p.repo_id}: {server_message(exc)}. " + state
+        ) from None
     except httpx2.TransportError as exc:
-        raise PublishError(f"could not reach {api.endpoint} ({type(exc).__name__}: {exc}); check the network, "
-                           "a proxy, or HF_ENDPOINT. " + nothing_sent(p, created)) from None
+        raise PublishError(
+            f"could not reach {api.endpoint} ({type(exc).__name__}: {exc}); check the network, "
+            "a proxy, or HF_ENDPOINT. " + nothing_sent(p, created)
+        ) from None
     return f"{info.commit_url} ({'PUBLIC: anyone can download it' if public_now else 'private'})"
 
 

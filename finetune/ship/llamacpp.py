@@ -6,6 +6,7 @@ depends on the type: for 8 bits and more, max |dlogits| relative to max |logits|
 move by design, the perplexity ratio GGUF / merged. Also checked: the ids llama.cpp builds from the chat
 template embedded in the GGUF equal `chat_format.encode_prompt`'s (multi-turn, with a system prompt).
 """
+
 from __future__ import annotations
 
 import gc
@@ -25,12 +26,14 @@ from finetune.data import chat_format
 LOGIT_TOLERANCE = {"f32": 1e-4, "f16": 1e-2, "bf16": 5e-2, "q8_0": 5e-2}
 PPL_TOLERANCE = {6: 1.02, 5: 1.04, 4: 1.08, 3: 1.15, 2: 1.30}
 # A system prompt, two finished turns and an open one: what the embedded template must encode as trained.
-TEMPLATE_PROBE = [{"role": "system", "content": "You are  a helpful assistant.\nAnswer briefly."},
-                  {"role": "user", "content": "Hi there!  How are you?"},
-                  {"role": "assistant", "content": "Fine, thanks.   And you?"},
-                  {"role": "user", "content": "Grüße — 日本語 ok?"},
-                  {"role": "assistant", "content": "Ja. 😀"},
-                  {"role": "user", "content": "Bye."}]
+TEMPLATE_PROBE = [
+    {"role": "system", "content": "You are  a helpful assistant.\nAnswer briefly."},
+    {"role": "user", "content": "Hi there!  How are you?"},
+    {"role": "assistant", "content": "Fine, thanks.   And you?"},
+    {"role": "user", "content": "Grüße — 日本語 ok?"},
+    {"role": "assistant", "content": "Ja. 😀"},
+    {"role": "user", "content": "Bye."},
+]
 
 
 @dataclass
@@ -67,13 +70,18 @@ class GGUFCheck:
         return self.value <= self.tolerance and self.template_ids_exact
 
     def summary(self) -> str:
-        gate = (f"relative max |dlogits| {self.relative:.2e}" if self.gate == "logits"
-                else f"perplexity ratio {self.ppl_ratio:.4f}") + f" (tolerance {self.tolerance:g})"
-        return (f"{self.type}: {gate}; max |dlogits| {self.max_abs:.2e} of max |logits| {self.logit_scale:.3g}; "
-                f"perplexity {self.ppl_gguf:.4g} vs merged {self.ppl_merged:.4g} on {self.scored_tokens} held-out "
-                f"tokens; greedy generations identical on {self.same_generations}/{self.prompts} prompts"
-                f"{self.generations_note()}; template ids "
-                f"{'exact' if self.template_ids_exact else 'DIFFER from training'}")
+        gate = (
+            f"relative max |dlogits| {self.relative:.2e}"
+            if self.gate == "logits"
+            else f"perplexity ratio {self.ppl_ratio:.4f}"
+        ) + f" (tolerance {self.tolerance:g})"
+        return (
+            f"{self.type}: {gate}; max |dlogits| {self.max_abs:.2e} of max |logits| {self.logit_scale:.3g}; "
+            f"perplexity {self.ppl_gguf:.4g} vs merged {self.ppl_merged:.4g} on {self.scored_tokens} held-out "
+            f"tokens; greedy generations identical on {self.same_generations}/{self.prompts} prompts"
+            f"{self.generations_note()}; template ids "
+            f"{'exact' if self.template_ids_exact else 'DIFFER from training'}"
+        )
 
     def generations_note(self) -> str:
         """Whether answers that differ are expected: a greedy step switches when a logit moves by half the gap
@@ -81,11 +89,15 @@ class GGUFCheck:
         if self.same_generations == self.prompts:
             return ""
         if 2 * self.max_abs >= self.margin:
-            return (f" (expected for {self.type} on this model: its logits move by up to {self.max_abs:.2g} and "
-                    f"merged/'s top two candidates come within {self.margin:.2g} of each other, so a greedy answer "
-                    "can take another token; the gate decides)")
-        return (f" (not expected: logits moved by at most {self.max_abs:.2g}, less than half of merged/'s closest "
-                f"top-two gap {self.margin:.2g}; the answers part after the prompt, where the drift is not measured)")
+            return (
+                f" (expected for {self.type} on this model: its logits move by up to {self.max_abs:.2g} and "
+                f"merged/'s top two candidates come within {self.margin:.2g} of each other, so a greedy answer "
+                "can take another token; the gate decides)"
+            )
+        return (
+            f" (not expected: logits moved by at most {self.max_abs:.2g}, less than half of merged/'s closest "
+            f"top-two gap {self.margin:.2g}; the answers part after the prompt, where the drift is not measured)"
+        )
 
     def record(self) -> dict:
         return {**asdict(self), "relative": self.relative, "ppl_ratio": self.ppl_ratio, "ok": self.ok}
@@ -132,10 +144,17 @@ def merged_outputs(merged: Path, prompts, sequences, max_new_tokens: int) -> Out
     for ids in prompts:
         x = torch.tensor([ids])
         logits.append(net(input_ids=x).logits[0].numpy())
-        out = net.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
-                           do_sample=False, pad_token_id=0, eos_token_id=chat_format.EOS_ID, output_logits=True,
-                           return_dict_in_generate=True)
-        gens.append(out.sequences[0, len(ids):].tolist())
+        out = net.generate(
+            input_ids=x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=chat_format.EOS_ID,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        gens.append(out.sequences[0, len(ids) :].tolist())
         margin = min(margin, *(top_gap(step) for step in out.logits))
     total, scored = 0.0, 0
     for ids, mask in sequences:
@@ -143,8 +162,13 @@ def merged_outputs(merged: Path, prompts, sequences, max_new_tokens: int) -> Out
         total, scored = total + n, scored + k
     del net
     gc.collect()
-    return Outputs(logits, [g[: g.index(chat_format.EOS_ID) + 1] if chat_format.EOS_ID in g else g for g in gens],
-                   total, scored, margin)
+    return Outputs(
+        logits,
+        [g[: g.index(chat_format.EOS_ID) + 1] if chat_format.EOS_ID in g else g for g in gens],
+        total,
+        scored,
+        margin,
+    )
 
 
 def load(path: Path, n_ctx: int):
@@ -152,9 +176,17 @@ def load(path: Path, n_ctx: int):
     rounding, ~2e-4 relative on the tiny model, to what is measured here: the file's weights)."""
     import llama_cpp
 
-    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), logits_all=True,
-                           verbose=False, n_gpu_layers=0, n_threads=max(1, min(8, os.cpu_count() or 1)),
-                           type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+    return llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=min(n_ctx, 512),
+        logits_all=True,
+        verbose=False,
+        n_gpu_layers=0,
+        n_threads=max(1, min(8, os.cpu_count() or 1)),
+        type_k=llama_cpp.GGML_TYPE_F32,
+        type_v=llama_cpp.GGML_TYPE_F32,
+    )
 
 
 def gguf_outputs(llm, prompts, sequences, max_new_tokens: int) -> Outputs:
@@ -189,14 +221,26 @@ def template_ids(llm, messages: list[dict]) -> list[int]:
     def text(token: int) -> str:
         return llm.detokenize([token], special=True).decode()
 
-    fmt = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], bos_token=text(llm.token_bos()),
-                              eos_token=text(llm.token_eos()))
+    fmt = Jinja2ChatFormatter(
+        template=llm.metadata["tokenizer.chat_template"],
+        bos_token=text(llm.token_bos()),
+        eos_token=text(llm.token_eos()),
+    )
     result = fmt(messages=messages)
     return llm.tokenize(result.prompt.encode(), add_bos=not result.added_special, special=True)
 
 
-def check(path: Path, gtype: str, bits: int, reference: Outputs, prompts, sequences, sp,
-          max_new_tokens: int, tolerance: float | None) -> GGUFCheck:
+def check(
+    path: Path,
+    gtype: str,
+    bits: int,
+    reference: Outputs,
+    prompts,
+    sequences,
+    sp,
+    max_new_tokens: int,
+    tolerance: float | None,
+) -> GGUFCheck:
     """Load `path` in llama.cpp, run everything `reference` ran, compare."""
     n_ctx = max(len(x) for x in [*prompts, *(s for s, _ in sequences)]) + max_new_tokens + 8
     llm = load(path, n_ctx)
@@ -209,10 +253,16 @@ def check(path: Path, gtype: str, bits: int, reference: Outputs, prompts, sequen
         gc.collect()
     gate, tol = default_tolerance(gtype, bits)
     return GGUFCheck(
-        type=gtype, gate=gate, tolerance=tolerance if tolerance is not None else tol,
+        type=gtype,
+        gate=gate,
+        tolerance=tolerance if tolerance is not None else tol,
         max_abs=max(float(np.abs(r - o).max()) for r, o in zip(reference.logits, ours.logits)),
         logit_scale=max(float(np.abs(r).max()) for r in reference.logits),
         ppl_merged=math.exp(reference.nll / max(reference.scored, 1)),
-        ppl_gguf=math.exp(ours.nll / max(ours.scored, 1)), scored_tokens=reference.scored, prompts=len(prompts),
+        ppl_gguf=math.exp(ours.nll / max(ours.scored, 1)),
+        scored_tokens=reference.scored,
+        prompts=len(prompts),
         same_generations=sum(a == b for a, b in zip(reference.generations, ours.generations)),
-        template_ids_exact=exact, margin=reference.margin)
+        template_ids_exact=exact,
+        margin=reference.margin,
+    )

@@ -1,5 +1,6 @@
 """A trained run back in memory: its tokenizer, its base (quantized as trained) and its adapter, or its merged
 weights. Used by chat.py, evaluate.py and the export verification."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,7 @@ def load_tokenizer(run: Path, train_cfg: TrainConfig):
     return tok.load_tokenizer(dataclasses.replace(train_cfg.model, tokenizer=str(run / "adapter")))
 
 
-def load_base(run: Path | None, train_cfg: TrainConfig, tokenizer, quant: QuantConfig | None,
-              merged: bool = False):
+def load_base(run: Path | None, train_cfg: TrainConfig, tokenizer, quant: QuantConfig | None, merged: bool = False):
     """The run's base model (or its merged/ weights) on whatever device is present, in eval mode."""
     if merged:
         mcfg = dataclasses.replace(train_cfg.model, path=str(run / "merged"), random_init=False)

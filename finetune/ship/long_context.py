@@ -10,6 +10,7 @@ Passkey retrieval (Mohtashami & Jaggi 2023): a random 5-digit key stated once at
 N tokens, then asked for. Scored teacher-forced: the key's log-probability, and whether every key token is the
 model's argmax (what greedy decoding would answer). One forward pass per trial.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,10 @@ from finetune.data.chat_format import BOS_ID
 
 DOCUMENT = ROOT / "data" / "sft" / "oasst-en100" / "en_100_tree.jsonl"
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-TASK = ("There is an important piece of information hidden inside a lot of irrelevant text. Find it and "
-        "memorize it; I will ask you about it.\n")
+TASK = (
+    "There is an important piece of information hidden inside a lot of irrelevant text. Find it and "
+    "memorize it; I will ask you about it.\n"
+)
 CHUNK = 1024  # positions projected through the LM head at a time (no N x 32000 logits at once)
 
 
@@ -73,10 +76,14 @@ def windows(sp, length: int, count: int) -> list[list[int]]:
     """`count` windows of `length` tokens (BOS first), taken one after another from the document."""
     ids = document_ids(sp)
     if (length - 1) * count > len(ids):
-        raise ConfigError([f"long_context.length={length} x long_context.windows={count} needs "
-                           f"{(length - 1) * count:,} tokens; the bundled long document has {len(ids):,}: "
-                           "lower one of them"])
-    return [[BOS_ID] + ids[i * (length - 1): (i + 1) * (length - 1)] for i in range(count)]
+        raise ConfigError(
+            [
+                f"long_context.length={length} x long_context.windows={count} needs "
+                f"{(length - 1) * count:,} tokens; the bundled long document has {len(ids):,}: "
+                "lower one of them"
+            ]
+        )
+    return [[BOS_ID] + ids[i * (length - 1) : (i + 1) * (length - 1)] for i in range(count)]
 
 
 def passkey_prompts(sp, length: int, trials: int, seed: int) -> list[tuple[list[int], list[int]]]:
@@ -90,8 +97,9 @@ def passkey_prompts(sp, length: int, trials: int, seed: int) -> list[tuple[list[
         answer = sp.encode(f" {key}")
         room = length - 1 - len(task) - len(needle) - len(question) - len(answer)
         if room < 0:
-            raise ConfigError([f"long_context.length={length}: too short for the passkey prompt; use >= "
-                               f"{length - room}"])
+            raise ConfigError(
+                [f"long_context.length={length}: too short for the passkey prompt; use >= {length - room}"]
+            )
         hay = (filler * (room // len(filler) + 1))[:room]
         at = round(room * (i / max(trials - 1, 1)))
         out.append(([BOS_ID] + task + hay[:at] + needle + hay[at:] + question + answer, answer))
@@ -109,8 +117,8 @@ def token_logprobs(net, ids: list[int]):
         hidden = inner.model(input_ids=x).last_hidden_state[0, :-1]
         logp, top = [], []
         for i in range(0, hidden.shape[0], CHUNK):
-            lp = torch.log_softmax(inner.lm_head(hidden[i: i + CHUNK]).float(), dim=-1)
-            target = x[0, i + 1: i + 1 + CHUNK]
+            lp = torch.log_softmax(inner.lm_head(hidden[i : i + CHUNK]).float(), dim=-1)
+            target = x[0, i + 1 : i + 1 + CHUNK]
             logp.append(lp.gather(1, target[:, None])[:, 0].cpu())
             top.append((lp.argmax(-1) == target).cpu())
     return torch.cat(logp), torch.cat(top)
@@ -127,10 +135,16 @@ def score(net, label: str, wins, keys, original: int) -> LongResult:
     exact, key_lp = 0, 0.0
     for ids, answer in keys:
         logp, top = token_logprobs(net, ids)
-        exact += int(top[-len(answer):].all())
-        key_lp += float(logp[-len(answer):].sum())
-    return LongResult(label, math.exp(nll / count), math.exp(late_nll / late) if late else None, exact,
-                      key_lp / max(len(keys), 1), len(wins[0]) - 1)
+        exact += int(top[-len(answer) :].all())
+        key_lp += float(logp[-len(answer) :].sum())
+    return LongResult(
+        label,
+        math.exp(nll / count),
+        math.exp(late_nll / late) if late else None,
+        exact,
+        key_lp / max(len(keys), 1),
+        len(wins[0]) - 1,
+    )
 
 
 def score_all(models, sp, lcfg: LongContextConfig, mcfg, out: Path) -> str:
@@ -141,29 +155,50 @@ def score_all(models, sp, lcfg: LongContextConfig, mcfg, out: Path) -> str:
     original = rope.original_context(mcfg)
     results = [score(make(), label, wins, keys, original) for label, make in models]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"length": lcfg.length, "context": rope.describe(mcfg), "original_context": original,
-                               "document": str(DOCUMENT.relative_to(ROOT)), "windows": lcfg.windows,
-                               "passkeys": lcfg.passkeys, "results": [asdict(r) for r in results]}, indent=2) + "\n")
-    lines = [f"long context: {lcfg.length} tokens (model context {rope.describe(mcfg)}); perplexity over "
-             f"{lcfg.windows} window{'s' * (lcfg.windows > 1)} of the bundled OpenAssistant text, "
-             f"{lcfg.passkeys} passkeys",
-             f"{'model':<40} {'perplexity':>11} {f'past {original}':>11} {'passkey':>9} {'key logp':>9}"]
+    out.write_text(
+        json.dumps(
+            {
+                "length": lcfg.length,
+                "context": rope.describe(mcfg),
+                "original_context": original,
+                "document": str(DOCUMENT.relative_to(ROOT)),
+                "windows": lcfg.windows,
+                "passkeys": lcfg.passkeys,
+                "results": [asdict(r) for r in results],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    lines = [
+        f"long context: {lcfg.length} tokens (model context {rope.describe(mcfg)}); perplexity over "
+        f"{lcfg.windows} window{'s' * (lcfg.windows > 1)} of the bundled OpenAssistant text, "
+        f"{lcfg.passkeys} passkeys",
+        f"{'model':<40} {'perplexity':>11} {f'past {original}':>11} {'passkey':>9} {'key logp':>9}",
+    ]
     for r in results:
         late = f"{r.perplexity_past_original:,.2f}" if r.perplexity_past_original is not None else "-"
-        lines.append(f"{r.model:<40} {r.perplexity:>11,.2f} {late:>11} {f'{r.passkey_exact}/{lcfg.passkeys}':>9} "
-                     f"{r.passkey_logprob:>9.2f}")
+        lines.append(
+            f"{r.model:<40} {r.perplexity:>11,.2f} {late:>11} {f'{r.passkey_exact}/{lcfg.passkeys}':>9} "
+            f"{r.passkey_logprob:>9.2f}"
+        )
     return "\n".join(lines) + f"\nsaved: {out}"
 
 
-def evaluate(lcfg: LongContextConfig, run: Path | None, train_cfg, tokenizer, quant, base: bool,
-             out: str | None) -> str:
+def evaluate(
+    lcfg: LongContextConfig, run: Path | None, train_cfg, tokenizer, quant, base: bool, out: str | None
+) -> str:
     """evaluate.py's long-context mode: the base as trained (with the run's RoPE scaling, no adapter) when
     `base` or there is no run, then the run's adapter model; returns the printed table."""
     from finetune.ship import loading
 
     mcfg = train_cfg.model
-    path = Path(out) if out else (run / "eval" if run else Path("outputs", "eval")) / (
-        f"{'' if run else mcfg.name + '-'}long_context-{lcfg.length}.json")
+    path = (
+        Path(out)
+        if out
+        else (run / "eval" if run else Path("outputs", "eval"))
+        / (f"{'' if run else mcfg.name + '-'}long_context-{lcfg.length}.json")
+    )
     windows(tokenizer.sp, lcfg.length, lcfg.windows)  # a length the document cannot fill: refused before loading
     net = loading.load_base(run, train_cfg, tokenizer, quant)
     mode = loading.quant_config(quant, train_cfg, merged=False).mode

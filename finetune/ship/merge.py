@@ -10,6 +10,7 @@ projections, targeted or not), computed with bitsandbytes' own `quantize_4bit`/`
 run's quant settings, so the merged model reproduces the trained one (max |dlogits| 6e-7 on the tiny model,
 against 7.9e-2 for the original weights). `base="original"` merges into the checkpoint's own weights.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,12 @@ def quantize_roundtrip(weight: torch.Tensor, quant: Quant) -> torch.Tensor:
     """The weight the 4-bit model computes with: bitsandbytes' quantize_4bit then dequantize_4bit."""
     import bitsandbytes.functional as bnbf
 
-    packed, state = bnbf.quantize_4bit(weight.to(quant.dtype).contiguous(), blocksize=quant.blocksize,
-                                       compress_statistics=quant.double_quant, quant_type=quant.quant_type)
+    packed, state = bnbf.quantize_4bit(
+        weight.to(quant.dtype).contiguous(),
+        blocksize=quant.blocksize,
+        compress_statistics=quant.double_quant,
+        quant_type=quant.quant_type,
+    )
     return bnbf.dequantize_4bit(packed, state)
 
 
@@ -68,8 +73,10 @@ def base_files(base_dir: Path) -> list[Path]:
     single = base_dir / "model.safetensors"
     if single.is_file():
         return [single]
-    raise MergeError(f"{base_dir}: no model.safetensors or model.safetensors.index.json; the streaming merge "
-                     "reads safetensors checkpoints (convert .bin weights with transformers' save_pretrained)")
+    raise MergeError(
+        f"{base_dir}: no model.safetensors or model.safetensors.index.json; the streaming merge "
+        "reads safetensors checkpoints (convert .bin weights with transformers' save_pretrained)"
+    )
 
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
@@ -115,8 +122,11 @@ def write_shard(path: Path, entries: list[Entry], tensor_of) -> None:
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
     for entry in entries:
-        header[entry.name] = {"dtype": entry.dtype, "shape": entry.shape,
-                              "data_offsets": [offset, offset + entry.nbytes]}
+        header[entry.name] = {
+            "dtype": entry.dtype,
+            "shape": entry.shape,
+            "data_offsets": [offset, offset + entry.nbytes],
+        }
         offset += entry.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the format aligns the data to 8 bytes
@@ -125,14 +135,21 @@ def write_shard(path: Path, entries: list[Entry], tensor_of) -> None:
         for entry in entries:
             tensor = tensor_of(entry)
             if list(tensor.shape) != entry.shape or SAFETENSORS_DTYPES.get(tensor.dtype, entry.dtype) != entry.dtype:
-                raise MergeError(f"{entry.name}: computed {tuple(tensor.shape)} {tensor.dtype}, "
-                                 f"planned {entry.shape} {entry.dtype}")
+                raise MergeError(
+                    f"{entry.name}: computed {tuple(tensor.shape)} {tensor.dtype}, planned {entry.shape} {entry.dtype}"
+                )
             fh.write(memoryview(tensor.contiguous().view(torch.uint8).numpy()))
 
 
-def merge(base_dir: Path, adapter: Lora, out_dir: Path, quant: Quant | None = None,
-          out_dtype: torch.dtype | None = None, max_shard_bytes: int = 2 * 1024**3,
-          config_fields: dict | None = None) -> MergeStats:
+def merge(
+    base_dir: Path,
+    adapter: Lora,
+    out_dir: Path,
+    quant: Quant | None = None,
+    out_dtype: torch.dtype | None = None,
+    max_shard_bytes: int = 2 * 1024**3,
+    config_fields: dict | None = None,
+) -> MergeStats:
     """Write `out_dir/model-XXXXX-of-YYYYY.safetensors` + index + config: base (+ quantize roundtrip) + LoRA.
 
     `quant` given: every 4-bit-quantized weight goes through `quantize_roundtrip` first (base="dequantized").
@@ -167,17 +184,19 @@ def merge(base_dir: Path, adapter: Lora, out_dir: Path, quant: Quant | None = No
         write_shard(out_dir / fname, entries, tensor_of)
         weight_map.update({e.name: fname for e in entries})
     if pending:
-        raise MergeError(f"the adapter targets {len(pending)} weights the base at {base_dir} does not have "
-                         f"(e.g. {sorted(pending)[0]}): is the adapter for this base model?")
+        raise MergeError(
+            f"the adapter targets {len(pending)} weights the base at {base_dir} does not have "
+            f"(e.g. {sorted(pending)[0]}): is the adapter for this base model?"
+        )
     total = sum(e.nbytes for entries in shards for e in entries)
     (out_dir / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
     write_config(base_dir, out_dir, out_dtype, config_fields)
     return MergeStats(shards=len(shards), tensors=len(weight_map), total_bytes=total, **counts)
 
 
-def write_config(base_dir: Path, out_dir: Path, out_dtype: torch.dtype | None,
-                 fields: dict | None = None) -> None:
+def write_config(base_dir: Path, out_dir: Path, out_dtype: torch.dtype | None, fields: dict | None = None) -> None:
     """config.json of the base, minus any quantization_config, with the dtype the shards now hold and `fields`.
     A RoPE scaling is written as transformers 5 spells it (`rope_parameters`) and as older readers do
     (`rope_scaling`, rope_theta at the top level)."""

@@ -9,6 +9,7 @@ Two differences Go templates cannot avoid (Ollama offers no trim function): mess
 leading/trailing whitespace as Meta's format does, and a system message given in the request replaces the
 Modelfile's SYSTEM (Ollama's rule).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,16 +38,21 @@ STOP = ("</s>", "[INST]")
 def quoted(text: str) -> str:
     """A Modelfile triple-quoted value; the format has no escape for a triple quote inside."""
     if '"""' in text:
-        raise UserError(f'a Modelfile value cannot contain """ (the format has no escape for it): {text[:60]!r}; '
-                        'remove it from data.system_prompt')
+        raise UserError(
+            f'a Modelfile value cannot contain """ (the format has no escape for it): {text[:60]!r}; '
+            "remove it from data.system_prompt"
+        )
     return f'"""{text}"""'
 
 
 def render(gguf_name: str, system: str | None, licence: str, context: int | None = None) -> str:
     """The Modelfile text for `./gguf_name`; `context` (the trained context) becomes num_ctx, so Ollama serves
     the whole of it (its own default is shorter)."""
-    lines = [f"# Ollama: ollama create <name> -f {'Modelfile'} && ollama run <name>",
-             f"FROM ./{gguf_name}", f"TEMPLATE {quoted(TEMPLATE)}"]
+    lines = [
+        f"# Ollama: ollama create <name> -f {'Modelfile'} && ollama run <name>",
+        f"FROM ./{gguf_name}",
+        f"TEMPLATE {quoted(TEMPLATE)}",
+    ]
     lines += [f'PARAMETER stop "{s}"' for s in STOP]
     if context:
         lines.append(f"PARAMETER num_ctx {int(context)}")
@@ -56,8 +62,7 @@ def render(gguf_name: str, system: str | None, licence: str, context: int | None
     return "\n".join(lines) + "\n"
 
 
-def write(folder: Path, gguf_name: str, system: str | None, licence_file: Path,
-          context: int | None = None) -> Path:
+def write(folder: Path, gguf_name: str, system: str | None, licence_file: Path, context: int | None = None) -> Path:
     """`folder/Modelfile.<type>` beside `folder/gguf_name` (`<run>.<type>.gguf`)."""
     licence = licence_file.read_text() if licence_file.is_file() else "Llama 2 Community License"
     out = Path(folder) / f"Modelfile.{gguf_name.rsplit('.', 2)[-2]}"
@@ -70,6 +75,9 @@ def expected_text(messages: list[dict]) -> str:
     leading BOS, i.e. Meta's format for messages that carry no leading/trailing whitespace."""
     import jinja2
 
-    text = jinja2.Environment().from_string(chat_format.CHAT_TEMPLATE).render(
-        messages=messages, bos_token="<s>", eos_token="</s>")
+    text = (
+        jinja2.Environment()
+        .from_string(chat_format.CHAT_TEMPLATE)
+        .render(messages=messages, bos_token="<s>", eos_token="</s>")
+    )
     return text.removeprefix("<s>")

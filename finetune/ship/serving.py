@@ -4,6 +4,7 @@ vLLM serves LoRA adapters only up to `--max-lora-rank` (default 16), which must 
 only plain LoRA on the linear layers (no DoRA, no modules_to_save); TGI loads the same peft folders with
 `--lora-adapters`. Anything else is a warning at export, with the command that works (or: serve merged/).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,21 +27,29 @@ def adapter_warnings(adapter_dir: Path) -> list[str]:
     r = max(ranks)
     found = []
     if vllm_max_lora_rank(r) is None:
-        found.append(f"LoRA rank {r} is above vLLM's largest --max-lora-rank ({VLLM_LORA_RANKS[-1]}): vLLM "
-                     "cannot serve this adapter; serve merged/ instead (export.py merge=true)")
+        found.append(
+            f"LoRA rank {r} is above vLLM's largest --max-lora-rank ({VLLM_LORA_RANKS[-1]}): vLLM "
+            "cannot serve this adapter; serve merged/ instead (export.py merge=true)"
+        )
     elif r > VLLM_DEFAULT_MAX_LORA_RANK:
-        found.append(f"LoRA rank {r} is above vLLM's default --max-lora-rank {VLLM_DEFAULT_MAX_LORA_RANK}: start "
-                     f"vLLM with --max-lora-rank {vllm_max_lora_rank(r)}")
+        found.append(
+            f"LoRA rank {r} is above vLLM's default --max-lora-rank {VLLM_DEFAULT_MAX_LORA_RANK}: start "
+            f"vLLM with --max-lora-rank {vllm_max_lora_rank(r)}"
+        )
     if cfg.get("use_dora"):
         found.append("DoRA adapters are not served by vLLM's LoRA path; serve merged/ instead")
     if cfg.get("modules_to_save"):
-        found.append(f"modules_to_save={cfg['modules_to_save']}: vLLM's LoRA path serves LoRA matrices only; "
-                     "serve merged/ instead")
+        found.append(
+            f"modules_to_save={cfg['modules_to_save']}: vLLM's LoRA path serves LoRA matrices only; "
+            "serve merged/ instead"
+        )
     targets = cfg.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else targets
     if extra := sorted(set(targets) - VLLM_LORA_TARGETS):
-        found.append(f"target_modules {extra} are outside vLLM's Llama LoRA layers "
-                     f"({', '.join(sorted(VLLM_LORA_TARGETS))}); serve merged/ instead")
+        found.append(
+            f"target_modules {extra} are outside vLLM's Llama LoRA layers "
+            f"({', '.join(sorted(VLLM_LORA_TARGETS))}); serve merged/ instead"
+        )
     return found
 
 

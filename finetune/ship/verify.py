@@ -4,6 +4,7 @@ The reference is the adapter on the base it was trained on (for QLoRA: the 4-bit
 training loaded it). Each model is loaded, run on the prompts and freed before the next one loads, so
 verification needs one model's memory at a time.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,12 @@ from finetune.model import base as model
 from finetune.runtime import console
 
 # Used only when the run's data file is gone; the card then says so.
-FALLBACK_PROMPTS = ["What is the capital of France?", "Write a haiku about autumn.",
-                    "Explain what a hash table is in two sentences.", "Give me three tips for a job interview."]
+FALLBACK_PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about autumn.",
+    "Explain what a hash table is in two sentences.",
+    "Give me three tips for a job interview.",
+]
 
 
 @dataclass
@@ -45,10 +50,12 @@ class Drift:
         return self.relative <= self.tolerance
 
     def summary(self, checked: bool = True) -> str:
-        return (f"vs {self.reference}: max |dlogits| {self.max_abs:.2e} (relative to max |logits| "
-                f"{self.logit_scale:.3g}: {self.relative:.2e}" + (f", tolerance {self.tolerance:.0e}" if checked
-                                                                  else "") +
-                f"); greedy generations identical on {self.same_generations}/{self.prompts} prompts")
+        return (
+            f"vs {self.reference}: max |dlogits| {self.max_abs:.2e} (relative to max |logits| "
+            f"{self.logit_scale:.3g}: {self.relative:.2e}"
+            + (f", tolerance {self.tolerance:.0e}" if checked else "")
+            + f"); greedy generations identical on {self.same_generations}/{self.prompts} prompts"
+        )
 
 
 def default_tolerance(stored: torch.dtype, compute: torch.dtype) -> float:
@@ -64,8 +71,10 @@ def run_examples(run: Path, train_cfg: TrainConfig) -> tuple[list[dict], str]:
 
     if (record := inputs.read(run)) is not None:
         return record.examples, record.source(run)
-    console.info(f"{Path(run).name} has no readable {inputs.FILE} (trained by an older version?): reading its data "
-                 f"{train_cfg.data.path} again for the verification prompts")
+    console.info(
+        f"{Path(run).name} has no readable {inputs.FILE} (trained by an older version?): reading its data "
+        f"{train_cfg.data.path} again for the verification prompts"
+    )
     try:
         train, held_out = examples.splits(train_cfg.data)
         return held_out + train, f"the run's data ({train_cfg.data.path})"
@@ -93,8 +102,9 @@ def sample_prompts(found: tuple[list[dict], str], sp, n: int, max_tokens: int) -
     return prompts, source
 
 
-def heldout_sequences(found: tuple[list[dict], str], train_cfg: TrainConfig, sp, n: int,
-                      max_tokens: int) -> tuple[list[tuple[list, list]], str]:
+def heldout_sequences(
+    found: tuple[list[dict], str], train_cfg: TrainConfig, sp, n: int, max_tokens: int
+) -> tuple[list[tuple[list, list]], str]:
     """Up to `n` (ids, mask) sequences of at most `max_tokens` from `run_examples`' result, held-out first,
     encoded as training encodes them (mask = the tokens training scores); for a perplexity. Without examples:
     the built-in prompts, all their tokens scored."""
@@ -125,14 +135,26 @@ def run_prompts(net, prompts: list[list[int]], max_new_tokens: int) -> list[tupl
     for ids in prompts:
         x = torch.tensor([ids], device=device)
         logits = net(input_ids=x).logits[0].float().cpu()
-        gen = net.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
-                           do_sample=False, pad_token_id=0, use_cache=True)  # training loads with the cache off
-        out.append((logits, gen[0, len(ids):].tolist()))
+        gen = net.generate(
+            input_ids=x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+            use_cache=True,
+        )  # training loads with the cache off
+        out.append((logits, gen[0, len(ids) :].tolist()))
     return out
 
 
-def adapter_outputs(train_cfg: TrainConfig, base_dir: Path, adapter_dir: Path, quantized: bool,
-                    prompts: list[list[int]], max_new_tokens: int):
+def adapter_outputs(
+    train_cfg: TrainConfig,
+    base_dir: Path,
+    adapter_dir: Path,
+    quantized: bool,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+):
     """Outputs of the adapter model: the run's base (4-bit if `quantized`, as in training) + the adapter."""
     from peft import PeftModel
 
@@ -150,8 +172,9 @@ def merged_outputs(merged_dir: Path, prompts: list[list[int]], max_new_tokens: i
     from transformers import AutoModelForCausalLM
 
     # "auto": a merged 70B (140 GB in bf16) spreads over every GPU, then CPU RAM
-    net = AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto",
-                                               device_map="auto" if torch.cuda.is_available() else "cpu")
+    net = AutoModelForCausalLM.from_pretrained(
+        merged_dir, dtype="auto", device_map="auto" if torch.cuda.is_available() else "cpu"
+    )
     out = run_prompts(net, prompts, max_new_tokens)
     del net
     gc.collect()
@@ -163,7 +186,16 @@ def compare(reference_name: str, reference, merged, tolerance: float, decode, pr
     max_abs = max(float((r[0] - m[0]).abs().max()) for r, m in zip(reference, merged))
     scale = max(float(r[0].abs().max()) for r in reference)
     same = sum(r[1] == m[1] for r, m in zip(reference, merged))
-    samples = [{"prompt": decode(p), "reference": decode(r[1]), "merged": decode(m[1])}
-               for p, r, m in zip(prompts, reference, merged)]
-    return Drift(reference=reference_name, max_abs=max_abs, logit_scale=scale, tolerance=tolerance,
-                 prompts=len(reference), same_generations=same, samples=samples)
+    samples = [
+        {"prompt": decode(p), "reference": decode(r[1]), "merged": decode(m[1])}
+        for p, r, m in zip(prompts, reference, merged)
+    ]
+    return Drift(
+        reference=reference_name,
+        max_abs=max_abs,
+        logit_scale=scale,
+        tolerance=tolerance,
+        prompts=len(reference),
+        same_generations=same,
+        samples=samples,
+    )

@@ -1,4 +1,5 @@
 """A local sweep's results: leaderboard.md, leaderboard.csv and sweep.png (metric against each parameter)."""
+
 from __future__ import annotations
 
 import csv
@@ -23,9 +24,18 @@ def write(sweep: Sweep, records: list[dict], out: Path) -> None:
     table = []
     for i, r in enumerate(rows, 1):
         finished = r["status"] == "finished"
-        table.append([i if finished else "", r["trial"], r["status"], r["metric"] if finished else "",
-                      *(r["params"].get(k, "") for k in keys), r.get("seconds", ""), r["output_dir"],
-                      r.get("error") or ""])
+        table.append(
+            [
+                i if finished else "",
+                r["trial"],
+                r["status"],
+                r["metric"] if finished else "",
+                *(r["params"].get(k, "") for k in keys),
+                r.get("seconds", ""),
+                r["output_dir"],
+                r.get("error") or "",
+            ]
+        )
     with (out / "leaderboard.csv").open("w", newline="") as fh:
         csv.writer(fh).writerows([header, *table])
     (out / "leaderboard.md").write_text(markdown(sweep, header, table))
@@ -37,8 +47,12 @@ def markdown(sweep: Sweep, header: list[str], table: list[list]) -> str:
     lines = [f"# Sweep {sweep.path.name}: {sweep.method}, {sweep.goal} {sweep.metric}", ""]
     if done:
         best = done[0]
-        lines += [f"Best: trial {best[1]}, {sweep.metric} = {fmt(best[3])}, "
-                  + ", ".join(f"{k}={fmt(v)}" for k, v in zip(header[4:-3], best[4:-3])) + f" ({best[-2]})", ""]
+        lines += [
+            f"Best: trial {best[1]}, {sweep.metric} = {fmt(best[3])}, "
+            + ", ".join(f"{k}={fmt(v)}" for k, v in zip(header[4:-3], best[4:-3]))
+            + f" ({best[-2]})",
+            "",
+        ]
     lines += [f"{len(done)} finished, {len(table) - len(done)} failed or unfinished, of {len(table)} trials.", ""]
     if sweep.overrides:
         lines += ["Every trial with: " + " ".join(f"{k}={v}" for k, v in sweep.overrides.items()), ""]

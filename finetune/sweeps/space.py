@@ -6,6 +6,7 @@ run_cap. Grid walks the `values` in file order; random and bayes ask Optuna (Ran
 Bayesian optimizer) with every recorded trial replayed first, so a proposal depends only on the trials file
 and a sweep resumes from it.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -13,7 +14,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -32,8 +33,8 @@ class Sweep:
     metric: str  # as the Trainer logs it to wandb, e.g. eval/loss
     goal: str  # minimize | maximize
     command: list[str]
-    program: Optional[str]
-    run_cap: Optional[int]
+    program: str | None
+    run_cap: int | None
     fixed: dict[str, Any] = field(default_factory=dict)  # `value:` parameters and command-line overrides
     space: dict[str, Any] = field(default_factory=dict)  # swept key -> optuna distribution
     overrides: dict[str, str] = field(default_factory=dict)  # key=value from the command line: part of its identity
@@ -42,8 +43,8 @@ class Sweep:
     def metrics_key(self) -> str:
         """The metric's name in metrics.jsonl: the Trainer logs eval_loss, which its wandb callback names eval/loss."""
         if self.metric.startswith("eval/"):
-            return "eval_" + self.metric[len("eval/"):]
-        return self.metric[len("train/"):] if self.metric.startswith("train/") else self.metric
+            return "eval_" + self.metric[len("eval/") :]
+        return self.metric[len("train/") :] if self.metric.startswith("train/") else self.metric
 
 
 def load(path: Path, overrides: dict[str, str]) -> Sweep:
@@ -55,6 +56,31 @@ def load(path: Path, overrides: dict[str, str]) -> Sweep:
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: expected a wandb sweep mapping (method, metric, parameters, command)"])
     problems: list[str] = []
+    sweep, params = header(Path(path), raw, problems)
+    sweep.command = check_command(path, raw.get("command"), sweep.program, problems)
+    for key, spec in params.items():
+        if key in overrides:
+            continue
+        if not isinstance(spec, dict):
+            problems.append(f"{path}: parameters.{key}: expected a mapping with value, values or min/max")
+        elif "value" in spec:
+            sweep.fixed[key] = spec["value"]
+        else:
+            dist = distribution(f"{path}: parameters.{key}", spec, sweep.method, problems)
+            if dist is not None:
+                sweep.space[key] = dist
+    sweep.fixed.update(overrides)
+    sweep.overrides = dict(overrides)
+    if not sweep.space and not problems:
+        problems.append(f"{path}: parameters: nothing left to sweep (every key has one value)")
+    if problems:
+        raise ConfigError(problems)
+    return sweep
+
+
+def header(path: Path, raw: dict, problems: list[str]) -> tuple[Sweep, dict]:
+    """The sweep without its command and parameters (method, metric, program, run_cap), and the parameters' mapping;
+    what is wrong goes to `problems`."""
     method, metric = raw.get("method"), raw.get("metric") or {}
     if method not in METHODS:
         problems.append(f"{path}: method: {method!r}; use one of {', '.join(METHODS)}")
@@ -68,29 +94,11 @@ def load(path: Path, overrides: dict[str, str]) -> Sweep:
     run_cap = raw.get("run_cap")
     if run_cap is not None and (not isinstance(run_cap, int) or run_cap < 1):
         problems.append(f"{path}: run_cap: {run_cap!r}; use a positive integer")
-    sweep = Sweep(Path(path), method, metric.get("name", ""), metric.get("goal", ""), [], raw.get("program"), run_cap)
-    sweep.command = check_command(path, raw.get("command"), sweep.program, problems)
-    for key, spec in params.items():
-        if key in overrides:
-            continue
-        if not isinstance(spec, dict):
-            problems.append(f"{path}: parameters.{key}: expected a mapping with value, values or min/max")
-        elif "value" in spec:
-            sweep.fixed[key] = spec["value"]
-        else:
-            dist = distribution(f"{path}: parameters.{key}", spec, method, problems)
-            if dist is not None:
-                sweep.space[key] = dist
-    sweep.fixed.update(overrides)
-    sweep.overrides = dict(overrides)
-    if not sweep.space and not problems:
-        problems.append(f"{path}: parameters: nothing left to sweep (every key has one value)")
-    if problems:
-        raise ConfigError(problems)
-    return sweep
+    sweep = Sweep(path, method, metric.get("name", ""), metric.get("goal", ""), [], raw.get("program"), run_cap)
+    return sweep, params
 
 
-def check_command(path: Path, command: Any, program: Optional[str], problems: list[str]) -> list[str]:
+def check_command(path: Path, command: Any, program: str | None, problems: list[str]) -> list[str]:
     fix = "command: [${env}, accelerate, launch, finetune/train.py, ${args_no_hyphens}], one item per word"
     if not isinstance(command, list) or "${args_no_hyphens}" not in command:
         problems.append(f"{path}: command: must pass the trial's values as Hydra key=value overrides; use {fix}")
@@ -99,8 +107,10 @@ def check_command(path: Path, command: Any, program: Optional[str], problems: li
         if not isinstance(item, str) or " " in item:
             problems.append(f"{path}: command item {item!r}: one word per item ({fix})")
         elif item.startswith("${") and item[2:-1] not in MACROS and not ENVVAR.fullmatch(item):
-            problems.append(f"{path}: command item {item}: a local sweep renders {', '.join(MACROS)} and "
-                            "${envvar:NAME}; Hydra needs ${args_no_hyphens} (key=value)")
+            problems.append(
+                f"{path}: command item {item}: a local sweep renders {', '.join(MACROS)} and "
+                "${envvar:NAME}; Hydra needs ${args_no_hyphens} (key=value)"
+            )
     if "${program}" in command and not program:
         problems.append(f"{path}: command uses ${{program}} but the file has no `program:`")
     return list(command)
@@ -108,7 +118,7 @@ def check_command(path: Path, command: Any, program: Optional[str], problems: li
 
 def distribution(where: str, spec: dict, method: str, problems: list[str]):
     """The Optuna distribution for one wandb parameter spec, or None after recording the problem."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import CategoricalDistribution
 
     if "values" in spec:
         values = spec["values"]
@@ -119,6 +129,14 @@ def distribution(where: str, spec: dict, method: str, problems: list[str]):
     if method == "grid":
         problems.append(f"{where}: grid needs `values: [...]` (or one `value:`) for every parameter")
         return None
+    return numeric(where, spec, problems)
+
+
+def numeric(where: str, spec: dict, problems: list[str]):
+    """The Optuna distribution for a min/max parameter spec (wandb's distribution names), or None after recording
+    the problem."""
+    from optuna.distributions import FloatDistribution, IntDistribution
+
     kind = spec.get("distribution")
     lo, hi = spec.get("min"), spec.get("max")
     for name, v in (("min", lo), ("max", hi), ("q", spec.get("q", 1))):
@@ -145,7 +163,7 @@ def distribution(where: str, spec: dict, method: str, problems: list[str]):
     return FloatDistribution(lo, hi, log=True)  # log_uniform_values
 
 
-def size(sweep: Sweep) -> Optional[int]:
+def size(sweep: Sweep) -> int | None:
     """The number of grid points, or None for random and bayes (unbounded)."""
     return math.prod(len(d.choices) for d in sweep.space.values()) if sweep.method == "grid" else None
 
@@ -179,8 +197,12 @@ def grid_points(sweep: Sweep) -> list[tuple]:
 
 def render(sweep: Sweep, args: dict[str, Any], env: dict[str, str]) -> list[str]:
     """The trial's argv, as `wandb agent` builds it: ${args_no_hyphens} -> key=value items (str of each value)."""
-    macros = {"env": ["/usr/bin/env"], "interpreter": ["python"], "program": [sweep.program or ""],
-              "args_no_hyphens": [f"{k}={v}" for k, v in args.items()]}
+    macros = {
+        "env": ["/usr/bin/env"],
+        "interpreter": ["python"],
+        "program": [sweep.program or ""],
+        "args_no_hyphens": [f"{k}={v}" for k, v in args.items()],
+    }
     argv: list[str] = []
     for item in sweep.command:
         if item.startswith("${") and item.endswith("}") and item[2:-1] in macros:

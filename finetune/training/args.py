@@ -1,4 +1,5 @@
 """TrainingArguments shared by SFT and DPO, and the callbacks every trainer gets."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,8 +43,9 @@ def common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool) -> dict:
     """TrainingArguments shared by SFT and DPO, from the `trainer` sub-config."""
     tcfg, cuda = cfg.trainer, torch.cuda.is_available()
     if tcfg.liger and not cuda:
-        console.info("trainer.liger=true: ignored without CUDA (Liger's kernels are Triton GPU kernels); training "
-                     "without them")
+        console.info(
+            "trainer.liger=true: ignored without CUDA (Liger's kernels are Triton GPU kernels); training without them"
+        )
     gc = gradient_checkpointing(cfg)
     return dict(
         output_dir=str(checkpoints.staging_dir(run_dir)),  # runs.checkpoints.AtomicCheckpoints moves each out

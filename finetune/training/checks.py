@@ -3,6 +3,7 @@
 Each stage owns its checks (the knowledge they need lives there); this is the one place that runs them all.
 `before_weights` is what train.py and preview.py call first; it raises one ConfigError listing every problem.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -61,16 +62,22 @@ def trainer_problems(cfg) -> list[str]:
     for key, names in (("lr_scheduler", SchedulerType), ("optim", OptimizerNames)):
         valid = [n.value for n in names]
         if getattr(tcfg, key) not in valid:
-            found.append(f"trainer.{key}={getattr(tcfg, key)}: transformers has no such {key.replace('_', ' ')}; "
-                         f"use one of {', '.join(valid)}")
+            found.append(
+                f"trainer.{key}={getattr(tcfg, key)}: transformers has no such {key.replace('_', ' ')}; "
+                f"use one of {', '.join(valid)}"
+            )
     if tcfg.activation_offloading and not torch.cuda.is_available():
-        found.append("trainer.activation_offloading=true moves activations from the GPU to CPU memory; "
-                     "without a GPU set trainer.activation_offloading=false")
+        found.append(
+            "trainer.activation_offloading=true moves activations from the GPU to CPU memory; "
+            "without a GPU set trainer.activation_offloading=false"
+        )
     if tcfg.memory_budget is not None and not torch.cuda.is_available() and (err := ram_problem(tcfg.memory_budget)):
         found.append(err)
     if tcfg.liger and (err := liger_problem()):
-        found.append(f"trainer.liger=true needs liger-kernel: {err}; install it with `pip install liger-kernel` "
-                     "or set trainer.liger=false")
+        found.append(
+            f"trainer.liger=true needs liger-kernel: {err}; install it with `pip install liger-kernel` "
+            "or set trainer.liger=false"
+        )
     return found
 
 
@@ -104,16 +111,20 @@ def weights_problems(cfg) -> list[str]:
     found = []
     if cfg.init_adapter and (weights := Path(cfg.init_adapter) / "adapter_model.safetensors").is_file():
         if (why := unusable(weights)) and "cannot be read" not in why:  # unreadable headers: lora.check says so
-            found.append(f"init_adapter={cfg.init_adapter}: adapter_model.safetensors {why}; point it at a finished "
-                         "run's adapter/ folder, or retrain the adapter")
+            found.append(
+                f"init_adapter={cfg.init_adapter}: adapter_model.safetensors {why}; point it at a finished "
+                "run's adapter/ folder, or retrain the adapter"
+            )
     if cfg.output_dir and cfg.resume and not cfg.overwrite and (ckpt := rundir.latest(Path(cfg.output_dir))):
         ckpt = Path(ckpt)
         for f in sorted(p for p in ckpt.rglob("*") if p.is_file()):
             if why := unusable(f):
                 earlier = [c for c in sorted(ckpt.parent.glob("checkpoint-*"), key=rundir.step_of) if c != ckpt]
                 to = f"resume from {earlier[-1].name}" if earlier else "start over"
-                found.append(f"output_dir={cfg.output_dir}: {f.relative_to(ckpt.parent)} {why}, so the run cannot "
-                             f"resume from {ckpt.name}; delete {ckpt} to {to}, or start over with overwrite=true")
+                found.append(
+                    f"output_dir={cfg.output_dir}: {f.relative_to(ckpt.parent)} {why}, so the run cannot "
+                    f"resume from {ckpt.name}; delete {ckpt} to {to}, or start over with overwrite=true"
+                )
                 break
     return found
 

@@ -12,6 +12,7 @@ named by a hash of the dataset and of every model weight (base + adapters), so a
 data, model and adapter finds it and skips the reference pass. tests/unit/test_dpo.py holds TRL to this
 contract (the collator's import path and input keys); pyproject pins trl to the tested minor.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,9 +33,15 @@ def loss_types() -> tuple[str, ...]:
     from trl import DPOTrainer
 
     tree = ast.parse(textwrap.dedent(inspect.getsource(DPOTrainer._compute_loss)))
-    return tuple(node.comparators[0].value for node in ast.walk(tree)
-                 if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "loss_type"
-                 and isinstance(node.ops[0], ast.Eq) and isinstance(node.comparators[0], ast.Constant))
+    return tuple(
+        node.comparators[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Compare)
+        and isinstance(node.left, ast.Name)
+        and node.left.id == "loss_type"
+        and isinstance(node.ops[0], ast.Eq)
+        and isinstance(node.comparators[0], ast.Constant)
+    )
 
 
 def check(cfg) -> list[str]:
@@ -54,10 +61,17 @@ def collate(pad_id: int):
     pad = DataCollatorForPreference(pad_token_id=pad_id)
 
     def collate_fn(examples: list[dict]) -> dict:
-        return pad([{"prompt_ids": ex["llama_prompt_ids"], "chosen_ids": ex["llama_chosen_ids"],
-                     "rejected_ids": ex["llama_rejected_ids"],
-                     **{k: ex[k] for k in ("ref_chosen_logps", "ref_rejected_logps") if k in ex}}
-                    for ex in examples])
+        return pad(
+            [
+                {
+                    "prompt_ids": ex["llama_prompt_ids"],
+                    "chosen_ids": ex["llama_chosen_ids"],
+                    "rejected_ids": ex["llama_rejected_ids"],
+                    **{k: ex[k] for k in ("ref_chosen_logps", "ref_rejected_logps") if k in ex},
+                }
+                for ex in examples
+            ]
+        )
 
     return collate_fn
 
@@ -85,12 +99,20 @@ def build(cfg, model, tokenizer, prepared, run_dir: Path):
         remove_unused_columns=False,  # our llama_*_ids columns reach `collate`
     )
     before = reference_tables(train_ds)
-    trainer = DPOTrainer(model=model, args=args, data_collator=collate(tokenizer.pad_id), train_dataset=train_ds,
-                         eval_dataset=eval_ds, processing_class=tokenizer.hf,
-                         callbacks=callbacks(cfg, tokenizer, prepared.head, run_dir),
-                         optimizers=optimizers(cfg, model, args))
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        data_collator=collate(tokenizer.pad_id),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer.hf,
+        callbacks=callbacks(cfg, tokenizer, prepared.head, run_dir),
+        optimizers=optimizers(cfg, model, args),
+    )
     if tcfg.precompute_ref:
         made = reference_tables(train_ds) - before
-        console.info(f"reference log-probs: {'computed and cached' if made else 'reused from the cache'} in "
-                     f"{Path(train_ds.cache_files[0]['filename']).parent}")
+        console.info(
+            f"reference log-probs: {'computed and cached' if made else 'reused from the cache'} in "
+            f"{Path(train_ds.cache_files[0]['filename']).parent}"
+        )
     return trainer

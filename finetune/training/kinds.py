@@ -1,5 +1,6 @@
 """The trainer registry: `trainer.kind` -> the module that checks its config and builds its TRL trainer, as the
 method's record (config.methods) names it."""
+
 from __future__ import annotations
 
 import importlib

@@ -11,6 +11,7 @@ thumbs-down answer share a prompt; a shift of one would pair such a prompt with 
 At step 0 the policy equals the reference: every log-ratio and the KL are 0 and each loss term is
 1 - sigmoid(0) = 0.5, so the loss starts at 0.5 (desirable/undesirable weights 1).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,8 +45,12 @@ def collate(pad_id: int):
         prompts = [ex["llama_prompt_ids"] for ex in examples]
         answers = [ex["llama_completion_ids"] for ex in examples]
         k = shift(prompts)
-        return pad([{"prompt_ids": p, "completion_ids": a, "KL_completion_ids": answers[i - k], "label": ex["label"]}
-                    for i, (p, a, ex) in enumerate(zip(prompts, answers, examples))])
+        return pad(
+            [
+                {"prompt_ids": p, "completion_ids": a, "KL_completion_ids": answers[i - k], "label": ex["label"]}
+                for i, (p, a, ex) in enumerate(zip(prompts, answers, examples))
+            ]
+        )
 
     return collate_fn
 
@@ -58,14 +63,20 @@ def check(cfg) -> list[str]:
     if tcfg.beta <= 0:
         problems.append(f"trainer.beta={tcfg.beta}: must be > 0 (0.1 is the KTO paper's)")
     if min(tcfg.desirable_weight, tcfg.undesirable_weight) <= 0:
-        problems.append(f"trainer.desirable_weight={tcfg.desirable_weight}, trainer.undesirable_weight="
-                        f"{tcfg.undesirable_weight}: both must be > 0")
+        problems.append(
+            f"trainer.desirable_weight={tcfg.desirable_weight}, trainer.undesirable_weight="
+            f"{tcfg.undesirable_weight}: both must be > 0"
+        )
     if tcfg.loss_type == "kto" and tcfg.micro_batch_size < 2:
-        problems.append("trainer.micro_batch_size=1 with KTO: its KL term pairs each prompt with another example's "
-                        "answer from the same micro-batch; use trainer.micro_batch_size >= 2")
+        problems.append(
+            "trainer.micro_batch_size=1 with KTO: its KL term pairs each prompt with another example's "
+            "answer from the same micro-batch; use trainer.micro_batch_size >= 2"
+        )
     if tcfg.precompute_ref:
-        problems.append("trainer.precompute_ref=true with trainer.kind=kto: not wired for KTO (its KL answers are "
-                        "formed per micro-batch by our collator); set trainer.precompute_ref=false")
+        problems.append(
+            "trainer.precompute_ref=true with trainer.kind=kto: not wired for KTO (its KL answers are "
+            "formed per micro-batch by our collator); set trainer.precompute_ref=false"
+        )
     return problems
 
 
@@ -78,10 +89,12 @@ def data_problems(cfg, prepared) -> list[str]:
     bad = len(labels) - good
     if good and bad:
         return []
-    return [f"data={cfg.data.name} ({cfg.data.path}): KTO needs answers marked good and answers marked bad; the "
-            f"training split has {good} desirable (label true) and {bad} undesirable (label false). Add examples "
-            f"marked {'false' if good else 'true'}, or train on good answers alone with SFT (trainer=sft and "
-            "data.adapter=messages)"]
+    return [
+        f"data={cfg.data.name} ({cfg.data.path}): KTO needs answers marked good and answers marked bad; the "
+        f"training split has {good} desirable (label true) and {bad} undesirable (label false). Add examples "
+        f"marked {'false' if good else 'true'}, or train on good answers alone with SFT (trainer=sft and "
+        "data.adapter=messages)"
+    ]
 
 
 def build(cfg, model, tokenizer, prepared, run_dir: Path):
@@ -98,7 +111,13 @@ def build(cfg, model, tokenizer, prepared, run_dir: Path):
         max_length=None,  # lengths are enforced when tokenizing (data.max_length, data.max_prompt_length)
         remove_unused_columns=False,  # our llama_*_ids columns reach `collate`
     )
-    return KTOTrainer(model=model, args=args, data_collator=collate(tokenizer.pad_id), train_dataset=train_ds,
-                      eval_dataset=eval_ds, processing_class=tokenizer.hf,
-                      callbacks=callbacks(cfg, tokenizer, prepared.head, run_dir),
-                      optimizers=optimizers(cfg, model, args))
+    return KTOTrainer(
+        model=model,
+        args=args,
+        data_collator=collate(tokenizer.pad_id),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer.hf,
+        callbacks=callbacks(cfg, tokenizer, prepared.head, run_dir),
+        optimizers=optimizers(cfg, model, args),
+    )

@@ -7,6 +7,7 @@ attended token of the chosen sequence, prompt included, as the ORPO authors' cod
 With answers the model scores alike (a run's start from random weights), log odds ≈ 0 and the loss is the
 chosen NLL + beta·ln 2. Our pairs reach TRL through `pairwise.collate`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,5 +24,6 @@ def build(cfg, model, tokenizer, prepared, run_dir: Path):
     pairwise.quiet_notices()
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    return pairwise.build(ORPOTrainer, ORPOConfig, cfg, model, tokenizer, prepared, run_dir,
-                          padding_value=tokenizer.pad_id)
+    return pairwise.build(
+        ORPOTrainer, ORPOConfig, cfg, model, tokenizer, prepared, run_dir, padding_value=tokenizer.pad_id
+    )

@@ -7,6 +7,7 @@ Both trainers re-tokenize `prompt`/`chosen`/`rejected` text with the Hugging Fac
 masks and labels (-100 on the prompt and on padding). Neither trainer has a reference pass: the model is the
 PeftModel with its one adapter, and TRL adds no "ref" adapter.
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,8 +60,10 @@ def check(cfg, name: str) -> list[str]:
     if tcfg.beta <= 0:
         problems.append(f"trainer.beta={tcfg.beta}: must be > 0")
     if tcfg.precompute_ref:
-        problems.append(f"trainer.precompute_ref=true with trainer.kind={tcfg.kind}: {name} has no reference model "
-                        "to precompute; set trainer.precompute_ref=false")
+        problems.append(
+            f"trainer.precompute_ref=true with trainer.kind={tcfg.kind}: {name} has no reference model "
+            "to precompute; set trainer.precompute_ref=false"
+        )
     return problems
 
 
@@ -74,7 +77,13 @@ def build(trainer_cls, config_cls, cfg, model, tokenizer, prepared, run_dir, **s
         remove_unused_columns=False,  # our llama_*_ids columns reach `collate`
         **settings,
     )
-    return trainer_cls(model=model, args=args, data_collator=collate(tokenizer.pad_id), train_dataset=train_ds,
-                       eval_dataset=eval_ds, processing_class=tokenizer.hf,
-                       callbacks=callbacks(cfg, tokenizer, prepared.head, run_dir),
-                       optimizers=optimizers(cfg, model, args))
+    return trainer_cls(
+        model=model,
+        args=args,
+        data_collator=collate(tokenizer.pad_id),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer.hf,
+        callbacks=callbacks(cfg, tokenizer, prepared.head, run_dir),
+        optimizers=optimizers(cfg, model, args),
+    )

@@ -3,6 +3,7 @@
 Prompts are token ids from `chat_format.encode_prompt` (`data.prompts`), the same function family that encodes
 the training data, so a sample shows what the trained format produces.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,10 @@ class SamplesCallback(TrainerCallback):
         answers = generate(model, [p.ids for p in self.prompts], self.gen)
         if not state.is_world_process_zero:
             return
-        rows = [{"step": state.global_step, "messages": p.messages, "answer": self.sp.decode(a),
-                 "reference": p.reference} for p, a in zip(self.prompts, answers)]
+        rows = [
+            {"step": state.global_step, "messages": p.messages, "answer": self.sp.decode(a), "reference": p.reference}
+            for p, a in zip(self.prompts, answers)
+        ]
         with self.path.open("a") as fh:
             fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         self.rows += rows
@@ -61,9 +64,10 @@ def log_wandb_table(rows: list[dict], step: int) -> None:
 
     if wandb.run is None:
         return
-    table = wandb.Table(columns=["step", "prompt", "answer", "reference"],
-                        data=[[r["step"], r["messages"][-1]["content"], r["answer"], r["reference"] or ""]
-                              for r in rows])
+    table = wandb.Table(
+        columns=["step", "prompt", "answer", "reference"],
+        data=[[r["step"], r["messages"][-1]["content"], r["answer"], r["reference"] or ""] for r in rows],
+    )
     wandb.run.log({"samples": table, "train/global_step": step})
 
 
@@ -72,8 +76,9 @@ def callbacks(cfg, tokenizer, head: list[dict], run_dir: Path) -> list[TrainerCa
     if cfg.eval.samples and dist.launched_sharding() == "fsdp":
         # FSDP1 keeps the root's parameters (embeddings, norm, lm_head) sharded outside its own forward, and
         # generate() calls the inner model: it cannot run mid-training. Eval loss is unaffected.
-        console.info(f"samples: off under FSDP; after training run `python finetune/chat.py run={run_dir} "
-                     "prompts=<file.jsonl>`")
+        console.info(
+            f"samples: off under FSDP; after training run `python finetune/chat.py run={run_dir} prompts=<file.jsonl>`"
+        )
         return []
     prompts = fixed_prompts(head, cfg.data, cfg.eval, tokenizer.sp)
     if not prompts:

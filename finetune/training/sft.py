@@ -1,4 +1,5 @@
 """Supervised fine-tuning through TRL's SFTTrainer, configured by SFTConfig and callbacks only."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,9 +25,15 @@ def build(cfg: TrainConfig, model, tokenizer, prepared, run_dir: Path):
         liger_kernel_config={"swiglu": False} if liger(cfg) and fused_layers.fused(model) else None,
         activation_offloading=cfg.trainer.activation_offloading,
     )
-    return SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                      processing_class=tokenizer.hf, callbacks=callbacks(cfg, tokenizer, prepared.head, run_dir),
-                      optimizers=optimizers(cfg, model, args))
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer.hf,
+        callbacks=callbacks(cfg, tokenizer, prepared.head, run_dir),
+        optimizers=optimizers(cfg, model, args),
+    )
 
 
 def check(cfg) -> list[str]:

@@ -4,6 +4,7 @@ complete checkpoint, the command that resumes; exit 130) and a full disk (the pa
 Checkpoints are complete or absent (runs.checkpoints), so stopping at any moment loses nothing complete: a
 checkpoint being written stays in the staging folder, which the next start clears.
 """
+
 from __future__ import annotations
 
 import errno
@@ -29,8 +30,11 @@ def command(overrides: list[str], run_dir: Path | None) -> str:
     """The command that picks the run up again: the user's own launcher and overrides with output_dir= pointing at
     this run (a run resumes from its latest checkpoint by default) and without resume=/overwrite= (overwrite=true
     would start it over)."""
-    keep = [o for o in overrides if o.lstrip("+~").split("=")[0] not in
-            (("output_dir", "resume", "overwrite") if run_dir else ())]
+    keep = [
+        o
+        for o in overrides
+        if o.lstrip("+~").split("=")[0] not in (("output_dir", "resume", "overwrite") if run_dir else ())
+    ]
     script = os.path.relpath(sys.argv[0])
     script = sys.argv[0] if script.startswith("..") else script
     words = keep + ([f"output_dir={run_dir}"] if run_dir else [])
@@ -92,8 +96,9 @@ def full(exc: BaseException) -> BaseException | None:
     return None
 
 
-def disk_full(exc: BaseException, run_dir: Path, cfg, need: tuple[float, float], overrides: list[str],
-              trainer=None) -> DiskFullError:
+def disk_full(
+    exc: BaseException, run_dir: Path, cfg, need: tuple[float, float], overrides: list[str], trainer=None
+) -> DiskFullError:
     """The error for a write that failed on a full disk; the half-written checkpoint is removed first (it is never
     read, and its space is what the user needs back)."""
     if trainer is not None:
@@ -104,16 +109,20 @@ def disk_full(exc: BaseException, run_dir: Path, cfg, need: tuple[float, float],
         shutil.rmtree(checkpoints.staging_dir(run_dir), ignore_errors=True)
     free = shutil.disk_usage(run_dir).free if run_dir.exists() else 0
     path = getattr(exc, "filename", None) or run_dir
-    return DiskFullError(f"{path}: no space left on the disk ({free / MiB:,.1f} MiB free); "
-                         f"{needs(need, cfg.trainer)}; free space, lower trainer.save_total_limit, or give output_dir= "
-                         f"on a bigger disk; {restart(run_dir, overrides)}")
+    return DiskFullError(
+        f"{path}: no space left on the disk ({free / MiB:,.1f} MiB free); "
+        f"{needs(need, cfg.trainer)}; free space, lower trainer.save_total_limit, or give output_dir= "
+        f"on a bigger disk; {restart(run_dir, overrides)}"
+    )
 
 
 def needs(need: tuple[float, float], t) -> str:
     ckpt, adapter, n = *need, kept(t)
-    return (f"this run needs ~{(n * ckpt + adapter) / MiB:,.1f} MiB: {n} checkpoints on disk at once of "
-            f"~{ckpt / MiB:,.1f} MiB each (trainer.save_total_limit={t.save_total_limit} kept, plus the one being "
-            f"written) and the adapter (~{adapter / MiB:,.1f} MiB)")
+    return (
+        f"this run needs ~{(n * ckpt + adapter) / MiB:,.1f} MiB: {n} checkpoints on disk at once of "
+        f"~{ckpt / MiB:,.1f} MiB each (trainer.save_total_limit={t.save_total_limit} kept, plus the one being "
+        f"written) and the adapter (~{adapter / MiB:,.1f} MiB)"
+    )
 
 
 def kept(t) -> int:
@@ -135,9 +144,12 @@ def room(cfg, need: tuple[float, float]) -> None:
     free = shutil.disk_usage(probe).free
     wanted = max(limit - existing, 0) * need[0] + need[1]
     if free < wanted:
-        raise DiskFullError(f"output_dir={output_dir or path}: {free / MiB:,.1f} MiB free on its disk, and "
-                            f"{needs(need, cfg.trainer)}" + (f", {existing} of them written" if existing else "")
-                            + "; free space, lower trainer.save_total_limit, or give output_dir= on a bigger disk")
+        raise DiskFullError(
+            f"output_dir={output_dir or path}: {free / MiB:,.1f} MiB free on its disk, and "
+            f"{needs(need, cfg.trainer)}"
+            + (f", {existing} of them written" if existing else "")
+            + "; free space, lower trainer.save_total_limit, or give output_dir= on a bigger disk"
+        )
 
 
 def say(line: str) -> None:

@@ -7,6 +7,7 @@ WANDB_MODE (and `wandb offline`) is honoured; with no API key and no offline mod
 instead of failing. Under `wandb agent` the agent's WANDB_RUN_ID wins, so the run joins its sweep.
 TensorBoard: event files in <run>/tensorboard/.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,8 +77,11 @@ def wandb_mode(run_dir: Path) -> str:
         return "disabled"
     if wandb.login(prompt=False, verify=False):
         return "online"
-    print(f"wandb: no API key (`wandb login` or WANDB_API_KEY) and WANDB_MODE is not offline: logging offline to "
-          f"{run_dir / 'wandb'}; upload later with `wandb sync {run_dir / 'wandb'}/offline-run-*`", flush=True)
+    print(
+        f"wandb: no API key (`wandb login` or WANDB_API_KEY) and WANDB_MODE is not offline: logging offline to "
+        f"{run_dir / 'wandb'}; upload later with `wandb sync {run_dir / 'wandb'}/offline-run-*`",
+        flush=True,
+    )
     return "offline"
 
 

@@ -3,6 +3,7 @@ a QLoRA run chatted with in 4-bit on CUDA, and evaluate.py's held-out loss equal
 
     .venv/bin/pytest -x -q -s tests/gpu/test_eval_chat_gpu.py      # about 1 minute on one H100
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,9 @@ def test_samples_chat_and_evaluate_on_cuda(tmp_path):
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "Hi"}\n{"prompt": "Name a colour.", "system": "Be brief."}\n')
-    proc = run_entry("chat.py", f"run={run}", f"prompts={prompts}", f"out={tmp_path / 'answers.jsonl'}",
-                     "generate.max_new_tokens=8")
+    proc = run_entry(
+        "chat.py", f"run={run}", f"prompts={prompts}", f"out={tmp_path / 'answers.jsonl'}", "generate.max_new_tokens=8"
+    )
     print(proc.stdout.strip().splitlines()[0])
     assert "quant=nf4, cuda:0" in proc.stdout
     assert len((tmp_path / "answers.jsonl").read_text().splitlines()) == 2

@@ -4,6 +4,7 @@ The numbers are printed for the model card and bench notes:
 
     .venv/bin/pytest -x -q -s tests/gpu/test_export_gpu.py      # about 1 minute on one H100
 """
+
 from __future__ import annotations
 
 import json

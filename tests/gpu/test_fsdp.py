@@ -5,6 +5,7 @@ falls back to DDP), so this is checked on a GPU machine only:
 
     .venv/bin/pytest -x -q -s tests/gpu/test_fsdp.py       # < 4 minutes on one H100, most of it writing the 7B
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -23,15 +24,34 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
     pytest.skip("FSDP through accelerate needs CUDA", allow_module_level=True)
 
-SMALL = ["data.max_samples=16", "data.max_length=256", "data.too_long=truncate", "data.eval_fraction=0",
-         "trainer.max_steps=2", "trainer.micro_batch_size=1", "trainer.grad_accum=1", "trainer.logging_steps=1",
-         "trainer.save_steps=1", "trainer.optim=adamw_torch"]  # paged 8-bit AdamW fails on FSDP-QLoRA saves (peft)
+SMALL = [
+    "data.max_samples=16",
+    "data.max_length=256",
+    "data.too_long=truncate",
+    "data.eval_fraction=0",
+    "trainer.max_steps=2",
+    "trainer.micro_batch_size=1",
+    "trainer.grad_accum=1",
+    "trainer.logging_steps=1",
+    "trainer.save_steps=1",
+    "trainer.optim=adamw_torch",
+]  # paged 8-bit AdamW fails on FSDP-QLoRA saves (peft)
 
 
 def fsdp_run(out, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "launch" / "accelerate" / "fsdp_qlora.yaml"), "--num_processes", "1",
-           str(ROOT / "finetune" / "train.py"), *overrides, *SMALL, f"output_dir={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "launch" / "accelerate" / "fsdp_qlora.yaml"),
+        "--num_processes",
+        "1",
+        str(ROOT / "finetune" / "train.py"),
+        *overrides,
+        *SMALL,
+        f"output_dir={out}",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ})
     print(proc.stdout[-2000:])
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -61,6 +81,12 @@ def test_fsdp_qlora_tiny(tmp_path):
 def test_fsdp_qlora_7b_shaped_random_init(tmp_path):
     out = tmp_path / "7b"
     liger = importlib.util.find_spec("liger_kernel") is not None  # the recipe turns Liger on; run it as shipped
-    proc = fsdp_run(out, "recipe=qlora_7b", "model=llama2_7b", "model.random_init=true",
-                    "model.tokenizer=data/llama2-tokenizer", f"trainer.liger={str(liger).lower()}")
+    proc = fsdp_run(
+        out,
+        "recipe=qlora_7b",
+        "model=llama2_7b",
+        "model.random_init=true",
+        "model.tokenizer=data/llama2-tokenizer",
+        f"trainer.liger={str(liger).lower()}",
+    )
     print("7B-shaped FSDP-QLoRA losses:", check_run(out, proc))

@@ -1,6 +1,7 @@
 """On CUDA: the fused LoRA functions against peft (float32: exact; bf16 under autocast, as the GPU recipes train: no
 further from a float32 reference than peft), and per-layer checkpointing with inputs offloaded to pinned host memory
 on a side stream: the gradients of no checkpointing, and less peak memory than checkpointed inputs kept on the GPU."""
+
 from __future__ import annotations
 
 import pytest
@@ -59,8 +60,16 @@ def test_offloaded_checkpoints_give_the_same_gradients_and_less_memory(tmp_path)
     from finetune.model import tokenizer as tokenizer_mod
 
     path = tmp_path / "llama2-4layers"
-    cfg = config.load(compose("recipe=tiny_qlora", f"model.path={path}", "model.arch.num_layers=4",
-                              "model.arch.hidden_size=512", "model.arch.intermediate_size=1376", "model.dtype=float32"))
+    cfg = config.load(
+        compose(
+            "recipe=tiny_qlora",
+            f"model.path={path}",
+            "model.arch.num_layers=4",
+            "model.arch.hidden_size=512",
+            "model.arch.intermediate_size=1376",
+            "model.dtype=float32",
+        )
+    )
     model_base.prepare_path(cfg.model, tokenizer_mod.load_tokenizer(cfg.model))
     model = with_lora(model_base.load_base(cfg.model, cfg.quant))
     fused_layers.apply(model)

@@ -1,6 +1,7 @@
 """On CUDA: the Triton SwiGLU kernels (finetune/model/swiglu_triton.py), compiled, against float32 autograd on the
 cases tests/unit/test_kernels_swiglu.py runs under the interpreter, plus a 7B-sized MLP block (4,096 tokens x 11,008,
 bf16); and the fused MLP really routes through them on CUDA."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -12,8 +13,10 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed (a CUDA torch ships it; else pip install -r requirements-kernels.txt)",
-                allow_module_level=True)
+    pytest.skip(
+        "triton is not installed (a CUDA torch ships it; else pip install -r requirements-kernels.txt)",
+        allow_module_level=True,
+    )
 
 from tests.unit.test_kernels_swiglu import DTYPES, SHAPES, TOL, errors  # noqa: E402
 from finetune.model import swiglu, swiglu_triton  # noqa: E402

@@ -1,6 +1,7 @@
 """`trainer.liger=true`: Liger's Triton kernels (RMSNorm, RoPE, SwiGLU), applied the way transformers' Trainer applies
 them for TRL, give the eager path's loss and LoRA gradients. Triton needs CUDA, so this runs on a GPU machine only.
 Liger replaces transformers' Llama classes for the rest of the process: run this file in its own pytest process."""
+
 from __future__ import annotations
 
 import pytest

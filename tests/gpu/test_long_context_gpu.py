@@ -2,6 +2,7 @@
 Llama-2-7B architecture with random weights (no download), one packed row of 16,384 tokens (four 4,096-token
 documents: position ids restart, so transformers builds SDPA's block mask), LongLoRA's embeddings and norms
 trained, checkpointing on. Prints peak memory, the estimate and tokens/s; the estimate must be within 15%."""
+
 from __future__ import annotations
 
 import time
@@ -27,8 +28,15 @@ LENGTH, DOCS = 16384, 4
 def test_qlora_7b_16k_peak_and_speed_match_the_plan(tmp_path):
     from trl.trainer.utils import add_fused_lm_head
 
-    cfg = config.load(compose("recipe=qlora_7b_16k", "model.random_init=true", f"model.path={tmp_path}/base",
-                              "trainer.liger=false", "trainer.optim=adamw_torch"))
+    cfg = config.load(
+        compose(
+            "recipe=qlora_7b_16k",
+            "model.random_init=true",
+            f"model.path={tmp_path}/base",
+            "trainer.liger=false",
+            "trainer.optim=adamw_torch",
+        )
+    )
     tokenizer = tokenizer_mod.load_tokenizer(cfg.model)
     model_base.prepare_path(cfg.model, tokenizer)
     base = model_base.load_base(cfg.model, cfg.quant, True)
@@ -59,7 +67,9 @@ def test_qlora_7b_16k_peak_and_speed_match_the_plan(tmp_path):
     s = plan_report.setup(cfg, 1, "ddp")
     estimate = planner.memory(s).allocated
     planned = planner.tokens_per_second(s, planner.GPUS[planner.gpu_named(torch.cuda.get_device_name(0)) or "h100"][0])
-    print(f"qlora_7b_16k on {torch.cuda.get_device_name(0)}: peak {measured / 2**30:.2f} GiB, estimate "
-          f"{estimate / 2**30:.2f} GiB ({(estimate - measured) / measured:+.1%}); {tokens_s:,.0f} tokens/s, "
-          f"planned {planned:,.0f}")
+    print(
+        f"qlora_7b_16k on {torch.cuda.get_device_name(0)}: peak {measured / 2**30:.2f} GiB, estimate "
+        f"{estimate / 2**30:.2f} GiB ({(estimate - measured) / measured:+.1%}); {tokens_s:,.0f} tokens/s, "
+        f"planned {planned:,.0f}"
+    )
     assert estimate == pytest.approx(measured, rel=0.15)

@@ -1,6 +1,7 @@
 """The planner against torch.cuda.max_memory_allocated on real GPU training steps through our loading path
 (finetune.model: bitsandbytes NF4 + peft's upcast, or bf16) and TRL's fused LM head (the loss our SFT and DPO
 trainers use), with and without checkpointing. A 1024-wide, 8-layer Llama 2 with the real vocabulary: seconds."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,8 +19,14 @@ from finetune.model import tokenizer as tokenizer_mod
 from finetune.planning import planner
 from finetune.planning import report as plan_report
 
-ARCH = ["model.arch.hidden_size=1024", "model.arch.intermediate_size=2816", "model.arch.num_layers=8",
-        "model.arch.num_heads=8", "model.arch.num_kv_heads=8", "model.dtype=bfloat16"]
+ARCH = [
+    "model.arch.hidden_size=1024",
+    "model.arch.intermediate_size=2816",
+    "model.arch.num_layers=8",
+    "model.arch.num_heads=8",
+    "model.arch.num_kv_heads=8",
+    "model.dtype=bfloat16",
+]
 
 
 @pytest.mark.parametrize("quant,upcast", [("nf4", True), ("nf4", False), ("none", True)])
@@ -29,10 +36,19 @@ def test_estimate_within_15_percent_of_the_measured_peak(tmp_path, quant, upcast
     there without checkpointing until peft's bitsandbytes LoRA-input rule was counted (bench/plan_calibration.md)."""
     from trl.trainer.utils import add_fused_lm_head
 
-    cfg = config.load(compose("recipe=tiny_qlora", *ARCH, f"quant.mode={quant}",
-                              f"quant.upcast_fp32={str(upcast).lower()}", f"model.path={tmp_path}/base",
-                              "data.max_length=2048", "trainer.micro_batch_size=2", "trainer.optim=adamw_torch",
-                              f"trainer.gradient_checkpointing={str(checkpointing).lower()}"))
+    cfg = config.load(
+        compose(
+            "recipe=tiny_qlora",
+            *ARCH,
+            f"quant.mode={quant}",
+            f"quant.upcast_fp32={str(upcast).lower()}",
+            f"model.path={tmp_path}/base",
+            "data.max_length=2048",
+            "trainer.micro_batch_size=2",
+            "trainer.optim=adamw_torch",
+            f"trainer.gradient_checkpointing={str(checkpointing).lower()}",
+        )
+    )
     tokenizer = tokenizer_mod.load_tokenizer(cfg.model)
     model_base.prepare_path(cfg.model, tokenizer)
     base = model_base.load_base(cfg.model, cfg.quant, checkpointing)  # 4-bit: placed on the GPU by bitsandbytes
@@ -56,6 +72,8 @@ def test_estimate_within_15_percent_of_the_measured_peak(tmp_path, quant, upcast
     step()
     measured = torch.cuda.max_memory_allocated()
     estimate = planner.memory(plan_report.setup(cfg, 1, "ddp")).allocated
-    print(f"{quant} upcast={upcast} checkpointing={checkpointing}: measured {measured / 2**20:.0f} MiB, "
-          f"estimate {estimate / 2**20:.0f} MiB ({(estimate - measured) / measured:+.1%})")
+    print(
+        f"{quant} upcast={upcast} checkpointing={checkpointing}: measured {measured / 2**20:.0f} MiB, "
+        f"estimate {estimate / 2**20:.0f} MiB ({(estimate - measured) / measured:+.1%})"
+    )
     assert estimate == pytest.approx(measured, rel=0.15)

@@ -1,5 +1,6 @@
 """The benchmarks run here: the throughput benchmarks (SFT, its --profile, DPO) end to end on the tiny model (CPU),
 and packing efficiency on the bundled conversations (the issue's target: >= 0.95)."""
+
 from __future__ import annotations
 
 import json

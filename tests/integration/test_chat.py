@@ -1,5 +1,6 @@
 """finetune/chat.py on the shared tiny QLoRA run: batch answers, the exact training prompt ids, streaming,
 multi-turn history, and errors before any weights load."""
+
 from __future__ import annotations
 
 import json
@@ -30,13 +31,20 @@ def test_batch_writes_one_answer_per_prompt_with_the_training_prefix_ids(tiny_sf
     prompts.write_text("".join(json.dumps(line) + "\n" for line in lines))
     out = tmp_path / "answers.jsonl"
 
-    run_entry("chat.py", f"run={tiny_sft_run}", f"prompts={prompts}", f"out={out}", "generate.max_new_tokens=6",
-              "batch_size=2")
+    run_entry(
+        "chat.py",
+        f"run={tiny_sft_run}",
+        f"prompts={prompts}",
+        f"out={out}",
+        "generate.max_new_tokens=6",
+        "batch_size=2",
+    )
 
     answers = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(answers) == 3
-    assert [a["messages"] for a in answers] == [line.get("messages") or [{"role": "user", "content": line["prompt"]}]
-                                                for line in lines]
+    assert [a["messages"] for a in answers] == [
+        line.get("messages") or [{"role": "user", "content": line["prompt"]}] for line in lines
+    ]
     sp = loading.load_tokenizer(tiny_sft_run, rundir.run_config(tiny_sft_run)).sp
     for conv, answer in zip(convs, answers):
         ids, mask = chat_format.encode_dialog(sp, conv)  # what training fed the model for this conversation
@@ -49,8 +57,12 @@ def test_batch_writes_one_answer_per_prompt_with_the_training_prefix_ids(tiny_sf
 
 @pytest.mark.slow
 def test_interactive_streams_answers_and_ends_at_eof(tiny_sft_run):
-    proc = run_entry("chat.py", f"run={tiny_sft_run}", "generate.max_new_tokens=5",
-                     input="Hello there\nAnd then?\n/reset\n/system Be brief.\nHi\n")
+    proc = run_entry(
+        "chat.py",
+        f"run={tiny_sft_run}",
+        "generate.max_new_tokens=5",
+        input="Hello there\nAnd then?\n/reset\n/system Be brief.\nHi\n",
+    )
     assert proc.stdout.count("assistant> ") == 3
     assert proc.stdout.count("(history cleared)") == 2
     assert "(history cleared) system prompt: 'Be brief.'" in proc.stdout  # /system says what it set
@@ -60,8 +72,11 @@ def test_interactive_streams_answers_and_ends_at_eof(tiny_sft_run):
 
 def test_history_and_system_prompt_make_the_next_prompt_and_old_turns_drop_to_fit(tiny_sft_run):
     sp = loading.load_tokenizer(tiny_sft_run, rundir.run_config(tiny_sft_run)).sp
-    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-               {"role": "user", "content": "How are you?"}]
+    history = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "How are you?"},
+    ]
     ids, kept = chat.dialog_ids(sp, "Be brief.", history, budget=4096)
     assert kept == history
     assert ids == chat_format.encode_prompt(sp, [{"role": "system", "content": "Be brief."}, *history])

@@ -1,5 +1,6 @@
 """chat.py's other modes, as the README states them: `merged=true` loads merged/ (from export.py) instead of the
 base + adapter; greedy is the default (the same prompt, the same answer); `generate.do_sample=true` samples."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,15 @@ def answers(run, tmp_path, name: str, *overrides: str):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     out = tmp_path / f"{name}.jsonl"
-    proc = run_entry("chat.py", f"run={run}", f"prompts={prompts}", f"out={out}", "generate.max_new_tokens=8",
-                     "batch_size=4", *overrides)
+    proc = run_entry(
+        "chat.py",
+        f"run={run}",
+        f"prompts={prompts}",
+        f"out={out}",
+        "generate.max_new_tokens=8",
+        "batch_size=4",
+        *overrides,
+    )
     return proc.stdout, [json.loads(line) for line in out.read_text().splitlines()]
 
 
@@ -59,8 +67,14 @@ def test_merged_true_answers_from_merged(tiny_lora_merged, greedy, tmp_path):
     for a in merged:
         ids = torch.tensor([a["prompt_ids"]])
         with torch.no_grad():
-            new = stock.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
-                                 do_sample=False, pad_token_id=0, eos_token_id=EOS_ID)[0, ids.shape[1]:].tolist()
+            new = stock.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=8,
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=EOS_ID,
+            )[0, ids.shape[1] :].tolist()
         new = new[: new.index(EOS_ID)] if EOS_ID in new else new
         assert (a["answer"], a["new_tokens"]) == (sp.decode(new), len(new))
     assert [a["answer"] for a in merged] != [a["answer"] for a in adapter]
@@ -69,8 +83,14 @@ def test_merged_true_answers_from_merged(tiny_lora_merged, greedy, tmp_path):
 def test_greedy_by_default_and_do_sample_samples(tiny_lora_merged, greedy, tmp_path):
     _, det = greedy
     assert det[0]["answer"] == det[1]["answer"] == det[2]["answer"]  # greedy: the same prompt, the same answer
-    _, sampled = answers(tiny_lora_merged, tmp_path, "sampled", "generate.do_sample=true",
-                         "generate.temperature=0.7", "generate.top_p=0.9")
+    _, sampled = answers(
+        tiny_lora_merged,
+        tmp_path,
+        "sampled",
+        "generate.do_sample=true",
+        "generate.temperature=0.7",
+        "generate.top_p=0.9",
+    )
     assert [a["prompt_ids"] for a in sampled] == [a["prompt_ids"] for a in det]
     same_prompt = [a["answer"] for a in sampled[:3]]
     assert len(set(same_prompt)) > 1, same_prompt  # each row draws its own tokens

@@ -3,6 +3,7 @@ config.yaml, messages printed once, and the same adapter as a 1-process run with
 
 `accelerate launch --cpu --num_processes 2` silently runs ONE process; `--multi_gpu` on a CPU-only machine starts
 two ranks and Trainer (use_cpu=True) runs DDP over gloo (DESIGN.md, platform facts)."""
+
 from __future__ import annotations
 
 import json
@@ -21,10 +22,27 @@ NAME = "ddp-test"  # data.name: the run dir is outputs/tiny_qlora-ddp-test-<time
 @pytest.mark.slow
 def test_two_rank_ddp_shares_one_run_dir_and_matches_one_process(tiny_sft_run):
     before = set(ROOT.glob(f"outputs/tiny_qlora-{NAME}-*"))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           str(ROOT / "finetune" / "train.py"), "recipe=tiny_qlora", *FAST,
-           "trainer.micro_batch_size=1", f"data.name={NAME}"]  # 1 x 2 ranks = the 1-process run's batch of 2
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        str(ROOT / "finetune" / "train.py"),
+        "recipe=tiny_qlora",
+        *FAST,
+        "trainer.micro_batch_size=1",
+        f"data.name={NAME}",
+    ]  # 1 x 2 ranks = the 1-process run's batch of 2
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     new = sorted(set(ROOT.glob(f"outputs/tiny_qlora-{NAME}-*")) - before)
     try:

@@ -1,5 +1,6 @@
 """DPO through the real entry point on the tiny model: SFT -> DPO under accelerate launch (QLoRA), the
 reference log-prob cache, and a learnable toy preference (16-bit LoRA)."""
+
 from __future__ import annotations
 
 import json
@@ -18,11 +19,25 @@ from finetune.runs import metrics
 pytestmark = pytest.mark.slow
 
 # Orca prompts carry a long system prompt: 160 prompt tokens keep most pairs, answers are cut to fit 192.
-ORCA = ["data.max_samples=24", "data.max_length=192", "data.max_prompt_length=160", "data.too_long=truncate",
-        "data.eval_fraction=0.25", "trainer.micro_batch_size=2", "trainer.logging_steps=1",
-        "trainer.save_steps=2", "eval.samples=0"]
-REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-           "logps/rejected")
+ORCA = [
+    "data.max_samples=24",
+    "data.max_length=192",
+    "data.max_prompt_length=160",
+    "data.too_long=truncate",
+    "data.eval_fraction=0.25",
+    "trainer.micro_batch_size=2",
+    "trainer.logging_steps=1",
+    "trainer.save_steps=2",
+    "eval.samples=0",
+]
+REWARDS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +50,17 @@ def cache(tmp_path_factory) -> dict:
 def sft_dpo(tiny_sft_run, tmp_path_factory, cache):
     """DPO from the tiny QLoRA SFT adapter, reference log-probs precomputed, through accelerate launch."""
     out = tmp_path_factory.mktemp("runs") / "sft_dpo"
-    proc = run_entry("train.py", "recipe=tiny_dpo", f"init_adapter={tiny_sft_run / 'adapter'}",
-                     "trainer.precompute_ref=true", "trainer.max_steps=2", f"output_dir={out}", *ORCA,
-                     launcher="accelerate", env=cache)
+    proc = run_entry(
+        "train.py",
+        "recipe=tiny_dpo",
+        f"init_adapter={tiny_sft_run / 'adapter'}",
+        "trainer.precompute_ref=true",
+        "trainer.max_steps=2",
+        f"output_dir={out}",
+        *ORCA,
+        launcher="accelerate",
+        env=cache,
+    )
     return out, proc
 
 
@@ -80,8 +103,7 @@ def test_reference_is_the_sft_policy_not_the_base(sft_dpo, tiny_sft_run):
 
     want = torch.tensor(table["ref_chosen_logps"])
     assert torch.allclose(logps("llama_chosen_ids"), want, rtol=1e-4, atol=1e-2)
-    assert torch.allclose(logps("llama_rejected_ids"), torch.tensor(table["ref_rejected_logps"]),
-                          rtol=1e-4, atol=1e-2)
+    assert torch.allclose(logps("llama_rejected_ids"), torch.tensor(table["ref_rejected_logps"]), rtol=1e-4, atol=1e-2)
     with sft.disable_adapter():
         base = logps("llama_chosen_ids")
     assert (base - want).abs().max() > 1.0  # the raw base scores these answers differently
@@ -90,9 +112,16 @@ def test_reference_is_the_sft_policy_not_the_base(sft_dpo, tiny_sft_run):
 def test_second_run_reuses_the_cached_reference(sft_dpo, tiny_sft_run, tmp_path, cache):
     _, first = sft_dpo
     before = sorted(p.name for p in cache_dir(first).iterdir())
-    proc = run_entry("train.py", "recipe=tiny_dpo", f"init_adapter={tiny_sft_run / 'adapter'}",
-                     "trainer.precompute_ref=true", "trainer.max_steps=1", f"output_dir={tmp_path / 'again'}", *ORCA,
-                     env=cache)
+    proc = run_entry(
+        "train.py",
+        "recipe=tiny_dpo",
+        f"init_adapter={tiny_sft_run / 'adapter'}",
+        "trainer.precompute_ref=true",
+        "trainer.max_steps=1",
+        f"output_dir={tmp_path / 'again'}",
+        *ORCA,
+        env=cache,
+    )
     assert f"reference log-probs: reused from the cache in {cache_dir(first)}" in proc.stdout
     assert "Computing reference log probs" not in proc.stderr + proc.stdout
     assert sorted(p.name for p in cache_dir(first).iterdir()) == before
@@ -103,15 +132,32 @@ def toy_preference(tmp_path_factory) -> tuple[Path, Path]:
     """(the toy pair file, the run): fixed answers to varied prompts, 16-bit LoRA DPO for 12 steps."""
     tmp = tmp_path_factory.mktemp("toy_dpo")
     topics = ["rivers", "bread", "chess", "clouds", "violins", "maps", "owls", "glass", "tides", "salt"]
-    lines = [json.dumps({"input": {"messages": [{"role": "user", "content": f"Tell me about {t}, please ({i})."}]},
-                         "preferred_output": [{"role": "assistant", "content": "Gladly: here is a short note."}],
-                         "non_preferred_output": [{"role": "assistant", "content": "No. Ask someone else."}]})
-             for i in range(4) for t in topics]
+    lines = [
+        json.dumps(
+            {
+                "input": {"messages": [{"role": "user", "content": f"Tell me about {t}, please ({i})."}]},
+                "preferred_output": [{"role": "assistant", "content": "Gladly: here is a short note."}],
+                "non_preferred_output": [{"role": "assistant", "content": "No. Ask someone else."}],
+            }
+        )
+        for i in range(4)
+        for t in topics
+    ]
     (tmp / "toy.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp / "run"
-    run_entry("train.py", "recipe=tiny_dpo", "quant=none", f"data.path={tmp / 'toy.jsonl'}",
-              "data.eval_fraction=0.2", "trainer.max_steps=12", "trainer.logging_steps=1", "trainer.save_steps=12",
-              "trainer.micro_batch_size=4", "eval.samples=0", f"output_dir={out}")
+    run_entry(
+        "train.py",
+        "recipe=tiny_dpo",
+        "quant=none",
+        f"data.path={tmp / 'toy.jsonl'}",
+        "data.eval_fraction=0.2",
+        "trainer.max_steps=12",
+        "trainer.logging_steps=1",
+        "trainer.save_steps=12",
+        "trainer.micro_batch_size=4",
+        "eval.samples=0",
+        f"output_dir={out}",
+    )
     return tmp / "toy.jsonl", out
 
 
@@ -149,8 +195,8 @@ def test_after_dpo_the_model_prefers_the_answer_the_source_data_prefers(toy_pref
         logp = {}
         for side in ("preferred_output", "non_preferred_output"):
             ids, _ = chat_format.encode_dialog(tokenizer.sp, record["input"]["messages"] + record[side][-1:])
-            assert ids[:len(prompt)] == prompt
-            logp[side] = answer_logp(net, prompt, ids[len(prompt):])
+            assert ids[: len(prompt)] == prompt
+            logp[side] = answer_logp(net, prompt, ids[len(prompt) :])
         return logp["preferred_output"] - logp["non_preferred_output"]
 
     with torch.no_grad():
@@ -183,4 +229,4 @@ def answer_logp(net, prompt: list[int], answer: list[int]) -> float:
     ids = torch.tensor([prompt + answer])
     logp = torch.log_softmax(net(input_ids=ids).logits[0, :-1].float(), -1)
     token_logp = logp.gather(1, ids[0, 1:, None])[:, 0]
-    return token_logp[len(prompt) - 1:].sum().item()
+    return token_logp[len(prompt) - 1 :].sum().item()

@@ -1,4 +1,5 @@
 """finetune/evaluate.py: loss and perplexity of a run against its bare base, saved beside the run."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """export.py on the tiny trained runs: merged folders that reproduce the adapter model, loaded the stock way."""
+
 from __future__ import annotations
 
 import json
@@ -83,8 +84,7 @@ def test_lora_merge_in_bfloat16_loads_like_the_adapter(tiny_lora_run, tmp_path):
     from transformers import AutoModelForCausalLM
 
     run = copy_run(tiny_lora_run, tmp_path)
-    run_entry("export.py", f"run={run}", "merge=true", "dtype=bfloat16", "verify.prompts=2",
-              "verify.max_new_tokens=4")
+    run_entry("export.py", f"run={run}", "merge=true", "dtype=bfloat16", "verify.prompts=2", "verify.max_new_tokens=4")
     [check] = checks(run)
     assert check["tolerance"] == 5e-2 and check["max_abs"] / check["logit_scale"] < 5e-2
     merged = AutoModelForCausalLM.from_pretrained(run / "merged", dtype="auto")
@@ -100,8 +100,11 @@ def test_failed_verification_leaves_no_merged_folder(tiny_lora_run, tmp_path):
     from finetune.ship.merge import MergeError
 
     run = copy_run(tiny_lora_run, tmp_path)
-    with pytest.raises(MergeError, match=r"merged model failed verification on 1 prompts from the run's data .*"
-                                         r"max \|dlogits\| .*pass verify.tolerance="):
+    with pytest.raises(
+        MergeError,
+        match=r"merged model failed verification on 1 prompts from the run's data .*"
+        r"max \|dlogits\| .*pass verify.tolerance=",
+    ):
         export_in_process(run, verify={"tolerance": 1e-12, "prompts": 1, "max_new_tokens": 1})
     assert not (run / "merged").exists() and not (run / "merged.partial").exists()
 
@@ -112,10 +115,16 @@ def test_not_a_run(tmp_path):
     assert "no adapter/adapter_config.json there; point run= at a finished training run" in proc.stderr
 
 
-@pytest.mark.parametrize("value,problem", [
-    ("[]", "gguf.type=[]: give at least one type, e.g. gguf.type=q8_0 or gguf.type=[f16,q4_k_m] (one of {types})"),
-    ("[q8_0,q9_k]", "gguf.type=q9_k: use one or more of {types} (the IQ, TQ and MXFP4 types are not offered: see "
-                    "the README)")])
+@pytest.mark.parametrize(
+    "value,problem",
+    [
+        ("[]", "gguf.type=[]: give at least one type, e.g. gguf.type=q8_0 or gguf.type=[f16,q4_k_m] (one of {types})"),
+        (
+            "[q8_0,q9_k]",
+            "gguf.type=q9_k: use one or more of {types} (the IQ, TQ and MXFP4 types are not offered: see the README)",
+        ),
+    ],
+)
 def test_no_or_unknown_gguf_types_are_one_error_before_anything_is_written(tiny_sft_run, tmp_path, value, problem):
     from finetune.ship import gguf
 
@@ -125,7 +134,6 @@ def test_no_or_unknown_gguf_types_are_one_error_before_anything_is_written(tiny_
     card = (run / "adapter" / "README.md").read_bytes()
     proc = run_entry("export.py", f"run={run}", "format=gguf", f"gguf.type={value}", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.splitlines() == ["error: invalid config:",
-                                        "  - " + problem.format(types=", ".join(gguf.TYPES))]
+    assert proc.stderr.splitlines() == ["error: invalid config:", "  - " + problem.format(types=", ".join(gguf.TYPES))]
     assert sorted(p.name for p in run.iterdir()) == ["adapter", "config.yaml"]  # no gguf/, no merged/
     assert (run / "adapter" / "README.md").read_bytes() == card

@@ -1,6 +1,7 @@
 """`trainer.fused_lora=true` end to end on the tiny model: train.py trains through the fused layers, and stock peft
 reloads the saved adapter and reproduces the eval loss the fused model logged. With `trainer.memory_budget`, the
 planner's per-layer checkpointing plan is printed and trained with."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,8 +19,14 @@ BUDGET = ("trainer.memory_budget=683.5MB", "memory plan: 1 of 2 layers keep thei
 @pytest.mark.parametrize("recipe,base,budget", [("tiny_lora", "16-bit", None), ("tiny_qlora", "4-bit", BUDGET)])
 def test_fused_lora_trains_and_stock_peft_reloads_the_adapter(recipe, base, budget, tmp_path):
     run_dir = tmp_path / recipe
-    proc = run_entry("train.py", f"recipe={recipe}", f"output_dir={run_dir}", "trainer.fused_lora=true", *REPEATED,
-                     *budget[:1] if budget else ())
+    proc = run_entry(
+        "train.py",
+        f"recipe={recipe}",
+        f"output_dir={run_dir}",
+        "trainer.fused_lora=true",
+        *REPEATED,
+        *budget[:1] if budget else (),
+    )
     assert f"fused LoRA: q/k/v, o and SwiGLU MLP of 2 layers over the {base} base" in proc.stdout
     assert budget is None or budget[1] in proc.stdout
 

@@ -2,6 +2,7 @@
 loaded in llama.cpp and verified against merged/; the Modelfile, the card, and publishing the folder. The
 conversion itself is also checked on a model whose attention and logits are peaked (the tiny random model's
 are nearly flat, so a conversion bug moved its logits by little more than f16 rounding)."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,15 @@ def exported(tiny_sft_run, tmp_path_factory):
     """The tiny run exported once to every type above (one merge, one reference pass)."""
     run = tmp_path_factory.mktemp("gguf") / tiny_sft_run.name
     shutil.copytree(tiny_sft_run, run, ignore=shutil.ignore_patterns("checkpoints", "merged", "gguf"))
-    proc = run_entry("export.py", f"run={run}", "format=gguf", f"gguf.type=[{','.join(TYPES)}]",
-                     "verify.prompts=2", "verify.max_new_tokens=6", "gguf.sequences=4")
+    proc = run_entry(
+        "export.py",
+        f"run={run}",
+        "format=gguf",
+        f"gguf.type=[{','.join(TYPES)}]",
+        "verify.prompts=2",
+        "verify.max_new_tokens=6",
+        "gguf.sequences=4",
+    )
     return run, proc
 
 
@@ -44,8 +52,9 @@ def test_every_type_is_written_verified_and_kept(exported):
         assert checks[f"{run.name}.{t}.gguf"]["gate"] == "perplexity"
         assert checks[f"{run.name}.{t}.gguf"]["ppl_ratio"] < 1.08
     assert not list(out.glob("*.partial*")) and (out / "LICENSE-LLAMA2").is_file()
-    assert not [p for p in run.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl") and "checkpoints" not in
-                p.parts], "adapter/, merged/ and gguf/ hold no pickle"
+    assert not [
+        p for p in run.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl") and "checkpoints" not in p.parts
+    ], "adapter/, merged/ and gguf/ hold no pickle"
 
 
 def test_llama_cpp_loads_it_with_our_vocabulary_and_template(exported, tiny_sft_run):
@@ -83,10 +92,17 @@ def test_failed_verification_leaves_nothing(exported, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(exported[0], run, ignore=shutil.ignore_patterns("gguf"))
-    cfg = export.ExportConfig(run=str(run), format="gguf", gguf=export.GGUFConfig(type=["f16", "q8_0"],
-                              tolerance=1e-9, sequences=2), verify=export.VerifyConfig(prompts=1, max_new_tokens=2))
-    with pytest.raises(GGUFError, match=r"f16 GGUF failed verification in llama.cpp .* relative max \|dlogits\| "
-                                        r".*Nothing was written .*pass gguf.tolerance="):
+    cfg = export.ExportConfig(
+        run=str(run),
+        format="gguf",
+        gguf=export.GGUFConfig(type=["f16", "q8_0"], tolerance=1e-9, sequences=2),
+        verify=export.VerifyConfig(prompts=1, max_new_tokens=2),
+    )
+    with pytest.raises(
+        GGUFError,
+        match=r"f16 GGUF failed verification in llama.cpp .* relative max \|dlogits\| "
+        r".*Nothing was written .*pass gguf.tolerance=",
+    ):
         export.export_gguf(cfg, rundir.run_config(run), run)
     assert [p.name for p in (run / "gguf").iterdir()] == []
 
@@ -100,8 +116,13 @@ def test_publish_gguf_through_the_hub_double(exported, tmp_path):
     run, _ = exported
     hub = HubDouble(tokens={TOKEN: "tester"}).start()
     try:
-        env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
-               "HF_HOME": str(tmp_path / "hf_home")}
+        env = {
+            "HF_ENDPOINT": hub.url,
+            "HF_TOKEN": TOKEN,
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HUB_OFFLINE": "0",
+            "HF_HOME": str(tmp_path / "hf_home"),
+        }
         proc = run_entry("publish.py", f"run={run}", "repo_id=tester/tiny-gguf", "what=gguf", env=env)
         assert f"published: {hub.url}/tester/tiny-gguf/commit/" in proc.stdout
         remote = hub.files("tester/tiny-gguf")
@@ -121,14 +142,23 @@ def peaked_merged(folder):
     from tests.conftest import ROOT
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=4, vocab_size=32000, max_position_embeddings=512, rms_norm_eps=1e-5,
-                      tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=32000,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+    )
     net = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         for name, p in net.named_parameters():
-            p.mul_(8.0 if name.endswith(("q_proj.weight", "k_proj.weight")) else 10.0 if name == "lm_head.weight"
-                   else 1.0)
+            p.mul_(
+                8.0 if name.endswith(("q_proj.weight", "k_proj.weight")) else 10.0 if name == "lm_head.weight" else 1.0
+            )
     net.save_pretrained(folder, max_shard_size="5MB")  # sharded, with the index export writes
     shutil.copy(ROOT / "data" / "llama2-tokenizer" / "tokenizer.model", folder / "tokenizer.model")
 
@@ -143,15 +173,18 @@ def test_conversion_is_exact_on_a_model_with_peaked_logits(tmp_path):
     merged = tmp_path / "merged"
     peaked_merged(merged)
     sp = spm.SentencePieceProcessor(model_file=str(merged / "tokenizer.model"))
-    prompts = [chat_format.encode_prompt(sp, [{"role": "user", "content": text}]) for text in
-               ("What is the capital of France?", "Write a haiku about rain.", "Explain LoRA in one line.")]
+    prompts = [
+        chat_format.encode_prompt(sp, [{"role": "user", "content": text}])
+        for text in ("What is the capital of France?", "Write a haiku about rain.", "Explain LoRA in one line.")
+    ]
     sequences = [(ids, [1] * len(ids)) for ids in prompts]
     reference = llamacpp.merged_outputs(merged, prompts, sequences, 6)
     checks = {}
     for gtype in ("f32", "f16"):
         gguf.write(merged, tmp_path / f"x.{gtype}.gguf", gtype, "peaked")
-        checks[gtype] = llamacpp.check(tmp_path / f"x.{gtype}.gguf", gtype, gguf.bits(gtype), reference, prompts,
-                                       sequences, sp, 6, None)
+        checks[gtype] = llamacpp.check(
+            tmp_path / f"x.{gtype}.gguf", gtype, gguf.bits(gtype), reference, prompts, sequences, sp, 6, None
+        )
     assert checks["f32"].logit_scale > 5  # not flat
     assert checks["f32"].relative < 1e-5 and checks["f32"].same_generations == 3, checks["f32"].summary()
     assert checks["f16"].relative < 5e-3 and checks["f16"].ok, checks["f16"].summary()
@@ -162,8 +195,14 @@ def test_export_prints_only_what_a_user_can_act_on(exported):
     greedy answers says whether a difference is expected."""
     run, proc = exported
     out = proc.stdout + proc.stderr
-    for noise in ("Little Endian", "Writing the following files", ".partial", "falling back", "llama_model_loader",
-                  "converting to"):
+    for noise in (
+        "Little Endian",
+        "Writing the following files",
+        ".partial",
+        "falling back",
+        "llama_model_loader",
+        "converting to",
+    ):
         assert noise not in out, noise
     [note] = [line for line in out.splitlines() if "llama.cpp's fallback" in line]
     assert note.startswith(f"gguf: {run.name}.q4_k_m.gguf: ") and "which a q4_k_m block of 256 does not divide" in note

@@ -3,6 +3,7 @@ scaling x4 (1,024 tokens), with LongLoRA's trainable embeddings and norms: train
 than 256 tokens and resumes to the uninterrupted adapter; export.py writes merged/ and a GGUF that carry the
 scaling, and llama.cpp's logits past position 256 match merged/ (linear and YaRN); the Modelfile sets num_ctx and
 the card states the context; evaluate.py's long-context mode scores positions up to 1,023."""
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,23 @@ ORIGINAL, CONTEXT = 256, 1024
 
 def long_run(tmp_path_factory) -> list[str]:
     base = tmp_path_factory.getbasetemp() / "tiny256"  # its own random base: the shared one keeps 4096
-    return ["recipe=tiny_qlora", f"model.path={base}", f"model.arch.max_position_embeddings={ORIGINAL}",
-            "model.rope_scaling.type=linear", "model.rope_scaling.factor=4", "lora.train_embeddings_and_norms=true",
-            "data.max_samples=16", f"data.max_length={CONTEXT}", "data.too_long=truncate",
-            "data.eval_fraction=0.25", "trainer.max_steps=4", "trainer.micro_batch_size=2",
-            "trainer.logging_steps=1", "trainer.save_steps=2", "eval.samples=0"]
+    return [
+        "recipe=tiny_qlora",
+        f"model.path={base}",
+        f"model.arch.max_position_embeddings={ORIGINAL}",
+        "model.rope_scaling.type=linear",
+        "model.rope_scaling.factor=4",
+        "lora.train_embeddings_and_norms=true",
+        "data.max_samples=16",
+        f"data.max_length={CONTEXT}",
+        "data.too_long=truncate",
+        "data.eval_fraction=0.25",
+        "trainer.max_steps=4",
+        "trainer.micro_batch_size=2",
+        "trainer.logging_steps=1",
+        "trainer.save_steps=2",
+        "eval.samples=0",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +54,15 @@ def trained(tmp_path_factory):
 def exported(trained, tmp_path_factory):
     run = tmp_path_factory.mktemp("long_export") / "long"
     shutil.copytree(trained[0], run, ignore=shutil.ignore_patterns("checkpoints"))
-    proc = run_entry("export.py", f"run={run}", "format=gguf", "gguf.type=f32", "verify.prompts=2",
-                     "verify.max_new_tokens=4", "gguf.sequences=2")
+    proc = run_entry(
+        "export.py",
+        f"run={run}",
+        "format=gguf",
+        "gguf.type=f32",
+        "verify.prompts=2",
+        "verify.max_new_tokens=4",
+        "gguf.sequences=2",
+    )
     return run, proc
 
 
@@ -65,8 +85,10 @@ def test_resume_ends_with_the_uninterrupted_adapter(trained, tmp_path):
     (cut / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     done = run_entry("train.py", *args, f"output_dir={cut}")
     assert f"resuming from {cut / 'checkpoints' / 'checkpoint-2'}" in done.stdout, done.stdout[-3000:]
-    want, got = load_file(whole / "adapter" / "adapter_model.safetensors"), \
-        load_file(cut / "adapter" / "adapter_model.safetensors")
+    want, got = (
+        load_file(whole / "adapter" / "adapter_model.safetensors"),
+        load_file(cut / "adapter" / "adapter_model.safetensors"),
+    )
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
 
 
@@ -85,13 +107,18 @@ def test_export_carries_the_trained_context(exported):
 
     fields = GGUFReader(str(run / "gguf" / f"{run.name}.f32.gguf")).fields
     value = lambda key: fields[key].contents()  # noqa: E731
-    assert (value("llama.rope.scaling.type"), value("llama.rope.scaling.factor"),
-            value("llama.rope.scaling.original_context_length"), value("llama.context_length")) == \
-        ("linear", 4.0, ORIGINAL, CONTEXT)
+    assert (
+        value("llama.rope.scaling.type"),
+        value("llama.rope.scaling.factor"),
+        value("llama.rope.scaling.original_context_length"),
+        value("llama.context_length"),
+    ) == ("linear", 4.0, ORIGINAL, CONTEXT)
     assert f"PARAMETER num_ctx {CONTEXT}" in (run / "gguf" / "Modelfile.f32").read_text().splitlines()
     for card in ("adapter", "merged", "gguf"):
-        assert f"| trained context | {CONTEXT} ({ORIGINAL} x 4, linear RoPE scaling) |" in \
-            (run / card / "README.md").read_text(), card
+        assert (
+            f"| trained context | {CONTEXT} ({ORIGINAL} x 4, linear RoPE scaling) |"
+            in (run / card / "README.md").read_text()
+        ), card
 
 
 def late_logits_gap(merged, gguf_file, ids) -> tuple[float, float]:
@@ -128,8 +155,13 @@ def test_llama_cpp_logits_past_the_original_context_match_merged(scaling, export
         merged = tmp_path / "yarn"
         shutil.copytree(run / "merged", merged)
         cfg = json.loads((merged / "config.json").read_text())
-        params = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
-                  "original_max_position_embeddings": ORIGINAL, "attention_factor": 1.3}
+        params = {
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": ORIGINAL,
+            "attention_factor": 1.3,
+        }
         cfg.update(rope_parameters=params, rope_scaling={k: v for k, v in params.items() if k != "rope_theta"})
         (merged / "config.json").write_text(json.dumps(cfg))
         gguf_file = tmp_path / "yarn.f32.gguf"
@@ -143,8 +175,13 @@ def test_llama_cpp_logits_past_the_original_context_match_merged(scaling, export
 
 def test_evaluate_long_context_scores_every_position(exported):
     run, _ = exported
-    proc = run_entry("evaluate.py", f"run={run}", f"long_context.length={CONTEXT}", "long_context.windows=1",
-                     "long_context.passkeys=2")
+    proc = run_entry(
+        "evaluate.py",
+        f"run={run}",
+        f"long_context.length={CONTEXT}",
+        "long_context.windows=1",
+        "long_context.passkeys=2",
+    )
     out = json.loads((run / "eval" / f"long_context-{CONTEXT}.json").read_text())
     assert out["original_context"] == ORIGINAL and out["context"] == f"{CONTEXT} ({ORIGINAL} x 4, linear RoPE scaling)"
     assert [r["model"] for r in out["results"]] == ["base llama2_tiny (nf4)", f"{run.name} (adapter)"]

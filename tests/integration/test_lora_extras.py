@@ -5,6 +5,7 @@ reloads as the trained model (its eval loss is the one logged), and export.py me
 LoRA+ moves lora_B `ratio` times further than plain LoRA in the first Adam step; NEFTune changes the training loss
 (noisy embeddings) and leaves evaluation as it was.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,15 @@ def test_pissa_run_reloads_as_trained_and_exports_verified(tmp_path):
     """The wiring train.py adds for PiSSA: the initial adapter saved at the start, the conversion at the end.
     (Every variant's merge, QDoRA's included, is checked in process: tests/unit/test_lora_variants.py.)"""
     run_dir = tmp_path / "run"
-    run_entry("train.py", "recipe=tiny_lora", f"output_dir={run_dir}", "lora.init=pissa", "lora.use_rslora=true",
-              "trainer.loraplus_lr_ratio=4", *REPEATED)
+    run_entry(
+        "train.py",
+        "recipe=tiny_lora",
+        f"output_dir={run_dir}",
+        "lora.init=pissa",
+        "lora.use_rslora=true",
+        "trainer.loraplus_lr_ratio=4",
+        *REPEATED,
+    )
     saved = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert saved["r"] == 16 and saved["init_lora_weights"] is True  # rank 2r: a plain LoRA on the original base
     assert not (run_dir / "lora_init").exists()
@@ -46,11 +54,23 @@ def sft_trainer(tmp_path, *overrides):
     """(trainer, model) for a 1-step SFT run of tiny_lora built as train.py builds it."""
     from transformers import set_seed
 
-    cfg = checks.before_weights(compose("recipe=tiny_lora", "data.max_samples=8", "data.max_length=128",
-                                        "data.too_long=truncate", "data.eval_fraction=0.25", "trainer.max_steps=1",
-                                        "trainer.micro_batch_size=2", "trainer.logging_steps=1",
-                                        "trainer.warmup_ratio=0", "trainer.learning_rate=1e-3", "eval.samples=0",
-                                        f"output_dir={tmp_path}", *overrides))
+    cfg = checks.before_weights(
+        compose(
+            "recipe=tiny_lora",
+            "data.max_samples=8",
+            "data.max_length=128",
+            "data.too_long=truncate",
+            "data.eval_fraction=0.25",
+            "trainer.max_steps=1",
+            "trainer.micro_batch_size=2",
+            "trainer.logging_steps=1",
+            "trainer.warmup_ratio=0",
+            "trainer.learning_rate=1e-3",
+            "eval.samples=0",
+            f"output_dir={tmp_path}",
+            *overrides,
+        )
+    )
     tok = tokenizer_mod.load_tokenizer(cfg.model)
     prepared = data_load.load(cfg.data, tok)
     model_base.prepare_path(cfg.model, tok)

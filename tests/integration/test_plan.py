@@ -1,4 +1,5 @@
 """plan.py as a user runs it, a plan for every shipped recipe, and training that stops before loading weights."""
+
 from __future__ import annotations
 
 import time
@@ -9,8 +10,16 @@ from finetune.planning import report as plan_report
 
 
 def test_plan_for_two_24gb_gpus_says_it_does_not_fit_and_what_would():
-    proc = run_entry("plan.py", "recipe=lora_13b", "gpus=2", "gpu_memory=24GB", "micro_batch=4", "max_length=4096",
-                     "model.path=/nowhere", check=False)  # no model, no weights: the architecture is in the config
+    proc = run_entry(
+        "plan.py",
+        "recipe=lora_13b",
+        "gpus=2",
+        "gpu_memory=24GB",
+        "micro_batch=4",
+        "max_length=4096",
+        "model.path=/nowhere",
+        check=False,
+    )  # no model, no weights: the architecture is in the config
     assert proc.returncode == 1, proc.stderr
     out = proc.stdout
     assert "plan: llama2_13b, LoRA r=16 (16-bit base), sft, micro-batch 4 x 4096 tokens" in out

@@ -8,6 +8,7 @@ the saved adapter and reproduces the log-probabilities TRL logged on the held-ou
 are our Meta-exact ones, and the adapter is the trained model). ORPO and SimPO run one forward per step and no
 reference; KTO runs its reference and KL passes through a frozen "ref" adapter.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,13 +38,34 @@ def toy(tmp_path_factory):
     """Pairs (OpenAI preference JSONL) for ORPO/SimPO; thumbs-up/down records (adapter `unpaired`) for KTO."""
     folder = tmp_path_factory.mktemp("toy")
     asked = [(f"Tell me about {t}, please ({i}).", t) for i in range(3) for t in TOPICS]
-    (folder / "pairs.jsonl").write_text("".join(json.dumps(
-        {"input": {"messages": [{"role": "user", "content": p}]},
-         "preferred_output": [{"role": "assistant", "content": GOOD.format(t)}],
-         "non_preferred_output": [{"role": "assistant", "content": BAD.format(t)}]}) + "\n" for p, t in asked))
-    (folder / "feedback.jsonl").write_text("".join(json.dumps(
-        {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": (BAD, GOOD)[k % 2].format(t)}],
-         "label": bool(k % 2)}) + "\n" for k, (p, t) in enumerate(asked + asked[::-1])))
+    (folder / "pairs.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "input": {"messages": [{"role": "user", "content": p}]},
+                    "preferred_output": [{"role": "assistant", "content": GOOD.format(t)}],
+                    "non_preferred_output": [{"role": "assistant", "content": BAD.format(t)}],
+                }
+            )
+            + "\n"
+            for p, t in asked
+        )
+    )
+    (folder / "feedback.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": p},
+                        {"role": "assistant", "content": (BAD, GOOD)[k % 2].format(t)},
+                    ],
+                    "label": bool(k % 2),
+                }
+            )
+            + "\n"
+            for k, (p, t) in enumerate(asked + asked[::-1])
+        )
+    )
     return folder
 
 
@@ -51,12 +73,24 @@ def train(kind: str, toy, run_dir, steps: int = 8):
     """(trainer, tokenizer, prepared, eval metrics before training, LoRA tensors before, forwards per step)."""
     from transformers import TrainerCallback, set_seed
 
-    data = [f"data.path={toy / 'pairs.jsonl'}"] if kind != "kto" else \
-        ["data=jsonl", "data.adapter=unpaired", f"data.path={toy / 'feedback.jsonl'}"]
+    data = (
+        [f"data.path={toy / 'pairs.jsonl'}"]
+        if kind != "kto"
+        else ["data=jsonl", "data.adapter=unpaired", f"data.path={toy / 'feedback.jsonl'}"]
+    )
     held_out = EVAL / (60 if kind == "kto" else 30)  # 30 prompts: 30 pairs, or 60 thumbs-up/down records
-    dict_cfg = compose(f"recipe=tiny_{kind}", *data, "data.max_prompt_length=null", f"data.eval_fraction={held_out}",
-                       f"trainer.max_steps={steps}", "trainer.logging_steps=1", f"trainer.save_steps={steps}",
-                       "eval.every=1000", "eval.samples=0", f"output_dir={run_dir}")
+    dict_cfg = compose(
+        f"recipe=tiny_{kind}",
+        *data,
+        "data.max_prompt_length=null",
+        f"data.eval_fraction={held_out}",
+        f"trainer.max_steps={steps}",
+        "trainer.logging_steps=1",
+        f"trainer.save_steps={steps}",
+        "eval.every=1000",
+        "eval.samples=0",
+        f"output_dir={run_dir}",
+    )
     cfg = checks.before_weights(dict_cfg)
     tok = tokenizer_mod.load_tokenizer(cfg.model)
     prepared = data_load.load(cfg.data, tok, cfg.trainer.kind)
@@ -82,7 +116,8 @@ def train(kind: str, toy, run_dir, steps: int = 8):
             counting[0] = False
 
     hook = model.get_base_model().model.embed_tokens.register_forward_hook(
-        lambda *_: forwards.__setitem__(-1, forwards[-1] + 1) if counting[0] else None)
+        lambda *_: forwards.__setitem__(-1, forwards[-1] + 1) if counting[0] else None
+    )
     trainer.add_callback(CountForwards())
     checkpoints.train(trainer, None)
     hook.remove()
@@ -95,7 +130,7 @@ def answer_logps(net, prompt: list[int], answer: list[int]) -> torch.Tensor:
     ids = torch.tensor([prompt + answer])
     with torch.no_grad():
         logp = torch.log_softmax(net(input_ids=ids).logits[0, :-1].float(), -1)
-    return logp.gather(1, ids[0, 1:, None])[len(prompt) - 1:, 0]
+    return logp.gather(1, ids[0, 1:, None])[len(prompt) - 1 :, 0]
 
 
 def sequence_nll(net, rows: list[dict]) -> float:
@@ -199,8 +234,14 @@ def test_kto(toy, tmp_path):
     rows = prepared.eval.to_list()
     assert {r["label"] for r in rows} == {True, False}
     net = stock_model("kto", tmp_path / "run")
-    sums = {lab: [float(answer_logps(net, r["llama_prompt_ids"], r["llama_completion_ids"]).sum())
-                  for r in rows if r["label"] is lab] for lab in (True, False)}
+    sums = {
+        lab: [
+            float(answer_logps(net, r["llama_prompt_ids"], r["llama_completion_ids"]).sum())
+            for r in rows
+            if r["label"] is lab
+        ]
+        for lab in (True, False)
+    }
     assert after["eval_logps/chosen"] == pytest.approx(sum(sums[True]) / len(sums[True]), abs=5e-3)
     assert after["eval_logps/rejected"] == pytest.approx(sum(sums[False]) / len(sums[False]), abs=5e-3)
     assert after["eval_rewards/margins"] > 0.05  # good answers gained on bad ones
@@ -213,9 +254,18 @@ def test_kto_weights_scale_their_own_side_of_the_loss(toy, tmp_path):
     from datasets import Dataset
     from transformers import set_seed
 
-    dict_cfg = compose("recipe=tiny_kto", "data=jsonl", "data.adapter=unpaired", f"data.path={toy / 'feedback.jsonl'}",
-                       "data.max_prompt_length=null", "data.eval_fraction=0", "trainer.micro_batch_size=4",
-                       "trainer.desirable_weight=2", "trainer.undesirable_weight=1", f"output_dir={tmp_path / 'run'}")
+    dict_cfg = compose(
+        "recipe=tiny_kto",
+        "data=jsonl",
+        "data.adapter=unpaired",
+        f"data.path={toy / 'feedback.jsonl'}",
+        "data.max_prompt_length=null",
+        "data.eval_fraction=0",
+        "trainer.micro_batch_size=4",
+        "trainer.desirable_weight=2",
+        "trainer.undesirable_weight=1",
+        f"output_dir={tmp_path / 'run'}",
+    )
     cfg = checks.before_weights(dict_cfg)
     tok = tokenizer_mod.load_tokenizer(cfg.model)
     prepared = data_load.load(cfg.data, tok, cfg.trainer.kind)

@@ -1,6 +1,7 @@
 """prepare.py as a user runs it before the GPU job: it fills the tokenized cache and prints the `data:` line, the
 training run with the same settings then says `tokenized cache: hit`; several at once tokenize once; bad data
 exits 2 naming the line."""
+
 from __future__ import annotations
 
 import json
@@ -32,19 +33,35 @@ def test_prepare_fills_the_cache_and_the_training_run_reads_it(tmp_path):
     line = data_line(out)
     assert line.startswith("data: messages: 3000 examples (30 eval) from 3000 records;") and line.endswith("miss")
     assert len(list((tmp_path / "cache" / "data").glob("messages-*/rows/train/*.arrow"))) == 2
-    train = run_entry("train.py", *data, f"output_dir={tmp_path / 'run'}", "trainer.max_steps=1",
-                      "trainer.micro_batch_size=2", "trainer.grad_accum=1", "trainer.logging_steps=1",
-                      "trainer.save_steps=1",
-                      "eval.samples=0",
-                      env=env).stdout
+    train = run_entry(
+        "train.py",
+        *data,
+        f"output_dir={tmp_path / 'run'}",
+        "trainer.max_steps=1",
+        "trainer.micro_batch_size=2",
+        "trainer.grad_accum=1",
+        "trainer.logging_steps=1",
+        "trainer.save_steps=1",
+        "eval.samples=0",
+        env=env,
+    ).stdout
     assert data_line(train) == line.replace("tokenized cache: miss", "tokenized cache: hit")
 
 
 def test_two_prepares_at_once_tokenize_once_and_both_report_the_same_data(tmp_path):
     env = {**os.environ, "FINETUNE_CACHE": str(tmp_path / "cache")}
     data = [*DATA, f"data.path={write(tmp_path / 'chats.jsonl', conversations(2000))}"]
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "finetune/prepare.py"), *data], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "finetune/prepare.py"), *data],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     lines = []
     for proc in procs:
         out, err = proc.communicate(timeout=600)
@@ -57,15 +74,19 @@ def test_two_prepares_at_once_tokenize_once_and_both_report_the_same_data(tmp_pa
 def test_prepare_on_bad_data_exits_2_naming_the_line(tmp_path):
     bad = json.dumps({"messages": [{"role": "assistant", "content": "first?"}]})
     path = write(tmp_path / "chats.jsonl", conversations(2500, bad={2417: bad}))
-    proc = run_entry("prepare.py", *DATA, f"data.path={path}", check=False,
-                     env={"FINETUNE_CACHE": str(tmp_path / "cache")})
+    proc = run_entry(
+        "prepare.py", *DATA, f"data.path={path}", check=False, env={"FINETUNE_CACHE": str(tmp_path / "cache")}
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
         f"error: {path}:2417: message 0 has role 'assistant', expected 'user' (roles must alternate user/assistant, "
         "after an optional system message); fix the record, or set data.invalid=skip to skip such records "
-        "(they are counted)"]
-    assert "data.cache=false" in run_entry("prepare.py", *DATA, f"data.path={path}", "data.cache=false",
-                                           check=False).stderr
+        "(they are counted)"
+    ]
+    assert (
+        "data.cache=false"
+        in run_entry("prepare.py", *DATA, f"data.path={path}", "data.cache=false", check=False).stderr
+    )
 
 
 def children_of(pid: int) -> set[int]:
@@ -96,8 +117,13 @@ def test_prepare_killed_with_9_leaves_no_worker_processes(tmp_path):
     of prepare.py used to leave them running (blocked on pipes only their parent would close)."""
     env = {**os.environ, "FINETUNE_CACHE": str(tmp_path / "cache")}
     data = [*DATA, f"data.path={write(tmp_path / 'chats.jsonl', conversations(8000))}", "data.num_proc=2"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "finetune/prepare.py"), *data], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "finetune/prepare.py"), *data],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     workers: set[int] = set()
     try:
         while len(workers) < 3 and proc.poll() is None:  # two pool workers and the queue manager

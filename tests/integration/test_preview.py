@@ -1,5 +1,6 @@
 """preview.py as a user runs it, the preflight stopping train.py before any weight loads, and a schema the project
 has never seen training through field mapping alone. (Bad-input messages: tests/unit/test_data.py.)"""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ def meta_ids_and_labels(conv: list[dict]) -> tuple[list[int], list[int]]:
         full = [1] + SP.encode(f"[INST] {user['content'].strip()} [/INST] {answer['content'].strip()} ") + [2]
         assert full[: len(prompt)] == prompt
         ids += full
-        labels += [-100] * len(prompt) + full[len(prompt):]
+        labels += [-100] * len(prompt) + full[len(prompt) :]
     return ids, labels
 
 
@@ -54,8 +55,9 @@ def test_preview_text_highlights_trained_tokens_and_prints_the_verdict():
 
 
 def test_train_stops_on_a_failed_preflight_before_loading_weights(tmp_path):
-    out = run_entry("train.py", *LORA, f"output_dir={tmp_path / 'run'}", "data.max_length=24", "data.too_long=truncate",
-                    check=False)
+    out = run_entry(
+        "train.py", *LORA, f"output_dir={tmp_path / 'run'}", "data.max_length=24", "data.too_long=truncate", check=False
+    )
     assert out.returncode == 2, out.stderr[-2000:]
     assert "error: the data preflight failed, training would not work:" in out.stderr
     assert "FAIL  EOS is in no example's labels" in out.stderr
@@ -70,9 +72,18 @@ def test_a_never_seen_schema_trains_through_field_mapping_alone(tmp_path):
             user, answer = ex["messages"][0]["content"], ex["messages"][1]["content"]
             f.write(json.dumps({"ticket": {"question": user}, "resolution": [{"text": answer}]}) + "\n")
     run = tmp_path / "run"
-    out = run_entry("train.py", *LORA, f"output_dir={run}", *FAST, "data=jsonl", f"data.path={src}",
-                    "data.fields.prompt=ticket.question", "data.fields.response=resolution.0.text",
-                    "trainer.max_steps=2", "data.eval_fraction=0")  # after FAST: fewer steps, no eval
+    out = run_entry(
+        "train.py",
+        *LORA,
+        f"output_dir={run}",
+        *FAST,
+        "data=jsonl",
+        f"data.path={src}",
+        "data.fields.prompt=ticket.question",
+        "data.fields.response=resolution.0.text",
+        "trainer.max_steps=2",
+        "data.eval_fraction=0",
+    )  # after FAST: fewer steps, no eval
     assert "data: jsonl: " in out.stdout and "preflight: PASS" in out.stdout
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     losses = [json.loads(line).get("loss") for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -3,6 +3,7 @@
 The real `huggingface_hub` client talks HTTP to it from the publish subprocess; the round trip then downloads
 with `snapshot_download` and loads the adapter with peft, as a user of the published repo would.
 """
+
 from __future__ import annotations
 
 import socket
@@ -65,9 +66,22 @@ def test_round_trip(run, hub, tmp_path):
     # the token went in the Authorization header only: not into any file, nor into what publish printed
     assert not any(TOKEN.encode() in v for v in remote.values()) and TOKEN not in proc.stdout + proc.stderr
 
-    dl = subprocess.run([sys.executable, "-c", DOWNLOAD_AND_COMPARE, "tester/tiny-qlora", str(run / "adapter"),
-                         TOKEN, str(tmp_path / "dl")], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                        env={**__import__("os").environ, **hub_double.env(hub, tmp_path, TOKEN)})
+    dl = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            DOWNLOAD_AND_COMPARE,
+            "tester/tiny-qlora",
+            str(run / "adapter"),
+            TOKEN,
+            str(tmp_path / "dl"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, **hub_double.env(hub, tmp_path, TOKEN)},
+    )
     assert dl.returncode == 0, dl.stderr[-3000:]
     assert "anonymous: refused" in dl.stdout  # a private repo without a token
     assert "card library: peft" in dl.stdout
@@ -155,6 +169,8 @@ def test_files_outside_the_allow_list_are_refused_by_name(run, hub, tmp_path):
     before = len(hub.requests)
     proc = publish(run, hub, tmp_path, "repo_id=tester/extra", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert ("holds files a model repository does not need, refusing to publish: notes.txt, secrets.tar.gz. "
-            "Published are only *.safetensors, *.gguf, *.json") in proc.stderr
+    assert (
+        "holds files a model repository does not need, refusing to publish: notes.txt, secrets.tar.gz. "
+        "Published are only *.safetensors, *.gguf, *.json"
+    ) in proc.stderr
     assert len(hub.requests) == before

@@ -1,6 +1,7 @@
 """publish.py's guards and the README's other publishing claims, against the Hub test double (tests/hub_double.py):
 the token in use is found in a folder whatever its shape, a token without write rights (403) publishes nothing and
 says so, and `what=merged` uploads the verified merged folder as it is on disk."""
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,10 @@ def test_the_active_token_is_found_whatever_its_shape(run, hub, tmp_path):
 def test_a_token_without_write_rights_publishes_nothing(run, hub, tmp_path):
     proc = publish(run, hub, tmp_path, "repo_id=acme/tiny")  # tester is no member of acme: the Hub answers 403
     assert proc.returncode == 2
-    assert f"error: {hub.url} refused the token (403) for acme/tiny: check it with `hf auth whoami`; it needs " \
-           "write access to that namespace. Nothing was published." in proc.stderr
+    assert (
+        f"error: {hub.url} refused the token (403) for acme/tiny: check it with `hf auth whoami`; it needs "
+        "write access to that namespace. Nothing was published." in proc.stderr
+    )
     assert "acme/tiny" not in hub.repos and "Traceback" not in proc.stderr
 
 
@@ -54,8 +57,9 @@ def test_what_merged_publishes_the_verified_merged_folder(tiny_lora_merged, hub,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"published: {hub.url}/tester/tiny-merged/commit/" in proc.stdout
     remote = {k: v for k, v in hub.files("tester/tiny-merged").items() if k != ".gitattributes"}
-    local = {p.relative_to(run / "merged").as_posix(): p.read_bytes() for p in (run / "merged").rglob("*")
-             if p.is_file()}
+    local = {
+        p.relative_to(run / "merged").as_posix(): p.read_bytes() for p in (run / "merged").rglob("*") if p.is_file()
+    }
     assert remote == local  # every file, byte for byte, in one commit
     assert {"config.json", "model.safetensors.index.json", "verification.json", "README.md"} <= set(remote)
     assert b"library_name: transformers" in remote["README.md"]
@@ -77,8 +81,10 @@ def test_a_folder_without_a_model_file_is_refused(run, hub, tmp_path):
     before = len(hub.requests)
     proc = publish(run, hub, tmp_path, "repo_id=tester/no-model", "what=gguf")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == (f"error: {gguf} holds no model file (*.gguf), refusing to publish a repository "
-                                   f"nobody can load; `python finetune/export.py run={run} format=gguf` writes it")
+    assert proc.stderr.strip() == (
+        f"error: {gguf} holds no model file (*.gguf), refusing to publish a repository "
+        f"nobody can load; `python finetune/export.py run={run} format=gguf` writes it"
+    )
     assert len(hub.requests) == before
 
 
@@ -88,16 +94,24 @@ def test_a_corrupt_gguf_is_one_line_naming_the_file(run, hub, tmp_path):
     before = len(hub.requests)
     proc = publish(run, hub, tmp_path, "repo_id=tester/corrupt", "what=gguf")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert proc.stderr.strip() == (f"error: {gguf / 'run.q8_0.gguf'}: not a readable GGUF file (cut short or "
-                                   "corrupt: IndexError); delete it, or export it again: `python finetune/export.py "
-                                   f"run={run} format=gguf`")
+    assert proc.stderr.strip() == (
+        f"error: {gguf / 'run.q8_0.gguf'}: not a readable GGUF file (cut short or "
+        "corrupt: IndexError); delete it, or export it again: `python finetune/export.py "
+        f"run={run} format=gguf`"
+    )
     assert len(hub.requests) == before
 
 
 def test_dry_run_and_publish_say_plainly_whether_the_repository_is_public(run, hub, tmp_path):
     dry = publish(run, hub, tmp_path, "repo_id=tester/seen", "dry_run=true")
-    assert dry.returncode == 0 and ("visibility: PUBLIC - anyone can see and download tester/seen once published "
-                                    "(private=true makes a new repository private)") in dry.stdout
+    assert (
+        dry.returncode == 0
+        and (
+            "visibility: PUBLIC - anyone can see and download tester/seen once published "
+            "(private=true makes a new repository private)"
+        )
+        in dry.stdout
+    )
     done = publish(run, hub, tmp_path, "repo_id=tester/hidden", "private=true")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "visibility: PRIVATE - only you (or the members of tester) can see tester/hidden" in done.stdout
@@ -109,7 +123,9 @@ def test_private_true_into_an_existing_public_repository_is_refused(run, hub, tm
     hub.commit(repo, "main", {".gitattributes": (b"", False)}, "initial commit")
     proc = publish(run, hub, tmp_path, "repo_id=tester/open", "private=true")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == ("error: tester/open already exists and is PUBLIC: private=true would put these "
-                                   "files in a public repository. Make it private on the Hub first (its Settings), "
-                                   "or publish with private=false. Nothing was published.")
+    assert proc.stderr.strip() == (
+        "error: tester/open already exists and is PUBLIC: private=true would put these "
+        "files in a public repository. Make it private on the Hub first (its Settings), "
+        "or publish with private=false. Nothing was published."
+    )
     assert set(hub.files("tester/open")) == {".gitattributes"}

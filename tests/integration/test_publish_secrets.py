@@ -1,6 +1,7 @@
 """publish.py's secret scan against every form a token was found to leak in, each refused by name before the Hub
 test double (tests/hub_double.py) sees a single request, with a token set that the double would accept (so a form
 the scan misses would be published). One publish run reads a folder holding every form; each test checks one."""
+
 from __future__ import annotations
 
 import json

@@ -2,6 +2,7 @@
 a run that is being read is not replaced under its reader: export, chat, evaluate and publish hold the run as
 readers (<run>/.lock.reader-<host>-<pid>), a training job on it refuses while one does, and a new start in the
 run removes what was derived from the adapter it replaces."""
+
 from __future__ import annotations
 
 import contextlib
@@ -78,15 +79,18 @@ def test_merged_from_another_adapter_is_neither_published_nor_served(run, hub, t
     old = json.loads((run / "merged" / "verification.json").read_text())["adapter_sha256"]
     assert old == rundir.adapter_hash(run)  # export recorded the adapter merged/ came from
     retrain_adapter(run)
-    stale = (f"run={run}: merged/ was derived from another adapter (sha256 {old[:12]}; adapter/ is now "
-             f"{rundir.adapter_hash(run)[:12]}); derive it again from the current adapter: "
-             f"`python finetune/export.py run={run} merge=true`")
+    stale = (
+        f"run={run}: merged/ was derived from another adapter (sha256 {old[:12]}; adapter/ is now "
+        f"{rundir.adapter_hash(run)[:12]}); derive it again from the current adapter: "
+        f"`python finetune/export.py run={run} merge=true`"
+    )
     proc = publish(run, hub, tmp_path, "repo_id=tester/stale", "what=merged")
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {stale}", proc.stderr[-2000:]
     assert hub.requests == []
     chat = run_entry("chat.py", f"run={run}", "merged=true", check=False)
-    assert chat.returncode == 2 and chat.stderr.splitlines() == ["error: invalid config:", f"  - {stale}"], \
-        chat.stderr[-2000:]
+    assert chat.returncode == 2 and chat.stderr.splitlines() == ["error: invalid config:", f"  - {stale}"], chat.stderr[
+        -2000:
+    ]
 
 
 def test_gguf_without_an_adapter_hash_names_the_command_with_its_types(run, hub, tmp_path):
@@ -97,43 +101,62 @@ def test_gguf_without_an_adapter_hash_names_the_command_with_its_types(run, hub,
     (gguf / "verification.json").write_text(json.dumps({"files": {"run.q4_0.gguf": {"type": "q4_0"}}}))
     proc = publish(run, hub, tmp_path, "repo_id=tester/stale-gguf", "what=gguf")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == (f"error: run={run}: gguf/ records no adapter hash, so it may come from another "
-                                   "adapter; derive it again from the current adapter: `python finetune/export.py "
-                                   f"run={run} format=gguf gguf.type=[q4_0]`")
+    assert proc.stderr.strip() == (
+        f"error: run={run}: gguf/ records no adapter hash, so it may come from another "
+        "adapter; derive it again from the current adapter: `python finetune/export.py "
+        f"run={run} format=gguf gguf.type=[q4_0]`"
+    )
 
 
 def test_overwrite_refuses_while_a_reader_holds_the_run(run, sleeper):
     host = socket.gethostname()
     reader = run / f"{lock.READER}{host}-{sleeper}"
-    reader.write_text(json.dumps(
-        {"host": host, "pid": sleeper, "job": None, "started": "2026-12-07 10:00:00", "command": "export.py"}))
+    reader.write_text(
+        json.dumps(
+            {"host": host, "pid": sleeper, "job": None, "started": "2026-12-07 10:00:00", "command": "export.py"}
+        )
+    )
     before = rundir.adapter_hash(run)
     with kept_fresh(reader):
         proc = run_entry("train.py", "recipe=tiny_lora", f"output_dir={run}", "overwrite=true", *FAST, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: output_dir={run} is being read by export.py (host {host}, PID {sleeper}, started 2026-12-07 "
-        "10:00:00): wait for it to end, then start again")
+        "10:00:00): wait for it to end, then start again"
+    )
     assert rundir.adapter_hash(run) == before and (run / "merged" / "config.json").is_file()
     assert not (run / lock.LOCK).exists()
 
 
 def test_a_reader_does_not_start_while_a_training_job_writes_the_run(run, sleeper):
     host = socket.gethostname()
-    (run / lock.LOCK).write_text(json.dumps({"host": host, "pid": sleeper, "job": None,
-                                             "started": "2026-12-07 10:00:00"}))
+    (run / lock.LOCK).write_text(
+        json.dumps({"host": host, "pid": sleeper, "job": None, "started": "2026-12-07 10:00:00"})
+    )
     with kept_fresh(run / lock.LOCK):
         proc = run_entry("chat.py", f"run={run}", check=False)
     assert proc.returncode == 2 and proc.stderr.strip() == (
         f"error: run={run} is being written by a training job (host {host}, PID {sleeper}, started 2026-12-07 "
-        "10:00:00): wait for it to end, then run chat.py again")
+        "10:00:00): wait for it to end, then run chat.py again"
+    )
 
 
 def test_export_holds_the_run_as_a_reader_while_it_merges(run):
     shutil.rmtree(run / "merged")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "finetune" / "export.py"), f"run={run}", "merge=true",
-                             "verify.prompts=1", "verify.max_new_tokens=2"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "finetune" / "export.py"),
+            f"run={run}",
+            "merge=true",
+            "verify.prompts=1",
+            "verify.max_new_tokens=2",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     held, deadline = None, time.time() + 120
     while held is None and proc.poll() is None and time.time() < deadline:
         files = list(run.glob(lock.READER + "*"))
@@ -143,8 +166,7 @@ def test_export_holds_the_run_as_a_reader_while_it_merges(run):
     assert proc.returncode == 0, err[-3000:]
     assert held is not None and held["command"] == "export.py" and held["pid"] == proc.pid
     assert not list(run.glob(".lock*"))  # released at exit
-    assert json.loads((run / "merged" / "verification.json").read_text())["adapter_sha256"] == \
-        rundir.adapter_hash(run)
+    assert json.loads((run / "merged" / "verification.json").read_text())["adapter_sha256"] == rundir.adapter_hash(run)
 
 
 def test_a_new_start_removes_what_was_derived_from_the_old_adapter(run):

@@ -2,6 +2,7 @@
 written, with tiny overrides appended where it names a GPU recipe and placeholders (`outputs/<run>`) filled with
 a finished tiny run. A README line that stops working fails CI; a new line must be classified below.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,24 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 # appended to a command that names a GPU recipe (last value wins): the toy model, one step, little data
-TINY = ["model=llama2_tiny", "quant=nf4", "trainer.liger=false", "trainer.packing=false", "trainer.max_steps=1",
-        "trainer.micro_batch_size=2", "trainer.grad_accum=1", "trainer.logging_steps=1", "trainer.save_steps=1",
-        "trainer.optim=adamw_torch", "data.max_samples=8", "data.max_length=256", "data.max_prompt_length=192",
-        "data.too_long=truncate", "data.eval_fraction=0", "eval.samples=0"]
+TINY = [
+    "model=llama2_tiny",
+    "quant=nf4",
+    "trainer.liger=false",
+    "trainer.packing=false",
+    "trainer.max_steps=1",
+    "trainer.micro_batch_size=2",
+    "trainer.grad_accum=1",
+    "trainer.logging_steps=1",
+    "trainer.save_steps=1",
+    "trainer.optim=adamw_torch",
+    "data.max_samples=8",
+    "data.max_length=256",
+    "data.max_prompt_length=192",
+    "data.too_long=truncate",
+    "data.eval_fraction=0",
+    "eval.samples=0",
+]
 GPU_RECIPES = re.compile(r"recipe=(q?lora_(7|13|70)b|dpo_q?lora_(7|13|70)b)(_\d+k)?\b")
 
 # (pattern, why it does not run here); checked in order, first match wins
@@ -33,8 +48,10 @@ NOT_HERE = [
     (r"data\.path=tatsu-lab/alpaca", "downloads a Hub dataset"),
     (r"^# |^<dir>/on ", "a prompt line of a shell session on the test cluster, not a command"),
     (r"^tensorboard ", "a viewer that serves until stopped"),
-    (r"^ollama |^vllm |^docker |text-generation-launcher|^llama-cli ",
-     "a serving stack that is not installed here (test_gguf.py loads the GGUF in llama.cpp's Python binding)"),
+    (
+        r"^ollama |^vllm |^docker |text-generation-launcher|^llama-cli ",
+        "a serving stack that is not installed here (test_gguf.py loads the GGUF in llama.cpp's Python binding)",
+    ),
     (r"^cd ", "changes the shell's directory for the serving lines after it"),
 ]
 
@@ -71,8 +88,20 @@ def fill(line: str, run, tmp, base: str) -> list[str]:
     line = line.replace("<branch>", "main").replace("/models/Llama-2-13b-hf", base)
     argv = shlex.split(line)
     if argv[:2] == ["accelerate", "launch"]:
-        argv = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", *argv[2:]]
+        argv = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            *argv[2:],
+        ]
     elif argv[0] == "python":
         argv[0] = sys.executable
     argv = [a.replace("trials=12", "trials=1") for a in argv]
@@ -84,8 +113,9 @@ def fill(line: str, run, tmp, base: str) -> list[str]:
         argv += ["data.eval_fraction=0.25", f"sweep_dir={tmp / 'sweep'}", f"model.path={base}"]
     if "publish.py" in line:
         argv = [a if not a.startswith("what=") else "what=adapter" for a in argv]
-    return [f"output_dir={tmp / 'x'}" if a.startswith(("output_dir=/runs", "output_dir=outputs/x")) else a
-            for a in argv]
+    return [
+        f"output_dir={tmp / 'x'}" if a.startswith(("output_dir=/runs", "output_dir=outputs/x")) else a for a in argv
+    ]
 
 
 ALL = commands()
@@ -104,15 +134,19 @@ def test_readme_command_runs_as_written(where, line, tiny_sft_run, tmp_path):
         import shutil
 
         shutil.copytree(tiny_sft_run, run)
-    (tmp_path / "faq.jsonl").write_text("".join(json.dumps({"question": f"Q{i}?", "answer": f"A{i}."}) + "\n"
-                                                for i in range(8)))
+    (tmp_path / "faq.jsonl").write_text(
+        "".join(json.dumps({"question": f"Q{i}?", "answer": f"A{i}."}) + "\n" for i in range(8))
+    )
     (tmp_path / "my_prompts.jsonl").write_text(json.dumps({"prompt": "Hi"}) + "\n")
     base = json.loads((tiny_sft_run / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
     argv = fill(line, run, tmp_path, base)
     argv = [str(tmp_path / a) if a in ("faq.jsonl", "my_prompts.jsonl") else a for a in argv]
-    argv = [a.replace("data.path=faq.jsonl", f"data.path={tmp_path / 'faq.jsonl'}")
-            .replace("prompts=my_prompts.jsonl", f"prompts={tmp_path / 'my_prompts.jsonl'}")
-            .replace("out=answers.jsonl", f"out={tmp_path / 'answers.jsonl'}") for a in argv]
+    argv = [
+        a.replace("data.path=faq.jsonl", f"data.path={tmp_path / 'faq.jsonl'}")
+        .replace("prompts=my_prompts.jsonl", f"prompts={tmp_path / 'my_prompts.jsonl'}")
+        .replace("out=answers.jsonl", f"out={tmp_path / 'answers.jsonl'}")
+        for a in argv
+    ]
     if "train.py" in line and not GPU_RECIPES.search(line) and "--cfg" not in argv:
         argv += ["trainer.max_steps=1", "data.max_samples=8", "eval.samples=0", f"output_dir={tmp_path / 'run2'}"]
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
@@ -124,10 +158,17 @@ def test_readme_command_runs_as_written(where, line, tiny_sft_run, tmp_path):
 
 def test_make_test_names_the_tests_that_skip_without_system_packages():
     """`make test` installs no system package; it says which tests will skip and the command that enables them."""
-    proc = subprocess.run(["make", "-s", "system-deps-note", "SYSTEM_PATH=/nonexistent"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
-    assert proc.stdout == ("make test: tests/integration/test_slurm.py (slurm-wlm, munge) and tests/unit/"
-                           "test_modelfile.py's Go check (golang-go) will skip: their system packages are not "
-                           "installed; `sudo make system-deps` installs them\n")
+    proc = subprocess.run(
+        ["make", "-s", "system-deps-note", "SYSTEM_PATH=/nonexistent"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.stdout == (
+        "make test: tests/integration/test_slurm.py (slurm-wlm, munge) and tests/unit/"
+        "test_modelfile.py's Go check (golang-go) will skip: their system packages are not "
+        "installed; `sudo make system-deps` installs them\n"
+    )
     dry = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
     assert "apt-get" not in dry  # nothing is installed as root by `make test`

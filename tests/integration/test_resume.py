@@ -1,5 +1,6 @@
 """Resume after kill -9: the run picks up from its latest complete checkpoint and ends where an uninterrupted run
 ends; a checkpoint killed mid-save is never used. Plus the run-directory rules (resume=false, overwrite=true)."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ TRAIN = [sys.executable, str(ROOT / "finetune" / "train.py"), "recipe=tiny_qlora
 
 
 def launch(out: Path) -> subprocess.Popen:
-    return subprocess.Popen(TRAIN + [f"output_dir={out}"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        TRAIN + [f"output_dir={out}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def wait_for(cond, proc: subprocess.Popen, poll: float, timeout: float = 300) -> bool:
@@ -143,8 +145,9 @@ def test_finished_run_error_names_the_three_ways_out(tmp_path):
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
     problems = checks.problems(compose(f"output_dir={tmp_path}"))
-    assert any("already holds a finished run" in p and "resume=false" in p and "overwrite=true" in p
-               for p in problems), problems
+    assert any(
+        "already holds a finished run" in p and "resume=false" in p and "overwrite=true" in p for p in problems
+    ), problems
     assert not any("finished run" in p for p in checks.problems(compose(f"output_dir={tmp_path}", "resume=false")))
 
 
@@ -169,8 +172,15 @@ def test_resume_with_changed_training_settings_is_refused_with_the_differences(t
     out = tmp_path / "run"
     shutil.copytree(tiny_sft_run, out)
     shutil.rmtree(out / "adapter")
-    proc = run_entry("train.py", "recipe=tiny_qlora", f"output_dir={out}", *FAST, "trainer.learning_rate=1e-4",
-                     "lora.r=4", check=False)
+    proc = run_entry(
+        "train.py",
+        "recipe=tiny_qlora",
+        f"output_dir={out}",
+        *FAST,
+        "trainer.learning_rate=1e-4",
+        "lora.r=4",
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "resumes a run trained with other settings" in proc.stderr
     assert "lora.r: 8 in the checkpoint's run, 4 now" in proc.stderr
@@ -194,8 +204,11 @@ def test_a_second_job_on_a_running_run_directory_stops_before_writing(tmp_path):
     out.mkdir()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (out / lock.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid, "job": None,
-                                                 "started": "2026-11-29 10:00:00"}))
+        (out / lock.LOCK).write_text(
+            json.dumps(
+                {"host": socket.gethostname(), "pid": sleeper.pid, "job": None, "started": "2026-11-29 10:00:00"}
+            )
+        )
         proc = run_entry("train.py", "recipe=tiny_qlora", f"output_dir={out}", *FAST, check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert f"is in use by another job (host {socket.gethostname()}, PID {sleeper.pid}" in proc.stderr
@@ -214,8 +227,13 @@ def test_ctrl_c_is_one_line_naming_the_step_the_checkpoint_and_the_command_that_
     in view is complete, and the printed command (the user's own overrides, output_dir= this run) resumes it."""
     out = tmp_path / "run"
     overrides = [a for a in TRAIN[2:] if not a.startswith("trainer.max_steps=")] + ["trainer.max_steps=40"]
-    proc = subprocess.Popen([sys.executable, "finetune/train.py", *overrides, f"output_dir={out}", "overwrite=true"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "finetune/train.py", *overrides, f"output_dir={out}", "overwrite=true"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert wait_for(lambda: bool(checkpoints.complete(out)), proc, poll=0.1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
@@ -225,8 +243,10 @@ def test_ctrl_c_is_one_line_naming_the_step_the_checkpoint_and_the_command_that_
     assert len(said) == 1, err[-3000:]
     done = checkpoints.complete(out)
     step = said[0].split()[3]
-    assert said[0] == (f"stopped at step {step} of 40 (Ctrl-C); latest complete checkpoint: {done[-1]}; resume: "
-                       f"python finetune/train.py {' '.join(overrides)} output_dir={out}")  # overwrite=true dropped
+    assert said[0] == (
+        f"stopped at step {step} of 40 (Ctrl-C); latest complete checkpoint: {done[-1]}; resume: "
+        f"python finetune/train.py {' '.join(overrides)} output_dir={out}"
+    )  # overwrite=true dropped
     assert rundir.step_of(done[-1]) <= int(step) < 40 and not (out / "adapter").exists()
     for ckpt in done:  # nothing complete lost: each checkpoint reads back as the step it names
         state = json.loads((ckpt / "trainer_state.json").read_text())

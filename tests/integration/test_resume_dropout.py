@@ -8,6 +8,7 @@ the CPU stand-in for tests/gpu/test_eval_chat_gpu.py's samples check (checkpoint
 No kill and no timing: the uninterrupted run's directory is copied and cut back to what a kill right after
 checkpoint-2 leaves (checkpoint-4, adapter/ and the metrics rows after step 2 removed); the same command then
 resumes it."""
+
 from __future__ import annotations
 
 import json

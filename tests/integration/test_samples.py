@@ -1,5 +1,6 @@
 """During training: held-out metrics in metrics.jsonl (SFT and DPO), samples.jsonl from fixed prompts, and a
 wandb table of the samples when wandb is on."""
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,10 @@ def test_samples_go_to_a_wandb_table_when_the_trainer_reports_to_wandb(tiny_sft_
     (table_file,) = (tmp_path / "wandb").glob("offline-run-*/files/media/table/samples_*.table.json")
     table = json.loads(table_file.read_text())
     assert table["columns"] == ["step", "prompt", "answer", "reference"]
-    assert [row[:3] for row in table["data"]] == [[2, "Hi there", rows[0]["answer"]],
-                                                   [2, "Name a colour.", rows[1]["answer"]]]
+    assert [row[:3] for row in table["data"]] == [
+        [2, "Hi there", rows[0]["answer"]],
+        [2, "Name a colour.", rows[1]["answer"]],
+    ]
 
 
 def test_no_samples_under_fsdp_where_generate_cannot_run_mid_training(tmp_path, monkeypatch, capsys):
@@ -84,10 +87,21 @@ def write_prompts(tmp_path):
 @pytest.mark.slow
 def test_dpo_run_logs_held_out_reward_accuracy_and_margins_and_writes_samples(tmp_path):
     out = tmp_path / "dpo"
-    run_entry("train.py", "recipe=tiny_dpo", f"output_dir={out}", "data.max_samples=16", "data.eval_fraction=0.25",
-              "data.max_length=256", "data.max_prompt_length=192", "trainer.max_steps=2",
-              "trainer.micro_batch_size=2", "trainer.logging_steps=1", "trainer.save_steps=2", "eval.samples=1",
-              "eval.max_new_tokens=4")
+    run_entry(
+        "train.py",
+        "recipe=tiny_dpo",
+        f"output_dir={out}",
+        "data.max_samples=16",
+        "data.eval_fraction=0.25",
+        "data.max_length=256",
+        "data.max_prompt_length=192",
+        "trainer.max_steps=2",
+        "trainer.micro_batch_size=2",
+        "trainer.logging_steps=1",
+        "trainer.save_steps=2",
+        "eval.samples=1",
+        "eval.max_new_tokens=4",
+    )
     (row,) = [r for r in metrics.read(out / "metrics.jsonl") if "eval_loss" in r]
     assert row["step"] == 2
     assert 0.0 <= row["eval_rewards/accuracies"] <= 1.0 and math.isfinite(row["eval_rewards/margins"])
@@ -107,7 +121,7 @@ def test_dpo_run_logs_held_out_reward_accuracy_and_margins_and_writes_samples(tm
 
 
 def batch_mean(values: list[float], size: int) -> float:
-    means = [sum(values[i:i + size]) / len(values[i:i + size]) for i in range(0, len(values), size)]
+    means = [sum(values[i : i + size]) / len(values[i : i + size]) for i in range(0, len(values), size)]
     return sum(means) / len(means)
 
 
@@ -126,7 +140,7 @@ def held_out_rewards(run) -> tuple[list[float], list[float]]:
     def logp(prompt: list[int], answer: list[int]) -> float:
         ids = torch.tensor([prompt + answer])
         token_logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1).gather(1, ids[0, 1:, None])
-        return token_logp[len(prompt) - 1:].sum().item()
+        return token_logp[len(prompt) - 1 :].sum().item()
 
     margins, chosen = [], []
     with torch.no_grad():

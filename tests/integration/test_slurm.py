@@ -3,6 +3,7 @@ namespace, hostname and address on a private bridge, so ranks talk gloo over TCP
 `sbatch --nodes 2 launch/slurm/train.sbatch` trains in one run directory and matches a 1-process run, a requeued job
 resumes, a lost node ends the job within a bound and names the node, then the next submission resumes; DPO across
 the two nodes; plain `accelerate launch --num_machines 2` on the same hosts, without SLURM."""
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,18 @@ NAME = "slurm-test"  # job name: the script's default run directory is outputs/s
 # after the first one still lands mid-training (saving and evaluating do not change the training numbers: the
 # 1-process adapter is bitwise the same with save_steps=1 or 2).
 LORA = ["recipe=tiny_lora", *FAST, "trainer.micro_batch_size=1", "trainer.save_steps=1"]
-DPO = ["recipe=tiny_dpo", "data.max_samples=24", "data.max_length=192", "data.max_prompt_length=160",
-       "data.too_long=truncate", "data.eval_fraction=0.25", "trainer.logging_steps=1", "trainer.save_steps=2",
-       "trainer.max_steps=2", "eval.samples=0"]
+DPO = [
+    "recipe=tiny_dpo",
+    "data.max_samples=24",
+    "data.max_length=192",
+    "data.max_prompt_length=160",
+    "data.too_long=truncate",
+    "data.eval_fraction=0.25",
+    "trainer.logging_steps=1",
+    "trainer.save_steps=2",
+    "trainer.max_steps=2",
+    "eval.samples=0",
+]
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "NODE_FAIL", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 NODE_LOSS_BOUND_S = 45  # the test cluster's SlurmdTimeout=10 s plus ping rounds (a real cluster: 300 s by default)
 
@@ -60,8 +70,9 @@ def cluster(slurm_cluster):
 
 def submit(cluster: Cluster, *overrides: str, opts: tuple[str, ...] = ()) -> int:
     """`sbatch --nodes=2 launch/slurm/train.sbatch <overrides>` from the repository, as a user submits it."""
-    return cluster.sbatch("--nodes=2", f"--job-name={NAME}", f"--output={cluster.dir}/%x-%j.out", *opts,
-                          SCRIPT, *overrides, cwd=ROOT)
+    return cluster.sbatch(
+        "--nodes=2", f"--job-name={NAME}", f"--output={cluster.dir}/%x-%j.out", *opts, SCRIPT, *overrides, cwd=ROOT
+    )
 
 
 def job_log(cluster: Cluster, job: int) -> str:
@@ -79,8 +90,9 @@ def wait_for_path(path: Path, cluster: Cluster, job: int, timeout: float = 300) 
     end = time.monotonic() + timeout
     while not path.exists():
         state = cluster.job(job)["JobState"]
-        assert state in ("PENDING", "RUNNING", "CONFIGURING"), \
+        assert state in ("PENDING", "RUNNING", "CONFIGURING"), (
             f"job {job} {state} before {path} existed:\n{job_log(cluster, job)[-6000:]}"
+        )
         assert time.monotonic() < end, f"no {path} after {timeout} s"
         time.sleep(0.05)
 
@@ -158,7 +170,8 @@ def test_requeued_job_resumes_from_its_latest_checkpoint_and_ends_as_uninterrupt
 
 
 def test_lost_node_ends_the_job_in_bounded_time_naming_it_and_the_next_submission_resumes(
-        cluster, two_node_run, tmp_path):
+    cluster, two_node_run, tmp_path
+):
     out = tmp_path / "run"  # a new submission has a new job id: output_dir= names the run to resume
     job = submit(cluster, *LORA, f"output_dir={out}", opts=("--no-requeue",))
     wait_for_path(out / "checkpoints" / "checkpoint-1", cluster, job)
@@ -208,13 +221,39 @@ def test_plain_accelerate_launch_across_the_two_hosts_without_slurm(cluster, two
     out = tmp_path / "run"
 
     def launch(rank: int) -> list[str]:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "launch/accelerate/multi_gpu.yaml",
-                "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
-                "--main_process_ip", "node1", "--main_process_port", "29500", "--rdzv_backend", "static",
-                "finetune/train.py", *LORA, f"output_dir={out}"]
+        return [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            "launch/accelerate/multi_gpu.yaml",
+            "--num_machines",
+            "2",
+            "--num_processes",
+            "2",
+            "--machine_rank",
+            str(rank),
+            "--main_process_ip",
+            "node1",
+            "--main_process_port",
+            "29500",
+            "--rdzv_backend",
+            "static",
+            "finetune/train.py",
+            *LORA,
+            f"output_dir={out}",
+        ]
 
-    procs = [subprocess.Popen([str(cluster.on), host, *launch(rank)], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for rank, host in enumerate(("node1", "node2"))]
+    procs = [
+        subprocess.Popen(
+            [str(cluster.on), host, *launch(rank)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank, host in enumerate(("node1", "node2"))
+    ]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-4000:] for log in logs)
     assert logs[0].count("effective batch: 2 = 1 micro x 1 accumulation x 2 processes") == 1

@@ -1,5 +1,6 @@
 """Local sweeps end to end: each trial an `accelerate launch finetune/train.py` subprocess of the sweep file's
 command, ranked by the eval loss in its metrics.jsonl, a failed trial recorded, resumable."""
+
 from __future__ import annotations
 
 import csv
@@ -14,9 +15,17 @@ from finetune.runs import metrics
 from finetune.sweeps import logged
 
 # A trial in a few seconds: 2 optimizer steps, evaluated (and checkpointed) at step 2, no sample generations.
-TRIAL_FAST = ["data.max_samples=12", "data.max_length=256", "data.too_long=truncate", "data.eval_fraction=0.25",
-              "trainer.max_steps=2", "trainer.save_steps=2", "trainer.micro_batch_size=2", "trainer.logging_steps=1",
-              "eval.samples=0"]
+TRIAL_FAST = [
+    "data.max_samples=12",
+    "data.max_length=256",
+    "data.too_long=truncate",
+    "data.eval_fraction=0.25",
+    "trainer.max_steps=2",
+    "trainer.save_steps=2",
+    "trainer.micro_batch_size=2",
+    "trainer.logging_steps=1",
+    "eval.samples=0",
+]
 COMMAND = ["${env}", "accelerate", "launch", "finetune/train.py", "${args_no_hyphens}"]
 
 
@@ -36,9 +45,9 @@ def assert_leaderboard(sweep_dir: Path, finished: list[dict], n_trials: int) -> 
     with (sweep_dir / "leaderboard.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == n_trials
-    assert [int(r["trial"]) for r in rows[:len(finished)]] == [r["trial"] for r in best_first]
-    assert [r["rank"] for r in rows[:len(finished)]] == [str(i + 1) for i in range(len(finished))]
-    assert [float(r["eval/loss"]) for r in rows[:len(finished)]] == [pytest.approx(r["metric"]) for r in best_first]
+    assert [int(r["trial"]) for r in rows[: len(finished)]] == [r["trial"] for r in best_first]
+    assert [r["rank"] for r in rows[: len(finished)]] == [str(i + 1) for i in range(len(finished))]
+    assert [float(r["eval/loss"]) for r in rows[: len(finished)]] == [pytest.approx(r["metric"]) for r in best_first]
     md = (sweep_dir / "leaderboard.md").read_text()
     assert f"Best: trial {best_first[0]['trial']}, eval/loss = {best_first[0]['metric']:.6g}" in md
     png = (sweep_dir / "sweep.png").read_bytes()
@@ -48,11 +57,22 @@ def assert_leaderboard(sweep_dir: Path, finished: list[dict], n_trials: int) -> 
 @pytest.mark.slow
 def test_grid_sweep_ranks_trials_records_a_failure_and_resumes(tmp_path):
     sweep_file = tmp_path / "rank_grid.yaml"
-    sweep_file.write_text(yaml.safe_dump({
-        "program": "finetune/train.py", "method": "grid", "metric": {"name": "eval/loss", "goal": "minimize"},
-        "parameters": {"recipe": {"value": "tiny_lora"}, "tracking": {"value": "tensorboard"},
-                       "lora.r": {"values": [4, 0, 8]}},  # lora.r=0 fails the trial's config check
-        "command": COMMAND}, sort_keys=False))
+    sweep_file.write_text(
+        yaml.safe_dump(
+            {
+                "program": "finetune/train.py",
+                "method": "grid",
+                "metric": {"name": "eval/loss", "goal": "minimize"},
+                "parameters": {
+                    "recipe": {"value": "tiny_lora"},
+                    "tracking": {"value": "tensorboard"},
+                    "lora.r": {"values": [4, 0, 8]},
+                },  # lora.r=0 fails the trial's config check
+                "command": COMMAND,
+            },
+            sort_keys=False,
+        )
+    )
     out = tmp_path / "sweep"
     proc = run_entry("sweep.py", str(sweep_file), f"sweep_dir={out}", *TRIAL_FAST)
     assert "trial 2/3 failed (exit 1: error: invalid config: - lora.r=0: must be a positive integer" in proc.stdout
@@ -68,8 +88,10 @@ def test_grid_sweep_ranks_trials_records_a_failure_and_resumes(tmp_path):
         assert r["metric"] == pytest.approx(last_eval_loss(r["output_dir"]))
         assert list((Path(r["output_dir"]) / "tensorboard").glob("events.out.tfevents.*"))
         log = (Path(r["output_dir"]) / "trial.log").read_text()
-        assert log.startswith("$ /usr/bin/env accelerate launch finetune/train.py recipe=tiny_lora "
-                              "tracking=tensorboard data.max_samples=12 ")
+        assert log.startswith(
+            "$ /usr/bin/env accelerate launch finetune/train.py recipe=tiny_lora "
+            "tracking=tensorboard data.max_samples=12 "
+        )
         assert f"lora.r={r['params']['lora.r']} output_dir={r['output_dir']}\n" in log.splitlines(keepends=True)[0]
     assert_leaderboard(out, finished, 3)
 
@@ -89,8 +111,15 @@ def test_grid_sweep_ranks_trials_records_a_failure_and_resumes(tmp_path):
 @pytest.mark.slow
 def test_bayes_sweep_of_the_shipped_file_on_the_tiny_model(tmp_path):
     out = tmp_path / "qlora_lr"
-    proc = run_entry("sweep.py", "launch/sweeps/qlora_lr.yaml", "trials=3", f"sweep_dir={out}",
-                     "recipe=tiny_lora", "tracking=none", *TRIAL_FAST)
+    proc = run_entry(
+        "sweep.py",
+        "launch/sweeps/qlora_lr.yaml",
+        "trials=3",
+        f"sweep_dir={out}",
+        "recipe=tiny_lora",
+        "tracking=none",
+        *TRIAL_FAST,
+    )
     records = trials(out)
     assert sorted(records) == [1, 2, 3] and all(r["status"] == "finished" for r in records.values()), records
     for r in records.values():
@@ -134,7 +163,9 @@ def test_resuming_with_an_edited_sweep_file_is_refused_before_any_trial(tmp_path
     sweep_file.write_text(edited)
     proc = run_entry("sweep.py", str(sweep_file), f"sweep_dir={out}", "recipe=tiny_lora", *TRIAL_FAST, check=False)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert f"{sweep_file} differs from the one this sweep started with ({out / 'sweep.yaml'}); choose a new " \
-           "sweep_dir= or restore the file" in proc.stderr
+    assert (
+        f"{sweep_file} differs from the one this sweep started with ({out / 'sweep.yaml'}); choose a new "
+        "sweep_dir= or restore the file" in proc.stderr
+    )
     assert (out / "sweep.yaml").read_text() == original and (out / "trials.jsonl").read_text() == record + "\n"
     assert sorted(p.name for p in out.iterdir()) == ["sweep.yaml", "trials.jsonl"]  # no trial ran

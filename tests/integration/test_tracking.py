@@ -1,5 +1,6 @@
 """tracking=wandb through the real entry point: an offline run holds the resolved config and the loss, a missing
 API key means offline with one notice, and a resumed run continues the same wandb run."""
+
 from __future__ import annotations
 
 import json
@@ -28,10 +29,10 @@ def wandb_records(path: Path):
         if left < 7:  # a chunk header never straddles a block: the rest of the block is padding
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0:
             break
-        buf += data[pos + 7:pos + 7 + length]
+        buf += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # a full record, or the last chunk of one
             record = pb.Record()
@@ -60,10 +61,24 @@ def test_offline_wandb_run_holds_config_and_loss_and_resumes_the_same_run(tmp_pa
     run = tmp_path / "tiny-wandb"
     # Online mode asked for, but no API key anywhere: the run must go on offline, saying so once. The unreachable
     # base URL makes any attempt to go online fail instead of reaching the network.
-    no_key = {"WANDB_MODE": "online", "WANDB_API_KEY": "", "NETRC": str(tmp_path / "no-netrc"),
-              "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"), "WANDB_BASE_URL": "http://127.0.0.1:9"}
-    proc = run_entry("train.py", "recipe=tiny_lora", f"output_dir={run}", "tracking=wandb",
-                     "tracking.project=llama2-ft", "tracking.tags=[tiny,ci]", "tracking.group=tests", *FAST, env=no_key)
+    no_key = {
+        "WANDB_MODE": "online",
+        "WANDB_API_KEY": "",
+        "NETRC": str(tmp_path / "no-netrc"),
+        "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
+        "WANDB_BASE_URL": "http://127.0.0.1:9",
+    }
+    proc = run_entry(
+        "train.py",
+        "recipe=tiny_lora",
+        f"output_dir={run}",
+        "tracking=wandb",
+        "tracking.project=llama2-ft",
+        "tracking.tags=[tiny,ci]",
+        "tracking.group=tests",
+        *FAST,
+        env=no_key,
+    )
     notices = [line for line in proc.stdout.splitlines() if line.startswith("wandb: no API key")]
     assert len(notices) == 1 and f"wandb sync {run / 'wandb'}/offline-run-*" in notices[0], proc.stdout[-2000:]
 
@@ -82,19 +97,33 @@ def test_offline_wandb_run_holds_config_and_loss_and_resumes_the_same_run(tmp_pa
     expected = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     got = [(h["train/global_step"], h["train/loss"]) for h in logged["history"] if "train/loss" in h]
     assert len(expected) == 4 and got == [(s, pytest.approx(v)) for s, v in expected]
-    assert [h["eval/loss"] for h in logged["history"] if "eval/loss" in h] == \
-        [pytest.approx(r["eval_loss"]) for r in rows if "eval_loss" in r]
+    assert [h["eval/loss"] for h in logged["history"] if "eval/loss" in h] == [
+        pytest.approx(r["eval_loss"]) for r in rows if "eval_loss" in r
+    ]
     # what metrics.jsonl derives reaches the tracker too (issue 21: TensorBoard/wandb lacked them)
-    assert [h["eval/perplexity"] for h in logged["history"] if "eval/perplexity" in h] == \
-        [pytest.approx(r["eval_perplexity"]) for r in rows if "eval_perplexity" in r] != []
-    assert [h["train/tokens_per_s"] for h in logged["history"] if "train/tokens_per_s" in h] == \
-        [pytest.approx(r["tokens_per_s"]) for r in rows if "tokens_per_s" in r] != []
+    assert (
+        [h["eval/perplexity"] for h in logged["history"] if "eval/perplexity" in h]
+        == [pytest.approx(r["eval_perplexity"]) for r in rows if "eval_perplexity" in r]
+        != []
+    )
+    assert (
+        [h["train/tokens_per_s"] for h in logged["history"] if "train/tokens_per_s" in h]
+        == [pytest.approx(r["tokens_per_s"]) for r in rows if "tokens_per_s" in r]
+        != []
+    )
 
     # Killed after its last checkpoint (no adapter yet), then resumed for 2 more steps: same wandb run.
     shutil.rmtree(run / "adapter")
     longer = [o for o in FAST if not o.startswith("trainer.max_steps=")] + ["trainer.max_steps=6"]
-    proc = run_entry("train.py", "recipe=tiny_lora", f"output_dir={run}", "tracking=wandb",
-                     "tracking.project=llama2-ft", *longer, env={"WANDB_MODE": "offline"})
+    proc = run_entry(
+        "train.py",
+        "recipe=tiny_lora",
+        f"output_dir={run}",
+        "tracking=wandb",
+        "tracking.project=llama2-ft",
+        *longer,
+        env={"WANDB_MODE": "offline"},
+    )
     assert "wandb: no API key" not in proc.stdout  # WANDB_MODE=offline is honoured without a notice
     assert (run / "wandb_run_id").read_text().strip() == run_id
     runs = sorted((run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))

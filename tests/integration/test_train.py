@@ -1,4 +1,5 @@
 """The headline command on the tiny model: `accelerate launch finetune/train.py recipe=tiny_{lora,qlora}`."""
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,18 @@ from finetune.model import base as model_base
 from finetune.model import tokenizer as tokenizer_mod
 
 # Two examples, seen again and again: the loss must fall. Eval on two held-out examples at steps 4 and 8.
-REPEATED = ["data.max_samples=4", "data.eval_fraction=0.5", "data.max_length=192", "data.too_long=truncate",
-            "trainer.max_steps=8", "trainer.micro_batch_size=2", "trainer.logging_steps=1", "trainer.save_steps=4",
-            "trainer.learning_rate=1e-2", "trainer.warmup_ratio=0"]
+REPEATED = [
+    "data.max_samples=4",
+    "data.eval_fraction=0.5",
+    "data.max_length=192",
+    "data.too_long=truncate",
+    "trainer.max_steps=8",
+    "trainer.micro_batch_size=2",
+    "trainer.logging_steps=1",
+    "trainer.save_steps=4",
+    "trainer.learning_rate=1e-2",
+    "trainer.warmup_ratio=0",
+]
 
 
 def rows(run_dir):
@@ -60,9 +70,17 @@ def test_accelerate_launch_trains_saves_and_reloads(recipe, tmp_path):
     assert f"adapter: {run_dir / 'adapter'}" in proc.stdout
 
     # the run directory a user relies on
-    for name in ("config.yaml", "metrics.jsonl", "loss.png", "adapter/adapter_model.safetensors",
-                 "adapter/adapter_config.json", "adapter/tokenizer.model", "adapter/LICENSE-LLAMA2",
-                 "checkpoints/checkpoint-4/trainer_state.json", "checkpoints/checkpoint-8/optimizer.pt"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "loss.png",
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "adapter/tokenizer.model",
+        "adapter/LICENSE-LLAMA2",
+        "checkpoints/checkpoint-4/trainer_state.json",
+        "checkpoints/checkpoint-8/optimizer.pt",
+    ):
         assert (run_dir / name).is_file(), name
 
     # the loss went down on the repeated batch
@@ -88,14 +106,29 @@ def on_a_small_disk(size: str, script: str, tmp_path) -> subprocess.CompletedPro
     if the test is killed)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                           f"mount -t tmpfs -o size={size} tmpfs {disk} && {script}"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900, env={**os.environ, "DISK": str(disk)})
+    return subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f"mount -t tmpfs -o size={size} tmpfs {disk} && {script}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "DISK": str(disk)},
+    )
 
 
 TRAIN = f"{sys.executable} finetune/train.py recipe=tiny_qlora {' '.join(FAST)}"
-ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
-                               reason="mounting a small tmpfs for output_dir needs root and unshare(1)")
+ROOT_ONLY = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"),
+    reason="mounting a small tmpfs for output_dir needs root and unshare(1)",
+)
 
 
 @pytest.mark.slow
@@ -106,7 +139,8 @@ def test_a_disk_without_room_for_the_checkpoints_is_refused_at_start(tmp_path):
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
         f"error: output_dir={tmp_path}/disk/run: 2.0 MiB free on its disk, and this run needs ~12.4 MiB: 2 checkpoints "
         "on disk at once of ~4.0 MiB each (trainer.save_total_limit=2 kept, plus the one being written) and the "
-        "adapter (~4.3 MiB); free space, lower trainer.save_total_limit, or give output_dir= on a bigger disk"]
+        "adapter (~4.3 MiB); free space, lower trainer.save_total_limit, or give output_dir= on a bigger disk"
+    ]
 
 
 @pytest.mark.slow
@@ -114,17 +148,21 @@ def test_a_disk_without_room_for_the_checkpoints_is_refused_at_start(tmp_path):
 def test_a_disk_that_fills_up_during_training_is_one_line_and_no_traceback(tmp_path):
     """The start check passes (24 MB); once the first step is logged, another writer fills the disk: the next
     write (a metrics line or checkpoint-2) fails. safetensors and torch raise their own types for it."""
-    script = (f"{TRAIN} output_dir=$DISK/run & pid=$!; "
-              "while [ ! -s $DISK/run/metrics.jsonl ] && kill -0 $pid 2>/dev/null; do sleep 0.1; done; "
-              "dd if=/dev/zero of=$DISK/filler bs=64k 2>/dev/null; wait $pid; rc=$?; "
-              "find $DISK/run -path '*checkpoint*' >&2; exit $rc")
+    script = (
+        f"{TRAIN} output_dir=$DISK/run & pid=$!; "
+        "while [ ! -s $DISK/run/metrics.jsonl ] && kill -0 $pid 2>/dev/null; do sleep 0.1; done; "
+        "dd if=/dev/zero of=$DISK/filler bs=64k 2>/dev/null; wait $pid; rc=$?; "
+        "find $DISK/run -path '*checkpoint*' >&2; exit $rc"
+    )
     proc = on_a_small_disk("24m", script, tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {tmp_path}/disk/run"), proc.stderr[-3000:]
     assert ": no space left on the disk (" in errors[0] and "this run needs ~12.4 MiB: 2 checkpoints" in errors[0]
-    assert errors[0].endswith(f"no complete checkpoint yet; start over: python finetune/train.py recipe=tiny_qlora "
-                              f"{' '.join(FAST)} output_dir={tmp_path}/disk/run")
+    assert errors[0].endswith(
+        f"no complete checkpoint yet; start over: python finetune/train.py recipe=tiny_qlora "
+        f"{' '.join(FAST)} output_dir={tmp_path}/disk/run"
+    )
     assert ".incomplete/checkpoint-" not in proc.stderr  # the half-written checkpoint was removed
 
 
@@ -155,12 +193,19 @@ def test_what_this_machine_cannot_train_is_one_line_before_anything_else(monkeyp
     from finetune.config import ConfigError, UserError
     from finetune.training import checks
 
-    for recipe, tiny in (("qlora_13b", "tiny_qlora"), ("lora_7b", "tiny_lora"), ("dpo_qlora_70b", "tiny_dpo"),
-                         ("kto_qlora_7b", "tiny_kto")):
+    for recipe, tiny in (
+        ("qlora_13b", "tiny_qlora"),
+        ("lora_7b", "tiny_lora"),
+        ("dpo_qlora_70b", "tiny_dpo"),
+        ("kto_qlora_7b", "tiny_kto"),
+    ):
         with pytest.raises(UserError) as err:
             checks.before_weights(compose(f"recipe={recipe}", "trainer.optim=adam"), recipe, training=True)
-        assert not isinstance(err.value, ConfigError) and str(err.value).startswith(
-            f"recipe={recipe} is sized for a GPU (") and f"; on this machine try recipe={tiny} (" in str(err.value)
+        assert (
+            not isinstance(err.value, ConfigError)
+            and str(err.value).startswith(f"recipe={recipe} is sized for a GPU (")
+            and f"; on this machine try recipe={tiny} (" in str(err.value)
+        )
     checks.before_weights(compose("recipe=qlora_13b"))  # preview.py tokenizes a GPU recipe's data on a CPU: fine
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(UserError) as err:
@@ -168,12 +213,15 @@ def test_what_this_machine_cannot_train_is_one_line_before_anything_else(monkeyp
     assert str(err.value) == (
         "FSDP (launch/accelerate/fsdp_qlora.yaml) shards the model across GPUs and this machine has none; on CPUs "
         "launch data-parallel processes with --config_file launch/accelerate/multi_gpu.yaml, or one process with "
-        "python finetune/train.py")
+        "python finetune/train.py"
+    )
 
 
-GPU_LINE = ("error: recipe=qlora_13b is sized for a GPU (llama2_13b, 13.0B parameters) and this machine has no CUDA "
-            "GPU; on this machine try recipe=tiny_qlora (the same method on a toy Llama 2), or see which GPU it needs: "
-            "python finetune/plan.py recipe=qlora_13b")
+GPU_LINE = (
+    "error: recipe=qlora_13b is sized for a GPU (llama2_13b, 13.0B parameters) and this machine has no CUDA "
+    "GPU; on this machine try recipe=tiny_qlora (the same method on a toy Llama 2), or see which GPU it needs: "
+    "python finetune/plan.py recipe=qlora_13b"
+)
 
 
 @pytest.mark.slow
@@ -183,17 +231,51 @@ def test_gpu_launches_on_this_cpu_machine_end_in_one_line_through_the_real_launc
     adds its own failure report (launch/README.md shows it)."""
     env = {**os.environ, "FINETUNE_CACHE": str(tmp_path / "cache")}
     launch = [sys.executable, "-m", "accelerate.commands.launch"]
-    one = subprocess.run([*launch, "-q", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-                          "--dynamo_backend", "no", "finetune/train.py", "recipe=qlora_13b"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    one = subprocess.run(
+        [
+            *launch,
+            "-q",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "finetune/train.py",
+            "recipe=qlora_13b",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert one.returncode == 1 and "Traceback" not in one.stderr + one.stdout, one.stderr[-3000:]
     assert [line for line in one.stderr.splitlines() if line.startswith("error:")] == [GPU_LINE]
-    fsdp = subprocess.run([*launch, "--config_file", "launch/accelerate/fsdp_qlora.yaml", "--num_processes", "2",
-                           "--main_process_port", "0", "finetune/train.py", "recipe=tiny_qlora"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    fsdp = subprocess.run(
+        [
+            *launch,
+            "--config_file",
+            "launch/accelerate/fsdp_qlora.yaml",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "0",
+            "finetune/train.py",
+            "recipe=tiny_qlora",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert fsdp.returncode != 0
     assert [line for line in fsdp.stderr.splitlines() if line.startswith("error:")] == [
         "error: FSDP (launch/accelerate/fsdp_qlora.yaml) shards the model across GPUs and this machine has none; on "
         "CPUs launch data-parallel processes with --config_file launch/accelerate/multi_gpu.yaml, or one process "
-        "with python finetune/train.py"], fsdp.stderr[-3000:]
+        "with python finetune/train.py"
+    ], fsdp.stderr[-3000:]
     assert not (tmp_path / "cache").exists()  # nothing tokenized, no model built

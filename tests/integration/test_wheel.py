@@ -1,6 +1,7 @@
 """The toolkit as a wheel: built from the repository, installed into a fresh virtual environment, run from a folder
 outside the checkout through its console commands. The environment reuses this one's installed dependencies (a
 .pth line to its site-packages) so nothing is downloaded; the toolkit itself comes only from the wheel."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,23 @@ def build_wheel(tmp: Path) -> Path:
         else:
             src.mkdir(exist_ok=True)
             shutil.copy2(ROOT / name, src / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp / "dist"), str(src)], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp / "dist"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return next((tmp / "dist").glob("finetune-*.whl"))
 
 
@@ -40,8 +56,23 @@ def venv_with(wheel: Path, tmp: Path) -> Path:
     purelib = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
     deps = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
     (purelib / "zz_deps.pth").write_text("".join(f"{d}\n" for d in sorted(deps)))
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
-                    "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return venv
 
 
@@ -51,8 +82,13 @@ def test_the_wheel_installs_a_working_toolkit(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     packages = sorted(p.name for p in (ROOT / "finetune").iterdir() if (p / "__init__.py").is_file())
     assert [p for p in packages if f"finetune/{p}/__init__.py" not in names] == []
-    for shipped in ("configs/train.yaml", "recipes/tiny_qlora.yaml", "data/llama2-tokenizer/tokenizer.model",
-                    "data/llama2-tokenizer/LICENSE-LLAMA2", "data/sft/oasst-en100/en_100_tree.jsonl"):
+    for shipped in (
+        "configs/train.yaml",
+        "recipes/tiny_qlora.yaml",
+        "data/llama2-tokenizer/tokenizer.model",
+        "data/llama2-tokenizer/LICENSE-LLAMA2",
+        "data/sft/oasst-en100/en_100_tree.jsonl",
+    ):
         assert f"finetune/bundled/{shipped}" in names, shipped
     assert "finetune/runs/card.md" in names  # the model card's template
 
@@ -62,8 +98,9 @@ def test_the_wheel_installs_a_working_toolkit(tmp_path):
     env = {**os.environ, "FINETUNE_CACHE": str(tmp_path / "cache"), "PYTHONPATH": ""}
 
     def run(*cmd: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run([str(venv / "bin" / cmd[0]), *cmd[1:]], cwd=away, env=env, capture_output=True,
-                              text=True, timeout=600)
+        proc = subprocess.run(
+            [str(venv / "bin" / cmd[0]), *cmd[1:]], cwd=away, env=env, capture_output=True, text=True, timeout=600
+        )
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         return proc
 

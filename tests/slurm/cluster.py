@@ -10,6 +10,7 @@ all nodes, as a real cluster's NFS would be: the repository is the shared filesy
 
 Needs root (namespaces, bind mounts) and Debian's slurm-wlm, munge, iproute2 (`make system-deps` installs them).
 """
+
 from __future__ import annotations
 
 import os
@@ -180,8 +181,9 @@ class Cluster:
     def start(self, timeout: float = 60) -> Cluster:
         missing = missing_tools()
         if missing:
-            raise ClusterError(f"not installed: {', '.join(missing)}; "
-                               f"run `make system-deps` (apt-get install {PACKAGES})")
+            raise ClusterError(
+                f"not installed: {', '.join(missing)}; run `make system-deps` (apt-get install {PACKAGES})"
+            )
         reap_stale()
         try:
             self._write_files()
@@ -223,8 +225,9 @@ class Cluster:
         # Job ids differ between clusters (Slurm starts at 1), so outputs/<job name>-<job id> never meets another
         # session's run: not an earlier one's, nor a concurrent one's in the same repository.
         first_job = 1 + secrets.randbelow(60_000_000)  # below Slurm's MaxJobId (67,043,328)
-        self.conf.write_text(CONF.format(ctl_addr=CTL_ADDR, dir=self.dir, first_job=first_job, nodes=nodes,
-                                         node_list=",".join(NODES)))
+        self.conf.write_text(
+            CONF.format(ctl_addr=CTL_ADDR, dir=self.dir, first_job=first_job, nodes=nodes, node_list=",".join(NODES))
+        )
         hosts = f"127.0.0.1 localhost\n{CTL_ADDR} ctl\n" + "".join(f"{a} {n}\n" for n, a in NODES.items())
         (self.dir / "hosts").write_text(hosts)
         self.on.write_text(ON.format(dir=self.dir, prefix=self.prefix, hosts="|".join(["ctl", *NODES])))
@@ -232,16 +235,25 @@ class Cluster:
 
     def _munge_paths(self) -> list[str]:
         m = self.dir / "munge"
-        return [f"--socket={m}/munge.sock", f"--key-file={m}/munge.key", f"--log-file={m}/munged.log",
-                f"--pid-file={m}/munged.pid", f"--seed-file={m}/munged.seed"]
+        return [
+            f"--socket={m}/munge.sock",
+            f"--key-file={m}/munge.key",
+            f"--log-file={m}/munged.log",
+            f"--pid-file={m}/munged.pid",
+            f"--seed-file={m}/munged.seed",
+        ]
 
     def _network(self) -> None:
         """A bridge in the controller's namespace; each node a veth pair: eth0 in the node, its peer on the bridge
         (named after the node, so `ip link set node2 down` there cuts node2 off)."""
         ctl = self.ns("ctl")
         sh("ip", "netns", "add", ctl)
-        for cmd in (["link", "set", "lo", "up"], ["link", "add", "br0", "type", "bridge"],
-                    ["addr", "add", f"{CTL_ADDR}/24", "dev", "br0"], ["link", "set", "br0", "up"]):
+        for cmd in (
+            ["link", "set", "lo", "up"],
+            ["link", "add", "br0", "type", "bridge"],
+            ["addr", "add", f"{CTL_ADDR}/24", "dev", "br0"],
+            ["link", "set", "br0", "up"],
+        ):
             sh("ip", "-n", ctl, *cmd)
         for node, addr in NODES.items():
             ns = self.ns(node)
@@ -249,16 +261,20 @@ class Cluster:
             sh("ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", node, "netns", ctl)
             sh("ip", "-n", ctl, "link", "set", node, "master", "br0")
             sh("ip", "-n", ctl, "link", "set", node, "up")
-            for cmd in (["link", "set", "lo", "up"], ["addr", "add", f"{addr}/24", "dev", "eth0"],
-                        ["link", "set", "eth0", "up"]):
+            for cmd in (
+                ["link", "set", "lo", "up"],
+                ["addr", "add", f"{addr}/24", "dev", "eth0"],
+                ["link", "set", "eth0", "up"],
+            ):
                 sh("ip", "-n", ns, *cmd)
 
     def _start(self, name: str, host: str, cmd: list[str]) -> None:
         """A daemon on `host`. Through `on` (nsenter), not `ip netns exec`: the latter mounts a fresh /sys, hiding
         the cgroup filesystem that slurmd insists on finding at start even with proctrack/linuxproc."""
         log = open(self.dir / f"{name}.stderr", "ab")
-        self.procs[name] = subprocess.Popen([str(self.on), host, *cmd], env=self.env, stdout=log,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.procs[name] = subprocess.Popen(
+            [str(self.on), host, *cmd], env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         log.close()
 
     def start_node(self, node: str) -> None:
@@ -294,8 +310,9 @@ class Cluster:
         return re.search(r"State=(\S+)", self.scontrol("show", "node", "--oneliner", node).stdout).group(1)
 
     def wait_nodes(self, state: str, timeout: float) -> None:
-        self._wait_for(lambda: all(self.node_state(n).lower().startswith(state) for n in NODES),
-                       f"nodes {state}", timeout)
+        self._wait_for(
+            lambda: all(self.node_state(n).lower().startswith(state) for n in NODES), f"nodes {state}", timeout
+        )
 
     def kill_node(self, node: str) -> None:
         """Power loss: the node drops off the network first (nothing more reaches its peers, not even a TCP
@@ -319,8 +336,9 @@ class Cluster:
                 return
             dead = [n for n, p in self.procs.items() if p.poll() is not None]
             if dead:
-                raise ClusterError(f"{', '.join(dead)} exited while waiting for {what}; logs in {self.dir}:\n"
-                                   + self._tails())
+                raise ClusterError(
+                    f"{', '.join(dead)} exited while waiting for {what}; logs in {self.dir}:\n" + self._tails()
+                )
             time.sleep(0.2)
         raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}; logs in {self.dir}:\n" + self._tails())
 
@@ -335,12 +353,15 @@ def main() -> None:
         sys.exit(reason)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill <pid>` tears down too (finally below)
     with Cluster() as c:
-        print(f"SLURM cluster up: {', '.join(f'{n} ({a})' for n, a in NODES.items())}, controller ctl ({CTL_ADDR})\n"
-              f"files and logs: {c.dir}\n"
-              f"run a command on a host (ctl, node1, node2) with its hostname and network:\n"
-              f"  {c.on} ctl sbatch --nodes 2 launch/slurm/train.sbatch recipe=tiny_lora\n"
-              f"  {c.on} node1 bash\n"
-              f"Ctrl-C stops the cluster.", flush=True)
+        print(
+            f"SLURM cluster up: {', '.join(f'{n} ({a})' for n, a in NODES.items())}, controller ctl ({CTL_ADDR})\n"
+            f"files and logs: {c.dir}\n"
+            f"run a command on a host (ctl, node1, node2) with its hostname and network:\n"
+            f"  {c.on} ctl sbatch --nodes 2 launch/slurm/train.sbatch recipe=tiny_lora\n"
+            f"  {c.on} node1 bash\n"
+            f"Ctrl-C stops the cluster.",
+            flush=True,
+        )
         try:
             while True:
                 time.sleep(3600)

@@ -1,4 +1,5 @@
 """Each adapter on its real bundled file with exact counts, and on small records of every supported schema."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,12 +20,15 @@ def data_cfg(name: str, **overrides) -> DataConfig:
     return OmegaConf.to_object(merged)
 
 
-@pytest.mark.parametrize("name, n, records, kind", [
-    ("oasst", 100, 100, "messages"),
-    ("oasst_pairs", 429, 100, "prompt"),
-    ("orca_dpo", 284, 284, "prompt"),
-    ("self_instruct", 175, 175, "messages"),
-])
+@pytest.mark.parametrize(
+    "name, n, records, kind",
+    [
+        ("oasst", 100, 100, "messages"),
+        ("oasst_pairs", 429, 100, "prompt"),
+        ("orca_dpo", 284, 284, "prompt"),
+        ("self_instruct", 175, 175, "messages"),
+    ],
+)
 def test_bundled_files_give_exact_counts(name, n, records, kind):
     stats = Stats()
     exs = examples.examples(data_cfg(name), stats)
@@ -39,22 +43,35 @@ def test_hh_rlhf_2312_records_give_2303_pairs_and_9_counted_skips():
     exs = examples.examples(data_cfg("hh_rlhf"), stats)
     assert stats.records == 2312 and len(exs) == 2303
     reasons = {k.split(" (")[0]: v for k, v in stats.skipped.items()}
-    assert reasons == {"chosen and rejected continue different conversations": 5,
-                       "the chosen answer is empty": 4}, stats.skipped
+    assert reasons == {"chosen and rejected continue different conversations": 5, "the chosen answer is empty": 4}, (
+        stats.skipped
+    )
     assert all(ex["prompt"][-1]["role"] == "user" and isinstance(ex["chosen"], str) for ex in exs)
     with pytest.raises(DataError, match=r"test\.jsonl\.gz:87: the chosen answer is empty"):
         examples.examples(data_cfg("hh_rlhf", invalid="error"))
 
 
 def test_oasst_follows_the_best_ranked_reply_and_pairs_rank_0_against_the_rest():
-    tree = {"prompt": {"role": "prompter", "text": "Q", "replies": [
-        {"role": "assistant", "text": "second", "rank": 1, "replies": []},
-        {"role": "assistant", "text": "best", "rank": 0, "replies": [
-            {"role": "prompter", "text": "follow-up", "replies": []}]},  # unanswered: dropped from the SFT chat
-        {"role": "assistant", "text": "third", "rank": 2, "replies": []},
-        {"role": "assistant", "text": "unranked", "replies": []}]}}
-    assert list(adapters.oasst(tree, {})) == [{"messages": [{"role": "user", "content": "Q"},
-                                                            {"role": "assistant", "content": "best"}]}]
+    tree = {
+        "prompt": {
+            "role": "prompter",
+            "text": "Q",
+            "replies": [
+                {"role": "assistant", "text": "second", "rank": 1, "replies": []},
+                {
+                    "role": "assistant",
+                    "text": "best",
+                    "rank": 0,
+                    "replies": [{"role": "prompter", "text": "follow-up", "replies": []}],
+                },  # unanswered: dropped from the SFT chat
+                {"role": "assistant", "text": "third", "rank": 2, "replies": []},
+                {"role": "assistant", "text": "unranked", "replies": []},
+            ],
+        }
+    }
+    assert list(adapters.oasst(tree, {})) == [
+        {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "best"}]}
+    ]
     pairs = list(adapters.oasst_pairs(tree, {}))
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [("best", "second"), ("best", "third")]
     assert pairs[0]["prompt"] == [{"role": "user", "content": "Q"}]
@@ -70,7 +87,9 @@ def test_oasst_conversations_are_multi_turn_and_end_with_an_answer():
 def test_alpaca_puts_the_input_after_the_instruction():
     with_input = {"instruction": "Translate.", "input": "Bonjour", "output": "Hello"}
     assert next(adapters.alpaca(with_input, {}))["messages"] == [
-        {"role": "user", "content": "Translate.\n\nBonjour"}, {"role": "assistant", "content": "Hello"}]
+        {"role": "user", "content": "Translate.\n\nBonjour"},
+        {"role": "assistant", "content": "Hello"},
+    ]
     no_input = {"instruction": "Say hi.", "input": "", "output": "Hi"}
     assert next(adapters.alpaca(no_input, {}))["messages"][0]["content"] == "Say hi."
 
@@ -81,30 +100,49 @@ def test_self_instruct_yields_one_conversation_per_instance():
 
 
 def test_sharegpt_and_openai_messages_map_roles_and_content_parts():
-    share = {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Q"},
-                               {"from": "gpt", "value": "A"}]}
+    share = {
+        "conversations": [
+            {"from": "system", "value": "S"},
+            {"from": "human", "value": "Q"},
+            {"from": "gpt", "value": "A"},
+        ]
+    }
     assert [m["role"] for m in next(adapters.sharegpt(share, {}))["messages"]] == ["system", "user", "assistant"]
-    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Q"}, {"type": "text", "text": "!"}]},
-                          {"role": "assistant", "content": "A"}]}
+    parts = {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Q"}, {"type": "text", "text": "!"}]},
+            {"role": "assistant", "content": "A"},
+        ]
+    }
     assert next(adapters.messages(parts, {}))["messages"][0] == {"role": "user", "content": "Q!"}
     with pytest.raises(Invalid, match="message role 'tool' is not one of"):
         next(adapters.messages({"messages": [{"role": "tool", "content": "x"}]}, {}))
 
 
 def test_hh_transcript_splits_at_the_last_assistant_turn():
-    rec = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Joke?\n\nAssistant:  Knock knock.",
-           "rejected": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Joke?\n\nAssistant: No."}
+    rec = {
+        "chosen": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Joke?\n\nAssistant:  Knock knock.",
+        "rejected": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Joke?\n\nAssistant: No.",
+    }
     assert next(adapters.hh_rlhf(rec, {})) == {
-        "prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-                   {"role": "user", "content": "Joke?"}], "chosen": "Knock knock.", "rejected": "No."}
+        "prompt": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Joke?"},
+        ],
+        "chosen": "Knock knock.",
+        "rejected": "No.",
+    }
 
 
 def test_field_mapping_reads_any_schema_including_nested_fields():
     rec = {"q": "Why?", "ctx": {"text": "Because."}, "meta": {"answers": ["42"]}, "persona": "Be brief."}
     fields = {"prompt": "q", "input": "ctx.text", "response": "meta.answers.0", "system": "persona"}
     assert next(adapters.mapped(rec, fields))["messages"] == [
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?\n\nBecause."},
-        {"role": "assistant", "content": "42"}]
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Why?\n\nBecause."},
+        {"role": "assistant", "content": "42"},
+    ]
     fields = {"prompt": "p", "chosen": "good", "rejected": "bad"}
     pair = next(adapters.mapped({"p": "Q", "good": "A", "bad": "B"}, fields))
     assert pair == {"prompt": [{"role": "user", "content": "Q"}], "chosen": "A", "rejected": "B"}
@@ -113,9 +151,11 @@ def test_field_mapping_reads_any_schema_including_nested_fields():
 def test_a_missing_field_names_the_field_the_record_keys_and_the_mapping_to_use():
     with pytest.raises(MissingField) as err:
         next(adapters.mapped({"question": "Q", "answer": "A"}, {}))
-    assert str(err.value) == ("missing field 'prompt' (the record has ['answer', 'question']); if your data names "
-                              "it differently, map it with data.fields.prompt=<your field>, or pick another "
-                              "data.adapter")
+    assert str(err.value) == (
+        "missing field 'prompt' (the record has ['answer', 'question']); if your data names "
+        "it differently, map it with data.fields.prompt=<your field>, or pick another "
+        "data.adapter"
+    )
 
 
 def test_raw_text_adapter():

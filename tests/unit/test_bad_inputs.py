@@ -1,6 +1,7 @@
 """A corpus of bad inputs, each refused before anything is written or loaded with one message naming the key
 (or file) and the fix. Every bug of this kind that is fixed adds its input here (issue 20's tester found these).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -50,7 +51,8 @@ def test_bad_config_is_refused_before_anything_loads(overrides, error):
 def test_output_dir_that_is_a_file(tmp_path):
     (tmp_path / "run").write_text("x")
     assert checks.problems(compose(f"output_dir={tmp_path / 'run'}")) == [
-        f"output_dir={tmp_path / 'run'} is a file; give a folder for the run (it is created if missing)"]
+        f"output_dir={tmp_path / 'run'} is a file; give a folder for the run (it is created if missing)"
+    ]
 
 
 def test_corrupt_init_adapter_is_refused_before_loading(tmp_path):
@@ -78,9 +80,11 @@ DATA_CORPUS = [
     ("plain.jsonl.gz", json.dumps(ROW), "not a complete gzip file"),
     ("bom.jsonl", "\ufeff" + json.dumps(ROW) + "\n", None),
     ("UPPER.JSONL", json.dumps(ROW) + "\n", None),
-    ("empty_answer.jsonl", json.dumps({"messages": [{"role": "user", "content": "Hi"},
-                                                     {"role": "assistant", "content": "  "}]}) + "\n",
-     "message 1 (assistant) is empty"),
+    (
+        "empty_answer.jsonl",
+        json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "  "}]}) + "\n",
+        "message 1 (assistant) is empty",
+    ),
 ]
 
 
@@ -123,7 +127,8 @@ def test_a_bad_data_file_through_train_py_is_one_error_line_and_no_run_dir(tmp_p
     proc = run_entry("train.py", "data=messages", f"data.path={path}", f"output_dir={out}", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
-        f"error: {path}: unsupported file type; use one of .jsonl, .jsonl.gz, .json, .json.gz, .parquet, .csv"]
+        f"error: {path}: unsupported file type; use one of .jsonl, .jsonl.gz, .json, .json.gz, .parquet, .csv"
+    ]
     assert not out.exists()
 
 
@@ -132,14 +137,22 @@ def test_a_hub_base_that_cannot_be_had_is_one_error_line_and_no_run_dir(tmp_path
     """A GPU recipe's Hub base offline (a new user's first `train.py recipe=qlora_13b` on a laptop): one line naming
     model.path and the fix, before the run directory exists (it was a 40-line traceback after it)."""
     out = tmp_path / "run"
-    proc = run_entry("train.py", "recipe=tiny_qlora", "model.path=meta-llama/Llama-2-13b-hf", "model.random_init=false",
-                     "model.tokenizer=null", f"output_dir={out}", check=False,
-                     env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})  # an empty Hub cache
+    proc = run_entry(
+        "train.py",
+        "recipe=tiny_qlora",
+        "model.path=meta-llama/Llama-2-13b-hf",
+        "model.random_init=false",
+        "model.tokenizer=null",
+        f"output_dir={out}",
+        check=False,
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )  # an empty Hub cache
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
         "error: model.path=meta-llama/Llama-2-13b-hf: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
         "download it once with network (`hf download meta-llama/Llama-2-13b-hf`), or set model.path= to a local "
-        "checkpoint folder"]
+        "checkpoint folder"
+    ]
     assert not out.exists()
 
 
@@ -149,8 +162,10 @@ def test_a_hub_base_that_cannot_be_had_is_one_error_line_and_no_run_dir(tmp_path
 HYDRA_CORPUS = [
     (["trainer.learnin_rate=1e-3"], "trainer.learnin_rate: no such key; did you mean trainer.learning_rate?"),
     (["lora.rr=8"], "lora.rr: no such key; did you mean lora.r?"),
-    (["recipe=tiny_qlra"], "recipe=tiny_qlra: no such recipe; did you mean recipe=tiny_qlora? available: "
-                           "dpo_lora_7b, dpo_qlora_13b"),
+    (
+        ["recipe=tiny_qlra"],
+        "recipe=tiny_qlra: no such recipe; did you mean recipe=tiny_qlora? available: dpo_lora_7b, dpo_qlora_13b",
+    ),
     (["data=jsnl"], "data=jsnl: no such data; did you mean data=jsonl? available: alpaca, hh_rlhf, jsonl"),
     (["lora.r=abc"], "lora.r=abc: lora.r takes an integer, not 'abc'"),
     (["trainer.fused_lora=maybe"], "trainer.fused_lora=maybe: trainer.fused_lora takes true or false, not 'maybe'"),
@@ -177,10 +192,18 @@ def test_hydras_own_errors_are_our_one_line(overrides, error):
     assert "+" not in line.replace("+lora.r=8:", ""), line  # never Hydra's "append with +key=" advice
 
 
-@pytest.mark.parametrize("script, override, error", [
-    ("train.py", "trainer.learnin_rate=1e-3", "trainer.learnin_rate: no such key; did you mean trainer.learning_rate?"),
-    ("export.py", "merge=maybe", "merge=maybe: merge takes true or false, not 'maybe'"),
-    ("evaluate.py", "splt=eval", "splt: no such key; did you mean split?")])
+@pytest.mark.parametrize(
+    "script, override, error",
+    [
+        (
+            "train.py",
+            "trainer.learnin_rate=1e-3",
+            "trainer.learnin_rate: no such key; did you mean trainer.learning_rate?",
+        ),
+        ("export.py", "merge=maybe", "merge=maybe: merge takes true or false, not 'maybe'"),
+        ("evaluate.py", "splt=eval", "splt: no such key; did you mean split?"),
+    ],
+)
 def test_hydras_errors_through_an_entry_point_exit_2_with_one_line(script, override, error):
     proc = run_entry(script, override, check=False)
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
@@ -189,8 +212,11 @@ def test_hydras_errors_through_an_entry_point_exit_2_with_one_line(script, overr
 
 def importtime_modules(stderr: str) -> set[str]:
     """Top-level packages imported, from `python -X importtime`'s report."""
-    return {line.rsplit("|", 1)[1].strip().split(".")[0] for line in stderr.splitlines()
-            if line.startswith("import time:") and "|" in line}
+    return {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
 
 
 @pytest.mark.parametrize("script", ["train.py", "preview.py"])
@@ -198,23 +224,49 @@ def test_a_wrong_data_field_is_every_field_and_its_fix_before_torch_loads(tmp_pa
     record = {"ticket_question": "Jammed?", "staff_reply": "Tray 2."}
     path = write(tmp_path / "tickets.jsonl", json.dumps(record) + "\n")
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "finetune" / script), "data=jsonl",
-                           f"data.path={path}", "data.fields.prompt=question", "data.fields.response=answer",
-                           f"output_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            str(ROOT / "finetune" / script),
+            "data=jsonl",
+            f"data.path={path}",
+            "data.fields.prompt=question",
+            "data.fields.response=answer",
+            f"output_dir={out}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and errors == [
         f"error: {path}:1: missing fields 'question', 'answer' (the record has ['staff_reply', 'ticket_question']); "
-        "set data.fields.prompt=ticket_question data.fields.response=staff_reply, or pick another data.adapter"], \
-        proc.stderr[-3000:]
+        "set data.fields.prompt=ticket_question data.fields.response=staff_reply, or pick another data.adapter"
+    ], proc.stderr[-3000:]
     assert not {"torch", "transformers"} & importtime_modules(proc.stderr)
     assert not out.exists()
 
 
 def test_sft_data_for_dpo_is_refused_before_torch_loads(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "finetune" / "train.py"), "recipe=tiny_dpo",
-                           "data=self_instruct", f"output_dir={out}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            str(ROOT / "finetune" / "train.py"),
+            "recipe=tiny_dpo",
+            "data=self_instruct",
+            f"output_dir={out}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "not preference pairs (prompt/chosen/rejected)" in proc.stderr, proc.stderr[-3000:]
     assert "torch" not in importtime_modules(proc.stderr) and not out.exists()
 
@@ -223,10 +275,18 @@ def test_the_lora_variants_on_are_named_in_one_line():
     from finetune import config
 
     assert config.variants_line(compose("recipe=tiny_lora")) is None
-    assert config.variants_line(compose("recipe=tiny_orpo", "lora.use_dora=true", "trainer.neftune_alpha=5",
-                                        "lora.use_rslora=true", "lora.init=loftq")) == (
+    assert config.variants_line(
+        compose(
+            "recipe=tiny_orpo",
+            "lora.use_dora=true",
+            "trainer.neftune_alpha=5",
+            "lora.use_rslora=true",
+            "lora.init=loftq",
+        )
+    ) == (
         "LoRA variants on: DoRA (lora.use_dora=true), rsLoRA (lora.use_rslora=true), LoftQ init (lora.init=loftq), "
-        "NEFTune (trainer.neftune_alpha=5.0)")
+        "NEFTune (trainer.neftune_alpha=5.0)"
+    )
 
 
 def test_chat_help_and_unknown_commands_are_never_sent_to_the_model(monkeypatch, capsys):
@@ -238,8 +298,16 @@ def test_chat_help_and_unknown_commands_are_never_sent_to_the_model(monkeypatch,
     from finetune.model.generate import greedy
 
     tok = load_tokenizer(ModelConfig(name="llama2", path=str(ROOT / "data/llama2-tokenizer")))
-    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2, vocab_size=32000))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            vocab_size=32000,
+        )
+    )
     monkeypatch.setattr("sys.stdin", io.StringIO("/help\n/sytem Be brief.\nHi\n"))
     chat.interactive(model, tok, greedy(2, tok.pad_id), None)
     out = capsys.readouterr().out
@@ -248,22 +316,31 @@ def test_chat_help_and_unknown_commands_are_never_sent_to_the_model(monkeypatch,
 
 
 def test_evaluate_refuses_a_missing_run_before_torch_loads(tmp_path):
-    proc = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "finetune" / "evaluate.py"),
-                           f"run={tmp_path / 'nope'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", str(ROOT / "finetune" / "evaluate.py"), f"run={tmp_path / 'nope'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and f"run={tmp_path / 'nope'}: no config.yaml there" in proc.stderr, proc.stderr[-2000:]
     assert "torch" not in importtime_modules(proc.stderr)
 
 
 # Budgets, disks and weights the machine does not have: each one line before any weight loads.
 
+
 def test_a_memory_budget_larger_than_this_machines_ram_is_refused_naming_both():
     """On a CPU a run trains in RAM: 900TB was accepted (the plan was made for an imagined H100)."""
     ram = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal:")).split()[1]) * 1024
     problems = checks.problems(compose("recipe=tiny_qlora", "trainer.memory_budget=900TB"))
-    assert (f"trainer.memory_budget=900TB (921,600.0 GiB) is more than this machine's RAM (no GPU) has "
-            f"({ram / 2**30:,.1f} GiB); give at most {ram // 2**30}GB") in problems, problems
-    assert not any("memory_budget" in p for p in checks.problems(compose("recipe=tiny_qlora",
-                                                                        "trainer.memory_budget=1GB")))
+    assert (
+        f"trainer.memory_budget=900TB (921,600.0 GiB) is more than this machine's RAM (no GPU) has "
+        f"({ram / 2**30:,.1f} GiB); give at most {ram // 2**30}GB"
+    ) in problems, problems
+    assert not any(
+        "memory_budget" in p for p in checks.problems(compose("recipe=tiny_qlora", "trainer.memory_budget=1GB"))
+    )
 
 
 def test_a_memory_budget_larger_than_the_planned_gpu_is_refused_naming_both():
@@ -274,7 +351,8 @@ def test_a_memory_budget_larger_than_the_planned_gpu_is_refused_naming_both():
         budget_plan(config.load(compose("recipe=qlora_7b", "trainer.memory_budget=60GB", "plan.gpu=a100-40gb")))
     assert str(err.value).splitlines()[-1] == (
         "  - trainer.memory_budget=60GB (60.0 GiB) is more than the GPU the plan is for (plan.gpu) has (39.4 GiB); "
-        "give at most 39GB, or auto for the GPU's free memory")
+        "give at most 39GB, or auto for the GPU's free memory"
+    )
 
 
 def lora_weights(path, value: float = 0.01):
@@ -284,9 +362,11 @@ def lora_weights(path, value: float = 0.01):
 
     path.mkdir(parents=True, exist_ok=True)
     prefix = "base_model.model.model.layers.{}.self_attn.q_proj.lora_{}.weight"
-    save_file({prefix.format(i, "A"): torch.full((8, 64), value) for i in range(2)}
-              | {prefix.format(i, "B"): torch.full((64, 8), value) for i in range(2)},
-              str(path / "adapter_model.safetensors"))
+    save_file(
+        {prefix.format(i, "A"): torch.full((8, 64), value) for i in range(2)}
+        | {prefix.format(i, "B"): torch.full((64, 8), value) for i in range(2)},
+        str(path / "adapter_model.safetensors"),
+    )
     (path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "llama2_tiny"}))
     return path
 
@@ -297,7 +377,8 @@ def test_adapter_weights_holding_nan_on_a_matching_base_are_one_line(tmp_path):
     assert checks.problems(compose(f"init_adapter={adapter}")) == [
         f"init_adapter={adapter}: adapter_model.safetensors holds NaN or infinite values (4 tensors, first "
         "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight); point it at a finished run's adapter/ "
-        "folder, or retrain the adapter"]
+        "folder, or retrain the adapter"
+    ]
     assert checks.problems(compose(f"init_adapter={lora_weights(tmp_path / 'good')}")) == []
 
 
@@ -314,21 +395,29 @@ def test_a_damaged_latest_checkpoint_is_one_line_naming_the_file_and_the_earlier
     assert checks.problems(compose(f"output_dir={run}")) == []
     latest = run / "checkpoints" / "checkpoint-4"
     intact = {f: f.read_bytes() for f in latest.iterdir()}
-    fix = f", so the run cannot resume from checkpoint-4; delete {latest} to resume from checkpoint-2, or start over " \
-          "with overwrite=true"
+    fix = (
+        f", so the run cannot resume from checkpoint-4; delete {latest} to resume from checkpoint-2, or start over "
+        "with overwrite=true"
+    )
     optimizer = bytearray(intact[latest / "optimizer.pt"])
     optimizer[-3000:-2000] = b"\x01" * 1000  # inside the tensor's bytes: the zip still opens
     for name, content, why in [
-        ("adapter_model.safetensors", lora_weights(tmp_path / "nan", float("inf")).joinpath(
-            "adapter_model.safetensors").read_bytes(), "holds NaN or infinite values (4 tensors, first "),
+        (
+            "adapter_model.safetensors",
+            lora_weights(tmp_path / "nan", float("inf")).joinpath("adapter_model.safetensors").read_bytes(),
+            "holds NaN or infinite values (4 tensors, first ",
+        ),
         ("optimizer.pt", bytes(optimizer), "is damaged (its part optimizer/data/0 fails its checksum)"),
         ("optimizer.pt", intact[latest / "optimizer.pt"][:-100], "cannot be read (BadZipFile: "),
         ("trainer_state.json", b'{"global_step": 4', "cannot be read (JSONDecodeError: "),
     ]:
         (latest / name).write_bytes(content)
         problems = checks.problems(compose(f"output_dir={run}"))
-        assert len(problems) == 1 and problems[0].startswith(
-            f"output_dir={run}: checkpoint-4/{name} {why}") and problems[0].endswith(fix), (name, problems)
+        assert (
+            len(problems) == 1
+            and problems[0].startswith(f"output_dir={run}: checkpoint-4/{name} {why}")
+            and problems[0].endswith(fix)
+        ), (name, problems)
         (latest / name).write_bytes(intact[latest / name])
     assert checks.problems(compose(f"output_dir={run}", "overwrite=true")) == []
 
@@ -340,13 +429,21 @@ def test_a_hub_base_on_a_machine_without_network_is_one_request_and_one_line(tmp
     import time
 
     start = time.monotonic()
-    proc = run_entry("train.py", "recipe=tiny_qlora", "model.path=meta-llama/Llama-2-13b-hf", "model.random_init=false",
-                     "model.tokenizer=null", f"output_dir={tmp_path / 'run'}", check=False,
-                     env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")})
+    proc = run_entry(
+        "train.py",
+        "recipe=tiny_qlora",
+        "model.path=meta-llama/Llama-2-13b-hf",
+        "model.random_init=false",
+        "model.tokenizer=null",
+        f"output_dir={tmp_path / 'run'}",
+        check=False,
+        env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")},
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
         "error: model.path=meta-llama/Llama-2-13b-hf: not in the local Hugging Face cache and the Hub could not be "
         "reached (ConnectError); download it once with network (`hf download meta-llama/Llama-2-13b-hf`), or set "
-        "model.path= to a local checkpoint folder"]
+        "model.path= to a local checkpoint folder"
+    ]
     assert "etry" not in proc.stderr + proc.stdout and not (tmp_path / "run").exists(), proc.stderr[-2000:]
     print(f"time to the error: {time.monotonic() - start:.1f} s")

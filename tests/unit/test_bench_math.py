@@ -1,4 +1,5 @@
 """The benchmark's arithmetic: model FLOPs match the research model, and the correctness gate fails when it must."""
+
 from __future__ import annotations
 
 import sys
@@ -12,8 +13,10 @@ import perf  # noqa: E402
 from finetune import config
 
 
-@pytest.mark.parametrize("recipe, seq, gflops", [("qlora_7b", 2048, 28.28), ("qlora_7b", 4096, 29.89),
-                                                ("qlora_13b", 2048, 54.30), ("qlora_13b", 4096, 56.82)])
+@pytest.mark.parametrize(
+    "recipe, seq, gflops",
+    [("qlora_7b", 2048, 28.28), ("qlora_7b", 4096, 29.89), ("qlora_13b", 2048, 54.30), ("qlora_13b", 4096, 56.82)],
+)
 def test_flops_per_token_match_performance_anchors(recipe, seq, gflops):
     arch = config.load(compose(f"recipe={recipe}")).model.arch  # table 3.3 of shared/research/performance-anchors.md
     assert perf.llama_flops_per_token(arch, 16, config.LLAMA_LINEARS, seq) / 1e9 == pytest.approx(gflops, rel=2e-3)

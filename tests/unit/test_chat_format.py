@@ -1,4 +1,5 @@
 """The Llama 2 chat format, token for token against Meta's reference rule computed here with SentencePiece alone."""
+
 from __future__ import annotations
 
 import re
@@ -28,8 +29,13 @@ def meta_reference(dialog: list[dict]) -> list[int]:
     if dialog[0]["role"] == "system":
         system, first = dialog[0]["content"], dialog[1]
         dialog = [{"role": first["role"], "content": f"<<SYS>>\n{system}\n<</SYS>>\n\n{first['content']}"}] + dialog[2:]
-    tokens = sum([[1] + SP.encode(f"[INST] {(p['content']).strip()} [/INST] {(a['content']).strip()} ") + [2]
-                  for p, a in zip(dialog[::2], dialog[1::2])], [])
+    tokens = sum(
+        [
+            [1] + SP.encode(f"[INST] {(p['content']).strip()} [/INST] {(a['content']).strip()} ") + [2]
+            for p, a in zip(dialog[::2], dialog[1::2])
+        ],
+        [],
+    )
     if dialog[-1]["role"] == "user":
         tokens += [1] + SP.encode(f"[INST] {(dialog[-1]['content']).strip()} [/INST]")
     return tokens
@@ -37,23 +43,33 @@ def meta_reference(dialog: list[dict]) -> list[int]:
 
 def test_known_ids_of_a_single_turn_prompt():
     # BOS, "▁[", "INST", "]", "▁hi", "▁[", "/", "INST", "]": the text "[INST]" is not a special token in Llama 2
-    assert encode_prompt(SP, [{"role": "user", "content": "hi"}]) == [1, 518, 25580, 29962, 7251, 518, 29914,
-                                                                       25580, 29962]
+    assert encode_prompt(SP, [{"role": "user", "content": "hi"}]) == [
+        1,
+        518,
+        25580,
+        29962,
+        7251,
+        518,
+        29914,
+        25580,
+        29962,
+    ]
     ids, mask = encode_dialog(SP, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello"}])
     assert ids == [1, 518, 25580, 29962, 7251, 518, 29914, 25580, 29962, 15043, 29871, 2]  # "▁Hello", "▁", EOS
     assert mask == [0] * 9 + [1, 1, 1]
 
 
-@pytest.mark.parametrize("dialog", [DIALOG[1:3], DIALOG[:3], DIALOG[1:], DIALOG], ids=["single", "system",
-                                                                                     "multi", "multi+system"])
+@pytest.mark.parametrize(
+    "dialog", [DIALOG[1:3], DIALOG[:3], DIALOG[1:], DIALOG], ids=["single", "system", "multi", "multi+system"]
+)
 def test_training_ids_equal_meta_per_turn_encoding(dialog):
     assert encode_dialog(SP, dialog)[0] == meta_reference(dialog)
 
 
 @pytest.mark.parametrize("n", [2, 4], ids=["first turn", "second turn"])
 def test_inference_prompt_equals_meta_and_is_the_training_prefix(n):
-    prompt = encode_prompt(SP, DIALOG[: n])
-    assert prompt == meta_reference(DIALOG[: n])
+    prompt = encode_prompt(SP, DIALOG[:n])
+    assert prompt == meta_reference(DIALOG[:n])
     ids, mask = encode_dialog(SP, DIALOG[: n + 1])
     assert ids[: len(prompt)] == prompt
     assert mask[len(prompt) - 1] == 0 and mask[len(prompt)] == 1, "training starts right after the prompt"
@@ -77,8 +93,11 @@ def test_train_on_last_masks_earlier_answers():
 def test_every_bundled_oasst_conversation_is_meta_exact():
     from finetune.data import adapters, sources
 
-    convs = [ex["messages"] for rec, _ in sources.read_records(str(ROOT / "data/sft/oasst-en100/en_100_tree.jsonl"))
-             for ex in adapters.oasst(rec, {})]
+    convs = [
+        ex["messages"]
+        for rec, _ in sources.read_records(str(ROOT / "data/sft/oasst-en100/en_100_tree.jsonl"))
+        for ex in adapters.oasst(rec, {})
+    ]
     assert len(convs) == 100 and sum(len(c) > 2 for c in convs) >= 20
     for conv in convs:
         assert encode_dialog(SP, conv)[0] == meta_reference(conv)
@@ -86,21 +105,28 @@ def test_every_bundled_oasst_conversation_is_meta_exact():
 
 
 def test_hf_chat_template_renders_metas_text():
-    text = jinja2.Environment().from_string(chat_format.CHAT_TEMPLATE).render(
-        messages=DIALOG, bos_token="<s>", eos_token="</s>")
+    text = (
+        jinja2.Environment()
+        .from_string(chat_format.CHAT_TEMPLATE)
+        .render(messages=DIALOG, bos_token="<s>", eos_token="</s>")
+    )
     sys_user = "<<SYS>>\n" + SYSTEM + "\n<</SYS>>\n\n" + DIALOG[1]["content"]
-    assert text == (f"<s>[INST] {sys_user.strip()} [/INST] 4, because 2+2 = 4. </s>"
-                    "<s>[INST] And 3+3? [/INST] 6 </s>")
+    assert text == (f"<s>[INST] {sys_user.strip()} [/INST] 4, because 2+2 = 4. </s><s>[INST] And 3+3? [/INST] 6 </s>")
 
 
-@pytest.mark.parametrize("dialog, message", [
-    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
-     "message 1 has role 'user', expected 'assistant'"),
-    ([{"role": "user", "content": "a"}], "a training conversation must end with an assistant answer"),
-    ([{"role": "system", "content": "s"}], "a system message must be followed by a user message"),
-    ([{"role": "assistant", "content": "a"}], "message 0 has role 'assistant', expected 'user'"),
-    ([{"role": "user", "content": None}], "message 0 is not {'role': ..., 'content': <text>}"),
-])
+@pytest.mark.parametrize(
+    "dialog, message",
+    [
+        (
+            [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+            "message 1 has role 'user', expected 'assistant'",
+        ),
+        ([{"role": "user", "content": "a"}], "a training conversation must end with an assistant answer"),
+        ([{"role": "system", "content": "s"}], "a system message must be followed by a user message"),
+        ([{"role": "assistant", "content": "a"}], "message 0 has role 'assistant', expected 'user'"),
+        ([{"role": "user", "content": None}], "message 0 is not {'role': ..., 'content': <text>}"),
+    ],
+)
 def test_malformed_dialogs_are_refused(dialog, message):
     with pytest.raises(DialogError, match=re.escape(message)):
         encode_dialog(SP, dialog)
@@ -126,8 +152,29 @@ def adversarial_texts(count: int, seed: int = 0) -> list[str]:
     import random
 
     rng = random.Random(seed)
-    parts = [" ", "  ", "   ", "\n", "\t", "▁", "▁▁", "]", "[/INST]", "\u00a0", "e\u0301", "\u0301", "日本語", "🙂",
-             "12", "the", "ok.", "<s>", "</s>", "\\", "x"]
+    parts = [
+        " ",
+        "  ",
+        "   ",
+        "\n",
+        "\t",
+        "▁",
+        "▁▁",
+        "]",
+        "[/INST]",
+        "\u00a0",
+        "e\u0301",
+        "\u0301",
+        "日本語",
+        "🙂",
+        "12",
+        "the",
+        "ok.",
+        "<s>",
+        "</s>",
+        "\\",
+        "x",
+    ]
     return ["".join(rng.choice(parts) for _ in range(rng.randint(1, 12))) for _ in range(count)]
 
 

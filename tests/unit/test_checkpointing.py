@@ -1,6 +1,7 @@
 """Per-layer checkpointing with offloaded inputs (model/checkpointing.py) gives the gradients of no checkpointing,
 and recomputes exactly the layers the plan marks; and the budget planner (planning/budget.py) never plans past the
 budget it was given."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,9 +37,11 @@ def test_planned_checkpointing_gives_the_gradients_of_none(gqa_path, recipe, fus
 
 L7 = dict(hidden=4096, ffn=11008, layers=32, heads=32, kv_heads=32)
 L70 = dict(hidden=8192, ffn=28672, layers=80, heads=64, kv_heads=8)
-SETUPS = [Setup(**L7, quant="nf4", upcast_fp32=False, micro_batch=2, max_length=2048, liger=True),
-          Setup(**L7, quant="none", micro_batch=4, max_length=4096),
-          Setup(**L70, quant="nf4", micro_batch=1, max_length=4096, kind="dpo")]
+SETUPS = [
+    Setup(**L7, quant="nf4", upcast_fp32=False, micro_batch=2, max_length=2048, liger=True),
+    Setup(**L7, quant="none", micro_batch=4, max_length=4096),
+    Setup(**L70, quant="nf4", micro_batch=1, max_length=4096, kind="dpo"),
+]
 
 
 @pytest.mark.parametrize("s", SETUPS)
@@ -78,13 +81,16 @@ def test_bad_memory_budget_is_one_error_naming_the_key_before_weights():
     from tests.conftest import compose
     from finetune.training import checks
 
-    found = checks.problems(compose("recipe=tiny_qlora", "trainer.memory_budget=lots",
-                                    "trainer.gradient_checkpointing=false"))
+    found = checks.problems(
+        compose("recipe=tiny_qlora", "trainer.memory_budget=lots", "trainer.gradient_checkpointing=false")
+    )
     assert "trainer.memory_budget=lots: write a size like 40GB, or auto" in found
     assert any(p.startswith("trainer.memory_budget plans which layers") for p in found)
     if not torch.cuda.is_available():
-        assert any(p.startswith("trainer.memory_budget=auto reads the GPU's free memory")
-                   for p in checks.problems(compose("recipe=tiny_qlora", "trainer.memory_budget=auto")))
+        assert any(
+            p.startswith("trainer.memory_budget=auto reads the GPU's free memory")
+            for p in checks.problems(compose("recipe=tiny_qlora", "trainer.memory_budget=auto"))
+        )
 
 
 def test_budget_too_small_for_any_plan_stops_with_the_smallest_plan():

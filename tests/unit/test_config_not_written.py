@@ -1,5 +1,6 @@
 """Later stages never write into a config object: resolved values (the base folder, the tokenizer, the run's
 examples) are returned. The one writer is `model.base.prepare_path`, for the training process's own config."""
+
 from __future__ import annotations
 
 import ast
@@ -32,6 +33,9 @@ def cfg_writes(path) -> dict[int, str]:
 
 
 def test_no_code_path_writes_into_a_config():
-    writes = {(str(p.relative_to(ROOT)), fn, line) for p in sorted((ROOT / "finetune").rglob("*.py"))
-              for line, fn in cfg_writes(p).items()}
+    writes = {
+        (str(p.relative_to(ROOT)), fn, line)
+        for p in sorted((ROOT / "finetune").rglob("*.py"))
+        for line, fn in cfg_writes(p).items()
+    }
     assert {(p, fn) for p, fn, _ in writes} <= ALLOWED, sorted(w for w in writes if w[:2] not in ALLOWED)

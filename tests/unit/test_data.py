@@ -1,4 +1,5 @@
 """Sources, bad input (one clear error naming the file, line and fix), splits, length limits."""
+
 from __future__ import annotations
 
 import gzip
@@ -9,11 +10,10 @@ import sentencepiece as spm
 from omegaconf import OmegaConf
 
 from tests.conftest import ROOT
-from finetune.data import examples
-from finetune.data import sft
-from finetune.training import checks
-from finetune.data.stats import DataError, Stats
 from finetune.config import DataConfig
+from finetune.data import examples, sft
+from finetune.data.stats import DataError, Stats
+from finetune.training import checks
 
 SP = spm.SentencePieceProcessor(model_file=str(ROOT / "data/llama2-tokenizer/tokenizer.model"))
 ROWS = [{"instruction": f"Task {i}", "input": "" if i % 2 else f"x={i}", "output": f"Answer {i}"} for i in range(6)]
@@ -34,8 +34,14 @@ def test_every_local_format_gives_the_same_examples(tmp_path):
     import pandas as pd
 
     (tmp_path / "folder").mkdir()
-    paths = [write_jsonl(tmp_path / "a.jsonl", ROWS), tmp_path / "b.json", tmp_path / "c.jsonl.gz",
-             tmp_path / "d.parquet", tmp_path / "e.csv", tmp_path / "folder"]
+    paths = [
+        write_jsonl(tmp_path / "a.jsonl", ROWS),
+        tmp_path / "b.json",
+        tmp_path / "c.jsonl.gz",
+        tmp_path / "d.parquet",
+        tmp_path / "e.csv",
+        tmp_path / "folder",
+    ]
     paths[1].write_text(json.dumps(ROWS, indent=2))
     paths[2].write_bytes(gzip.compress(paths[0].read_bytes()))
     pd.DataFrame(ROWS).to_parquet(paths[3])  # parquet and csv are read through datasets.load_dataset
@@ -77,9 +83,11 @@ def test_missing_field_names_the_record_and_the_field(tmp_path):
     p = write_jsonl(tmp_path / "qa.jsonl", [{"question": "Q", "answer": "A"}])
     with pytest.raises(DataError) as err:
         examples.examples(cfg(p))
-    assert str(err.value) == (f"{p}:1: missing fields 'instruction', 'output' (the record has ['answer', 'question']); "
-                              "set data.fields.instruction=question data.fields.output=answer, or pick another "
-                              "data.adapter")
+    assert str(err.value) == (
+        f"{p}:1: missing fields 'instruction', 'output' (the record has ['answer', 'question']); "
+        "set data.fields.instruction=question data.fields.output=answer, or pick another "
+        "data.adapter"
+    )
 
 
 def test_a_wrong_field_mapping_suggests_the_closest_column_not_the_one_that_failed(tmp_path):
@@ -87,9 +95,11 @@ def test_a_wrong_field_mapping_suggests_the_closest_column_not_the_one_that_fail
     fields = {"prompt": "question", "response": "answer"}
     with pytest.raises(DataError) as err:
         examples.examples(cfg(p, adapter="fields", fields=fields))
-    assert str(err.value) == (f"{p}:1: missing fields 'question', 'answer' (the record has ['staff_reply', "
-                              "'ticket_question']); set data.fields.prompt=ticket_question "
-                              "data.fields.response=staff_reply, or pick another data.adapter")
+    assert str(err.value) == (
+        f"{p}:1: missing fields 'question', 'answer' (the record has ['staff_reply', "
+        "'ticket_question']); set data.fields.prompt=ticket_question "
+        "data.fields.response=staff_reply, or pick another data.adapter"
+    )
     fields["response"] = "staff_reply"  # only the prompt wrong: it alone is named, with the column left for it
     with pytest.raises(DataError, match=r"missing field 'question' .*; set data.fields.prompt=ticket_question, or"):
         examples.examples(cfg(p, adapter="fields", fields=fields))
@@ -100,9 +110,11 @@ def test_a_record_that_is_a_json_list_says_what_was_expected(tmp_path):
     p.write_text('["How do I reset it?", "Hold the button."]\n')
     with pytest.raises(DataError) as err:
         examples.examples(cfg(p, adapter="fields"))
-    assert str(err.value) == (f'{p}:1: the record is a JSON list, not an object; data.adapter=fields reads one JSON '
-                              'object per record like {"prompt": ..., "response": ...} (pick the data.adapter that '
-                              'fits your data)')
+    assert str(err.value) == (
+        f"{p}:1: the record is a JSON list, not an object; data.adapter=fields reads one JSON "
+        'object per record like {"prompt": ..., "response": ...} (pick the data.adapter that '
+        "fits your data)"
+    )
 
 
 def test_evaluate_on_a_preference_run_names_the_users_own_data(tmp_path):
@@ -112,11 +124,23 @@ def test_evaluate_on_a_preference_run_names_the_users_own_data(tmp_path):
     qa = write_jsonl(tmp_path / "qa.jsonl", [{"q": "Q", "a": "A"}])
     sft_run = tmp_path / "sft"
     sft_run.mkdir()
-    sft_data = cfg(qa, name="jsonl", adapter="fields", eval_fraction=0.05, max_length=1024,
-                   fields=FieldsConfig(prompt="q", response="a"))
+    sft_data = cfg(
+        qa,
+        name="jsonl",
+        adapter="fields",
+        eval_fraction=0.05,
+        max_length=1024,
+        fields=FieldsConfig(prompt="q", response="a"),
+    )
     OmegaConf.save(OmegaConf.structured(TrainConfig(data=sft_data)), sft_run / "config.yaml")
-    pairs = cfg(qa, name="jsonl", adapter="fields", eval_fraction=0.05, max_length=1024,
-                fields=FieldsConfig(prompt="q", chosen="good", rejected="bad"))
+    pairs = cfg(
+        qa,
+        name="jsonl",
+        adapter="fields",
+        eval_fraction=0.05,
+        max_length=1024,
+        fields=FieldsConfig(prompt="q", chosen="good", rejected="bad"),
+    )
     dpo = TrainConfig(data=pairs, init_adapter=str(sft_run / "adapter"))
     assert sft_data_for(dpo) == f"data=jsonl data.path={qa} data.fields.prompt=q data.fields.response=a"
     dpo.init_adapter = None  # no SFT run to read: the run's own pairs, scored on their chosen answers
@@ -130,8 +154,11 @@ def test_a_conversation_out_of_order_is_an_error_or_a_counted_skip(tmp_path):
     twice = {"messages": [{"role": "user", "content": "Q"}, {"role": "user", "content": "Q2"}]}
     open_ended = {"messages": [{"role": "user", "content": "Q"}]}
     p = write_jsonl(tmp_path / "chats.jsonl", [ok, twice, ok, open_ended])
-    with pytest.raises(DataError, match=rf"^{p}:2: message 1 has role 'user', expected 'assistant' .*"
-                                        "set data.invalid=skip to skip such records"):
+    with pytest.raises(
+        DataError,
+        match=rf"^{p}:2: message 1 has role 'user', expected 'assistant' .*"
+        "set data.invalid=skip to skip such records",
+    ):
         examples.examples(cfg(p, adapter="messages"))
     stats = Stats()
     assert len(examples.examples(cfg(p, adapter="messages", invalid="skip"), stats)) == 2
@@ -147,8 +174,10 @@ def test_empty_dataset_after_filtering_is_an_error(tmp_path):
 
 def test_config_check_lists_adapters_unknown_fields_and_missing_files(tmp_path):
     problems = examples.check(cfg(tmp_path / "nope.jsonl", adapter="alpacca", too_long="cut"))
-    assert problems[0].startswith("data.adapter=alpacca: unknown; valid adapters: alpaca, fields, hh_rlhf, "
-                                  "messages, oasst, oasst_pairs, openai_preference, self_instruct, sharegpt, text")
+    assert problems[0].startswith(
+        "data.adapter=alpacca: unknown; valid adapters: alpaca, fields, hh_rlhf, "
+        "messages, oasst, oasst_pairs, openai_preference, self_instruct, sharegpt, text"
+    )
     assert f"data.path={tmp_path / 'nope.jsonl'}: no such file or folder" in problems[1]
     assert "data.too_long=cut: use drop or truncate" in problems
 
@@ -184,9 +213,9 @@ def test_too_long_conversations_keep_whole_turns_or_cut_the_answer_and_say_so():
     single = {"messages": turn("Only?", long_answer)}
     dcfg = cfg("unused", max_length=64, too_long="truncate")
     stats = Stats()
-    (ids, mask), = sft.encode(multi, SP, dcfg, stats)
+    ((ids, mask),) = sft.encode(multi, SP, dcfg, stats)
     assert ids[-1] == 2 and mask[-1] == 1 and SP.decode(ids) == "[INST] First? [/INST] Short. "  # first turn kept whole
-    (ids, mask), = sft.encode(single, SP, dcfg, stats)
+    ((ids, mask),) = sft.encode(single, SP, dcfg, stats)
     assert len(ids) == 64 and 2 not in ids  # the answer itself was cut: no EOS
     assert (stats.truncated_turns, stats.cut, stats.dropped_too_long) == (1, 1, 0)
     assert sft.encode(single, SP, cfg("unused", max_length=64), stats) == []
@@ -196,8 +225,9 @@ def test_too_long_conversations_keep_whole_turns_or_cut_the_answer_and_say_so():
 
 def test_long_raw_text_is_split_into_pieces_without_losing_tokens():
     stats = Stats()
-    pieces = sft.encode({"text": "token " * 100}, SP, cfg("unused", adapter="text", max_length=32,
-                                                               too_long="truncate"), stats)
+    pieces = sft.encode(
+        {"text": "token " * 100}, SP, cfg("unused", adapter="text", max_length=32, too_long="truncate"), stats
+    )
     flat = [t for ids, _ in pieces for t in ids]
     assert flat == [1] + SP.encode("token " * 100) + [2] and all(len(ids) <= 32 for ids, _ in pieces)
     assert stats.chunked == 1 and pieces[-1][1][-1] == 1
@@ -212,7 +242,6 @@ def test_a_misspelled_field_name_fails_in_the_schema():
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs" / "data").glob("*.yaml")))
 def test_every_data_config_composes_and_checks(name):
-    from finetune import config
     from tests.conftest import compose
 
     problems = checks.problems(compose("recipe=tiny_lora", f"data={name}"))

@@ -1,5 +1,6 @@
 """The tokenized-data cache: a second load reuses it; a change to the tokenizer, the format code, a setting or
 the data re-tokenizes."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ from omegaconf import OmegaConf
 from sentencepiece import sentencepiece_model_pb2
 
 from tests.conftest import ROOT
-from finetune.data import load as data_load
 from finetune.config import DataConfig
+from finetune.data import load as data_load
 
 TOKENIZER = ROOT / "data/llama2-tokenizer/tokenizer.model"
 SP = spm.SentencePieceProcessor(model_file=str(TOKENIZER))
@@ -48,8 +49,10 @@ def test_second_load_is_a_hit_with_the_same_tokens(oasst):
     assert stats2.examples == stats.examples and stats2.lengths == stats.lengths
 
 
-@pytest.mark.parametrize("change", [{"max_length": 256, "too_long": "truncate"}, {"train_on": "last"},
-                                    {"system_prompt": "Be brief."}, {"seed": 1}])
+@pytest.mark.parametrize(
+    "change",
+    [{"max_length": 256, "too_long": "truncate"}, {"train_on": "last"}, {"system_prompt": "Be brief."}, {"seed": 1}],
+)
 def test_a_setting_that_changes_tokens_retokenizes(oasst, change):
     load(cfg(oasst))
     assert load(cfg(oasst, **change))[2].cache == "miss"
@@ -105,8 +108,11 @@ def test_changed_chat_format_code_retokenizes(oasst, tmp_path):
     shutil.copytree(ROOT / "finetune", copy / "finetune", ignore=shutil.ignore_patterns("__pycache__"))
 
     def run() -> dict:
-        args = [str(copy), json.dumps({"name": "cachetest", "adapter": "oasst", "path": str(oasst),
-                                       "max_samples": 4}), str(TOKENIZER)]
+        args = [
+            str(copy),
+            json.dumps({"name": "cachetest", "adapter": "oasst", "path": str(oasst), "max_samples": 4}),
+            str(TOKENIZER),
+        ]
         out = subprocess.run([sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -1,4 +1,5 @@
 """The preflight passes the real pipeline's data and blocks each planted failure with its reason."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,18 +7,21 @@ from datasets import Dataset
 from omegaconf import OmegaConf
 
 from tests.conftest import ROOT
-from finetune.data import examples
-from finetune.data import load as data_load
-from finetune.data import preflight
-from finetune.data.stats import DataError
-from finetune.data.stats import Stats
-from finetune.model import tokenizer as tokenizer_mod
 from finetune.config import DataConfig, ModelConfig
+from finetune.data import examples, preflight
+from finetune.data import load as data_load
+from finetune.data.stats import DataError, Stats
+from finetune.model import tokenizer as tokenizer_mod
 
 
 def cfg(**overrides) -> DataConfig:
-    base = {"name": "oasst", "adapter": "oasst", "path": str(ROOT / "data/sft/oasst-en100/en_100_tree.jsonl"),
-            "max_samples": 24, "cache": False}
+    base = {
+        "name": "oasst",
+        "adapter": "oasst",
+        "path": str(ROOT / "data/sft/oasst-en100/en_100_tree.jsonl"),
+        "max_samples": 24,
+        "cache": False,
+    }
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), {**base, **overrides}))
 
 
@@ -46,8 +50,10 @@ def test_a_planted_pad_equal_to_eos_is_blocked(loaded):
     planted.hf.pad_token = planted.hf.eos_token  # what many Llama 2 recipes do
     verdict = preflight.run(planted, train, stats, exs, dcfg)
     assert not verdict.ok
-    assert verdict.failures == ["the pad token is EOS (id 2) or unset: padding would mask EOS out of the labels and "
-                                "the model would never stop; use a distinct pad token (Llama 2: <unk>, id 0)"]
+    assert verdict.failures == [
+        "the pad token is EOS (id 2) or unset: padding would mask EOS out of the labels and "
+        "the model would never stop; use a distinct pad token (Llama 2: <unk>, id 0)"
+    ]
 
 
 def planted(rows: list[tuple[list[int], list[int]]]) -> Dataset:
@@ -57,12 +63,16 @@ def planted(rows: list[tuple[list[int], list[int]]]) -> Dataset:
 GOOD = ([1, 518, 25580, 29962, 7251, 518, 29914, 25580, 29962, 15043, 29871, 2], [0] * 9 + [1, 1, 1])
 
 
-@pytest.mark.parametrize("row, failure", [
-    (([1] + GOOD[0], [0] + GOOD[1]), "1 examples start without BOS or hold two BOS in a row (first: #[1])"),
-    ((GOOD[0], [0] * 12), "1 examples have an empty label mask (first: #[1]): they train nothing"),
-    ((GOOD[0][:-1], GOOD[1][:-1]), "1 examples lack a trained EOS although they were not cut (first: #[1])"),
-    ((GOOD[0], GOOD[1][:-1] + [0]), "1 examples lack a trained EOS although they were not cut (first: #[1])"),
-], ids=["double BOS", "empty mask", "no EOS", "EOS masked"])
+@pytest.mark.parametrize(
+    "row, failure",
+    [
+        (([1] + GOOD[0], [0] + GOOD[1]), "1 examples start without BOS or hold two BOS in a row (first: #[1])"),
+        ((GOOD[0], [0] * 12), "1 examples have an empty label mask (first: #[1]): they train nothing"),
+        ((GOOD[0][:-1], GOOD[1][:-1]), "1 examples lack a trained EOS although they were not cut (first: #[1])"),
+        ((GOOD[0], GOOD[1][:-1] + [0]), "1 examples lack a trained EOS although they were not cut (first: #[1])"),
+    ],
+    ids=["double BOS", "empty mask", "no EOS", "EOS masked"],
+)
 def test_planted_token_failures_are_blocked(loaded, row, failure):
     tok, _, _, _, dcfg = loaded
     verdict = preflight.run(tok, planted([GOOD, row]), Stats(), [], dcfg)
@@ -108,13 +118,20 @@ def test_an_inference_prompt_that_is_not_the_training_prefix_stops_training(load
             monkeypatch.setattr(module, "encode_prompt", rendered_then_tokenized)
     with pytest.raises(preflight.PreflightError) as err:
         preflight.require(tok, types.SimpleNamespace(train=train, stats=stats, sample=exs), dcfg)
-    assert ("inference prompt != training prefix in 24 of 24 conversations: [\"answer 1: the inference prompt's "
-            "tokens differ from the training tokens\"]") in str(err.value)
+    assert (
+        "inference prompt != training prefix in 24 of 24 conversations: [\"answer 1: the inference prompt's "
+        'tokens differ from the training tokens"]'
+    ) in str(err.value)
 
 
 def orca(**overrides) -> DataConfig:
-    base = {"name": "orca_dpo", "adapter": "openai_preference", "max_prompt_length": 192, "cache": False,
-            "path": str(ROOT / "data/dpo/orca-dpo-pairs-validation/validation.jsonl")}
+    base = {
+        "name": "orca_dpo",
+        "adapter": "openai_preference",
+        "max_prompt_length": 192,
+        "cache": False,
+        "path": str(ROOT / "data/dpo/orca-dpo-pairs-validation/validation.jsonl"),
+    }
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), {**base, **overrides}))
 
 
@@ -125,8 +142,10 @@ def test_answers_cut_in_most_pairs_put_a_warning_on_the_headline():
     dcfg = orca(max_length=256, too_long="truncate")
     p = data_load.load(dcfg, tok, "orpo")
     headline = preflight.run(tok, p.train, p.stats, p.sample, dcfg).report().splitlines()[0]
-    assert headline == ("preflight: PASS -- WARNING: 97% of the examples (169 of 174) have a cut answer: the model "
-                        "learns answers that never end; raise data.max_length (now 256) or set data.too_long=drop")
+    assert headline == (
+        "preflight: PASS -- WARNING: 97% of the examples (169 of 174) have a cut answer: the model "
+        "learns answers that never end; raise data.max_length (now 256) or set data.too_long=drop"
+    )
     readme = orca(max_length=512, too_long="drop")
     p = data_load.load(readme, tok, "orpo")
     verdict = preflight.run(tok, p.train, p.stats, p.sample, readme)

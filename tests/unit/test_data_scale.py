@@ -1,6 +1,7 @@
 """Data at scale (issue 16): the streaming, multi-process tokenizer gives exactly the in-memory path's ids, labels,
 split and counts; bad records deep in a big file are named by line or counted; an interrupted build leaves no half
 cache. Big files here are a few thousand small records (prepare.py and the cache hit: tests/integration)."""
+
 from __future__ import annotations
 
 import gzip
@@ -45,8 +46,11 @@ def in_memory(dcfg, kind: str):
     """The small-data path this issue replaced (load.tokenized): every example in a list, shuffled, split, encoded."""
     stats, encoder = Stats(), ENCODERS[kind]
     exs = examples.examples(dcfg, stats)
-    train, held_out = ((exs, examples.examples(dcfg, stats, path=dcfg.eval_path)) if dcfg.eval_path
-                       else examples.split(exs, dcfg.eval_fraction))
+    train, held_out = (
+        (exs, examples.examples(dcfg, stats, path=dcfg.eval_path))
+        if dcfg.eval_path
+        else examples.split(exs, dcfg.eval_fraction)
+    )
     encoder.check_examples(train + held_out, dcfg)
     train_cols = encoder.tokenize(train, SP, dcfg, stats)
     n_train = stats.examples
@@ -86,11 +90,16 @@ def cache(tmp_path, monkeypatch):
 
 def assert_same(prepared, reference, kind: str):
     train_cols, eval_cols, stats, sample, head = reference
-    cols = ("input_ids", "assistant_masks") if kind == "sft" else ("llama_prompt_ids", "llama_chosen_ids",
-                                                                  "llama_rejected_ids")
+    cols = (
+        ("input_ids", "assistant_masks")
+        if kind == "sft"
+        else ("llama_prompt_ids", "llama_chosen_ids", "llama_rejected_ids")
+    )
+    assert set(cols) <= set(prepared.train.column_names), prepared.train.column_names  # the columns TRL reads
     assert prepared.train.to_dict() == {k: train_cols[k] for k in prepared.train.column_names}
     assert (prepared.eval.to_dict() if prepared.eval is not None else None) == (
-        {k: eval_cols[k] for k in prepared.eval.column_names} if stats.eval_examples else None)
+        {k: eval_cols[k] for k in prepared.eval.column_names} if stats.eval_examples else None
+    )
     streamed = {k: v for k, v in vars(prepared.stats).items() if k not in ("cache", "cache_dir")}
     assert streamed == {k: v for k, v in vars(stats).items() if k not in ("cache", "cache_dir")}
     assert (prepared.sample, prepared.head) == (sample, head)
@@ -100,8 +109,17 @@ CASES = [  # (data, kind, overrides): every split rule, caps, length rules, pair
     ("oasst", "sft", {"eval_fraction": 0.1, "max_length": 512, "seed": 3}),
     ("oasst", "sft", {"eval_fraction": 0.25, "max_samples": 40, "max_length": 256, "too_long": "truncate"}),
     ("oasst", "sft", {"eval_path": str(ROOT / "data/sft/oasst-en100/en_100_tree.jsonl"), "max_samples": 30}),
-    ("oasst", "sft", {"adapter": "text", "fields": {"text": "prompt.text"}, "max_length": 32, "too_long": "truncate",
-                      "eval_fraction": 0.2}),
+    (
+        "oasst",
+        "sft",
+        {
+            "adapter": "text",
+            "fields": {"text": "prompt.text"},
+            "max_length": 32,
+            "too_long": "truncate",
+            "eval_fraction": 0.2,
+        },
+    ),
     ("self_instruct", "sft", {"eval_fraction": 0.05, "train_on": "last", "system_prompt": "Be brief."}),
     ("orca_dpo", "dpo", {"eval_fraction": 0.1, "max_length": 512, "max_prompt_length": 256}),
     ("oasst_pairs", "dpo", {"eval_fraction": 0.1, "max_length": 384, "too_long": "truncate"}),
@@ -155,8 +173,11 @@ def test_the_order_is_the_shuffle_of_the_examples_without_holding_them(n, seed, 
 def test_a_bad_record_deep_in_a_big_file_is_named_by_line_and_nothing_is_left_behind(tmp_path, cache):
     twice = json.dumps({"messages": [{"role": "user", "content": "Q"}, {"role": "user", "content": "Q2"}]})
     path = write(tmp_path / "chats.jsonl.gz", conversations(4000, bad={3517: twice}))
-    with pytest.raises(DataError, match=rf"^{path}:3517: message 1 has role 'user', expected 'assistant' .*"
-                                        "set data.invalid=skip"):
+    with pytest.raises(
+        DataError,
+        match=rf"^{path}:3517: message 1 has role 'user', expected 'assistant' .*"
+        "set data.invalid=skip",
+    ):
         data_load.load(cfg(path, num_proc=2), TOK)
     broken = write(tmp_path / "broken.jsonl", conversations(4000, bad={2999: '{"messages": [', 3600: "{"}))
     with pytest.raises(DataError, match=rf"^{broken}:2999: malformed JSON \(Expecting value at column 15\)"):
@@ -176,7 +197,8 @@ def test_skipped_records_deep_in_a_big_file_are_counted_per_reason(tmp_path):
     assert prepared.stats.skipped == {
         "message N (assistant) is empty (an empty answer teaches the model to stop at once)": 3,
         "message N has role 'user', expected 'assistant' (roles must alternate user/assistant, after an optional "
-        "system message)": 2}
+        "system message)": 2,
+    }
     assert prepared.stats.records == 4000 and len(prepared.train) == 4000 - 5 - prepared.stats.dropped_too_long
     assert_same(prepared, in_memory(dcfg, "sft"), "sft")
 
@@ -194,9 +216,11 @@ data_load.load(dcfg, types.SimpleNamespace(sp=spm.SentencePieceProcessor(model_f
 
 def test_a_build_killed_while_tokenizing_leaves_no_half_cache_and_the_next_run_redoes_it(tmp_path, cache):
     path = write(tmp_path / "chats.jsonl", conversations(10000))
-    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(ROOT), str(path),
-                             str(ROOT / "data/llama2-tokenizer/tokenizer.model")], start_new_session=True,
-                            env={**os.environ, "FINETUNE_CACHE": str(cache.parent)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED, str(ROOT), str(path), str(ROOT / "data/llama2-tokenizer/tokenizer.model")],
+        start_new_session=True,
+        env={**os.environ, "FINETUNE_CACHE": str(cache.parent)},
+    )
     deadline = time.time() + 120
     while not list(cache.glob("scale-*.tmp-*/rows/train.scratch/side/*.json")):  # a share done, others going
         assert proc.poll() is None and time.time() < deadline, "the build ended before it could be interrupted"

@@ -1,4 +1,5 @@
 """DPO data and checks without training: Meta-exact pairs, the collator TRL sees, and bad input."""
+
 from __future__ import annotations
 
 import copy
@@ -36,10 +37,19 @@ def tok(cfg):
 
 def pair_file(tmp_path, pairs) -> str:
     path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps({"input": {"messages": [{"role": "user", "content": p}]},
-                                        "preferred_output": [{"role": "assistant", "content": c}],
-                                        "non_preferred_output": [{"role": "assistant", "content": r}]}) + "\n"
-                            for p, c, r in pairs))
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "input": {"messages": [{"role": "user", "content": p}]},
+                    "preferred_output": [{"role": "assistant", "content": c}],
+                    "non_preferred_output": [{"role": "assistant", "content": r}],
+                }
+            )
+            + "\n"
+            for p, c, r in pairs
+        )
+    )
     return str(path)
 
 
@@ -59,15 +69,39 @@ def test_every_bundled_orca_pair_is_meta_exact(cfg, tok):
 
 
 def test_collate_feeds_our_ids_to_trls_collator(tok):
-    rows = [{"llama_prompt_ids": [1, 5, 6], "llama_chosen_ids": [7, 2], "llama_rejected_ids": [8, 9, 2],
-             "ref_chosen_logps": -1.5, "ref_rejected_logps": -2.5, "prompt_ids": [1], "chosen_ids": [2]},
-            {"llama_prompt_ids": [1, 5], "llama_chosen_ids": [3, 2], "llama_rejected_ids": [2],
-             "ref_chosen_logps": -0.5, "ref_rejected_logps": -3.0, "prompt_ids": [1], "chosen_ids": [2]}]
+    rows = [
+        {
+            "llama_prompt_ids": [1, 5, 6],
+            "llama_chosen_ids": [7, 2],
+            "llama_rejected_ids": [8, 9, 2],
+            "ref_chosen_logps": -1.5,
+            "ref_rejected_logps": -2.5,
+            "prompt_ids": [1],
+            "chosen_ids": [2],
+        },
+        {
+            "llama_prompt_ids": [1, 5],
+            "llama_chosen_ids": [3, 2],
+            "llama_rejected_ids": [2],
+            "ref_chosen_logps": -0.5,
+            "ref_rejected_logps": -3.0,
+            "prompt_ids": [1],
+            "chosen_ids": [2],
+        },
+    ]
     batch = dpo.collate(tok.pad_id)(rows)
-    assert batch["input_ids"].tolist() == [[1, 5, 6, 7, 2, 0], [1, 5, 3, 2, 0, 0],
-                                           [1, 5, 6, 8, 9, 2], [1, 5, 2, 0, 0, 0]]
-    assert batch["completion_mask"].tolist() == [[0, 0, 0, 1, 1, 0], [0, 0, 1, 1, 0, 0],
-                                                 [0, 0, 0, 1, 1, 1], [0, 0, 1, 0, 0, 0]]
+    assert batch["input_ids"].tolist() == [
+        [1, 5, 6, 7, 2, 0],
+        [1, 5, 3, 2, 0, 0],
+        [1, 5, 6, 8, 9, 2],
+        [1, 5, 2, 0, 0, 0],
+    ]
+    assert batch["completion_mask"].tolist() == [
+        [0, 0, 0, 1, 1, 0],
+        [0, 0, 1, 1, 0, 0],
+        [0, 0, 0, 1, 1, 1],
+        [0, 0, 1, 0, 0, 0],
+    ]
     assert batch["ref_chosen_logps"].tolist() == [-1.5, -0.5]
     assert torch.equal(batch["attention_mask"], (batch["input_ids"] != 0).long())
 
@@ -92,17 +126,25 @@ def test_too_long_pairs_are_dropped_or_cut_and_counted(dcfg, tok, tmp_path):
 
 def test_conversations_are_refused_for_dpo(tok):
     cfg = config.load(compose("recipe=tiny_dpo", "data=oasst"))
-    with pytest.raises(DataError, match=r"data=oasst .*not preference pairs \(prompt/chosen/rejected\).*"
-                                        r"use a preference data config \(data=orca_dpo\) or train with trainer=sft"):
+    with pytest.raises(
+        DataError,
+        match=r"data=oasst .*not preference pairs \(prompt/chosen/rejected\).*"
+        r"use a preference data config \(data=orca_dpo\) or train with trainer=sft",
+    ):
         data_load.load(cfg.data, tok, "dpo")
 
 
 def test_identical_chosen_and_rejected_names_the_line(dcfg, tok, tmp_path):
-    dcfg.path, dcfg.eval_fraction = pair_file(tmp_path, [("b?", "Yes", "No"), ("a?", "Same.", "Same. "),
-                                                         ("c?", "x", "x")]), 0.0
-    with pytest.raises(DataError, match=rf"^{dcfg.path}:2: chosen and rejected are identical \(such a pair "
-                                        r"teaches nothing: its DPO loss stays ln 2\); fix the record, or set "
-                                        r"data.invalid=skip"):
+    dcfg.path, dcfg.eval_fraction = (
+        pair_file(tmp_path, [("b?", "Yes", "No"), ("a?", "Same.", "Same. "), ("c?", "x", "x")]),
+        0.0,
+    )
+    with pytest.raises(
+        DataError,
+        match=rf"^{dcfg.path}:2: chosen and rejected are identical \(such a pair "
+        r"teaches nothing: its DPO loss stays ln 2\); fix the record, or set "
+        r"data.invalid=skip",
+    ):
         data_load.load(dcfg, tok, "dpo")
     dcfg.invalid = "skip"
     p = data_load.load(dcfg, tok, "dpo")
@@ -111,8 +153,9 @@ def test_identical_chosen_and_rejected_names_the_line(dcfg, tok, tmp_path):
 
 
 def test_dpo_config_errors_name_the_key_and_the_fix():
-    problems = checks.problems(compose("recipe=tiny_dpo", "trainer.loss_type=dpo", "trainer.beta=0",
-                                    "data.max_prompt_length=600"))
+    problems = checks.problems(
+        compose("recipe=tiny_dpo", "trainer.loss_type=dpo", "trainer.beta=0", "data.max_prompt_length=600")
+    )
     assert f"trainer.loss_type=dpo: use one of {', '.join(dpo.loss_types())}" in problems
     assert any(p.startswith("trainer.beta=0.0: must be > 0") for p in problems)
     assert any(p.startswith("data.max_prompt_length=600 leaves no room") for p in problems)
@@ -131,19 +174,24 @@ def test_init_adapter_from_another_base_is_refused_before_loading(tmp_path):
     other = fake_adapter(tmp_path / "13b", "meta-llama/Llama-2-13b-hf", {key.format(0, "A"): (8, 5120)})
     problems = checks.problems(compose("recipe=tiny_dpo", f"init_adapter={other}"))
     here = config.load(compose("recipe=tiny_dpo")).model.path  # ${FINETUNE_CACHE}/models/llama2-tiny
-    assert problems == [f"init_adapter={other} was trained on meta-llama/Llama-2-13b-hf, not on model.path="
-                        f"{here}; train the SFT adapter on this model, or pick the "
-                        "model it was trained on (model=... or model.path=...)"]
+    assert problems == [
+        f"init_adapter={other} was trained on meta-llama/Llama-2-13b-hf, not on model.path="
+        f"{here}; train the SFT adapter on this model, or pick the "
+        "model it was trained on (model=... or model.path=...)"
+    ]
     tiny = config.load(compose("recipe=tiny_dpo")).model
     fake_adapter(tmp_path / "wide", "/somewhere/llama2-tiny", {key.format(0, "A"): (8, 128)})
-    assert "q_proj.lora_A.weight has shape [8, 128], which does not fit model=llama2_tiny (hidden 64, 2 layers)" \
+    assert (
+        "q_proj.lora_A.weight has shape [8, 128], which does not fit model=llama2_tiny (hidden 64, 2 layers)"
         in lora.adapter_base_problems(tmp_path / "wide", tiny)[0]
+    )
     fake_adapter(tmp_path / "deep", "/somewhere/llama2-tiny", {key.format(5, "B"): (64, 8)})
     assert "layers.5" in lora.adapter_base_problems(tmp_path / "deep", tiny)[0]
-    fake_adapter(tmp_path / "fits", "/somewhere/llama2-tiny",
-                 {key.format(1, "A"): (8, 64), key.format(1, "B"): (64, 8)})
+    fake_adapter(
+        tmp_path / "fits", "/somewhere/llama2-tiny", {key.format(1, "A"): (8, 64), key.format(1, "B"): (64, 8)}
+    )
     assert lora.adapter_base_problems(tmp_path / "fits", tiny) == []
     missing = checks.problems(compose("recipe=tiny_dpo", f"init_adapter={tmp_path / 'nope'}"))
-    assert missing == [f"init_adapter={tmp_path / 'nope'}: no adapter_config.json there; "
-                       "point it at a run's adapter/ folder"]
-
+    assert missing == [
+        f"init_adapter={tmp_path / 'nope'}: no adapter_config.json there; point it at a run's adapter/ folder"
+    ]

@@ -3,6 +3,7 @@ rows training reads, the two together are every example used, and the held-out e
 export verification and evaluate.py take from `examples.splits` are exactly the eval rows.
 
 An eval set that overlaps training keeps its size, so a size check passes; these compare the token rows."""
+
 from __future__ import annotations
 
 import types
@@ -18,14 +19,24 @@ from finetune.data import load as data_load
 from finetune.data.stats import Stats
 
 SP = spm.SentencePieceProcessor(model_file=str(ROOT / "data/llama2-tokenizer/tokenizer.model"))
-DATA = {"sft": {"name": "oasst", "adapter": "oasst", "path": "data/sft/oasst-en100/en_100_tree.jsonl"},
-        "dpo": {"name": "orca_dpo", "adapter": "openai_preference",
-                "path": "data/dpo/orca-dpo-pairs-validation/validation.jsonl"}}
+DATA = {
+    "sft": {"name": "oasst", "adapter": "oasst", "path": "data/sft/oasst-en100/en_100_tree.jsonl"},
+    "dpo": {
+        "name": "orca_dpo",
+        "adapter": "openai_preference",
+        "path": "data/dpo/orca-dpo-pairs-validation/validation.jsonl",
+    },
+}
 
 
 def cfg(kind: str, **overrides) -> DataConfig:
-    base = {**DATA[kind], "path": str(ROOT / DATA[kind]["path"]), "max_samples": 40, "eval_fraction": 0.25,
-            "max_length": 8192}  # nothing dropped or cut: one row per example
+    base = {
+        **DATA[kind],
+        "path": str(ROOT / DATA[kind]["path"]),
+        "max_samples": 40,
+        "eval_fraction": 0.25,
+        "max_length": 8192,
+    }  # nothing dropped or cut: one row per example
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), {**base, **overrides}))
 
 
@@ -33,8 +44,10 @@ def row_keys(rows, kind: str) -> list[tuple]:
     """One hashable key per row: its tokens (a pair: prompt + chosen + rejected)."""
     if kind == "sft":
         return [tuple(ids) for ids in rows["input_ids"]]
-    return [tuple(p) + (-1,) + tuple(c) + (-1,) + tuple(r)
-            for p, c, r in zip(rows["llama_prompt_ids"], rows["llama_chosen_ids"], rows["llama_rejected_ids"])]
+    return [
+        tuple(p) + (-1,) + tuple(c) + (-1,) + tuple(r)
+        for p, c, r in zip(rows["llama_prompt_ids"], rows["llama_chosen_ids"], rows["llama_rejected_ids"])
+    ]
 
 
 def example_keys(exs: list[dict], dcfg, kind: str) -> list[tuple]:

@@ -1,6 +1,7 @@
 """`trainer.fused_lora`: the fused LoRA functions against peft on the same weights (one model, before and after its
 attention and MLP instances are replaced), float32 and NF4, with and without checkpointing, SFT and TRL's DPO; and
 the one-line fallback where they do not apply. The tiny model here has grouped-query attention (k/v narrower)."""
+
 from __future__ import annotations
 
 import math
@@ -35,9 +36,18 @@ def with_lora(base, dropout: float = 0.0, use_dora: bool = False):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(1)  # B random (not zero), so every A has a gradient
-    return get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, init_lora_weights=False,
-                                           use_dora=use_dora, target_modules=config.LLAMA_LINEARS,
-                                           task_type="CAUSAL_LM"))
+    return get_peft_model(
+        base,
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            lora_dropout=dropout,
+            init_lora_weights=False,
+            use_dora=use_dora,
+            target_modules=config.LLAMA_LINEARS,
+            task_type="CAUSAL_LM",
+        ),
+    )
 
 
 def batch():
@@ -122,8 +132,17 @@ def dpo_trainer(gqa_path, tmp_path):
     from finetune.data import load as data_load
     from finetune.training import dpo
 
-    cfg, base = load("tiny_dpo", gqa_path, "data=oasst_pairs", "data.max_samples=8", "data.cache=false",
-                     "data.max_length=128", "data.max_prompt_length=96", "eval.samples=0", "trainer.micro_batch_size=2")
+    cfg, base = load(
+        "tiny_dpo",
+        gqa_path,
+        "data=oasst_pairs",
+        "data.max_samples=8",
+        "data.cache=false",
+        "data.max_length=128",
+        "data.max_prompt_length=96",
+        "eval.samples=0",
+        "trainer.micro_batch_size=2",
+    )
     tok = tokenizer_mod.load_tokenizer(cfg.model)
     model = with_lora(base)
     trainer = dpo.build(cfg, model, tok, data_load.load(cfg.data, tok, "dpo"), tmp_path)
@@ -168,8 +187,9 @@ def rel_errors(got, want):
     return {n: ((got[n] - want[n]).norm() / want[n].norm()).item() for n in want}
 
 
-@pytest.mark.parametrize("kwargs,why", [({"dropout": 0.1}, "lora.dropout=0.1 > 0"),
-                                        ({"use_dora": True}, "DoRA (lora.use_dora=true)")])
+@pytest.mark.parametrize(
+    "kwargs,why", [({"dropout": 0.1}, "lora.dropout=0.1 > 0"), ({"use_dora": True}, "DoRA (lora.use_dora=true)")]
+)
 def test_dropout_or_dora_falls_back_with_one_line_and_replaces_nothing(gqa_path, kwargs, why):
     _, base = load("tiny_lora", gqa_path)
     model = with_lora(base, **kwargs)
@@ -181,8 +201,19 @@ def test_dropout_or_dora_falls_back_with_one_line_and_replaces_nothing(gqa_path,
 def test_another_architecture_falls_back():
     from transformers import MistralConfig, MistralForCausalLM
 
-    model = with_lora(MistralForCausalLM(MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                                       num_attention_heads=2, num_key_value_heads=1,
-                                                       vocab_size=128)))
-    assert fused_layers.apply(model) == "fused LoRA: off (model type 'mistral' is not Llama); training runs " \
-                                        "peft's own layers"
+    model = with_lora(
+        MistralForCausalLM(
+            MistralConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                vocab_size=128,
+            )
+        )
+    )
+    assert (
+        fused_layers.apply(model) == "fused LoRA: off (model type 'mistral' is not Llama); training runs "
+        "peft's own layers"
+    )

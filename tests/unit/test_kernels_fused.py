@@ -2,6 +2,7 @@
 storage call after call, the values of bitsandbytes' own dequantize_4bit); dX written over the saved input only when
 the caller owns it, with the gradient unchanged; and a second backward through the buffers the backward reused refused
 by autograd instead of returning wrong gradients."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,8 +20,9 @@ def nf4(out_features: int, in_features: int, seed: int):
 
     torch.manual_seed(seed)
     layer = bnb.nn.Linear4bit(in_features, out_features, bias=False, compute_dtype=torch.float32, quant_type="nf4")
-    layer.weight = bnb.nn.Params4bit(torch.randn(out_features, in_features) * 0.05, requires_grad=False,
-                                     quant_type="nf4")
+    layer.weight = bnb.nn.Params4bit(
+        torch.randn(out_features, in_features) * 0.05, requires_grad=False, quant_type="nf4"
+    )
     layer = layer.to("cpu")  # quantizes
     layer.weight.quant_state.packing_format_for_cpu = False
     return layer
@@ -28,8 +30,9 @@ def nf4(out_features: int, in_features: int, seed: int):
 
 def lora(out_features: int, in_features: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(RANK, in_features, generator=gen) * 0.1).requires_grad_(), \
-        (torch.randn(out_features, RANK, generator=gen) * 0.1).requires_grad_()
+    return (torch.randn(RANK, in_features, generator=gen) * 0.1).requires_grad_(), (
+        torch.randn(out_features, RANK, generator=gen) * 0.1
+    ).requires_grad_()
 
 
 def test_4bit_weights_land_in_one_reused_buffer_with_bitsandbytes_values():
@@ -48,8 +51,15 @@ def test_4bit_weights_land_in_one_reused_buffer_with_bitsandbytes_values():
 
 
 def mlp_args(four_bit: bool):
-    mods = [nf4(FFN, HIDDEN, 0), nf4(FFN, HIDDEN, 1), nf4(HIDDEN, FFN, 2)] if four_bit else \
-        [nn.Linear(HIDDEN, FFN, bias=False), nn.Linear(HIDDEN, FFN, bias=False), nn.Linear(FFN, HIDDEN, bias=False)]
+    mods = (
+        [nf4(FFN, HIDDEN, 0), nf4(FFN, HIDDEN, 1), nf4(HIDDEN, FFN, 2)]
+        if four_bit
+        else [
+            nn.Linear(HIDDEN, FFN, bias=False),
+            nn.Linear(HIDDEN, FFN, bias=False),
+            nn.Linear(FFN, HIDDEN, bias=False),
+        ]
+    )
     ab = [t for k, (o, i) in enumerate([(FFN, HIDDEN), (FFN, HIDDEN), (HIDDEN, FFN)]) for t in lora(o, i, 10 + k)]
     return tuple(Proj(m, 2.0) for m in mods), ab
 

@@ -5,6 +5,7 @@ g and u are the two halves of one [N, 2I] gate|up buffer, as the fused MLP hands
 h in the returned tensor, d(gate) in g and d(up) in u. bf16 runs with the kernels' float32 math (the interpreter's
 bf16 arithmetic is wrong; its bf16 loads, stores and casts are exact). tests/gpu/test_kernels_gpu.py runs the
 same cases on CUDA."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -70,17 +71,22 @@ def test_torch_swiglu_matches_autograd(rows, cols, dtype):
 @pytest.fixture(scope="module")
 def interpreted():
     if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed (pip install -r requirements-kernels.txt): the Triton SwiGLU kernels "
-                    "are checked under TRITON_INTERPRET=1 only where it is")
+        pytest.skip(
+            "triton is not installed (pip install -r requirements-kernels.txt): the Triton SwiGLU kernels "
+            "are checked under TRITON_INTERPRET=1 only where it is"
+        )
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": root}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__)], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     cases = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"interpreter subprocess: {time.perf_counter() - t0:.1f} s; per case: "
-          + ", ".join(f"{k} {v['seconds']:.2f} s" for k, v in cases.items() if k != "refused"))
+    print(
+        f"interpreter subprocess: {time.perf_counter() - t0:.1f} s; per case: "
+        + ", ".join(f"{k} {v['seconds']:.2f} s" for k, v in cases.items() if k != "refused")
+    )
     return cases
 
 

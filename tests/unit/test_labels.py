@@ -1,5 +1,6 @@
 """Through TRL's real collator: exactly the assistant tokens plus each turn's EOS are trained, on the bundled
 OpenAssistant conversations (multi-turn), with pad distinct from EOS and one BOS per turn."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,16 @@ from finetune.training import kinds
 
 @pytest.fixture(scope="module")
 def batch_and_examples(tmp_path_factory):
-    cfg = config.load(compose("recipe=tiny_lora", "data.max_samples=12", "data.eval_fraction=0",
-                              "data.max_length=4096", "trainer.micro_batch_size=12", "trainer.max_steps=1"))
+    cfg = config.load(
+        compose(
+            "recipe=tiny_lora",
+            "data.max_samples=12",
+            "data.eval_fraction=0",
+            "data.max_length=4096",
+            "trainer.micro_batch_size=12",
+            "trainer.max_steps=1",
+        )
+    )
     tok = tokenizer_mod.load_tokenizer(cfg.model)
     prepared = data_load.load(cfg.data, tok)
     model_base.prepare_path(cfg.model, tok)
@@ -49,13 +58,14 @@ def test_trained_tokens_are_exactly_the_answers_plus_eos(batch_and_examples):
     sp = spm.SentencePieceProcessor(model_file=str(ROOT / "data/llama2-tokenizer/tokenizer.model"))
     by_first_prompt = {ex["messages"][0]["content"]: ex for ex in examples}
     multi_turn = 0
-    for ids, labels, mask in zip(batch["input_ids"].tolist(), batch["labels"].tolist(),
-                                 batch["attention_mask"].tolist()):
+    for ids, labels, mask in zip(
+        batch["input_ids"].tolist(), batch["labels"].tolist(), batch["attention_mask"].tolist()
+    ):
         n = sum(mask)
         ids, labels = ids[:n], labels[:n]
         runs = answers_from_labels(ids, labels)
         # which conversation is this? the first user turn, decoded independently of our encoder
-        first_user = sp.decode(ids[1:ids.index(2) if 2 in ids else n]).split("[/INST]")[0]
+        first_user = sp.decode(ids[1 : ids.index(2) if 2 in ids else n]).split("[/INST]")[0]
         ex = by_first_prompt[first_user.removeprefix("[INST]").strip()]
         answers = [m["content"].strip() for m in ex["messages"] if m["role"] == "assistant"]
         assert len(runs) == len(answers)

@@ -1,5 +1,6 @@
 """Every launch/accelerate/*.yaml goes through accelerate's own loader and `accelerate launch`'s validation, and
 sets up the distributed environment it claims to (what the training processes would receive)."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,16 +13,27 @@ from tests.conftest import ROOT
 from finetune.model import base as model_base
 
 CONFIGS = ROOT / "launch" / "accelerate"
-EXPECTED = {"single_gpu": DistributedType.NO, "multi_gpu": DistributedType.MULTI_GPU,
-            "fsdp_qlora": DistributedType.FSDP, "deepspeed_zero2": DistributedType.DEEPSPEED,
-            "deepspeed_zero3": DistributedType.DEEPSPEED}
+EXPECTED = {
+    "single_gpu": DistributedType.NO,
+    "multi_gpu": DistributedType.MULTI_GPU,
+    "fsdp_qlora": DistributedType.FSDP,
+    "deepspeed_zero2": DistributedType.DEEPSPEED,
+    "deepspeed_zero3": DistributedType.DEEPSPEED,
+}
 
 
 def launch_args(name: str, *flags: str):
     """What `accelerate launch --config_file <name> [flags] finetune/train.py recipe=qlora_70b` parses to."""
     parser = launch_command_parser()
-    args = parser.parse_args(["--config_file", str(CONFIGS / f"{name}.yaml"), *flags,
-                              str(ROOT / "finetune" / "train.py"), "recipe=qlora_70b"])
+    args = parser.parse_args(
+        [
+            "--config_file",
+            str(CONFIGS / f"{name}.yaml"),
+            *flags,
+            str(ROOT / "finetune" / "train.py"),
+            "recipe=qlora_70b",
+        ]
+    )
     args, defaults, mp_from_config = _validate_launch_command(args)
     if args.use_deepspeed:  # as accelerate's launch_command does before starting DeepSpeed
         fields = list(defaults.deepspeed_config) + (["mixed_precision"] if mp_from_config else [])
@@ -76,18 +88,33 @@ def test_slurm_script_starts_one_launcher_per_node_with_its_machine_rank(tmp_pat
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "srun").write_text("#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\n"
-                                  "for n in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_NODEID=$n \"$@\"; done\n")
+    (bin_dir / "srun").write_text(
+        "#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\n"
+        'for n in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_NODEID=$n "$@"; done\n'
+    )
     (bin_dir / "scontrol").write_text("#!/bin/bash\necho \"$3\" | tr , '\\n'\n")
-    (bin_dir / "python").write_text(f"#!/bin/bash\necho \"$*\" >> {tmp_path}/launches\n")
+    (bin_dir / "python").write_text(f'#!/bin/bash\necho "$*" >> {tmp_path}/launches\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "python"),
-           "SLURM_NNODES": "2", "SLURM_GPUS_ON_NODE": "4", "SLURM_JOB_NODELIST": "gpu-a,gpu-b",
-           "SLURM_JOB_NAME": "ft", "SLURM_JOB_ID": "77", "SLURM_SUBMIT_DIR": str(ROOT),
-           "ACCELERATE_CONFIG": str(CONFIGS / "fsdp_qlora.yaml")}
-    subprocess.run(["bash", str(ROOT / "launch" / "slurm" / "train.sbatch"), "recipe=qlora_70b", "lora.r=32"],
-                   env=env, check=True, capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PYTHON": str(bin_dir / "python"),
+        "SLURM_NNODES": "2",
+        "SLURM_GPUS_ON_NODE": "4",
+        "SLURM_JOB_NODELIST": "gpu-a,gpu-b",
+        "SLURM_JOB_NAME": "ft",
+        "SLURM_JOB_ID": "77",
+        "SLURM_SUBMIT_DIR": str(ROOT),
+        "ACCELERATE_CONFIG": str(CONFIGS / "fsdp_qlora.yaml"),
+    }
+    subprocess.run(
+        ["bash", str(ROOT / "launch" / "slurm" / "train.sbatch"), "recipe=qlora_70b", "lora.r=32"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     launches = (tmp_path / "launches").read_text().splitlines()
     assert len(launches) == 2
     for rank, line in enumerate(launches):
@@ -99,8 +126,16 @@ def test_slurm_script_starts_one_launcher_per_node_with_its_machine_rank(tmp_pat
         assert args.training_script_args == ["output_dir=outputs/ft-77", "recipe=qlora_70b", "lora.r=32"]
 
 
-@pytest.mark.parametrize("name,sharding", [("single_gpu", None), ("multi_gpu", None), ("fsdp_qlora", "fsdp"),
-                                           ("deepspeed_zero2", "zero2"), ("deepspeed_zero3", "zero3")])
+@pytest.mark.parametrize(
+    "name,sharding",
+    [
+        ("single_gpu", None),
+        ("multi_gpu", None),
+        ("fsdp_qlora", "fsdp"),
+        ("deepspeed_zero2", "zero2"),
+        ("deepspeed_zero3", "zero3"),
+    ],
+)
 def test_model_loader_sees_the_sharding_each_config_launches(name, sharding):
     from finetune.runtime.dist import launched_sharding
 

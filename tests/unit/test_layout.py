@@ -1,6 +1,7 @@
 """The package layout holds: every import inside finetune/ (module-level and function-local) points down the
 stages, so no stage reaches the weights, the trainers or the run directory from below; and the whole repository
 reads as ruff formats and lints it (pyproject.toml [tool.ruff]: style, import order, a complexity limit)."""
+
 from __future__ import annotations
 
 import ast
@@ -53,12 +54,20 @@ def ruff(command: str) -> None:
     (one line per finding). --no-cache: the check writes nothing into the tree."""
     if importlib.util.find_spec("ruff") is None:
         pytest.skip("ruff is not installed: `make setup` installs it (pyproject.toml's dev extra)")
-    proc = subprocess.run([sys.executable, "-m", "ruff", command, "--output-format", "concise", "--no-cache", "."]
-                          + (["--check"] if command == "format" else []),
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruff", command, "--output-format", "concise", "--no-cache", "."]
+        + (["--check"] if command == "format" else []),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if proc.returncode != 0:
-        pytest.fail(f"`ruff {command}{' --check' if command == 'format' else ''} .` "
-                    f"(exit {proc.returncode}):\n{proc.stdout}{proc.stderr}", pytrace=False)
+        pytest.fail(
+            f"`ruff {command}{' --check' if command == 'format' else ''} .` "
+            f"(exit {proc.returncode}):\n{proc.stdout}{proc.stderr}",
+            pytrace=False,
+        )
 
 
 def test_ruff_check_finds_nothing():

@@ -2,6 +2,7 @@
 process: every trainable tensor moves (LoRA and the full copies), the adapter holds the trained embeddings and
 norms, stock peft reloads it as trained, and our streaming merge reproduces it within the float32 tolerance
 export.py verifies with (16-bit LoRA and QLoRA)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -87,8 +88,10 @@ def test_embeddings_and_norms_train_save_reload_and_merge_exactly(mode, tiny, tm
 
 
 def test_an_adapter_missing_its_saved_modules_is_refused(tiny, tmp_path):
-    net = lora.apply_lora(model_base.load_base(tiny.model, dataclasses.replace(tiny.quant, mode="none")),
-                          dataclasses.replace(tiny.lora, train_embeddings_and_norms=False))
+    net = lora.apply_lora(
+        model_base.load_base(tiny.model, dataclasses.replace(tiny.quant, mode="none")),
+        dataclasses.replace(tiny.lora, train_embeddings_and_norms=False),
+    )
     net.save_pretrained(str(tmp_path))
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
     (tmp_path / "adapter_config.json").write_text(json.dumps({**cfg, "modules_to_save": ["embed_tokens", "norm"]}))

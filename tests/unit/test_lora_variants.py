@@ -2,6 +2,7 @@
 reloads it on the original base, and merges into safetensors that reproduce the trained model within the float32
 tolerance the export verifies with. PiSSA/OLoRA train on a changed base and are checked after the conversion at
 save; LoftQ leaves the 4-bit base as it is and starts closer to the full-precision model."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -119,8 +120,16 @@ def test_pissa_base_survives_the_reference_adapter_trl_adds(kind, tiny, tmp_path
     from finetune.data import load as data_load
     from finetune.training import kinds
 
-    cfg = config.load(compose(f"recipe=tiny_{kind}", "quant=none", "lora.init=pissa", "data.max_samples=8",
-                              "data.eval_fraction=0", "eval.samples=0"))
+    cfg = config.load(
+        compose(
+            f"recipe=tiny_{kind}",
+            "quant=none",
+            "lora.init=pissa",
+            "data.max_samples=8",
+            "data.eval_fraction=0",
+            "eval.samples=0",
+        )
+    )
     tok = tokenizer_mod.load_tokenizer(cfg.model)
     model_base.prepare_path(cfg.model, tok)
     net = lora.apply_lora(load(cfg, "none"), cfg.lora, mcfg=cfg.model)

@@ -1,4 +1,5 @@
 """The streaming merge against peft's own merge_and_unload, on a small random Llama saved in several shards."""
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,20 @@ def checkpoint(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("merge")
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        tie_word_embeddings=False,
+    )
     base = LlamaForCausalLM(cfg)
     base.save_pretrained(root / "base", max_shard_size="100KB")
-    pm = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False,
-                                         task_type="CAUSAL_LM"))
+    pm = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False, task_type="CAUSAL_LM")
+    )
     pm.save_pretrained(root / "adapter")
     return root / "base", root / "adapter"
 
@@ -60,8 +69,9 @@ def test_streaming_merge_equals_merge_and_unload(checkpoint, tmp_path):
     changed = [k for k in ours if not torch.equal(ours[k], load_base_tensor(base_dir, k))]
     assert sorted(changed) == sorted(merge.read_adapter(adapter_dir).pairs)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)  # stock loading of the sharded output
-    assert torch.equal(reloaded.state_dict()["model.layers.1.mlp.down_proj.weight"],
-                       ours["model.layers.1.mlp.down_proj.weight"])
+    assert torch.equal(
+        reloaded.state_dict()["model.layers.1.mlp.down_proj.weight"], ours["model.layers.1.mlp.down_proj.weight"]
+    )
 
 
 def load_base_tensor(base_dir, name):
@@ -83,12 +93,17 @@ def test_dequantized_merge_reproduces_the_qlora_model(checkpoint, tmp_path):
     quant = merge.Quant("nf4", True, torch.float32)
     stats = merge.merge(base_dir, merge.read_adapter(adapter_dir), tmp_path, quant=quant)
     assert stats.dequantized == 2 * 7  # every projection of both layers, targeted or not
-    bnb_cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                 bnb_4bit_compute_dtype=torch.float32)
+    bnb_cfg = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
 
     def load_4bit():
-        m = AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=bnb_cfg, dtype=torch.float32,
-                                                 device_map="cpu")
+        m = AutoModelForCausalLM.from_pretrained(
+            base_dir, quantization_config=bnb_cfg, dtype=torch.float32, device_map="cpu"
+        )
         for mod in m.modules():
             if isinstance(mod, bnb.nn.Linear4bit):
                 mod.support_avx512bf16_for_cpu = False
@@ -140,9 +155,12 @@ def dora_adapter(checkpoint, tmp_path_factory):
 
     base_dir, _ = checkpoint
     torch.manual_seed(1)
-    pm = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
-                        LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False, use_dora=True,
-                                   task_type="CAUSAL_LM"))
+    pm = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_dir),
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False, use_dora=True, task_type="CAUSAL_LM"
+        ),
+    )
     for name, p in pm.named_parameters():
         if "lora_magnitude_vector" in name:
             p.data.mul_(1 + 0.2 * torch.randn_like(p))
@@ -175,10 +193,15 @@ def test_qdora_dequantized_merge_reproduces_the_4bit_dora_model(checkpoint, dora
 
     base_dir, _ = checkpoint
     merge.merge(base_dir, merge.read_adapter(dora_adapter), tmp_path, quant=merge.Quant("nf4", True, torch.float32))
-    bnb_cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                 bnb_4bit_compute_dtype=torch.float32)
-    four_bit = AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=bnb_cfg, dtype=torch.float32,
-                                                    device_map="cpu")
+    bnb_cfg = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    four_bit = AutoModelForCausalLM.from_pretrained(
+        base_dir, quantization_config=bnb_cfg, dtype=torch.float32, device_map="cpu"
+    )
     for mod in four_bit.modules():
         if isinstance(mod, bnb.nn.Linear4bit):
             mod.support_avx512bf16_for_cpu = False
@@ -195,8 +218,16 @@ def test_adapter_for_another_base_is_refused(checkpoint, tmp_path):
 
     _, adapter_dir = checkpoint
     other = tmp_path / "one_layer"
-    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=512)).save_pretrained(other)
+    LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=512,
+        )
+    ).save_pretrained(other)
     with pytest.raises(merge.MergeError, match=r"targets 3 weights the base .* does not have"):
         merge.merge(other, merge.read_adapter(adapter_dir), tmp_path / "out")
 

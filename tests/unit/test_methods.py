@@ -1,6 +1,7 @@
 """One record per training method (finetune/config/methods.py) and every table reading it: a method added to the
 records but forgotten in a place (no trainer module, no trainer config, a table that lists the kinds by hand)
 fails here."""
+
 from __future__ import annotations
 
 import ast
@@ -79,19 +80,31 @@ def test_no_table_lists_the_methods_by_hand():
 
 @pytest.mark.parametrize("name", [n for n, m in METHODS.items() if not m.conversations])
 def test_max_prompt_length_is_checked_once_for_every_preference_method(name):
-    found = checks.problems(compose("recipe=tiny_qlora", f"trainer={name}", "data=orca_dpo", "data.max_length=512",
-                                    "data.max_prompt_length=600", "trainer.micro_batch_size=2"))
+    found = checks.problems(
+        compose(
+            "recipe=tiny_qlora",
+            f"trainer={name}",
+            "data=orca_dpo",
+            "data.max_length=512",
+            "data.max_prompt_length=600",
+            "trainer.micro_batch_size=2",
+        )
+    )
     assert [p for p in found if "leaves no room" in p] == [
         "data.max_prompt_length=600 leaves no room for an answer in data.max_length=512; lower it or raise "
-        "data.max_length"], found
+        "data.max_length"
+    ], found
 
 
 def test_a_key_the_methods_trainer_never_reads_is_refused():
     """DPO's trainer is built without Liger and without activation offloading (they are wired into SFT only), so
     asking for them names the key instead of training without them silently."""
     found = checks.problems(compose("recipe=tiny_dpo", "trainer.liger=true", "trainer.activation_offloading=true"))
-    assert "trainer.liger=true with trainer.kind=dpo: the Liger kernels are wired into SFT only; DPO would run " \
-           "without them; set trainer.liger=false" in found, found
+    assert (
+        "trainer.liger=true with trainer.kind=dpo: the Liger kernels are wired into SFT only; DPO would run "
+        "without them; set trainer.liger=false" in found
+    ), found
     assert any(p.startswith("trainer.activation_offloading=true with trainer.kind=dpo") for p in found), found
-    assert not any(p.startswith("trainer.packing") for p in checks.problems(compose("recipe=tiny_dpo",
-                                                                                   "trainer.packing=true")))
+    assert not any(
+        p.startswith("trainer.packing") for p in checks.problems(compose("recipe=tiny_dpo", "trainer.packing=true"))
+    )

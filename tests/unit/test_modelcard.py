@@ -1,4 +1,5 @@
 """Model cards: Hub metadata that huggingface_hub's ModelCard parses, right for local and Hub bases."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,11 @@ from tests.conftest import compose
 from finetune import config
 from finetune.runs import card as modelcard
 
-METRICS = [{"step": 5, "loss": 2.5, "learning_rate": 2e-4}, {"step": 10, "loss": 1.75, "eval_loss": 1.9},
-           {"step": 10, "train_runtime": 42.0, "train_loss": 2.1}]
+METRICS = [
+    {"step": 5, "loss": 2.5, "learning_rate": 2e-4},
+    {"step": 10, "loss": 1.75, "eval_loss": 1.9},
+    {"step": 10, "train_runtime": 42.0, "train_loss": 2.1},
+]
 
 
 def make_run(tmp_path, *overrides):
@@ -57,8 +61,9 @@ def test_hub_base_and_hub_dataset(tmp_path):
 
 
 def test_unknown_local_base(tmp_path):
-    run = make_run(tmp_path, "recipe=tiny_lora", "model.random_init=false", "model.name=mine",
-                   "model.path=/models/my-llama")
+    run = make_run(
+        tmp_path, "recipe=tiny_lora", "model.random_init=false", "model.name=mine", "model.path=/models/my-llama"
+    )
     card = ModelCard(modelcard.render(run, "adapter"))
     assert "base_model" not in card.data.to_dict()
     assert "the local checkpoint `.../my-llama` (no Hub id known)" in card.text and "/models/" not in card.text
@@ -66,10 +71,15 @@ def test_unknown_local_base(tmp_path):
 
 
 def test_config_keeps_tokenizer_path_and_hides_secrets():
-    redacted = config.redact({"model": {"tokenizer": "data/llama2-tokenizer"}, "hf_token": "hf_x", "api_key": "k",
-                              "max_new_tokens": 16})
-    assert redacted == {"model": {"tokenizer": "data/llama2-tokenizer"}, "hf_token": "***", "api_key": "***",
-                        "max_new_tokens": 16}
+    redacted = config.redact(
+        {"model": {"tokenizer": "data/llama2-tokenizer"}, "hf_token": "hf_x", "api_key": "k", "max_new_tokens": 16}
+    )
+    assert redacted == {
+        "model": {"tokenizer": "data/llama2-tokenizer"},
+        "hf_token": "***",
+        "api_key": "***",
+        "max_new_tokens": 16,
+    }
 
 
 def loading_code(text: str) -> str:
@@ -103,9 +113,15 @@ def test_a_card_shows_no_absolute_local_path(tmp_path):
     """A published card must not show the author's directory layout: the data file, the base model folder, the
     tokenizer and output_dir appear relative to the run or the checkout, or by their last part."""
     data = tmp_path / "home" / "me" / "private-projects" / "tickets.jsonl"
-    run = make_run(tmp_path, "recipe=tiny_lora", "data=jsonl", f"data.path={data}",
-                   f"model.path={tmp_path / 'home' / 'me' / 'models' / 'llama2-tiny'}",
-                   f"model.tokenizer={config.ROOT / 'data' / 'llama2-tokenizer'}", f"output_dir={tmp_path / 'run'}")
+    run = make_run(
+        tmp_path,
+        "recipe=tiny_lora",
+        "data=jsonl",
+        f"data.path={data}",
+        f"model.path={tmp_path / 'home' / 'me' / 'models' / 'llama2-tiny'}",
+        f"model.tokenizer={config.ROOT / 'data' / 'llama2-tokenizer'}",
+        f"output_dir={tmp_path / 'run'}",
+    )
     merge = f"\n## Merge\n\nVerified on 2 prompts from the run's data ({data}):\n"
     for kind in ("adapter", "merged", "gguf"):
         text = modelcard.render(run, kind, merge)

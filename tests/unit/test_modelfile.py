@@ -1,6 +1,7 @@
 """The Modelfile's TEMPLATE, rendered by Go's text/template (the engine Ollama renders it with, fed the same
 .System/.Messages data), gives the text of Meta's Llama 2 format that chat_format encodes; and the Modelfile
 carries FROM, stop sequences, the system prompt and the licence."""
+
 from __future__ import annotations
 
 import json
@@ -45,9 +46,13 @@ func main() {
 }
 """
 SYSTEM = "You are a terse assistant.  Answer in one line."
-DIALOG = [{"role": "user", "content": "What is  2+2?\n(show work)"}, {"role": "assistant", "content": "4, as 2+2 = 4."},
-          {"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "6"},
-          {"role": "user", "content": "Grüße — 日本語?"}]
+DIALOG = [
+    {"role": "user", "content": "What is  2+2?\n(show work)"},
+    {"role": "assistant", "content": "4, as 2+2 = 4."},
+    {"role": "user", "content": "And 3+3?"},
+    {"role": "assistant", "content": "6"},
+    {"role": "user", "content": "Grüße — 日本語?"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +63,24 @@ def render(tmp_path_factory):
         pytest.skip("needs Go: `make system-deps` installs golang-go (as root, apt)")
     d = tmp_path_factory.mktemp("gotemplate")
     (d / "render.go").write_text(RENDER_GO)
-    env = {**os.environ, "GOCACHE": str(d / "cache"), "GOPATH": str(d / "path"), "GOFLAGS": "-mod=mod",
-           "GO111MODULE": "off"}
+    env = {
+        **os.environ,
+        "GOCACHE": str(d / "cache"),
+        "GOPATH": str(d / "path"),
+        "GOFLAGS": "-mod=mod",
+        "GO111MODULE": "off",
+    }
     subprocess.run([go, "build", "-o", str(d / "render"), str(d / "render.go")], check=True, env=env, timeout=300)
 
     def run(system: str, messages: list[dict]) -> str:
-        data = {"Template": modelfile.TEMPLATE, "System": system,
-                "Messages": [{"Role": m["role"], "Content": m["content"]} for m in messages]}
-        proc = subprocess.run([str(d / "render")], input=json.dumps(data), capture_output=True, text=True,
-                              check=True, timeout=60)
+        data = {
+            "Template": modelfile.TEMPLATE,
+            "System": system,
+            "Messages": [{"Role": m["role"], "Content": m["content"]} for m in messages],
+        }
+        proc = subprocess.run(
+            [str(d / "render")], input=json.dumps(data), capture_output=True, text=True, check=True, timeout=60
+        )
         return proc.stdout
 
     return run

@@ -1,6 +1,7 @@
 """Packed DPO (`trainer.packing=true` with `trainer.kind=dpo`, model/padding_free.py): a micro-batch's chosen and
 rejected sequences run as one padding-free row, and each pair's log-probs, TRL's loss and every LoRA gradient equal
 the unpacked (padded) ones."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,13 @@ def sequence_logps(model, b):
     """Each sequence's summed completion log-probs, as TRL's DPO loss reads them (chosen rows, then rejected)."""
     labels = b["input_ids"].masked_fill(b["completion_mask"] == 0, -100)
     with torch.no_grad():
-        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=labels, use_cache=False,
-                    fused_lm_head=True)
+        out = model(
+            input_ids=b["input_ids"],
+            attention_mask=b["attention_mask"],
+            labels=labels,
+            use_cache=False,
+            fused_lm_head=True,
+        )
     return out.log_probs.sum(dim=1)
 
 

@@ -1,5 +1,6 @@
 """Packing (`trainer.packing=true`: TRL's best-fit packing, padding-free rows with position ids) on SDPA: a packed row
 gives the loss of its documents run one by one, and no token sees another document."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -82,12 +83,20 @@ def test_packing_knob_reaches_trl_as_padding_free_rows(tiny, tmp_path):
     from datasets import Dataset
 
     cfg, m = tiny
-    cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, packing=True, micro_batch_size=2,
-                                                               max_steps=1, gradient_checkpointing=False))
+    cfg = dataclasses.replace(
+        cfg,
+        trainer=dataclasses.replace(
+            cfg.trainer, packing=True, micro_batch_size=2, max_steps=1, gradient_checkpointing=False
+        ),
+    )
     cfg.data.max_length = 128
     docs = documents()
-    ds = Dataset.from_dict({"input_ids": [d["input_ids"] for d in docs],
-                            "assistant_masks": [[int(lbl != -100) for lbl in d["labels"]] for d in docs]})
+    ds = Dataset.from_dict(
+        {
+            "input_ids": [d["input_ids"] for d in docs],
+            "assistant_masks": [[int(lbl != -100) for lbl in d["labels"]] for d in docs],
+        }
+    )
     tok = tokenizer_mod.load_tokenizer(cfg.model)
     peft_model = lora.apply_lora(m, cfg.lora)
     trainer = sft_trainer.build(cfg, peft_model, tok, Prepared(ds, None, Stats()), tmp_path)

@@ -4,6 +4,7 @@ pair format, and a multi-turn prompt stays in the prompt (each completion is one
 Both bugs pass every check that compares our tokens with our own examples (a swapped pair is still Meta-exact, a
 prompt cut after the first turn is still a prefix), so these tests read the source files themselves.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -88,8 +89,7 @@ def test_multi_turn_prompts_stay_in_the_prompt(name, tok, tmp_path, monkeypatch)
     dcfg = data_cfg(name, max_samples=200, max_length=4096, max_prompt_length=None, eval_fraction=0.0)
     rows = data_load.load(dcfg, tok, "dpo").train
     multi = 0
-    for prompt, chosen, rejected in zip(rows["llama_prompt_ids"], rows["llama_chosen_ids"],
-                                        rows["llama_rejected_ids"]):
+    for prompt, chosen, rejected in zip(rows["llama_prompt_ids"], rows["llama_chosen_ids"], rows["llama_rejected_ids"]):
         assert prompt[-4:] == E_INST_IDS and prompt[0] == chat_format.BOS_ID
         for answer in (chosen, rejected):
             assert chat_format.BOS_ID not in answer and answer[-1] == chat_format.EOS_ID  # one answer, no new turn

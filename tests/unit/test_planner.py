@@ -1,4 +1,5 @@
 """The planner's arithmetic: known sizes, a breakdown that adds up, GPU calibration, suggestions that fit."""
+
 from __future__ import annotations
 
 import pytest
@@ -53,8 +54,10 @@ def test_breakdown_adds_up():
 # Measured peaks (torch, GiB) from issue 8: H100 rows plain HF at micro-batch 2 x 2048, r=16, checkpointing;
 # H200 rows the same settings with checkpointing off and/or Liger kernels. bench/plan_calibration.md states each.
 MEASURED = [
-    (L7, dict(quant="nf4"), 8.27), (L7, dict(quant="none"), 18.58),
-    (L13, dict(quant="nf4"), 13.11), (L13, dict(quant="none"), 34.36),
+    (L7, dict(quant="nf4"), 8.27),
+    (L7, dict(quant="none"), 18.58),
+    (L13, dict(quant="nf4"), 13.11),
+    (L13, dict(quant="none"), 34.36),
     (L7, dict(quant="nf4", checkpointing=False), 47.24),
     (L7, dict(quant="nf4", checkpointing=False, liger=True), 40.80),
     (L7, dict(quant="nf4", liger=True), 7.97),
@@ -70,8 +73,9 @@ def test_estimate_matches_gpu_measurements(arch, kw, gib):
     assert est == pytest.approx(gib, rel=0.05)
 
 
-@pytest.mark.parametrize("arch,quant,measured", [(L7, "nf4", 4896), (L7, "none", 6359),
-                                                 (L13, "nf4", 3083), (L13, "none", 3839)])
+@pytest.mark.parametrize(
+    "arch,quant,measured", [(L7, "nf4", 4896), (L7, "none", 6359), (L13, "nf4", 3083), (L13, "none", 3839)]
+)
 def test_tokens_per_second_matches_h100_measurements(arch, quant, measured):
     tps = planner.tokens_per_second(Setup(**arch, quant=quant, **BENCH), H100.peak_flops)
     assert tps == pytest.approx(measured, rel=0.12)  # utilization and dequantization fitted on these rows
@@ -108,10 +112,19 @@ def test_a_recipe_that_cannot_fit_gets_changes_that_each_fit():
 
 
 def test_cuda_device_names_map_to_the_gpu_table():
-    names = {"NVIDIA H100 80GB HBM3": "h100", "NVIDIA H100 PCIe": "h100-pcie", "NVIDIA H200": "h200",
-             "NVIDIA A100-SXM4-40GB": "a100-40gb", "NVIDIA A100 80GB PCIe": "a100-80gb", "NVIDIA L40S": "l40s",
-             "NVIDIA L4": "l4", "NVIDIA A10": "a10", "NVIDIA GeForce RTX 4090": "rtx4090", "Tesla T4": "t4",
-             "NVIDIA B200": None}
+    names = {
+        "NVIDIA H100 80GB HBM3": "h100",
+        "NVIDIA H100 PCIe": "h100-pcie",
+        "NVIDIA H200": "h200",
+        "NVIDIA A100-SXM4-40GB": "a100-40gb",
+        "NVIDIA A100 80GB PCIe": "a100-80gb",
+        "NVIDIA L40S": "l40s",
+        "NVIDIA L4": "l4",
+        "NVIDIA A10": "a10",
+        "NVIDIA GeForce RTX 4090": "rtx4090",
+        "Tesla T4": "t4",
+        "NVIDIA B200": None,
+    }
     assert {n: planner.gpu_named(n) for n in names} == names
 
 

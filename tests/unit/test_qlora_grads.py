@@ -1,6 +1,7 @@
 """QLoRA gradients through our 4-bit loading path equal those of a float32 model holding the dequantized
 weights, even after an eval/no-grad forward (what Trainer.evaluate and generate do). Without the
 bitsandbytes AVX512-BF16 workaround in model.load_base, this fails on such CPUs (relative error ~0.6)."""
+
 from __future__ import annotations
 
 import copy
@@ -43,8 +44,12 @@ def lora_grads(base, batch):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(123)  # same adapter weights for both models; B random so every A gets a gradient
-    pm = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=config.LLAMA_LINEARS,
-                                         init_lora_weights=False, task_type="CAUSAL_LM"))
+    pm = get_peft_model(
+        base,
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=config.LLAMA_LINEARS, init_lora_weights=False, task_type="CAUSAL_LM"
+        ),
+    )
     pm.train()
     pm(**batch, labels=batch["input_ids"]).loss.backward()
     return {n: p.grad.detach().clone() for n, p in pm.named_parameters() if p.requires_grad}

@@ -1,4 +1,5 @@
 """Every shipped recipe composes and validates; the headline recipe says what it is; bad input names the fix."""
+
 from __future__ import annotations
 
 import pytest
@@ -57,7 +58,7 @@ def test_cfg_job_prints_the_composed_config_and_loads_nothing():
 def test_unknown_recipe_lists_the_recipes():
     proc = run_entry("train.py", "recipe=nope", check=False)
     assert proc.returncode == 2
-    line, = proc.stderr.splitlines()  # one line in our words, never Hydra's "Could not find" block
+    (line,) = proc.stderr.splitlines()  # one line in our words, never Hydra's "Could not find" block
     assert line.startswith("error: recipe=nope: no such recipe; available: ")
     listed = line.split("available: ")[1].split(", ")
     assert set(SKELETON_RECIPES) <= set(listed), listed
@@ -66,7 +67,7 @@ def test_unknown_recipe_lists_the_recipes():
 def test_unknown_model_lists_the_models():
     proc = run_entry("train.py", "model=llama3_8b", check=False)
     assert proc.returncode == 2
-    line, = proc.stderr.splitlines()
+    (line,) = proc.stderr.splitlines()
     assert line.startswith("error: model=llama3_8b: no such model;")
     assert "llama2_13b_chat" in line.split("available: ")[1]
 

@@ -1,6 +1,7 @@
 """The tokenizer we save gives Meta's ids through stock stacks: transformers' apply_chat_template(tokenize=True) and
 the Rust `tokenizers` reader of tokenizer.json (TGI's), on the cases where Hugging Face used to differ. The cases
 that stay different are shown too, as the model card states them."""
+
 from __future__ import annotations
 
 import json
@@ -19,14 +20,28 @@ SP = spm.SentencePieceProcessor(model_file=str(ROOT / "data/llama2-tokenizer/tok
 SYSTEM = {"role": "system", "content": "You are  terse.\n\nAnswer in one line."}
 DIALOGS = {
     "single": [{"role": "user", "content": "hi"}],
-    "multi-turn": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"},
-                   {"role": "user", "content": "And now?"}],
-    "system + multi-turn": [SYSTEM, {"role": "user", "content": "What is 2+2?"},
-                            {"role": "assistant", "content": "4."}, {"role": "user", "content": "And 3+3?"}],
-    "runs of spaces": [{"role": "user", "content": 'def f():\n    return  {"a":   1}\n'},
-                       {"role": "assistant", "content": "x     y"}, {"role": "user", "content": "a" + " " * 40 + "b"}],
-    "non-ASCII": [SYSTEM, {"role": "user", "content": "Grüße aus Köln — 日本語は？ 😀🦙 \u00a0ok"},
-                  {"role": "assistant", "content": "Привет! ¿Qué tal? ß\u3000"}, {"role": "user", "content": "ﬁn ⁇"}],
+    "multi-turn": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "And now?"},
+    ],
+    "system + multi-turn": [
+        SYSTEM,
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "4."},
+        {"role": "user", "content": "And 3+3?"},
+    ],
+    "runs of spaces": [
+        {"role": "user", "content": 'def f():\n    return  {"a":   1}\n'},
+        {"role": "assistant", "content": "x     y"},
+        {"role": "user", "content": "a" + " " * 40 + "b"},
+    ],
+    "non-ASCII": [
+        SYSTEM,
+        {"role": "user", "content": "Grüße aus Köln — 日本語は？ 😀🦙 \u00a0ok"},
+        {"role": "assistant", "content": "Привет! ¿Qué tal? ß\u3000"},
+        {"role": "user", "content": "ﬁn ⁇"},
+    ],
 }
 
 
@@ -60,8 +75,11 @@ def test_stock_apply_chat_template_gives_the_trained_ids(stock, saved, name):
 
 
 def test_every_bundled_oasst_prompt_is_exact_through_the_saved_tokenizer(stock):
-    convs = [ex["messages"] for rec, _ in sources.read_records(str(ROOT / "data/sft/oasst-en100/en_100_tree.jsonl"))
-             for ex in adapters.oasst(rec, {})]
+    convs = [
+        ex["messages"]
+        for rec, _ in sources.read_records(str(ROOT / "data/sft/oasst-en100/en_100_tree.jsonl"))
+        for ex in adapters.oasst(rec, {})
+    ]
     prompts = [c[: i + 1] for c in convs for i, m in enumerate(c) if m["role"] == "user"]
     wrong = [p for p in prompts if stock_ids(stock, p) != chat_format.encode_prompt(SP, p)]
     assert len(prompts) > 100 and wrong == []
@@ -71,8 +89,20 @@ def test_exact_merges_reproduce_sentencepiece_on_random_text(saved):
     """Runs of spaces, newlines, digits, punctuation, non-ASCII and byte fallback, anywhere but a leading space."""
     rust = RustTokenizer.from_file(str(saved / "tokenizer.json"))
     rnd = random.Random(0)
-    alphabet = list("ab c  xyz\n\t.,!?0123\"'{}()") + [" " * 3, " " * 4, " " * 17, " " * 33, "é", "日本", "😀",
-                                                     "\u00a0", "\u3000", "Ж", "\u200b", "⁇"]
+    alphabet = list("ab c  xyz\n\t.,!?0123\"'{}()") + [
+        " " * 3,
+        " " * 4,
+        " " * 17,
+        " " * 33,
+        "é",
+        "日本",
+        "😀",
+        "\u00a0",
+        "\u3000",
+        "Ж",
+        "\u200b",
+        "⁇",
+    ]
     texts = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 50))).lstrip(" ") or "x" for _ in range(3000)]
     texts += ["x" + " " * k + "y" + " " * j + '"z' for k in range(40) for j in range(0, 40, 7)]
     assert [t for t in texts if rust.encode(t, add_special_tokens=False).ids != SP.encode(t)] == []

@@ -1,4 +1,5 @@
 """Every shipped sweep file: wandb's format, a command wandb's agent can run, and overrides Hydra accepts."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from tests.conftest import ROOT, compose
+from finetune.config import ConfigError
 from finetune.sweeps import space as sweep_space
 from finetune.training import tracking
-from finetune.config import ConfigError
 
 SWEEPS = sorted((ROOT / "launch" / "sweeps").glob("*.yaml"))
 
@@ -27,8 +28,10 @@ def test_the_issue_sweeps_ship():
 
 def sample_values(params: dict) -> dict:
     """One trial's values as wandb's controller would send them: the last of `values`, the max of a range."""
-    return {k: spec["value"] if "value" in spec else spec["values"][-1] if "values" in spec else spec["max"]
-            for k, spec in params.items()}
+    return {
+        k: spec["value"] if "value" in spec else spec["values"][-1] if "values" in spec else spec["max"]
+        for k, spec in params.items()
+    }
 
 
 def agent_argv(raw: dict, values: dict) -> list[str]:
@@ -93,16 +96,23 @@ def test_yaml_exponent_without_a_dot_is_reported(tmp_path):
 
 def test_sweep_file_problems_are_listed_together(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({
-        "method": "grid", "metric": {"name": "eval/loss", "goal": "lowest"},
-        "parameters": {"trainer.learning_rate": {"min": 1.0e-5, "max": 1.0e-3}},
-        "command": ["${env}", "accelerate launch", "finetune/train.py", "${args}"]}))
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "method": "grid",
+                "metric": {"name": "eval/loss", "goal": "lowest"},
+                "parameters": {"trainer.learning_rate": {"min": 1.0e-5, "max": 1.0e-3}},
+                "command": ["${env}", "accelerate launch", "finetune/train.py", "${args}"],
+            }
+        )
+    )
     with pytest.raises(ConfigError) as err:
         sweep_space.load(bad, {})
     problems = err.value.problems
     assert any("metric: give `name`" in p and "`goal` (minimize or maximize)" in p for p in problems)
-    assert any("use command: [${env}, accelerate, launch, finetune/train.py, ${args_no_hyphens}]" in p
-               for p in problems)
+    assert any(
+        "use command: [${env}, accelerate, launch, finetune/train.py, ${args_no_hyphens}]" in p for p in problems
+    )
     assert any("parameters.trainer.learning_rate: grid needs `values: [...]`" in p for p in problems)
 
 
@@ -114,15 +124,22 @@ def test_command_line_override_fixes_a_swept_key():
 
 def test_grid_proposals_walk_every_point_once(tmp_path):
     grid = tmp_path / "grid.yaml"
-    grid.write_text(yaml.safe_dump({
-        "method": "grid", "metric": {"name": "eval/loss", "goal": "minimize"},
-        "parameters": {"lora.r": {"values": [4, 8]}, "trainer.learning_rate": {"values": [1.0e-4, 1.0e-3]}},
-        "command": ["${env}", "accelerate", "launch", "finetune/train.py", "${args_no_hyphens}"]}))
+    grid.write_text(
+        yaml.safe_dump(
+            {
+                "method": "grid",
+                "metric": {"name": "eval/loss", "goal": "minimize"},
+                "parameters": {"lora.r": {"values": [4, 8]}, "trainer.learning_rate": {"values": [1.0e-4, 1.0e-3]}},
+                "command": ["${env}", "accelerate", "launch", "finetune/train.py", "${args_no_hyphens}"],
+            }
+        )
+    )
     sweep = sweep_space.load(grid, {})
     records: list[dict] = []
     for n in range(sweep_space.size(sweep)):
-        records.append({"trial": n + 1, "status": "finished", "metric": 1.0,
-                        "params": sweep_space.propose(sweep, records, 4, 0)})
+        records.append(
+            {"trial": n + 1, "status": "finished", "metric": 1.0, "params": sweep_space.propose(sweep, records, 4, 0)}
+        )
     assert [tuple(r["params"].values()) for r in records] == [(4, 1e-4), (4, 1e-3), (8, 1e-4), (8, 1e-3)]
 
 
@@ -132,8 +149,14 @@ def test_bayes_proposals_stay_in_range_and_replay_history():
     for n in range(6):  # TPE takes over after max(2, 12 // 4) = 3 random trials
         params = sweep_space.propose(sweep, records, 12, 0)
         assert 3.0e-5 <= params["trainer.learning_rate"] <= 1.0e-3 and params["lora.r"] in (8, 16, 32, 64)
-        records.append({"trial": n + 1, "status": "finished" if n != 2 else "failed", "params": params,
-                        "metric": abs(params["trainer.learning_rate"] - 2e-4) * 1e4 if n != 2 else None})
+        records.append(
+            {
+                "trial": n + 1,
+                "status": "finished" if n != 2 else "failed",
+                "params": params,
+                "metric": abs(params["trainer.learning_rate"] - 2e-4) * 1e4 if n != 2 else None,
+            }
+        )
     # stateless: the same history gives the same next proposal (what makes a sweep resumable)
     assert sweep_space.propose(sweep, records, 12, 0) == sweep_space.propose(sweep, records, 12, 0)
     assert len({tuple(r["params"].values()) for r in records}) == 6
@@ -159,9 +182,11 @@ def test_a_misspelled_key_is_caught_when_the_command_runs_train_py_through_progr
     from finetune import sweep
 
     path = tmp_path / "s.yaml"
-    path.write_text("program: finetune/train.py\nmethod: grid\nmetric: {name: eval/loss, goal: minimize}\n"
-                    "parameters:\n  recipe: {value: tiny_lora}\n  trainer.learnin_rate: {values: [0.001]}\n"
-                    "command:\n  - ${env}\n  - ${interpreter}\n  - ${program}\n  - ${args_no_hyphens}\n")
+    path.write_text(
+        "program: finetune/train.py\nmethod: grid\nmetric: {name: eval/loss, goal: minimize}\n"
+        "parameters:\n  recipe: {value: tiny_lora}\n  trainer.learnin_rate: {values: [0.001]}\n"
+        "command:\n  - ${env}\n  - ${interpreter}\n  - ${program}\n  - ${args_no_hyphens}\n"
+    )
     s = sweep_space.load(path, {})
     assert sweep.trains(s)
     with _pytest.raises(ConfigError, match="trainer.learnin_rate"):
@@ -170,10 +195,17 @@ def test_a_misspelled_key_is_caught_when_the_command_runs_train_py_through_progr
 
 def tiny_sweep(tmp_path, metric: str, **extra) -> Path:
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({
-        "program": "finetune/train.py", "method": "grid", "metric": {"name": metric, "goal": "minimize"},
-        "parameters": {"recipe": {"value": "tiny_lora"}, "lora.r": {"values": [4, 8]}, **extra},
-        "command": ["${env}", "accelerate", "launch", "finetune/train.py", "${args_no_hyphens}"]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "program": "finetune/train.py",
+                "method": "grid",
+                "metric": {"name": metric, "goal": "minimize"},
+                "parameters": {"recipe": {"value": "tiny_lora"}, "lora.r": {"values": [4, 8]}, **extra},
+                "command": ["${env}", "accelerate", "launch", "finetune/train.py", "${args_no_hyphens}"],
+            }
+        )
+    )
     return path
 
 
@@ -184,12 +216,21 @@ def test_a_misspelled_metric_is_refused_before_the_first_trial(tmp_path):
     s = sweep_space.load(tiny_sweep(tmp_path, "eval/loos"), {"data.eval_fraction": "0.25"})
     with pytest.raises(ConfigError) as err:
         sweep.precheck(s, tmp_path / "out")
-    assert err.value.problems[0].startswith(f"{s.path}: metric eval/loos: a trainer.kind=sft run logs no such "
-                                            "metric; did you mean eval/loss? (it logs train/loss, ")
+    assert err.value.problems[0].startswith(
+        f"{s.path}: metric eval/loos: a trainer.kind=sft run logs no such "
+        "metric; did you mean eval/loss? (it logs train/loss, "
+    )
     assert logged.problem("eval/loss", "eval_loss", "sft", has_eval=False).startswith(
-        "metric eval/loss: the trials have no eval split")
-    for metric, kind in (("eval/loss", "sft"), ("train/loss", "sft"), ("eval/mean_token_accuracy", "sft"),
-                         ("eval/perplexity", "sft"), ("eval/rewards/accuracies", "dpo"), ("train/kl", "kto")):
+        "metric eval/loss: the trials have no eval split"
+    )
+    for metric, kind in (
+        ("eval/loss", "sft"),
+        ("train/loss", "sft"),
+        ("eval/mean_token_accuracy", "sft"),
+        ("eval/perplexity", "sft"),
+        ("eval/rewards/accuracies", "dpo"),
+        ("train/kl", "kto"),
+    ):
         key = sweep_space.Sweep(Path("s"), "grid", metric, "minimize", [], None, None).metrics_key
         assert logged.problem(metric, key, kind, has_eval=True) is None, metric
 
@@ -200,8 +241,9 @@ def test_a_sweep_dir_refuses_other_overrides_naming_the_difference(tmp_path):
     path = tiny_sweep(tmp_path, "eval/loss")
     out = tmp_path / "out"
     assert records.open_dir(sweep_space.load(path, {"recipe": "tiny_qlora", "trainer.max_steps": "4"}), path, out) == {}
-    (out / "trials.jsonl").write_text(json.dumps({"trial": 1, "status": "finished", "params": {"lora.r": 4},
-                                                  "metric": 1.5, "output_dir": "x"}) + "\n")
+    (out / "trials.jsonl").write_text(
+        json.dumps({"trial": 1, "status": "finished", "params": {"lora.r": 4}, "metric": 1.5, "output_dir": "x"}) + "\n"
+    )
     again = records.open_dir(sweep_space.load(path, {"recipe": "tiny_qlora", "trainer.max_steps": "4"}), path, out)
     assert list(again) == [1]  # the same command resumes
     with pytest.raises(ConfigError) as err:
@@ -209,7 +251,8 @@ def test_a_sweep_dir_refuses_other_overrides_naming_the_difference(tmp_path):
     assert err.value.problems == [
         f"sweep_dir={out} holds a sweep run with other overrides (recipe=tiny_qlora then, tiny_lora now; "
         "trainer.max_steps=4 then, (unset) now): its results would mix with these; rerun with the same overrides, "
-        "or choose a new sweep_dir="]
+        "or choose a new sweep_dir="
+    ]
     assert json.loads((out / "overrides.json").read_text()) == {"recipe": "tiny_qlora", "trainer.max_steps": "4"}
 
 
@@ -217,20 +260,31 @@ def test_sweep_plot_has_one_slot_per_discrete_value_and_readable_log_ticks(tmp_p
     from finetune.sweeps import report
 
     sweep = sweep_space.load(ROOT / "launch" / "sweeps" / "qlora_lr.yaml", {})
-    done = [{"trial": i + 1, "status": "finished", "metric": 1.0 + i / 10, "output_dir": f"t{i}",
-             "params": {"trainer.learning_rate": lr, "lora.r": r}}
-            for i, (lr, r) in enumerate([(3.1e-5, 8), (1.2e-4, 16), (9.5e-4, 8), (4.0e-4, 64)])]
+    done = [
+        {
+            "trial": i + 1,
+            "status": "finished",
+            "metric": 1.0 + i / 10,
+            "output_dir": f"t{i}",
+            "params": {"trainer.learning_rate": lr, "lora.r": r},
+        }
+        for i, (lr, r) in enumerate([(3.1e-5, 8), (1.2e-4, 16), (9.5e-4, 8), (4.0e-4, 64)])
+    ]
     fig = report.figure(sweep, done)
     fig.canvas.draw()
     lr_ax, r_ax = fig.axes
     assert [t.get_text() for t in r_ax.get_xticklabels()] == ["8", "16", "32", "64"]  # categorical, file order
     assert r_ax.collections[0].get_offsets()[:, 0].tolist() == [0, 1, 0, 3]
-    shown = [t for t in lr_ax.get_xticklabels() if t.get_text() and lr_ax.get_xlim()[0] <= t.get_position()[0]
-             <= lr_ax.get_xlim()[1]]
+    shown = [
+        t
+        for t in lr_ax.get_xticklabels()
+        if t.get_text() and lr_ax.get_xlim()[0] <= t.get_position()[0] <= lr_ax.get_xlim()[1]
+    ]
     assert len(shown) >= 3 and all(float(t.get_text()) > 0 for t in shown), [t.get_text() for t in shown]
-    boxes = [t.get_window_extent() for t in shown] + [t.get_window_extent() for t in lr_ax.get_xminorticklabels()
-                                                      if t.get_text()]
-    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])  # no label over another
+    boxes = [t.get_window_extent() for t in shown] + [
+        t.get_window_extent() for t in lr_ax.get_xminorticklabels() if t.get_text()
+    ]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])  # no label over another
     report.write(sweep, done, tmp_path)
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -1,6 +1,7 @@
 """Export verification (finetune/ship/verify.py) on small in-process Llamas: a merged model that drifts more than
 float32 rounding fails at the default float32 tolerance, and the count of identical greedy generations is the
 real count (a merged model that generates other text says so in verification.json and the model card)."""
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,15 @@ def tiny_llama(seed: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=1024, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1024,
+        tie_word_embeddings=False,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -39,8 +47,14 @@ def reference():
 
 def drift(reference_out, merged_net, tolerance):
     merged_out = verify.run_prompts(merged_net, PROMPTS, max_new_tokens=8)
-    return verify.compare("the adapter model as trained", reference_out, merged_out, tolerance,
-                          lambda ids: " ".join(map(str, ids)), PROMPTS), merged_out
+    return verify.compare(
+        "the adapter model as trained",
+        reference_out,
+        merged_out,
+        tolerance,
+        lambda ids: " ".join(map(str, ids)),
+        PROMPTS,
+    ), merged_out
 
 
 def test_float32_merge_that_drifts_3e_4_fails_and_rounding_passes(reference):
@@ -70,19 +84,34 @@ def test_different_greedy_generations_are_counted_as_different(reference):
 def gguf_check(same: int, max_abs: float, margin: float):
     from finetune.ship.llamacpp import GGUFCheck
 
-    return GGUFCheck(type="q8_0", gate="logits", tolerance=5e-2, max_abs=max_abs, logit_scale=0.8, ppl_merged=9.0,
-                     ppl_gguf=9.1, scored_tokens=100, prompts=4, same_generations=same, template_ids_exact=True,
-                     margin=margin)
+    return GGUFCheck(
+        type="q8_0",
+        gate="logits",
+        tolerance=5e-2,
+        max_abs=max_abs,
+        logit_scale=0.8,
+        ppl_merged=9.0,
+        ppl_gguf=9.1,
+        scored_tokens=100,
+        prompts=4,
+        same_generations=same,
+        template_ids_exact=True,
+        margin=margin,
+    )
 
 
 def test_gguf_summary_says_whether_different_greedy_answers_are_expected():
     """The tiny random model's top two logits are often within 1e-3: a q8_0 file moving logits by 1e-2 may answer
     otherwise, as expected; with logits moved less than half the closest gap, a different answer is not."""
     flat = gguf_check(0, max_abs=1.2e-2, margin=3e-4).summary()
-    assert ("greedy generations identical on 0/4 prompts (expected for q8_0 on this model: its logits move by up "
-            "to 0.012 and merged/'s top two candidates come within 0.0003 of each other, so a greedy answer can take "
-            "another token; the gate decides); template ids exact") in flat
+    assert (
+        "greedy generations identical on 0/4 prompts (expected for q8_0 on this model: its logits move by up "
+        "to 0.012 and merged/'s top two candidates come within 0.0003 of each other, so a greedy answer can take "
+        "another token; the gate decides); template ids exact"
+    ) in flat
     peaked = gguf_check(3, max_abs=1e-3, margin=0.5).summary()
-    assert ("identical on 3/4 prompts (not expected: logits moved by at most 0.001, less than half of merged/'s "
-            "closest top-two gap 0.5;") in peaked
+    assert (
+        "identical on 3/4 prompts (not expected: logits moved by at most 0.001, less than half of merged/'s "
+        "closest top-two gap 0.5;"
+    ) in peaked
     assert "identical on 4/4 prompts; template ids exact" in gguf_check(4, max_abs=1e-3, margin=0.5).summary()
