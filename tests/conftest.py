@@ -99,20 +99,43 @@ def run_entry(
     return proc
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(path)` once per test session, whichever `make test` worker asks first; the other worker waits for it
+    and reads the same folder (pytest-xdist's workers share the parent of their temporary folders)."""
+    import shutil
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    out = root / "shared" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        done = out.with_name(name + ".done")
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            build(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_sft_run(tmp_path_factory) -> Path:
     """A finished tiny QLoRA SFT run directory (adapter/, checkpoints/, metrics.jsonl, config.yaml)."""
-    out = tmp_path_factory.mktemp("runs") / "tiny_qlora"
-    run_entry("train.py", "recipe=tiny_qlora", f"output_dir={out}", *FAST)
-    return out
+    return built_once(
+        tmp_path_factory,
+        "tiny_qlora",
+        lambda out: run_entry("train.py", "recipe=tiny_qlora", f"output_dir={out}", *FAST),
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_lora_run(tmp_path_factory) -> Path:
     """A finished tiny 16-bit LoRA SFT run directory."""
-    out = tmp_path_factory.mktemp("runs") / "tiny_lora"
-    run_entry("train.py", "recipe=tiny_lora", f"output_dir={out}", *FAST)
-    return out
+    return built_once(
+        tmp_path_factory, "tiny_lora", lambda out: run_entry("train.py", "recipe=tiny_lora", f"output_dir={out}", *FAST)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -121,10 +144,11 @@ def tiny_lora_merged(tiny_lora_run, tmp_path_factory) -> Path:
     for the tests that need merged weights (chat merged=true, publish what=merged). Read it, never change it."""
     import shutil
 
-    out = tmp_path_factory.mktemp("runs") / "tiny_lora_merged"
-    shutil.copytree(tiny_lora_run, out, ignore=shutil.ignore_patterns("checkpoints"))
-    run_entry("export.py", f"run={out}", "merge=true", "verify.prompts=2", "verify.max_new_tokens=4")
-    return out
+    def merge(out: Path) -> None:
+        shutil.copytree(tiny_lora_run, out, ignore=shutil.ignore_patterns("checkpoints"))
+        run_entry("export.py", f"run={out}", "merge=true", "verify.prompts=2", "verify.max_new_tokens=4")
+
+    return built_once(tmp_path_factory, "tiny_lora_merged", merge)
 
 
 def compose(*overrides: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 
@@ -11,10 +12,18 @@ from tests.conftest import FAST, run_entry
 from finetune.runs import metrics
 
 
+@pytest.fixture
+def run(tiny_sft_run, tmp_path):
+    """The session's tiny SFT run, copied (evaluate.py writes eval/ into the run it scores)."""
+    dst = tmp_path / tiny_sft_run.name
+    shutil.copytree(tiny_sft_run, dst, ignore=shutil.ignore_patterns("checkpoints"))
+    return dst
+
+
 @pytest.mark.slow
-def test_training_lowers_the_loss_on_the_training_data_and_a_bare_model_matches_the_base_row(tiny_sft_run):
-    proc = run_entry("evaluate.py", f"run={tiny_sft_run}", "split=train")
-    saved = json.loads((tiny_sft_run / "eval" / "oasst-train.json").read_text())
+def test_training_lowers_the_loss_on_the_training_data_and_a_bare_model_matches_the_base_row(run, tmp_path):
+    proc = run_entry("evaluate.py", f"run={run}", "split=train")
+    saved = json.loads((run / "eval" / "oasst-train.json").read_text())
     base, trained = saved["results"]
     assert base["model"] == "base llama2_tiny (nf4)" and trained["model"] == "tiny_qlora (adapter)"
     assert trained["loss"] < base["loss"] - 0.005  # 4 steps at lr 2e-3 lower it by ~0.03 (10.389 -> 10.361)
@@ -24,7 +33,7 @@ def test_training_lowers_the_loss_on_the_training_data_and_a_bare_model_matches_
         assert f"{r['loss']:.4f}" in proc.stdout  # the summary table
 
     # The same base without a run: model= + data= + the run's data settings, 4-bit as the run loaded it
-    out = tiny_sft_run / "bare.json"
+    out = tmp_path / "bare.json"
     data = [o for o in FAST if o.startswith("data.")]
     run_entry("evaluate.py", "model=llama2_tiny", "data=oasst", *data, "quant=nf4", "split=train", f"out={out}")
     (bare,) = json.loads(out.read_text())["results"]
@@ -33,10 +42,10 @@ def test_training_lowers_the_loss_on_the_training_data_and_a_bare_model_matches_
 
 
 @pytest.mark.slow
-def test_held_out_loss_reproduces_the_trainers_final_eval_loss(tiny_sft_run):
-    run_entry("evaluate.py", f"run={tiny_sft_run}", "base=false")
-    (trained,) = json.loads((tiny_sft_run / "eval" / "oasst-eval.json").read_text())["results"]
-    last_eval = [r for r in metrics.read(tiny_sft_run / "metrics.jsonl") if "eval_loss" in r][-1]
+def test_held_out_loss_reproduces_the_trainers_final_eval_loss(run):
+    run_entry("evaluate.py", f"run={run}", "base=false")
+    (trained,) = json.loads((run / "eval" / "oasst-eval.json").read_text())["results"]
+    last_eval = [r for r in metrics.read(run / "metrics.jsonl") if "eval_loss" in r][-1]
     assert trained["examples"] == 4
     assert trained["loss"] == pytest.approx(last_eval["eval_loss"], abs=1e-3)
 
