@@ -54,6 +54,14 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(Path(item.path).relative_to(ROOT / "tests").as_posix(), len(rank)))
 
 
+@pytest.fixture(autouse=True)
+def _one_environ(monkeypatch):
+    """os.environ is the same object after every test: datasets' Dataset.map(num_proc=) replaces it with a deep copy
+    of itself (datasets 5.2, arrow_dataset.py), and a test's monkeypatch.setenv is then undone on the old object and
+    leaks into the next tests (seen: one test's $FINETUNE_CACHE in a later test's training run)."""
+    monkeypatch.setattr(os, "environ", os.environ)
+
+
 def run_entry(
     script: str,
     *overrides: str,
