@@ -28,23 +28,15 @@ def step(title: str, args: list[str]) -> None:
     print(f"--- {title}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
+# `accelerate launch` (as `python -m ...`) for one process on this machine, every flag given, so no accelerate config
+# file is needed; the tests launch the same way
+ONE_PROCESS = ["-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
+ONE_PROCESS += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
 def accelerate(*overrides: str) -> list[str]:
     """`accelerate launch finetune/train.py ...` with the launcher flags spelled out (no accelerate config needed)."""
-    return [
-        "python",
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        "1",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "finetune/train.py",
-        *overrides,
-    ]
+    return ["python", *ONE_PROCESS, "finetune/train.py", *overrides]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from finetune import demo
+
 ROOT = Path(__file__).resolve().parent.parent
 # An accidental hub download fails at once instead of after 46 s of retries; wandb never goes online.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -74,20 +76,7 @@ def run_entry(
     """Run a finetune/ entry point the way a user does; `launcher="accelerate"` goes through accelerate launch.
     `input` is the process's stdin (what a user types; empty: end of input at once)."""
     if launcher == "accelerate":
-        cmd = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--num_processes",
-            "1",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            str(ROOT / "finetune" / script),
-        ]
+        cmd = [sys.executable, *demo.ONE_PROCESS, str(ROOT / "finetune" / script)]
     else:
         cmd = [sys.executable, str(ROOT / "finetune" / script)]
     proc = subprocess.run(

@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
+from finetune import demo
 
 pytestmark = pytest.mark.slow
 
@@ -88,20 +89,7 @@ def fill(line: str, run, tmp, base: str) -> list[str]:
     line = line.replace("<branch>", "main").replace("/models/Llama-2-13b-hf", base)
     argv = shlex.split(line)
     if argv[:2] == ["accelerate", "launch"]:
-        argv = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--num_processes",
-            "1",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            *argv[2:],
-        ]
+        argv = [sys.executable, *demo.ONE_PROCESS, *argv[2:]]
     elif argv[0] == "python":
         argv[0] = sys.executable
     argv = [a.replace("trials=12", "trials=1") for a in argv]

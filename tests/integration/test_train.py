@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import FAST, ROOT, compose, run_entry
-from finetune import config
+from finetune import config, demo
 from finetune.data import load as data_load
 from finetune.model import base as model_base
 from finetune.model import tokenizer as tokenizer_mod
@@ -232,20 +232,7 @@ def test_gpu_launches_on_this_cpu_machine_end_in_one_line_through_the_real_launc
     env = {**os.environ, "FINETUNE_CACHE": str(tmp_path / "cache")}
     launch = [sys.executable, "-m", "accelerate.commands.launch"]
     one = subprocess.run(
-        [
-            *launch,
-            "-q",
-            "--num_processes",
-            "1",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "finetune/train.py",
-            "recipe=qlora_13b",
-        ],
+        [sys.executable, *demo.ONE_PROCESS, "-q", "finetune/train.py", "recipe=qlora_13b"],
         cwd=ROOT,
         capture_output=True,
         text=True,
