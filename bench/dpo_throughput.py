@@ -298,6 +298,7 @@ def main(argv=None) -> list[perf.ArmResult]:
             f"{r.tokens_per_s:,.0f} real tokens/s, {r.tokens_per_step:,.0f} tokens/step, peak alloc/reserved "
             f"{r.peak_alloc_gib}/{r.peak_reserved_gib} GiB"
         ),
+        log=Path(a.results) / "arms.jsonl",
     )
     gates = {r.arm: gate(r) for r in results}
     run = {

@@ -164,10 +164,11 @@ def record(
     return text
 
 
-def run_arms(names: list[str], run_one, describe) -> tuple[list[ArmResult], dict[str, str]]:
+def run_arms(names: list[str], run_one, describe, log: Path | None = None) -> tuple[list[ArmResult], dict[str, str]]:
     """Each arm in turn, one line each (`describe(result)` then load, step time and the first losses); (results,
     {arm: why it failed}). One arm failing (out of memory, a kernel) must not lose the other arms' numbers; every
-    arm failing ends the benchmark."""
+    arm failing ends the benchmark. `log`: each arm appended there as one JSON line as soon as it ends, so a run cut
+    off by its time limit keeps the arms it finished."""
     results, failed = [], {}
     for name in names:
         try:
@@ -175,13 +176,22 @@ def run_arms(names: list[str], run_one, describe) -> tuple[list[ArmResult], dict
         except Exception as exc:
             failed[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
             print(f"{name}: FAILED {failed[name]}", flush=True)
+            append_line(log, {"arm": name, "failed": failed[name]})
             continue
         print(
             f"{name}: {describe(r)}, load {r.load_s:.0f} s, step {r.step_s_median:.2f} s, "
             f"losses {[round(x, 4) for x in r.losses[:4]]}",
             flush=True,
         )
+        append_line(log, asdict(r))
         results.append(r)
     if not results:
         raise SystemExit(f"every arm failed: {failed}")
     return results, failed
+
+
+def append_line(log: Path | None, row: dict) -> None:
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a") as fh:
+            fh.write(json.dumps({"date": environment()["date"], **row}) + "\n")

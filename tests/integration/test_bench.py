@@ -52,7 +52,14 @@ def test_throughput_profile_takes_one_more_step_and_writes_a_small_table_per_arm
     import train_throughput
 
     (r,) = train_throughput.main(["--smoke", "--arms", "ours", "--profile", "--results", str(tmp_path)])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["profile-ours.txt", "throughput.jsonl", "throughput.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "arms.jsonl",
+        "profile-ours.txt",
+        "throughput.jsonl",
+        "throughput.md",
+    ]
+    (arm,) = [json.loads(line) for line in (tmp_path / "arms.jsonl").read_text().splitlines()]
+    assert arm["arm"] == "ours" and arm["losses"] == r.losses  # written as the arm ended, before the table
     text = (tmp_path / "profile-ours.txt").read_text()
     assert "step 4 (after the timed steps), sorted by self_cpu_time_total" in text  # no GPU here: CPU time
     assert "Self CPU" in text and "aten::mm" in text and len(text) < 20_000
