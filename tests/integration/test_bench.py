@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import ROOT
 
@@ -45,6 +47,18 @@ def test_throughput_smoke_runs_baseline_ours_fused_and_the_peer_and_gates_them(t
         # the same model and tokens: MFU is the same multiple of tokens/s in every arm
         assert a["mfu"] / a["tokens_per_s"] == pytest.approx(base["mfu"] / base["tokens_per_s"], rel=1e-9)
         assert f"| {a['arm']} | {a['tokens_per_s']:,.0f} |" in table
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is what a machine without CUDA sees")
+def test_swiglu_bench_refuses_in_one_line_without_cuda(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "swiglu_bench.py"), "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "swiglu_bench.py: needs CUDA (torch sees no GPU); run it on the GPU machine\n"
+    assert list(tmp_path.iterdir()) == []  # nothing recorded
 
 
 @pytest.mark.slow
