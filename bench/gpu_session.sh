@@ -87,7 +87,7 @@ gpu_test() {
   fi
 }
 
-# Seconds each stage needs (H200, 2026-11-26/30 sessions: bench/results/gpu_h200_2026-11-30/run{1,2}/session.log):
+# Seconds each stage needs (H200, 2026-11-30: the session.log files under bench/results/gpu_h200_2026-11-30):
 # python + imports ~15 s per process; random 7B written 15 s, 13B 30-39 s; a 7B QLoRA arm ~12 s (load 3-4 s, 11
 # steps at 0.4-0.7 s), 13B ~20 s; the unsloth arm ~60 s (its own process, imports, load); pytest files 25-35 s.
 # In one 10-minute call (BUDGET 540): swiglu, test_kernels_gpu, qlora_7b and qlora_13b take ~400 s; what follows
