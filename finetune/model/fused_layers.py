@@ -3,8 +3,9 @@ the fused LoRA functions (finetune/model/fused.py). No library class or function
 
 The replacements hold the very same peft LoRA layers as children under the same names (q_proj, ..., down_proj),
 so parameter names, adapter saving and loading, `disable_adapter()` and adapter switching (DPO's frozen "ref"
-adapter) are peft's own. Which adapter is active is read at every call; whatever the fused functions do not cover
-at that moment (several active adapters, a merged adapter) runs peft's own layers. What they never cover (LoRA
+adapter) are peft's own. Which adapter is active is read at every call (`Gather`: the projections and adapter
+tensors for each adapter state are built once and reused); whatever the fused functions do not cover at that moment
+(several active adapters, a merged adapter) runs peft's own layers. What they never cover (LoRA
 dropout, DoRA and other variants, LoRA bias, 8-bit bases, another architecture, FSDP) is found before anything
 is replaced, and `apply` says why in one line and changes nothing.
 """
@@ -16,46 +17,21 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from finetune.model.checkpointing import recomputing
-from finetune.model.fused import LoraMLP, LoraProjections, Proj, is_4bit
+from finetune.model.fused import LoraMLP, LoraProjections, is_4bit
+from finetune.model.fused_gather import Gather, watch_registrations
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def current(layer: nn.Module) -> tuple[Proj, tuple] | None:
-    """(Proj, (A, B) or ()) for this call of one projection, or None when peft's own layer must run it."""
-    from peft.tuners.lora import LoraLayer
-
-    if not isinstance(layer, LoraLayer):
-        return Proj(layer, None), ()
-    if layer.merged:
-        return None
-    base = layer.get_base_layer()
-    names = [] if layer.disable_adapters else [a for a in layer.active_adapters if a in layer.lora_A]
-    if not names:
-        return Proj(base, None), ()
-    if len(names) > 1 or names[0] in layer.lora_variant:
-        return None
-    a = names[0]
-    return Proj(base, layer.scaling[a]), (layer.lora_A[a].weight, layer.lora_B[a].weight)
-
-
-def gather(*layers: nn.Module) -> tuple[tuple[Proj, ...], tuple] | None:
-    """The projections and their adapters' tensors, in order, or None when any must run unfused."""
-    projs, ab = [], []
-    for layer in layers:
-        found = current(layer)
-        if found is None:
-            return None
-        projs.append(found[0])
-        ab += found[1]
-    return tuple(projs), tuple(ab)
-
-
 @torch.compiler.disable  # runs eagerly inside a compiled layer: the functions reuse one weight buffer in place
-def run_fused(function, x, found, owns_input: bool):
-    """`function.apply` (LoraProjections or LoraMLP) on x with `gather`'s projections and adapters; dX may overwrite
-    x only when `owns_input` and our own offloaded checkpointing is recomputing this layer (x is then a tensor of
-    that private recompute, a norm's output that nothing else saved)."""
+def run_fused(function, x, owner: nn.Module, projections: Gather, owns_input: bool):
+    """`function.apply` (LoraProjections or LoraMLP) on x with the projections and adapters `projections` finds on
+    `owner`, or None when peft's own layers must run them; dX may overwrite x only when `owns_input` and our own
+    offloaded checkpointing is recomputing this layer (x is then a tensor of that private recompute, a norm's output
+    that nothing else saved)."""
+    found = projections(owner)
+    if found is None:
+        return None
     return function.apply(x, found[0], owns_input and recomputing(), *found[1])
 
 
@@ -75,17 +51,15 @@ class FusedLlamaAttention(nn.Module):
         ):
             setattr(self, name, getattr(attn, name))
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
+        self.qkv, self.o = Gather(("q_proj", "k_proj", "v_proj")), Gather(("o_proj",))
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, cache=None, **kwargs):
         from transformers.models.llama import modeling_llama as hf  # module attributes: Liger's RoPE applies too
 
         cache = cache if cache is not None else kwargs.pop("past_key_values", None)
         hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
-        qkv = gather(self.q_proj, self.k_proj, self.v_proj)
-        if qkv is None:
-            q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
-        else:
-            q, k, v = run_fused(LoraProjections, hidden_states, qkv, owns_input=True)
+        qkv = run_fused(LoraProjections, hidden_states, self, self.qkv, owns_input=True)
+        q, k, v = qkv or (self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states))
         q, k, v = (t.view(hidden_shape).transpose(1, 2) for t in (q, k, v))
         cos, sin = position_embeddings
         q, k = hf.apply_rotary_pos_emb(q, k, cos, sin)
@@ -105,8 +79,8 @@ class FusedLlamaAttention(nn.Module):
             **kwargs,
         )
         out = out.reshape(*hidden_states.shape[:-1], -1).contiguous()
-        o = gather(self.o_proj)  # its input may alias what the attention kernel saved: dX never overwrites it
-        return (self.o_proj(out) if o is None else run_fused(LoraProjections, out, o, owns_input=False)[0]), weights
+        o = run_fused(LoraProjections, out, self, self.o, owns_input=False)  # its input may alias what the attention
+        return (self.o_proj(out) if o is None else o[0]), weights  # kernel saved: dX never overwrites it
 
 
 class FusedLlamaMLP(nn.Module):
@@ -118,12 +92,11 @@ class FusedLlamaMLP(nn.Module):
         self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
         # from the config, not mlp.act_fn: Liger's kernel patch swaps Llama's MLP class for one without act_fn
         self.act_fn = ACT2FN[mlp.config.hidden_act]  # why_not() allowed SiLU only
+        self.projections = Gather(("gate_proj", "up_proj", "down_proj"))
 
     def forward(self, x):
-        found = gather(self.gate_proj, self.up_proj, self.down_proj)
-        if found is None:
-            return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
-        return run_fused(LoraMLP, x, found, owns_input=True)
+        out = run_fused(LoraMLP, x, self, self.projections, owns_input=True)
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x)) if out is None else out
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -195,6 +168,7 @@ def apply(model: nn.Module) -> str:
     if reason := why_not(model):
         return f"fused LoRA: off ({reason}); training runs peft's own layers"
     layers = decoder_layers(model)
+    watch_registrations()
     for layer in layers:
         restore_quant_states(layer)
         layer.self_attn = FusedLlamaAttention(layer.self_attn)
