@@ -45,17 +45,20 @@ def gather(*layers: nn.Module) -> tuple[tuple[Proj, ...], tuple] | None:
     return tuple(projs), tuple(ab)
 
 
-_REGISTRATIONS = [0]  # modules and parameters registered anywhere since `watch_registrations`
+_REGISTRATIONS = [0]  # modules and parameters registered since `watch_registrations` (see there)
 
 
-def _registered(*_) -> None:
-    _REGISTRATIONS[0] += 1
+def _registered(parent: nn.Module, *_) -> None:
+    if not isinstance(parent, nn.ModuleList):  # Llama's forward slices its layer list: a new list, the same layers
+        _REGISTRATIONS[0] += 1
 
 
 @functools.cache
 def watch_registrations() -> None:
-    """Count every module and parameter registration in this process (torch's global registration hooks): peft
-    adding or re-creating an adapter, or a parameter replaced by assignment, changes what `Gather` must return."""
+    """Count module and parameter registrations in this process (torch's global registration hooks): peft adding
+    or re-creating an adapter (its ModuleDicts), or a parameter replaced by assignment, changes what `Gather` must
+    return. Not counted: modules put into a ModuleList, which transformers' Llama does at every forward
+    (`self.layers[:n]` builds a new list of the same layers)."""
     torch.nn.modules.module.register_module_module_registration_hook(_registered)
     torch.nn.modules.module.register_module_parameter_registration_hook(_registered)
 

@@ -126,6 +126,54 @@ def test_an_mlp_without_act_fn_fuses_with_silu_from_the_config(gqa_path):
         torch.testing.assert_close(model(**b).logits, base_logits, rtol=1e-5, atol=1e-5)
 
 
+def add_lora(model, name: str, seed: int):
+    from peft import LoraConfig
+
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=4, lora_alpha=16, init_lora_weights=False, target_modules=config.LLAMA_LINEARS)
+    model.add_adapter(name, cfg)
+
+
+def test_fused_calls_follow_adapter_switches_merges_and_a_recreated_adapter(gqa_path):
+    """The fused modules cache their projections and adapter tensors per adapter state (fused_gather.Gather): after
+    set_adapter(), disable_adapter(), a merge, and an adapter deleted and re-created under the same name and scale,
+    the fused model must still compute what peft computes, with gradients on the active adapter's new tensors. Two
+    identical models, one fused, get the same changes."""
+    models = [with_lora(load("tiny_lora", gqa_path)[1]) for _ in range(2)]
+    plain, fused = models
+    assert fused_layers.apply(fused).startswith("fused LoRA: q/k/v, o and SwiGLU MLP of 2 layers")
+    b = batch()
+
+    def both(change):
+        for m in models:
+            change(m)
+
+    def assert_same_training_step():  # a stale tuple is off by O(1); float32 rounding here reaches ~1e-5
+        got, want = loss_and_grads(fused, lambda: fused(**b).loss), loss_and_grads(plain, lambda: plain(**b).loss)
+        assert_close(got, want, tol=1e-4)
+
+    def assert_same_logits():
+        with torch.no_grad():
+            torch.testing.assert_close(fused(**b).logits, plain(**b).logits, rtol=1e-5, atol=1e-5)
+
+    assert_same_training_step()  # "default" active: the cache filled
+    both(lambda m: add_lora(m, "other", seed=2))
+    both(lambda m: m.set_adapter("other"))
+    assert_same_training_step()
+    with plain.disable_adapter(), fused.disable_adapter():
+        assert_same_logits()
+    both(lambda m: m.set_adapter("default"))
+    assert_same_training_step()
+    both(lambda m: m.merge_adapter())  # merged into the base: the fused modules run peft's own layers
+    assert_same_logits()
+    both(lambda m: m.unmerge_adapter())
+    assert_same_training_step()
+    both(lambda m: m.delete_adapter("other"))  # re-created: same name, same scale, new tensors
+    both(lambda m: add_lora(m, "other", seed=3))
+    both(lambda m: m.set_adapter("other"))
+    assert_same_training_step()
+
+
 def dpo_trainer(gqa_path, tmp_path):
     """TRL's DPOTrainer through our builder on a few short bundled pairs; the frozen "ref" adapter made to differ
     from the policy, so a fused layer that ignored which adapter is active would change the loss."""
