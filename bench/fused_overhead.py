@@ -6,8 +6,11 @@ the Python and dispatch work around the kernels that, on a GPU, must stay ahead 
 
 One random-init Llama-2 decoder layer (hidden 64, intermediate 192, 4 heads), peft LoRA r=16 on all 7 linears,
 float32; 2 x 8 tokens. Per call, forward + backward: the fused attention (q/k/v and o), the fused MLP, the whole
-decoder layer, and peft's own layers on the same weights for reference. Each number is the best of --repeats means
-over --iters calls (the least disturbed by other work on a shared machine), in microseconds.
+decoder layer, the whole one-layer model (embedding, layer, head: the path training takes), and peft's own layers on
+the same weights for reference. Each number is this thread's CPU time (time.thread_time: on one thread the
+CPU work of forward and backward runs here, and time other processes take on a shared machine is not counted), the
+best of --repeats means over --iters calls, in microseconds; and, exactly, the Python and builtin function calls
+one call makes (sys.setprofile), which a loaded machine does not blur.
 """
 
 from __future__ import annotations
@@ -64,11 +67,28 @@ def per_call_us(fn, iters: int, repeats: int) -> float:
     fn()
     best = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         for _ in range(iters):
             fn()
-        best = min(best, (time.perf_counter() - t0) / iters)
+        best = min(best, (time.thread_time() - t0) / iters)
     return best * 1e6
+
+
+def python_calls(fn) -> int:
+    """Python and builtin function calls one `fn()` makes (sys.setprofile): the host work, counted exactly."""
+    fn()
+    n = [0]
+
+    def count(frame, event, arg):
+        if event in ("call", "c_call"):
+            n[0] += 1
+
+    sys.setprofile(count)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return n[0]
 
 
 def measure(iters: int, repeats: int) -> dict[str, float]:
@@ -83,6 +103,7 @@ def measure(iters: int, repeats: int) -> dict[str, float]:
         out = module(x, *args, **kw)
         (out[0] if isinstance(out, tuple) else out).sum().backward()
 
+    ids = torch.randint(0, 128, (2, 8))
     found = {}
     for name, model in (("peft", plain), ("fused", fused)):
         layer = fused_layers.decoder_layers(model)[0]
@@ -90,28 +111,31 @@ def measure(iters: int, repeats: int) -> dict[str, float]:
             "attention": lambda layer=layer: step(layer.self_attn, rope),
             "MLP": lambda layer=layer: step(layer.mlp),
             "decoder layer": lambda layer=layer: step(layer, position_embeddings=rope),
+            "whole model": lambda model=model: model(input_ids=ids).logits.sum().backward(),
         }
         for what, call in calls.items():
-            found[f"{name} {what}"] = per_call_us(call, iters, repeats)
+            found[f"{name} {what}"] = (per_call_us(call, iters, repeats), python_calls(call))
     return found
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--before", help="git revision whose finetune/ package to measure instead of this tree's")
-    p.add_argument("--iters", type=int, default=200)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=30)
     a = p.parse_args(argv)
     sys.path.insert(0, tree(a.before))
     import torch
 
     torch.set_num_threads(1)
     found = measure(a.iters, a.repeats)
-    print(f"finetune/ of {a.before or 'this tree'}; forward + backward per call, best of {a.repeats} x {a.iters}")
-    print("| call | peft's own layers, µs | fused, µs |")
-    print("|---|---|---|")
-    for what in ("attention", "MLP", "decoder layer"):
-        print(f"| {what} | {found['peft ' + what]:,.0f} | {found['fused ' + what]:,.0f} |")
+    what = a.before or "this tree"
+    print(f"finetune/ of {what}; forward + backward, CPU µs per call, best of {a.repeats} x {a.iters}")
+    print("| call | peft's own layers: CPU µs | Python calls | fused: CPU µs | Python calls |")
+    print("|---|---|---|---|---|")
+    for what in ("attention", "MLP", "decoder layer", "whole model"):
+        (p_us, p_n), (f_us, f_n) = found["peft " + what], found["fused " + what]
+        print(f"| {what} | {p_us:,.0f} | {p_n:,} | {f_us:,.0f} | {f_n:,} |")
 
 
 if __name__ == "__main__":
