@@ -68,6 +68,10 @@ def check(cfg: ExportConfig, run: Path) -> list[str]:
             f"run={cfg.run}: no adapter/adapter_config.json there; point run= at a finished training "
             "run (outputs/<run>), or finish it (training writes adapter/ at the end)"
         )
+    else:
+        from finetune.runs import damage
+
+        problems += damage.adapter_problems(run)
     if cfg.merge_base not in ("auto", "dequantized", "original"):
         problems.append(f"merge_base={cfg.merge_base}: use auto, dequantized or original")
     if cfg.dtype is not None and cfg.dtype not in config.DTYPES:

@@ -17,6 +17,7 @@ from finetune.config import ConfigError, TrainConfig, UserError, methods
 from finetune.data import examples, prompts
 from finetune.model import base, checkpointing, lora
 from finetune.runs import rundir
+from finetune.runs.damage import unusable
 from finetune.runtime import memory
 from finetune.training import extras
 from finetune.training.kinds import TRAINERS
@@ -127,27 +128,3 @@ def weights_problems(cfg) -> list[str]:
                 )
                 break
     return found
-
-
-def unusable(path: Path) -> str | None:
-    """Why a checkpoint file cannot be used, or None: safetensors that do not read or hold NaN/inf (trained LoRA
-    weights are finite), torch's zip files whose CRCs fail, JSON that does not parse."""
-    import json
-    import zipfile
-
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                bad = [k for k in f.keys() if not torch.isfinite(f.get_tensor(k)).all()]
-            return f"holds NaN or infinite values ({len(bad)} tensors, first {bad[0]})" if bad else None
-        if path.suffix in (".pt", ".pth", ".bin"):
-            with zipfile.ZipFile(path) as z:
-                damaged = z.testzip()
-            return f"is damaged (its part {damaged} fails its checksum)" if damaged else None
-        if path.suffix == ".json":
-            json.loads(path.read_text())
-    except Exception as exc:  # safetensors, zipfile and json each raise their own types for a cut or foreign file
-        return f"cannot be read ({type(exc).__name__}: {str(exc)[:200]})"
-    return None

@@ -27,7 +27,12 @@ def merged_run(tiny_lora_merged, tmp_path):
 
 
 def digest(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    """Every file under `folder` (its path there) with the sha256 of its bytes."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_ctrl_c_during_a_merge_is_one_line_and_keeps_the_earlier_merged_folder(merged_run):
@@ -48,3 +53,46 @@ def test_ctrl_c_during_a_merge_is_one_line_and_keeps_the_earlier_merged_folder(m
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and err.strip().splitlines()[-1] == console.INTERRUPTED
     assert digest(merged_run / "merged") == before  # the finished merged/ of before, byte for byte
+
+
+@pytest.fixture
+def damaged_run(tiny_lora_run, tmp_path):
+    dst = tmp_path / "damaged"
+    shutil.copytree(tiny_lora_run, dst, ignore=shutil.ignore_patterns("checkpoints"))
+    return dst
+
+
+# Each command that reads adapter/, as a user runs it, on a run with one file of adapter/ cut (what a kill or a full
+# disk during a copy leaves) or deleted: (command, file, how, the error's words for it)
+DAMAGE = [
+    (["export.py", "merge=true"], "adapter_model.safetensors", "cut", "cannot be read (SafetensorError: "),
+    (["chat.py"], "adapter_model.safetensors", "deleted", "is missing"),
+    (["evaluate.py"], "tokenizer.model", "cut", "cannot be read (RuntimeError: "),
+    (["publish.py", "repo_id=me/tiny", "dry_run=true"], "adapter_model.safetensors", "cut", "cannot be read"),
+]
+
+
+@pytest.mark.parametrize("command, name, how, words", DAMAGE, ids=[c[0] for c, *_ in DAMAGE])
+def test_a_damaged_adapter_is_one_error_line_naming_the_file(damaged_run, command, name, how, words):
+    path = damaged_run / "adapter" / name
+    if how == "cut":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        path.unlink()
+    before = digest(damaged_run)
+    script, *args = command
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "finetune" / script), f"run={damaged_run}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"run={damaged_run}: adapter/{name} {words}" in proc.stderr, proc.stderr
+    assert proc.stderr.rstrip().endswith(
+        "the run's adapter is damaged: put that file back from a copy of the run, or train the run again "
+        "(overwrite=true replaces it)"
+    )
+    assert digest(damaged_run) == before  # nothing written into the run (no card, no merged.partial, no eval/)
