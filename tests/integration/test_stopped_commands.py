@@ -96,3 +96,23 @@ def test_a_damaged_adapter_is_one_error_line_naming_the_file(damaged_run, comman
         "(overwrite=true replaces it)"
     )
     assert digest(damaged_run) == before  # nothing written into the run (no card, no merged.partial, no eval/)
+
+
+def test_a_cut_benchmarks_file_is_one_error_line_and_the_card_stays_whole(damaged_run):
+    results = damaged_run / "benchmarks.json"
+    results.write_text('{"run": "x", "rows": [{"task": "arc_e')  # what a kill mid-write left before it was atomic
+    card = (damaged_run / "adapter" / "README.md").read_bytes()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "finetune" / "export.py"), f"run={damaged_run}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {results} cannot be read (Unterminated string starting at: line 1 column 32 (char 31)): score the "
+        f"run again (`python finetune/evaluate.py run={damaged_run} benchmarks.tasks=[...]` rewrites it) or delete "
+        "the file (model cards then show no benchmarks)"
+    ]
+    assert (damaged_run / "adapter" / "README.md").read_bytes() == card
