@@ -84,6 +84,11 @@ def check(cfg: ExportConfig, run: Path) -> list[str]:
         from finetune.ship import gguf_export
 
         problems += gguf_export.problems(cfg.gguf.type)
+    writes = (["merged", "merged.partial"] if cfg.merge or cfg.format == "gguf" else []) + (
+        ["gguf"] if cfg.format == "gguf" else []
+    )
+    for name in (n for n in writes if (run / n).exists() and not (run / n).is_dir()):
+        problems.append(f"run={cfg.run}: {run / name} is a file where export writes the folder {name}/; move it away")
     return problems
 
 

@@ -116,3 +116,14 @@ def test_a_cut_benchmarks_file_is_one_error_line_and_the_card_stays_whole(damage
         "the file (model cards then show no benchmarks)"
     ]
     assert (damaged_run / "adapter" / "README.md").read_bytes() == card
+
+
+@pytest.mark.parametrize("name, overrides", [("merged", {"merge": True}), ("gguf", {"format": "gguf"})])
+def test_a_file_where_export_writes_a_folder_is_refused_before_the_merge(damaged_run, name, overrides):
+    from finetune.export import ExportConfig, check
+
+    (damaged_run / name).write_text("notes")
+    assert check(ExportConfig(run=str(damaged_run), **overrides), damaged_run) == [
+        f"run={damaged_run}: {damaged_run / name} is a file where export writes the folder {name}/; move it away"
+    ]
+    assert (damaged_run / name).read_text() == "notes"
