@@ -26,7 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from finetune import config
-from finetune.runtime import console
+from finetune.runtime import console, files
 
 
 @dataclass
@@ -249,7 +249,7 @@ def main(dict_cfg: DictConfig) -> None:
     cfg: ExportConfig = config.schema_object(dict_cfg, lambda c: check(c, Path(c.run).expanduser().resolve()))
     run = Path(cfg.run).expanduser().resolve()
     from finetune.runs import card as modelcard
-    from finetune.runs import lock, rundir
+    from finetune.runs import lock
     from finetune.runs.rundir import run_config
 
     lock.share(run, "export.py")  # a training job does not replace the adapter while it is read
@@ -273,6 +273,25 @@ def main(dict_cfg: DictConfig) -> None:
     console.info(f"adapter: {adapter_dir} ({', '.join(sorted(p.name for p in adapter_dir.iterdir()))})")
     for warning in serving.adapter_warnings(adapter_dir):
         console.info(f"warning: vLLM: {warning}")
+    try:
+        derive(cfg, train_cfg, run, serve)
+    except BaseException as exc:
+        shutil.rmtree(run / "merged.partial", ignore_errors=True)  # never read; on a full disk its space is needed
+        if isinstance(exc, Exception) and (full := files.disk_full(exc)):
+            from finetune.ship.merge import MergeError
+
+            raise MergeError(
+                f"{getattr(full, 'filename', None) or run}: no space left on the disk; what this export was "
+                "writing is removed (merged.partial, *.gguf.partial) and every finished folder is kept: free "
+                "space, then run the same command again"
+            ) from None
+        raise
+
+
+def derive(cfg: ExportConfig, train_cfg, run: Path, serve: str) -> None:
+    """merged/ (merge=true, or format=gguf without a merged/ of this adapter), then gguf/ (format=gguf)."""
+    from finetune.runs import rundir
+
     merged = run / "merged"
     reuse = (
         cfg.format == "gguf"

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT
+from tests.integration.test_train import ROOT_ONLY, on_a_small_disk
 from finetune.runtime import console
 
 pytestmark = pytest.mark.slow
@@ -127,3 +128,18 @@ def test_a_file_where_export_writes_a_folder_is_refused_before_the_merge(damaged
         f"run={damaged_run}: {damaged_run / name} is a file where export writes the folder {name}/; move it away"
     ]
     assert (damaged_run / name).read_text() == "notes"
+
+
+@ROOT_ONLY
+def test_a_disk_that_fills_during_a_merge_is_one_line_and_the_partial_folder_is_removed(damaged_run, tmp_path):
+    """22 MB: the run (~4 MB) and the merged weights (16 MB, the merge's own check of the free space passes) fit;
+    the tokenizer files saved beside them (~4 MB) do not."""
+    script = f"cp -a {damaged_run} $DISK/run && {sys.executable} finetune/export.py run=$DISK/run merge=true; rc=$?; "
+    proc = on_a_small_disk("22m", script + "ls -a $DISK/run >&2; exit $rc", tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {tmp_path}/disk/run: no space left on the disk; what this export was writing is removed "
+        "(merged.partial, *.gguf.partial) and every finished folder is kept: free space, then run the same command "
+        "again"
+    ]
+    assert "merged.partial" not in proc.stderr.splitlines() and "adapter" in proc.stderr.splitlines()
