@@ -253,6 +253,8 @@ def main(dict_cfg: DictConfig) -> None:
     from finetune.runs.rundir import run_config
 
     lock.share(run, "export.py")  # a training job does not replace the adapter while it is read
+    if cfg.merge or cfg.format == "gguf":  # alone: a second export would write into this one's merged.partial
+        lock.derived(run, "export.py", write=True)
 
     from finetune.ship import serving
 

@@ -8,6 +8,10 @@ filesystem). A kill -9 leaves the lock behind; the next start on that host takes
 Readers (export, chat, evaluate, publish) hold the run shared: each writes <run>/.lock.reader-<host>-<pid> for
 as long as it runs. A training job does not start on a run while a live reader holds it (overwrite=true would
 replace the adapter under an export that is merging it), and a reader does not start while a job writes it.
+
+The folders export derives (merged/, gguf/) have a lock of their own, <run>/.derived.lock (`derived`): export holds
+it alone while it writes them, publish shared while it uploads one, so a second export never writes into the first
+one's merged.partial and no folder is replaced under an upload.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from finetune.config import ConfigError, UserError
 
 LOCK = ".lock"
 READER = ".lock.reader-"  # + host-pid: one file per reading process
+DERIVED = ".derived.lock"  # flock(2)ed: the kernel lets go when its process ends, even after kill -9
+_held: list = []  # the derived locks' open files, held until this process ends
 REFRESH_S = 20  # the holder touches the lock this often
 STALE_S = 120  # a lock nobody touched for this long belongs to a dead host
 
@@ -158,3 +164,43 @@ def release(run_dir: Path) -> None:
             path.unlink()
     except (OSError, ValueError):
         pass
+
+
+def derived(run_dir: Path, command: str, write: bool) -> None:
+    """Hold <run>/.derived.lock, alone (`write`: export) or shared (publish); RunInUse naming the holder when
+    another process holds it the other way."""
+    import fcntl
+
+    fh = (Path(run_dir) / DERIVED).open("a+")
+    try:
+        fcntl.flock(fh, (fcntl.LOCK_EX if write else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunInUse(
+            f"run={run_dir}: merged/ and gguf/ are being {derived_holder(fh)} now: wait for it to end, then run "
+            f"{command} again"
+        ) from None
+    if write:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({**me(), "command": command}))
+        fh.flush()
+    _held.append(fh)
+
+
+def derived_holder(fh) -> str:
+    """Who holds the derived lock that `fh` could not take: an export (alone; the file names it) or publishes
+    (shared: a shared lock is then still free). Closes `fh`."""
+    import fcntl
+
+    try:
+        fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return "published by another command"
+    except BlockingIOError:
+        fh.seek(0)
+        try:
+            held = json.loads(fh.read() or "{}")
+        except ValueError:
+            held = {}
+        return f"written by {held.get('command', 'export.py')} (host {held.get('host')}, PID {held.get('pid')})"
+    finally:
+        fh.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -143,3 +144,39 @@ def test_a_disk_that_fills_during_a_merge_is_one_line_and_the_partial_folder_is_
         "again"
     ]
     assert "merged.partial" not in proc.stderr.splitlines() and "adapter" in proc.stderr.splitlines()
+
+
+def test_a_second_export_of_a_run_stops_before_writing_while_the_first_writes(merged_run):
+    """The first export holds the run's derived lock as export.py does (`lock.derived`, from the moment it starts
+    to merge until it ends); the second stops at the lock, naming it, and merged/ stays the first one's."""
+    before = digest(merged_run / "merged")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from finetune.runs import lock; lock.derived(sys.argv[1], 'export.py', write=True); "
+            "print('held', flush=True); time.sleep(300)",
+            str(merged_run),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "finetune" / "export.py"), f"run={merged_run}", "merge=true"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: run={merged_run}: merged/ and gguf/ are being written by export.py (host {socket.gethostname()}, "
+        f"PID {holder.pid}) now: wait for it to end, then run export.py again"
+    )
+    assert digest(merged_run / "merged") == before and not (merged_run / "merged.partial").exists()
