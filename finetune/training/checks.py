@@ -118,13 +118,18 @@ def weights_problems(cfg) -> list[str]:
             )
     if cfg.output_dir and cfg.resume and not cfg.overwrite and (ckpt := rundir.latest(Path(cfg.output_dir))):
         ckpt = Path(ckpt)
-        for f in sorted(p for p in ckpt.rglob("*") if p.is_file()):
-            if why := unusable(f):
-                earlier = [c for c in sorted(ckpt.parent.glob("checkpoint-*"), key=rundir.step_of) if c != ckpt]
-                to = f"resume from {earlier[-1].name}" if earlier else "start over"
-                found.append(
-                    f"output_dir={cfg.output_dir}: {f.relative_to(ckpt.parent)} {why}, so the run cannot "
-                    f"resume from {ckpt.name}; delete {ckpt} to {to}, or start over with overwrite=true"
-                )
-                break
+        # what every checkpoint holds whatever the strategy: the step and schedule; the adapter where peft saved one
+        needed = ["trainer_state.json"] + (
+            ["adapter_model.safetensors"] if (ckpt / "adapter_config.json").is_file() else []
+        )
+        damaged = [(ckpt / n, "is missing") for n in needed if not (ckpt / n).is_file()] + [
+            (f, why) for f in sorted(p for p in ckpt.rglob("*") if p.is_file()) if (why := unusable(f))
+        ]
+        if damaged:
+            (f, why), earlier = damaged[0], [c for c in sorted(ckpt.parent.glob("checkpoint-*"), key=rundir.step_of)]
+            to = f"resume from {earlier[-2].name}" if len(earlier) > 1 else "start over"
+            found.append(
+                f"output_dir={cfg.output_dir}: {f.relative_to(ckpt.parent)} {why}, so the run cannot "
+                f"resume from {ckpt.name}; delete {ckpt} to {to}, or start over with overwrite=true"
+            )
     return found
