@@ -36,17 +36,14 @@ def reader_gone() -> None:
     sys.exit(1)
 
 
-INTERRUPTED = (
-    "stopped (Ctrl-C); what was finished is kept, and what was being written is never read as finished: run "
-    "the same command again to go on"
-)
+INTERRUPTED = "stopped (Ctrl-C); what was finished is kept: run the same command again to go on"
 
 
 def exit_cleanly(fn):
     """Bad input (any `UserError`: config, data, plan, merge, publish) ends the process with its message and
-    exit code 2, no traceback; Ctrl-C with one line and exit code 130 (the shell's own for SIGINT). Every command
-    writes aside and renames into place (merged.partial, *.gguf.partial, checkpoints/.incomplete), so a stop at
-    any moment leaves the last finished result as it was."""
+    exit code 2, no traceback; Ctrl-C with one line and exit code 130 (the shell's own for SIGINT). What the
+    commands derive is written aside and renamed into place (merged.partial, *.gguf.partial,
+    checkpoints/.incomplete), so a stop at any moment leaves the last finished result as it was."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
