@@ -17,6 +17,7 @@ one's merged.partial and no folder is replaced under an upload.
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import os
 import socket
@@ -102,20 +103,34 @@ def acquire(run_dir: Path) -> str | None:
 
 
 def share(run_dir: Path, command: str) -> None:
-    """Hold the run as a reader until this process ends. RunInUse when a training job writes it now."""
+    """Hold the run as a reader until this process ends. RunInUse when a training job writes it now. A run this
+    process cannot write (a read-only mount, another user's folder) is read without a reader file: no training
+    job of ours can replace what is in it either."""
     path = Path(run_dir) / f"{READER}{socket.gethostname()}-{os.getpid()}"
     tmp = path.with_name(".tmp" + path.name)  # written aside and renamed: a writer never reads half of it
-    tmp.write_text(json.dumps({**me(), "command": command}))
+    try:
+        tmp.write_text(json.dumps({**me(), "command": command}))
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        return refuse_if_written(Path(run_dir), command)
     tmp.replace(path)
     atexit.register(path.unlink, missing_ok=True)
-    if writer := live_holder(Path(run_dir) / LOCK):
+    try:
+        refuse_if_written(Path(run_dir), command)
+    except RunInUse:
         path.unlink(missing_ok=True)
+        raise
+    threading.Thread(target=refresh, args=(path, os.getpid()), daemon=True).start()
+
+
+def refuse_if_written(run_dir: Path, command: str) -> None:
+    if writer := live_holder(run_dir / LOCK):
         raise RunInUse(
             f"run={run_dir} is being written by a training job (host {writer.get('host')}, PID "
             f"{writer.get('pid')}, started {writer.get('started')}): wait for it to end, then run "
             f"{command} again"
         )
-    threading.Thread(target=refresh, args=(path, os.getpid()), daemon=True).start()
 
 
 def live_reader(run_dir: Path) -> dict | None:
@@ -171,7 +186,12 @@ def derived(run_dir: Path, command: str, write: bool) -> None:
     another process holds it the other way."""
     import fcntl
 
-    fh = (Path(run_dir) / DERIVED).open("a+")
+    try:
+        fh = (Path(run_dir) / DERIVED).open("a+")
+    except OSError as exc:  # a run this process cannot write: no export writes merged/ or gguf/ there either
+        if write or exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        return
     try:
         fcntl.flock(fh, (fcntl.LOCK_EX if write else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:

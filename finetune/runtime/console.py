@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -60,8 +61,22 @@ def exit_cleanly(fn):
             sys.exit(130)
         except BrokenPipeError:
             reader_gone()
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES) or not exc.filename:
+                raise
+            if dist.is_main():
+                print(f"error: {cannot_write(exc)}", file=sys.stderr, flush=True)
+            sys.exit(2)
 
     return wrapper
+
+
+def cannot_write(exc: OSError) -> str:
+    """A write refused by the filesystem (a read-only mount, another user's folder), with the way around it."""
+    return (
+        f"{exc.filename}: cannot write there ({exc.strerror}); run the command where it may write: copy the run "
+        "to a writable folder (cp -r), or give out= where the command has one"
+    )
 
 
 def hydra_errors(main):

@@ -180,3 +180,30 @@ def test_a_second_export_of_a_run_stops_before_writing_while_the_first_writes(me
         f"PID {holder.pid}) now: wait for it to end, then run export.py again"
     )
     assert digest(merged_run / "merged") == before and not (merged_run / "merged.partial").exists()
+
+
+@ROOT_ONLY
+def test_a_read_only_run_is_published_and_an_export_into_it_is_one_line(damaged_run):
+    """A run on a read-only mount (a shared model folder): publish reads it (no reader file can be written, and no
+    training job can replace it either); export, which writes the model card into it, ends with one line."""
+    commands = (
+        f"{sys.executable} finetune/publish.py run={damaged_run} repo_id=me/tiny dry_run=true; echo rc=$?; "
+        f"{sys.executable} finetune/export.py run={damaged_run}; echo rc=$?"
+    )
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
+        + [f"mount --bind {damaged_run} {damaged_run} && mount -o remount,bind,ro {damaged_run} && {commands}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert [line for line in proc.stdout.splitlines() if line.startswith("rc=")] == ["rc=0", "rc=2"], proc.stderr
+    assert "dry run: nothing sent" in proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {damaged_run}/adapter/README.md."), proc.stderr
+    assert errors[0].endswith(
+        ": cannot write there (Read-only file system); run the command where it may write: copy the run to a "
+        "writable folder (cp -r), or give out= where the command has one"
+    )
