@@ -26,7 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from finetune import config
-from finetune.runtime import console
+from finetune.runtime import console, files
 
 
 @dataclass
@@ -68,6 +68,10 @@ def check(cfg: ExportConfig, run: Path) -> list[str]:
             f"run={cfg.run}: no adapter/adapter_config.json there; point run= at a finished training "
             "run (outputs/<run>), or finish it (training writes adapter/ at the end)"
         )
+    else:
+        from finetune.runs import damage
+
+        problems += damage.adapter_problems(run)
     if cfg.merge_base not in ("auto", "dequantized", "original"):
         problems.append(f"merge_base={cfg.merge_base}: use auto, dequantized or original")
     if cfg.dtype is not None and cfg.dtype not in config.DTYPES:
@@ -80,6 +84,11 @@ def check(cfg: ExportConfig, run: Path) -> list[str]:
         from finetune.ship import gguf_export
 
         problems += gguf_export.problems(cfg.gguf.type)
+    writes = (["merged", "merged.partial"] if cfg.merge or cfg.format == "gguf" else []) + (
+        ["gguf"] if cfg.format == "gguf" else []
+    )
+    for name in (n for n in writes if (run / n).exists() and not (run / n).is_dir()):
+        problems.append(f"run={cfg.run}: {run / name} is a file where export writes the folder {name}/; move it away")
     return problems
 
 
@@ -240,10 +249,12 @@ def main(dict_cfg: DictConfig) -> None:
     cfg: ExportConfig = config.schema_object(dict_cfg, lambda c: check(c, Path(c.run).expanduser().resolve()))
     run = Path(cfg.run).expanduser().resolve()
     from finetune.runs import card as modelcard
-    from finetune.runs import lock, rundir
+    from finetune.runs import lock
     from finetune.runs.rundir import run_config
 
     lock.share(run, "export.py")  # a training job does not replace the adapter while it is read
+    if cfg.merge or cfg.format == "gguf":  # alone: a second export would write into this one's merged.partial
+        lock.derived(run, "export.py", write=True)
 
     from finetune.ship import serving
 
@@ -264,6 +275,25 @@ def main(dict_cfg: DictConfig) -> None:
     console.info(f"adapter: {adapter_dir} ({', '.join(sorted(p.name for p in adapter_dir.iterdir()))})")
     for warning in serving.adapter_warnings(adapter_dir):
         console.info(f"warning: vLLM: {warning}")
+    try:
+        derive(cfg, train_cfg, run, serve)
+    except BaseException as exc:
+        shutil.rmtree(run / "merged.partial", ignore_errors=True)  # never read; on a full disk its space is needed
+        if isinstance(exc, Exception) and (full := files.disk_full(exc)):
+            from finetune.ship.merge import MergeError
+
+            raise MergeError(
+                f"{getattr(full, 'filename', None) or run}: no space left on the disk; what this export was "
+                "writing is removed (merged.partial, *.gguf.partial) and every finished folder is kept: free "
+                "space, then run the same command again"
+            ) from None
+        raise
+
+
+def derive(cfg: ExportConfig, train_cfg, run: Path, serve: str) -> None:
+    """merged/ (merge=true, or format=gguf without a merged/ of this adapter), then gguf/ (format=gguf)."""
+    from finetune.runs import rundir
+
     merged = run / "merged"
     reuse = (
         cfg.format == "gguf"

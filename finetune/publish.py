@@ -40,7 +40,7 @@ ConfigStore.instance().store(name="publish_schema", node=PublishConfig)
 @hydra.main(version_base="1.3", config_path=str(config.CONFIGS_DIR), config_name="publish")
 @console.exit_cleanly
 def main(dict_cfg: DictConfig) -> None:
-    from finetune.runs import lock, rundir
+    from finetune.runs import damage, lock, rundir
     from finetune.ship import hub
 
     cfg: PublishConfig = config.schema_object(dict_cfg)
@@ -54,6 +54,10 @@ def main(dict_cfg: DictConfig) -> None:
         }.get(cfg.what, "finish training first")
         raise hub.PublishError(f"{folder}: no such folder; {fix}")
     lock.share(folder.parent, "publish.py")  # a training job does not replace the adapter while it is read
+    if cfg.what in rundir.DERIVED:  # an export does not replace merged/ or gguf/ under the upload
+        lock.derived(folder.parent, "publish.py", write=False)
+    if damaged := damage.adapter_problems(folder.parent):  # a cut or missing file is never published
+        raise hub.PublishError(damaged[0])
     if cfg.what in rundir.DERIVED and (stale := rundir.derived_problem(folder.parent, cfg.what)):
         raise hub.PublishError(stale)  # never published as this run's when made from another adapter
 

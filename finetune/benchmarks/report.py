@@ -10,6 +10,9 @@ import json
 import math
 from pathlib import Path
 
+from finetune.config import UserError
+from finetune.runtime import files
+
 RESULTS = "benchmarks.json"
 
 
@@ -69,14 +72,25 @@ def table(table_rows: list[dict], base_label: str, tuned_label: str) -> str:
 
 
 def write(run_dir: Path, payload: dict) -> Path:
-    out = Path(run_dir) / RESULTS
-    out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    return out
+    return files.write_text(Path(run_dir) / RESULTS, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def read(run_dir: Path) -> dict | None:
+    """<run>/benchmarks.json, None when the run has none; a damaged one (cut by a kill or a full disk, edited by
+    hand) is one error naming it and the fix, not a JSON traceback in export's or training's model card."""
     path = Path(run_dir) / RESULTS
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        if not isinstance(saved, dict) or not isinstance(saved.get("rows", []), list):
+            raise ValueError("not evaluate.py's results")
+        return saved
+    except ValueError as exc:
+        raise UserError(
+            f"{path} cannot be read ({exc}): score the run again (`python finetune/evaluate.py run={run_dir} "
+            "benchmarks.tasks=[...]` rewrites it) or delete the file (model cards then show no benchmarks)"
+        ) from None
 
 
 def card_metadata(run_dir: Path, model_name: str) -> dict:
@@ -161,5 +175,5 @@ def update_card(readme: Path, run_dir: Path) -> bool:
         text = text.replace("\n## Prompt format", "\n" + section + "\n## Prompt format", 1)
     else:
         text += "\n" + section
-    ModelCard(f"---\n{card.data.to_yaml()}\n---\n{text}").save(readme)
+    files.write_text(readme, str(ModelCard(f"---\n{card.data.to_yaml()}\n---\n{text}")))
     return True

@@ -22,6 +22,7 @@ from finetune.config.methods import METHODS
 from finetune.data import chat_format
 from finetune.runs import metrics
 from finetune.runs.rundir import run_config
+from finetune.runtime import files
 
 
 @dataclass
@@ -216,6 +217,5 @@ def without_local_paths(text: str, run_dir: Path) -> str:
 
 def write(folder: Path, run_dir: Path, kind: str, merge_section: str = "") -> Path:
     """Write `folder/README.md`; returns its path."""
-    out = Path(folder) / "README.md"
-    out.write_text(render(run_dir, kind, merge_section, adapter_dir=Path(folder) if kind == "adapter" else None))
-    return out
+    text = render(run_dir, kind, merge_section, adapter_dir=Path(folder) if kind == "adapter" else None)
+    return files.write_text(Path(folder) / "README.md", text)

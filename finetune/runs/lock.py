@@ -8,11 +8,16 @@ filesystem). A kill -9 leaves the lock behind; the next start on that host takes
 Readers (export, chat, evaluate, publish) hold the run shared: each writes <run>/.lock.reader-<host>-<pid> for
 as long as it runs. A training job does not start on a run while a live reader holds it (overwrite=true would
 replace the adapter under an export that is merging it), and a reader does not start while a job writes it.
+
+The folders export derives (merged/, gguf/) have a lock of their own, <run>/.derived.lock (`derived`): export holds
+it alone while it writes them, publish shared while it uploads one, so a second export never writes into the first
+one's merged.partial and no folder is replaced under an upload.
 """
 
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import os
 import socket
@@ -24,6 +29,8 @@ from finetune.config import ConfigError, UserError
 
 LOCK = ".lock"
 READER = ".lock.reader-"  # + host-pid: one file per reading process
+DERIVED = ".derived.lock"  # flock(2)ed: the kernel lets go when its process ends, even after kill -9
+_held: list = []  # the derived locks' open files, held until this process ends
 REFRESH_S = 20  # the holder touches the lock this often
 STALE_S = 120  # a lock nobody touched for this long belongs to a dead host
 
@@ -96,20 +103,34 @@ def acquire(run_dir: Path) -> str | None:
 
 
 def share(run_dir: Path, command: str) -> None:
-    """Hold the run as a reader until this process ends. RunInUse when a training job writes it now."""
+    """Hold the run as a reader until this process ends. RunInUse when a training job writes it now. A run this
+    process cannot write (a read-only mount, another user's folder) is read without a reader file: no training
+    job of ours can replace what is in it either."""
     path = Path(run_dir) / f"{READER}{socket.gethostname()}-{os.getpid()}"
     tmp = path.with_name(".tmp" + path.name)  # written aside and renamed: a writer never reads half of it
-    tmp.write_text(json.dumps({**me(), "command": command}))
+    try:
+        tmp.write_text(json.dumps({**me(), "command": command}))
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        return refuse_if_written(Path(run_dir), command)
     tmp.replace(path)
     atexit.register(path.unlink, missing_ok=True)
-    if writer := live_holder(Path(run_dir) / LOCK):
+    try:
+        refuse_if_written(Path(run_dir), command)
+    except RunInUse:
         path.unlink(missing_ok=True)
+        raise
+    threading.Thread(target=refresh, args=(path, os.getpid()), daemon=True).start()
+
+
+def refuse_if_written(run_dir: Path, command: str) -> None:
+    if writer := live_holder(run_dir / LOCK):
         raise RunInUse(
             f"run={run_dir} is being written by a training job (host {writer.get('host')}, PID "
             f"{writer.get('pid')}, started {writer.get('started')}): wait for it to end, then run "
             f"{command} again"
         )
-    threading.Thread(target=refresh, args=(path, os.getpid()), daemon=True).start()
 
 
 def live_reader(run_dir: Path) -> dict | None:
@@ -158,3 +179,48 @@ def release(run_dir: Path) -> None:
             path.unlink()
     except (OSError, ValueError):
         pass
+
+
+def derived(run_dir: Path, command: str, write: bool) -> None:
+    """Hold <run>/.derived.lock, alone (`write`: export) or shared (publish); RunInUse naming the holder when
+    another process holds it the other way."""
+    import fcntl
+
+    try:
+        fh = (Path(run_dir) / DERIVED).open("a+")
+    except OSError as exc:  # a run this process cannot write: no export writes merged/ or gguf/ there either
+        if write or exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        return
+    try:
+        fcntl.flock(fh, (fcntl.LOCK_EX if write else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunInUse(
+            f"run={run_dir}: merged/ and gguf/ are being {derived_holder(fh)} now: wait for it to end, then run "
+            f"{command} again"
+        ) from None
+    if write:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({**me(), "command": command}))
+        fh.flush()
+    _held.append(fh)
+
+
+def derived_holder(fh) -> str:
+    """Who holds the derived lock that `fh` could not take: an export (alone; the file names it) or publishes
+    (shared: a shared lock is then still free). Closes `fh`."""
+    import fcntl
+
+    try:
+        fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return "published by another command"
+    except BlockingIOError:
+        fh.seek(0)
+        try:
+            held = json.loads(fh.read() or "{}")
+        except ValueError:
+            held = {}
+        return f"written by {held.get('command', 'export.py')} (host {held.get('host')}, PID {held.get('pid')})"
+    finally:
+        fh.close()

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from finetune import config
 from finetune.config import ConfigError, TrainConfig
-from finetune.runs import lock
+from finetune.runs import damage, lock
 from finetune.runtime import console, dist
 
 STAGING = ".incomplete"  # where Trainer writes a checkpoint before it is complete (runs.checkpoints)
@@ -113,6 +113,8 @@ def run_problems(run: Path, merged: bool = False) -> list[str]:
         return [f"run={run}: no config.yaml there; give a training run directory (outputs/<run>)"]
     if not finished(run):
         return [f"run={run}: no adapter/ yet (training unfinished?); wait for the run to end, or point at another"]
+    if damaged := damage.adapter_problems(run):
+        return damaged
     if merged and not (run / "merged" / "config.json").is_file():
         return [
             f"run={run}: no merged/ weights; run `python finetune/export.py run={run} merge=true` first, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -36,9 +37,14 @@ def reader_gone() -> None:
     sys.exit(1)
 
 
+INTERRUPTED = "stopped (Ctrl-C); what was finished is kept: run the same command again to go on"
+
+
 def exit_cleanly(fn):
     """Bad input (any `UserError`: config, data, plan, merge, publish) ends the process with its message and
-    exit code 2, no traceback."""
+    exit code 2, no traceback; Ctrl-C with one line and exit code 130 (the shell's own for SIGINT). What the
+    commands derive is written aside and renamed into place (merged.partial, *.gguf.partial,
+    checkpoints/.incomplete), so a stop at any moment leaves the last finished result as it was."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -49,10 +55,28 @@ def exit_cleanly(fn):
             if dist.is_main():
                 print(f"error: {exc}", file=sys.stderr, flush=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            if dist.is_main():
+                print(INTERRUPTED, file=sys.stderr, flush=True)
+            sys.exit(130)
         except BrokenPipeError:
             reader_gone()
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES) or not exc.filename:
+                raise
+            if dist.is_main():
+                print(f"error: {cannot_write(exc)}", file=sys.stderr, flush=True)
+            sys.exit(2)
 
     return wrapper
+
+
+def cannot_write(exc: OSError) -> str:
+    """A write refused by the filesystem (a read-only mount, another user's folder), with the way around it."""
+    return (
+        f"{exc.filename}: cannot write there ({exc.strerror}); run the command where it may write: copy the run "
+        "to a writable folder (cp -r), or give out= where the command has one"
+    )
 
 
 def hydra_errors(main):

@@ -158,6 +158,12 @@ def merge(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = plan(base_files(base_dir), max_shard_bytes, out_dtype)
+    need, free = sum(e.nbytes for entries in shards for e in entries), shutil.disk_usage(out_dir).free
+    if need > free:  # refused before a byte is written: a merge that fills the disk fails at its last shard
+        raise MergeError(
+            f"{out_dir.parent}: {free / 2**20:,.1f} MiB free on its disk, and the merged weights need "
+            f"{need / 2**20:,.1f} MiB; free space, then run the same command again"
+        )
     pending = set(adapter.pairs) | set(adapter.replaced)
     counts = {"merged": 0, "dequantized": 0, "replaced": 0}
 

@@ -17,6 +17,7 @@ from finetune.config import ConfigError, TrainConfig, UserError, methods
 from finetune.data import examples, prompts
 from finetune.model import base, checkpointing, lora
 from finetune.runs import rundir
+from finetune.runs.damage import unusable
 from finetune.runtime import memory
 from finetune.training import extras
 from finetune.training.kinds import TRAINERS
@@ -117,37 +118,18 @@ def weights_problems(cfg) -> list[str]:
             )
     if cfg.output_dir and cfg.resume and not cfg.overwrite and (ckpt := rundir.latest(Path(cfg.output_dir))):
         ckpt = Path(ckpt)
-        for f in sorted(p for p in ckpt.rglob("*") if p.is_file()):
-            if why := unusable(f):
-                earlier = [c for c in sorted(ckpt.parent.glob("checkpoint-*"), key=rundir.step_of) if c != ckpt]
-                to = f"resume from {earlier[-1].name}" if earlier else "start over"
-                found.append(
-                    f"output_dir={cfg.output_dir}: {f.relative_to(ckpt.parent)} {why}, so the run cannot "
-                    f"resume from {ckpt.name}; delete {ckpt} to {to}, or start over with overwrite=true"
-                )
-                break
+        # what every checkpoint holds whatever the strategy: the step and schedule; the adapter where peft saved one
+        needed = ["trainer_state.json"] + (
+            ["adapter_model.safetensors"] if (ckpt / "adapter_config.json").is_file() else []
+        )
+        damaged = [(ckpt / n, "is missing") for n in needed if not (ckpt / n).is_file()] + [
+            (f, why) for f in sorted(p for p in ckpt.rglob("*") if p.is_file()) if (why := unusable(f))
+        ]
+        if damaged:
+            (f, why), earlier = damaged[0], [c for c in sorted(ckpt.parent.glob("checkpoint-*"), key=rundir.step_of)]
+            to = f"resume from {earlier[-2].name}" if len(earlier) > 1 else "start over"
+            found.append(
+                f"output_dir={cfg.output_dir}: {f.relative_to(ckpt.parent)} {why}, so the run cannot "
+                f"resume from {ckpt.name}; delete {ckpt} to {to}, or start over with overwrite=true"
+            )
     return found
-
-
-def unusable(path: Path) -> str | None:
-    """Why a checkpoint file cannot be used, or None: safetensors that do not read or hold NaN/inf (trained LoRA
-    weights are finite), torch's zip files whose CRCs fail, JSON that does not parse."""
-    import json
-    import zipfile
-
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                bad = [k for k in f.keys() if not torch.isfinite(f.get_tensor(k)).all()]
-            return f"holds NaN or infinite values ({len(bad)} tensors, first {bad[0]})" if bad else None
-        if path.suffix in (".pt", ".pth", ".bin"):
-            with zipfile.ZipFile(path) as z:
-                damaged = z.testzip()
-            return f"is damaged (its part {damaged} fails its checksum)" if damaged else None
-        if path.suffix == ".json":
-            json.loads(path.read_text())
-    except Exception as exc:  # safetensors, zipfile and json each raise their own types for a cut or foreign file
-        return f"cannot be read ({type(exc).__name__}: {str(exc)[:200]})"
-    return None

@@ -7,7 +7,6 @@ checkpoint being written stays in the staging folder, which the next start clear
 
 from __future__ import annotations
 
-import errno
 import os
 import shlex
 import shutil
@@ -16,10 +15,9 @@ from pathlib import Path
 
 from finetune.config import UserError
 from finetune.runs import checkpoints, rundir
-from finetune.runtime import dist
+from finetune.runtime import dist, files
 
 MiB = 2**20
-DISK_FULL = ("No space left on device", "os error 28", "Disk quota exceeded")
 
 
 class DiskFullError(UserError, OSError):
@@ -83,17 +81,7 @@ def interrupted(trainer, run_dir: Path | None, overrides: list[str]) -> str:
     return f"{at} (Ctrl-C); {restart(run_dir, overrides)}"
 
 
-def full(exc: BaseException) -> BaseException | None:
-    """The exception (`exc` or one it came from) that says the disk is full, or None: an OSError with
-    ENOSPC/EDQUOT, or the text that safetensors' and torch's writers put in their own exception types."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return seen
-        if any(s in str(seen) for s in DISK_FULL):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+full = files.disk_full  # train.py's name for it
 
 
 def disk_full(

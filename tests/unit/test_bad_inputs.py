@@ -422,6 +422,22 @@ def test_a_damaged_latest_checkpoint_is_one_line_naming_the_file_and_the_earlier
     assert checks.problems(compose(f"output_dir={run}", "overwrite=true")) == []
 
 
+@pytest.mark.parametrize("name", ["trainer_state.json", "adapter_model.safetensors"])
+def test_a_file_deleted_from_the_latest_checkpoint_is_one_line_before_the_resume(tmp_path, name):
+    """The resume read it after the base loaded: a FileNotFoundError traceback from Trainer (trainer_state.json),
+    or peft's 'Can't find a valid checkpoint' (the adapter)."""
+    run = tmp_path / "run"
+    for step in (2, 4):
+        ckpt = lora_weights(run / "checkpoints" / f"checkpoint-{step}")
+        (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    latest = run / "checkpoints" / "checkpoint-4"
+    (latest / name).unlink()
+    assert checks.problems(compose(f"output_dir={run}")) == [
+        f"output_dir={run}: checkpoint-4/{name} is missing, so the run cannot resume from checkpoint-4; delete "
+        f"{latest} to resume from checkpoint-2, or start over with overwrite=true"
+    ]
+
+
 @pytest.mark.slow
 def test_a_hub_base_on_a_machine_without_network_is_one_request_and_one_line(tmp_path):
     """HF_HUB_OFFLINE unset and the Hub unreachable (a port nothing listens on): the line names why (the connection
