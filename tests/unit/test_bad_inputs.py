@@ -447,3 +447,26 @@ def test_a_hub_base_on_a_machine_without_network_is_one_request_and_one_line(tmp
     ]
     assert "etry" not in proc.stderr + proc.stdout and not (tmp_path / "run").exists(), proc.stderr[-2000:]
     print(f"time to the error: {time.monotonic() - start:.1f} s")
+
+
+@pytest.mark.parametrize(
+    "script, inside, extra",
+    [
+        ("export.py", "checkpoints/checkpoint-2", "merge=true"),
+        ("chat.py", "adapter", "merged=false"),
+        ("publish.py", "adapter", "repo_id=me/x"),
+    ],
+)
+def test_run_pointed_inside_a_run_names_the_run_dir(tmp_path, script, inside, extra):
+    """run= at the run's adapter/ or a checkpoint-N (what a newcomer points at) said only that no config.yaml or
+    adapter/adapter_config.json was there."""
+    run = tmp_path / "run"
+    write(run / "config.yaml", "{}\n")
+    write(run / "adapter" / "adapter_config.json", "{}")
+    (run / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    proc = run_entry(script, f"run={run / inside}", extra, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert (
+        f"run={run / inside} is a folder inside the training run {run}; give the run directory itself: run={run}"
+        in proc.stderr
+    )
