@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import ROOT, compose, run_entry
 from finetune.config import DataConfig, ModelConfig, UserError
+from finetune.data import examples
 from finetune.data import load as data_load
 from finetune.model.tokenizer import load_tokenizer
 from finetune.training import checks
@@ -470,3 +471,74 @@ def test_run_pointed_inside_a_run_names_the_run_dir(tmp_path, script, inside, ex
         f"run={run / inside} is a folder inside the training run {run}; give the run directory itself: run={run}"
         in proc.stderr
     )
+
+
+OPENAI = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+SHAREGPT = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}
+# (the data= adapter a newcomer gave, their record, the end of the one error): a file in a shape another data=
+# reads as it is was answered with a field mapping that could not work (data.fields.prompt=messages)
+SHAPE_CORPUS = [
+    (
+        "oasst",
+        OPENAI,
+        "missing field 'prompt' (the record has ['messages']); it is OpenAI-style chat (role/content messages): "
+        "use data=messages with your data.path",
+    ),
+    (
+        "sharegpt",
+        OPENAI,
+        "missing field 'conversations' (the record has ['messages']); it is OpenAI-style chat (role/content "
+        "messages): use data=messages with your data.path",
+    ),
+    (
+        "messages",
+        SHAREGPT,
+        "missing field 'messages' (the record has ['conversations']); it is ShareGPT-style chat (from/value "
+        "turns): use data=sharegpt with your data.path",
+    ),
+    (
+        "messages",
+        {"messages": SHAREGPT["conversations"]},
+        "message {'from': 'human', 'value': 'Hi'} lacks 'role' or 'content'; it is ShareGPT-style chat (from/value "
+        "turns): use data=sharegpt data.fields.conversations=messages with your data.path",
+    ),
+    (
+        "messages",
+        {"instruction": "Add 2 and 2.", "input": "", "output": "4"},
+        "missing field 'messages' (the record has ['input', 'instruction', 'output']); it is an Alpaca record "
+        "(instruction, input, output): use data=alpaca with your data.path",
+    ),
+    (
+        "oasst",
+        {"question": "Hi?", "answer": "Hello."},
+        "missing field 'prompt' (the record has ['answer', 'question']); for one prompt and one answer column use "
+        "data=jsonl data.fields.prompt=question data.fields.response=answer",
+    ),
+    (
+        "oasst_pairs",
+        {"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."},
+        "message Hi? lacks 'role' or 'text'; it is a preference pair (prompt, chosen, rejected): use data=jsonl "
+        "with your data.path",
+    ),
+]
+
+
+@pytest.mark.parametrize("adapter, record, error", SHAPE_CORPUS, ids=[f"{c[0]}-{sorted(c[1])}" for c in SHAPE_CORPUS])
+def test_data_in_another_known_shape_names_the_data_that_reads_it(tmp_path, adapter, record, error):
+    path = write(tmp_path / "mine.jsonl", json.dumps(record) + "\n")
+    with pytest.raises(UserError) as err:
+        examples.examples(DataConfig(name="mine", adapter=adapter, path=str(path)))
+    assert str(err.value) == f"{path}:1: {error}"
+
+
+def test_own_chat_file_with_the_default_data_is_one_line_naming_data_messages(tmp_path):
+    """`train.py data.path=mine.jsonl` (the default data=oasst) is the first thing a newcomer with chat data runs."""
+    path = write(tmp_path / "mine.jsonl", json.dumps(OPENAI) + "\n")
+    out = tmp_path / "run"
+    proc = run_entry("train.py", f"data.path={path}", f"output_dir={out}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == [
+        f"error: {path}:1: missing field 'prompt' (the record has ['messages']); it is OpenAI-style chat "
+        "(role/content messages): use data=messages with your data.path"
+    ]
+    assert not out.exists()
