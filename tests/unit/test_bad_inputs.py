@@ -173,6 +173,11 @@ HYDRA_CORPUS = [
     (["data.max_samples=all"], "data.max_samples=all: data.max_samples takes an integer or null, not 'all'"),
     (["+lora.r=8"], "+lora.r=8: lora.r already exists; write lora.r=8"),
     (["lora.r=["], "cannot read the override 'lora.r=['"),
+    (  # bash expands ~ after = only in a valid variable name: data.path=~/x reaches Hydra as it is
+        ["data.path=~/chats.jsonl"],
+        "cannot read the override 'data.path=~/chats.jsonl': Hydra does not expand ~ in a value; write "
+        """data.path=$HOME/chats.jsonl (the shell expands it) or quote it: 'data.path="~/chats.jsonl"'""",
+    ),
 ]
 
 
