@@ -166,10 +166,9 @@ def _json_lines(f: Path, file: int, at: Position) -> Iterator[tuple[Record, str,
                     try:
                         record = json.loads(line)
                     except json.JSONDecodeError as exc:
-                        raise SourceError(
-                            f"{f}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno}); "
-                            "each line must be one complete JSON object"
-                        ) from None
+                        raise _malformed_line(f, lineno, line, exc) from None
+                    if isinstance(record, list) and record and all(isinstance(r, dict) for r in record):
+                        raise SourceError(f"{f}:{lineno}: {JSON_LIST}") from None
                     yield record, f"{f}:{lineno}", Position(file, offset, lineno)
                 offset += len(raw)
                 lineno += 1
@@ -179,6 +178,37 @@ def _json_lines(f: Path, file: int, at: Position) -> Iterator[tuple[Record, str,
         raise _gzip_error(f, exc) from None
     if not seen:
         raise _empty(f)
+
+
+JSON_LIST = (
+    "the file is one JSON list of records, not JSON Lines (one record per line); name it .json (a list is read "
+    "whole) or write one record per line"
+)
+
+
+def _trailing_comma(text: str, exc: json.JSONDecodeError) -> str | None:
+    """`[{...}, {...},]`: Python's JSON says only "Expecting value"; JavaScript and many editors allow the comma."""
+    if text[exc.pos : exc.pos + 1] in ("]", "}") and text[: exc.pos].rstrip().endswith(","):
+        return f"a ',' before '{text[exc.pos]}' (JSON allows no trailing comma); remove it"
+    return None
+
+
+def _malformed_line(f: Path, lineno: int, line: str, exc: json.JSONDecodeError) -> SourceError:
+    """A line of JSON Lines that is no JSON value, with the usual cause: a pretty-printed record or list, or a
+    comma after each record (a list's items pasted one a line)."""
+    start = line.strip()
+    if start.startswith("[") and lineno == 1:
+        why = JSON_LIST
+    elif start == "{" or start.endswith(("{", "[")):
+        why = (
+            "a record spans several lines (pretty-printed JSON); JSON Lines holds each record on one line "
+            "(`jq -c . FILE` rewrites it so)"
+        )
+    elif exc.msg == "Extra data" and line[exc.pos :].strip() == ",":
+        why = "a ',' after the record; JSON Lines has no commas between records: remove them"
+    else:
+        why = _trailing_comma(line, exc) or "each line must be one complete JSON object"
+    return SourceError(f"{f}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno}); {why}")
 
 
 def _text(f: Path) -> str:
@@ -204,7 +234,10 @@ def _json_document(f: Path, file: int, first: int) -> Iterator[tuple[Record, str
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg != "Extra data":  # "Extra data" = several documents: JSON Lines in a .json file
-            raise SourceError(f"{f}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            comma = _trailing_comma(text, exc)
+            raise SourceError(
+                f"{f}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})" + (f"; {comma}" if comma else "")
+            ) from None
         lines = ((r, w) for r, w, _ in _json_lines(f, file, Position(file, 0, 1)))
     else:
         lines = ((r, f"{f} record {i + 1}") for i, r in enumerate(doc if isinstance(doc, list) else [doc]))

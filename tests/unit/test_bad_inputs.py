@@ -86,6 +86,12 @@ DATA_CORPUS = [
         json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "  "}]}) + "\n",
         "message 1 (assistant) is empty",
     ),
+    # JSON that is not JSON Lines: a list (pretty or on one line), a pretty-printed record, commas between records
+    ("list.jsonl", json.dumps([ROW, ROW], indent=2), "the file is one JSON list of records, not JSON Lines"),
+    ("one_line_list.jsonl", json.dumps([ROW, ROW]) + "\n", "the file is one JSON list of records, not JSON Lines"),
+    ("pretty.jsonl", json.dumps(ROW, indent=2) + "\n", "a record spans several lines (pretty-printed JSON)"),
+    ("commas.jsonl", f"{json.dumps(ROW)},\n{json.dumps(ROW)}\n", "JSON Lines has no commas between records"),
+    ("trailing.json", f"[{json.dumps(ROW)},\n]", ":2: malformed JSON (Expecting value at column 1); a ',' before ']'"),
 ]
 
 
