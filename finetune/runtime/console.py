@@ -38,7 +38,8 @@ def reader_gone() -> None:
 
 def exit_cleanly(fn):
     """Bad input (any `UserError`: config, data, plan, merge, publish) ends the process with its message and
-    exit code 2, no traceback."""
+    exit code 2, no traceback; Ctrl-C with one line and the shell's code for it, 130 (train.py says more itself:
+    the step and the command that resumes)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -49,6 +50,10 @@ def exit_cleanly(fn):
             if dist.is_main():
                 print(f"error: {exc}", file=sys.stderr, flush=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            if dist.is_main():
+                print(f"\ninterrupted (Ctrl-C): {os.path.basename(sys.argv[0])} stopped", file=sys.stderr, flush=True)
+            sys.exit(130)
         except BrokenPipeError:
             reader_gone()
 

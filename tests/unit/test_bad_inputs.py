@@ -553,3 +553,66 @@ def test_own_chat_file_with_the_default_data_is_one_line_naming_data_messages(tm
         "(role/content messages): use data=messages with your data.path"
     ]
     assert not out.exists()
+
+
+class Typed:
+    """stdin as a user types it: each line in turn, then Ctrl-C at the prompt; `on_line(line)` runs as one is read."""
+
+    def __init__(self, lines: list[str], on_line=lambda line: None):
+        self.lines, self.on_line = list(lines), on_line
+
+    def readline(self) -> str:
+        if not self.lines:
+            raise KeyboardInterrupt
+        self.on_line(self.lines[0])
+        return self.lines.pop(0) + "\n"
+
+
+def test_ctrl_c_in_chat_stops_the_answer_then_ends_the_chat_without_a_traceback(monkeypatch, capsys):
+    """Ctrl-C at chat's prompt (how most people leave a REPL) was a KeyboardInterrupt traceback, exit 1."""
+    import os
+    import signal
+    import threading
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from finetune import chat
+    from finetune.model.generate import greedy
+
+    tok = load_tokenizer(ModelConfig(name="llama2", path=str(ROOT / "data/llama2-tokenizer")))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            vocab_size=32000,
+        )
+    )
+    ctrl_c = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))  # mid-answer: 1,900 tokens take seconds
+    monkeypatch.setattr("sys.stdin", Typed(["Hi"], lambda line: ctrl_c.start()))
+    try:
+        chat.interactive(model, tok, greedy(1900, tok.pad_id), None)
+    except KeyboardInterrupt:  # caught here: one escaping would end the whole pytest session
+        pytest.fail("Ctrl-C escaped chat.interactive (the user sees a KeyboardInterrupt traceback)")
+    out = capsys.readouterr().out
+    assert "\n(answer stopped; not kept in the history)\n\nuser> \n" in out
+
+
+def test_ctrl_c_in_any_entry_point_is_one_line_and_exit_130(capsys):
+    import os
+
+    from finetune.runtime import console
+
+    @console.exit_cleanly
+    def main():
+        raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(SystemExit) as end:
+            main()
+    except KeyboardInterrupt:  # caught here: one escaping would end the whole pytest session
+        pytest.fail("Ctrl-C escaped console.exit_cleanly (the user sees a KeyboardInterrupt traceback)")
+    assert end.value.code == 130
+    assert capsys.readouterr().err == f"\ninterrupted (Ctrl-C): {os.path.basename(sys.argv[0])} stopped\n"
