@@ -104,6 +104,11 @@ def report(record, adapter: str, fields: Mapping[str, str]) -> str | None:
     lacks = f"missing field{'s' if len(missing) > 1 else ''} {paths} (the record has {sorted(record)})"
     if other := other_shape(record, adapter):
         return f"{lacks}; {other}"
+    if len(record) == 1 and (sep := next((c for c in ";\t|" if c in str(next(iter(record)))), None)):
+        return (  # a CSV read with commas whose header holds another separator: one column named 'question;answer'
+            f"{lacks}; the columns are separated by {sep!r}, not commas: save the file as comma-separated CSV "
+            "(or as JSON Lines)"
+        )
     if adapter in NESTED and (flat := suggest(["prompt", "response"], [str(k) for k in record], {})).keys() == {
         "prompt",
         "response",

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, compose, run_entry
-from finetune.config import DataConfig, ModelConfig, UserError
+from finetune.config import DataConfig, FieldsConfig, ModelConfig, UserError
 from finetune.data import examples
 from finetune.data import load as data_load
 from finetune.model.tokenizer import load_tokenizer
@@ -616,3 +616,17 @@ def test_ctrl_c_in_any_entry_point_is_one_line_and_exit_130(capsys):
         pytest.fail("Ctrl-C escaped console.exit_cleanly (the user sees a KeyboardInterrupt traceback)")
     assert end.value.code == 130
     assert capsys.readouterr().err == f"\ninterrupted (Ctrl-C): {os.path.basename(sys.argv[0])} stopped\n"
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_a_csv_with_another_separator_says_so_instead_of_mapping_its_one_column(tmp_path, sep):
+    """Excel in many locales writes ';': the file read as one column was answered with
+    data.fields.response=question;answer."""
+    path = write(tmp_path / "faq.csv", f"question{sep}answer\nWhat is 2+2?{sep}4\n")
+    fields = FieldsConfig(prompt="question", response="answer")
+    with pytest.raises(UserError) as err:
+        examples.examples(DataConfig(name="faq", adapter="fields", path=str(path), fields=fields))
+    assert str(err.value) == (
+        f"{path} row 1: missing fields 'question', 'answer' (the record has {[f'question{sep}answer']}); the columns "
+        f"are separated by {sep!r}, not commas: save the file as comma-separated CSV (or as JSON Lines)"
+    )
