@@ -630,3 +630,29 @@ def test_a_csv_with_another_separator_says_so_instead_of_mapping_its_one_column(
         f"{path} row 1: missing fields 'question', 'answer' (the record has {[f'question{sep}answer']}); the columns "
         f"are separated by {sep!r}, not commas: save the file as comma-separated CSV (or as JSON Lines)"
     )
+
+
+def test_a_prompts_file_of_whole_conversations_is_refused_in_plain_words(tmp_path, tok):
+    """chat.py prompts=<the training file>: every line ends with the answer."""
+    from finetune.data.prompts import read_prompts
+
+    path = write(tmp_path / "train.jsonl", json.dumps(ROW) + "\n")
+    with pytest.raises(UserError) as err:
+        read_prompts(str(path), tok.sp)
+    assert str(err.value) == (
+        f"{path}:1: the conversation ends with an assistant message; a prompt must end with a user message"
+    )
+
+
+def test_evaluate_on_a_file_too_small_for_its_eval_fraction_says_so(tmp_path, tok):
+    """Two examples at data.eval_fraction=0.05 hold none out; the error said data.eval_fraction=0 and advised 0.1."""
+    from finetune.evaluate import split_dataset
+
+    path = write(tmp_path / "two.jsonl", (json.dumps(ROW) + "\n") * 2)
+    dcfg = DataConfig(name="messages", adapter="messages", path=str(path), eval_fraction=0.05, cache=False)
+    with pytest.raises(UserError) as err:
+        split_dataset(dcfg, tok, "eval")
+    assert str(err.value).splitlines()[1:] == [
+        "  - split=eval: data=messages has no held-out split (data.eval_fraction=0.05 of 2 examples rounds to none); "
+        "give data.eval_path=<held-out file>, or split=train or split=all"
+    ]
