@@ -114,6 +114,8 @@ def _load_dataset(name: str, data_file: str | None, split: str, revision: str | 
             if data_file
             else "check the id, data.split and data.revision, the network (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) "
             "and `hf auth login` for gated datasets"
+            # org/name is also how a local folder is written: say it is not one, from where it was looked for
+            + ("" if name.startswith("/") else f"; nor is there a local file or folder {name} in {Path.cwd()}")
         )
         raise SourceError(f"{what}: could not be read ({type(exc).__name__}: {str(exc)[:300]}); {fix}") from None
 

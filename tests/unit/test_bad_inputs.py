@@ -656,3 +656,18 @@ def test_evaluate_on_a_file_too_small_for_its_eval_fraction_says_so(tmp_path, to
         "  - split=eval: data=messages has no held-out split (data.eval_fraction=0.05 of 2 examples rounds to none); "
         "give data.eval_path=<held-out file>, or split=train or split=all"
     ]
+
+
+def test_init_adapter_at_the_run_directory_names_its_adapter_folder(tmp_path):
+    sft = tmp_path / "sft"
+    write(sft / "adapter" / "adapter_config.json", "{}")
+    problems = checks.problems(compose("recipe=tiny_dpo", f"init_adapter={sft}"))
+    assert f"init_adapter={sft} is a training run; give its adapter: init_adapter={sft / 'adapter'}" in problems
+
+
+def test_a_missing_local_folder_read_as_a_hub_id_says_it_is_not_here_either(tmp_path, monkeypatch):
+    """`data.path=mydata/chats` from the wrong folder was only a Hub error (offline, or no such dataset)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as err:
+        examples.examples(DataConfig(name="mine", adapter="messages", path="mydata/chats"))
+    assert str(err.value).endswith(f"; nor is there a local file or folder mydata/chats in {tmp_path}")
