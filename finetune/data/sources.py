@@ -108,6 +108,8 @@ def _load_dataset(name: str, data_file: str | None, split: str, revision: str | 
     try:
         return load_dataset(name, data_files=data_file, split=split, revision=revision)
     except Exception as exc:  # datasets raises many types (FileNotFoundError, ConnectionError, ArrowInvalid, ...)
+        if name == "csv" and (bad := _utf8_error(Path(data_file))):  # datasets says only "An error occurred"
+            raise bad from None
         what = data_file or f"hub dataset {name} (split={split}, revision={revision or 'main'})"
         fix = (
             "check the file is valid UTF-8 " + name
@@ -146,6 +148,24 @@ def _not_utf8(f: Path, line: int, offset: int, byte: bytes) -> SourceError:
         f"{', uncompressed' if f.suffix == '.gz' else ''}: {byte!r}); "
         "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`"
     )
+
+
+def _utf8_error(f: Path) -> SourceError | None:
+    """The first byte of `f` that is not UTF-8 (line and offset, as for JSON Lines), read 16 MiB at a time; None if
+    it is all UTF-8. A character split across two reads is carried over to the next."""
+    offset, line, carry = 0, 1, b""
+    with open(f, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            data, carry = carry + chunk, b""
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                if exc.reason != "unexpected end of data":
+                    at = exc.start
+                    return _not_utf8(f, line + data.count(b"\n", 0, at), offset + at, data[at : at + 1])
+                data, carry = data[: exc.start], data[exc.start :]
+            line, offset = line + data.count(b"\n"), offset + len(data)
+    return _not_utf8(f, line, offset, carry[:1]) if carry else None
 
 
 def _json_lines(f: Path, file: int, at: Position) -> Iterator[tuple[Record, str, Position]]:

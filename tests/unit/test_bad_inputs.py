@@ -92,6 +92,12 @@ DATA_CORPUS = [
     ("pretty.jsonl", json.dumps(ROW, indent=2) + "\n", "a record spans several lines (pretty-printed JSON)"),
     ("commas.jsonl", f"{json.dumps(ROW)},\n{json.dumps(ROW)}\n", "JSON Lines has no commas between records"),
     ("trailing.json", f"[{json.dumps(ROW)},\n]", ":2: malformed JSON (Expecting value at column 1); a ',' before ']'"),
+    # Excel's CSV in Latin-1: datasets said only "An error occurred while generating the dataset"
+    (
+        "latin1.csv",
+        b"question,answer\nCaf\xe9?,Oui\n",
+        ":2: not UTF-8 (byte offset 19 in the file: b'\\xe9'); re-encode",
+    ),
 ]
 
 
