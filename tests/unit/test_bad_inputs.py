@@ -594,12 +594,15 @@ def test_ctrl_c_in_chat_stops_the_answer_then_ends_the_chat_without_a_traceback(
             num_attention_heads=2,
             num_key_value_heads=2,
             vocab_size=32000,
+            max_position_embeddings=20000,
         )
     )
-    ctrl_c = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))  # mid-answer: 1,900 tokens take seconds
+    gen = greedy(19000, tok.pad_id)
+    gen.min_new_tokens = gen.max_new_tokens  # no early EOS: the answer is still going when Ctrl-C comes
+    ctrl_c = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     monkeypatch.setattr("sys.stdin", Typed(["Hi"], lambda line: ctrl_c.start()))
     try:
-        chat.interactive(model, tok, greedy(1900, tok.pad_id), None)
+        chat.interactive(model, tok, gen, None)
     except KeyboardInterrupt:  # caught here: one escaping would end the whole pytest session
         pytest.fail("Ctrl-C escaped chat.interactive (the user sees a KeyboardInterrupt traceback)")
     out = capsys.readouterr().out
