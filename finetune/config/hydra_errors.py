@@ -120,4 +120,7 @@ def wrong_value(cause: ValidationError, context: str) -> str:
     if dataclasses.is_dataclass(schema):
         hints = typing.get_type_hints(schema)
         want = expected(hints[name]) if name in hints else ""
-    return f"{key}={value}: " + (f"{key} takes {want}, not '{value}'" if want else first_line(cause))
+    if not want:
+        return f"{key}={value}: {first_line(cause)}"
+    one = want.startswith("a list") and not value.startswith("[")  # one item given bare: `benchmarks=mmlu`
+    return f"{key}={value}: {key} takes {want}, not '{value}'" + (f"; write {key}=[{value}]" if one else "")

@@ -185,6 +185,11 @@ HYDRA_CORPUS = [
     (["data.max_samples=all"], "data.max_samples=all: data.max_samples takes an integer or null, not 'all'"),
     (["+lora.r=8"], "+lora.r=8: lora.r already exists; write lora.r=8"),
     (["lora.r=["], "cannot read the override 'lora.r=['"),
+    (
+        ["lora.target_modules=q_proj"],
+        "lora.target_modules=q_proj: lora.target_modules takes a list like [a,b], not 'q_proj'; write "
+        "lora.target_modules=[q_proj]",
+    ),
     (  # bash expands ~ after = only in a valid variable name: data.path=~/x reaches Hydra as it is
         ["data.path=~/chats.jsonl"],
         "cannot read the override 'data.path=~/chats.jsonl': Hydra does not expand ~ in a value; write "
@@ -220,6 +225,12 @@ def test_hydras_own_errors_are_our_one_line(overrides, error):
         ),
         ("export.py", "merge=maybe", "merge=maybe: merge takes true or false, not 'maybe'"),
         ("evaluate.py", "splt=eval", "splt: no such key; did you mean split?"),
+        (
+            "evaluate.py",
+            "benchmarks=mmlu",
+            "benchmarks.tasks=mmlu: benchmarks.tasks takes a list like [a,b], not 'mmlu'; write "
+            "benchmarks.tasks=[mmlu]",
+        ),
     ],
 )
 def test_hydras_errors_through_an_entry_point_exit_2_with_one_line(script, override, error):
