@@ -122,11 +122,15 @@ def interactive(model, tokenizer, gen, system: str | None) -> None:
 
     history: list[dict] = []
     context = model.config.max_position_embeddings
-    print("/reset clears the history, /system <text> sets the system prompt, /quit or Ctrl-D ends", flush=True)
+    print(
+        "/reset clears the history, /system <text> sets the system prompt, /quit or Ctrl-D ends "
+        "(Ctrl-C stops an answer)",
+        flush=True,
+    )
     while True:
         try:
             line = input("\nuser> ").strip()
-        except EOFError:  # Ctrl-D: end the prompt line before the shell's prompt
+        except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C at the prompt: end the line before the shell's
             print(flush=True)
             break
         if line in ("/quit", "/exit"):
@@ -150,7 +154,12 @@ def interactive(model, tokenizer, gen, system: str | None) -> None:
             history = kept
         print("assistant> ", end="", flush=True)
         streamer = TextStreamer(tokenizer.hf, skip_prompt=True, skip_special_tokens=True)
-        new = generate(model, [ids], gen, streamer=streamer)[0]
+        try:
+            new = generate(model, [ids], gen, streamer=streamer)[0]
+        except KeyboardInterrupt:  # Ctrl-C during an answer: that exchange is dropped, the chat goes on
+            history.pop()
+            print("\n(answer stopped; not kept in the history)", flush=True)
+            continue
         history.append({"role": "assistant", "content": tokenizer.sp.decode(new)})
 
 

@@ -96,11 +96,19 @@ def split_dataset(dcfg: DataConfig, tokenizer, split: str):
 
     prepared = data.load(dcfg, tokenizer)
     train, held_out = prepared.train, prepared.eval
-    if split == "eval" and held_out is None:
+    if split == "eval" and held_out is None and not dcfg.eval_fraction:
         raise ConfigError(
             [
                 f"split=eval: data={dcfg.name} has no held-out split (data.eval_fraction=0 and no "
                 "data.eval_path); set data.eval_fraction=0.1, or split=train or split=all"
+            ]
+        )
+    if split == "eval" and held_out is None:  # a small file: its fraction rounds to no example
+        raise ConfigError(
+            [
+                f"split=eval: data={dcfg.name} has no held-out split (data.eval_fraction={dcfg.eval_fraction} of "
+                f"{len(train)} examples rounds to none); give data.eval_path=<held-out file>, or split=train or "
+                "split=all"
             ]
         )
     if split == "all" and held_out is not None:

@@ -62,8 +62,12 @@ ConfigStore.instance().store(name="export_schema", node=ExportConfig)
 
 
 def check(cfg: ExportConfig, run: Path) -> list[str]:
+    from finetune.runs import rundir
+
     problems = []
-    if not (run / "adapter" / "adapter_config.json").is_file():
+    if outside := rundir.inside_run(run):
+        problems.append(outside)
+    elif not (run / "adapter" / "adapter_config.json").is_file():
         problems.append(
             f"run={cfg.run}: no adapter/adapter_config.json there; point run= at a finished training "
             "run (outputs/<run>), or finish it (training writes adapter/ at the end)"

@@ -47,6 +47,8 @@ def main(dict_cfg: DictConfig) -> None:
     if cfg.what not in ("adapter", "merged", "gguf"):
         raise config.ConfigError([f"what={cfg.what}: use adapter, merged or gguf"])
     folder = Path(cfg.run).expanduser().resolve() / cfg.what
+    if outside := rundir.inside_run(folder.parent):
+        raise config.ConfigError([outside])
     if not folder.is_dir():
         fix = {
             "merged": "python finetune/export.py run=<run> merge=true",

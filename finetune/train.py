@@ -118,6 +118,20 @@ def train(dict_cfg: DictConfig, run: dict) -> None:
             if cfg.tracking.backend == "tensorboard"
             else ""
         )
+        + "\n"
+        + next_steps(run_dir)
+    )
+
+
+def next_steps(run_dir: Path) -> str:
+    """The commands that read this run, spelled the way this one was started (`python finetune/train.py`, a path
+    from another folder, or the installed `finetune-train`)."""
+    me = Path(sys.argv[0])
+    here = f"python {me.parent / '{}.py'}" if me.name == "train.py" else "finetune-{}"
+    return (
+        f"next: try it:       {here.format('chat')} run={run_dir}\n"
+        f"      score it:     {here.format('evaluate')} run={run_dir}\n"
+        f"      merge it:     {here.format('export')} run={run_dir} merge=true"
     )
 
 

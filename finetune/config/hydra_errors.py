@@ -32,6 +32,8 @@ def explain(exc: BaseException) -> str:
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
         group, name = exc.missing_cfg_file.rsplit("/", 1)
         return missing_option(group, name, list(exc.options or []))
+    if isinstance(exc, OverrideParseException) and (home := home_path(exc.override)):
+        return home
     if isinstance(exc, OverrideParseException):
         return (
             f"cannot read the override '{exc.override}' ({first_line(exc)}); write key=value, quoting a value "
@@ -46,6 +48,17 @@ def explain(exc: BaseException) -> str:
     if m := re.search(r"An item is already at '([^']+)'.*?prefix: '([^']+)'", str(exc), re.S):
         return f"+{m.group(2)}: {m.group(1)} already exists; write {m.group(2)}"
     return "; ".join(line for line in str(exc).splitlines()[:2] if line.strip() and "+" not in line) or first_line(exc)
+
+
+def home_path(override: str) -> str | None:
+    """`data.path=~/x`: the shell leaves a `~` after `key=` alone and Hydra's override grammar cannot read it."""
+    key, eq, value = override.partition("=")
+    if not eq or not value.startswith("~"):
+        return None
+    return (
+        f"cannot read the override '{override}': Hydra does not expand ~ in a value; write "
+        f"{key}=$HOME{value[1:]} (the shell expands it) or quote it: '{key}=\"{value}\"'"
+    )
 
 
 def first_line(exc: BaseException) -> str:
@@ -107,4 +120,7 @@ def wrong_value(cause: ValidationError, context: str) -> str:
     if dataclasses.is_dataclass(schema):
         hints = typing.get_type_hints(schema)
         want = expected(hints[name]) if name in hints else ""
-    return f"{key}={value}: " + (f"{key} takes {want}, not '{value}'" if want else first_line(cause))
+    if not want:
+        return f"{key}={value}: {first_line(cause)}"
+    one = want.startswith("a list") and not value.startswith("[")  # one item given bare: `benchmarks=mmlu`
+    return f"{key}={value}: {key} takes {want}, not '{value}'" + (f"; write {key}=[{value}]" if one else "")

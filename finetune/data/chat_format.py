@@ -53,7 +53,7 @@ def check_dialog(messages: Sequence[dict], ends_with: str) -> None:
         raise DialogError("a system message must be followed by a user message")
     if body[-1]["role"] != ends_with:
         raise DialogError(
-            f"the conversation ends with a {body[-1]['role']} message; "
+            f"the conversation ends with {'an assistant' if body[-1]['role'] == 'assistant' else 'a user'} message; "
             + (
                 "a training conversation must end with an assistant answer"
                 if ends_with == "assistant"

@@ -21,6 +21,7 @@ from finetune.config import choice_problem
 from finetune.data import sources
 from finetune.data.adapters import ADAPTERS, Invalid, MissingField
 from finetune.data.chat_format import DialogError, check_dialog
+from finetune.data.fields import other_shape
 from finetune.data.fields import report as fields_report
 from finetune.data.stats import DataError, Stats
 
@@ -85,6 +86,8 @@ def adapted(
             except MissingField as exc:  # every field the record lacks, each with the column likeliest to hold it
                 raise DataError(f"{where}: {fields_report(record, dcfg.adapter, fields) or exc}") from None
             except (Invalid, DialogError) as exc:
+                if dcfg.invalid != "skip" and (other := other_shape(record, dcfg.adapter)):
+                    raise DataError(f"{where}: {exc}; {other}") from None  # the file's shape, not this record, is wrong
                 if dcfg.invalid != "skip":
                     raise DataError(
                         f"{where}: {exc}; fix the record, or set data.invalid=skip to skip such "

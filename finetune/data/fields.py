@@ -37,6 +37,45 @@ SYNONYMS = {
 }
 
 
+# Adapters whose required field holds a conversation (a list of messages) or a message tree, never a text column.
+NESTED = ("messages", "sharegpt", "oasst", "oasst_pairs", "unpaired")
+
+
+def known_shape(record: dict) -> tuple[str, str, str] | None:
+    """(what the record is, the adapter that reads it as it is, the `data=` overrides that give that adapter) for a
+    record in a shape one of our data configs reads without any field mapping; None for any other record."""
+    for key in ("messages", "conversations"):
+        turns = record.get(key)
+        first = set(turns[0]) if isinstance(turns, list) and turns and isinstance(turns[0], dict) else set()
+        if {"role", "content"} <= first:
+            fix = "" if key == "messages" else " data.fields.messages=conversations"
+            return "OpenAI-style chat (role/content messages)", "messages", "data=messages" + fix
+        if {"from", "value"} <= first:
+            fix = "" if key == "conversations" else " data.fields.conversations=messages"
+            return "ShareGPT-style chat (from/value turns)", "sharegpt", "data=sharegpt" + fix
+    keys = set(record)
+    if isinstance(record.get("input"), dict) and {"preferred_output", "non_preferred_output"} <= keys:
+        return "an OpenAI preference pair", "openai_preference", "data=orca_dpo"
+    if {"prompt", "chosen", "rejected"} <= keys:
+        return "a preference pair (prompt, chosen, rejected)", "fields", "data=jsonl"
+    if {"chosen", "rejected"} <= keys:
+        return "an HH-RLHF pair (two transcripts)", "hh_rlhf", "data=hh_rlhf"
+    if {"instruction", "instances"} <= keys:
+        return "a Self-Instruct task", "self_instruct", "data=self_instruct"
+    if {"instruction", "output"} <= keys:
+        return "an Alpaca record (instruction, input, output)", "alpaca", "data=alpaca"
+    return None
+
+
+def other_shape(record, adapter: str) -> str | None:
+    """The fix for a record that another of our data configs reads as it is (a ShareGPT file given to
+    data=messages); None when its shape is unknown or is the adapter's own."""
+    found = known_shape(record) if isinstance(record, dict) else None
+    if found is None or found[1] == adapter:
+        return None
+    return f"it is {found[0]}: use {found[2]} with your data.path"
+
+
 def required(adapter: str, record: dict, fields: Mapping[str, str]) -> tuple[str, ...]:
     if adapter != "fields":
         return REQUIRED.get(adapter, ())
@@ -61,13 +100,28 @@ def report(record, adapter: str, fields: Mapping[str, str]) -> str | None:
     missing = [n for n in names if _lacks(record, n, fields)]
     if not missing:
         return None
+    paths = ", ".join(f"'{fields.get(n, n)}'" for n in missing)
+    lacks = f"missing field{'s' if len(missing) > 1 else ''} {paths} (the record has {sorted(record)})"
+    if other := other_shape(record, adapter):
+        return f"{lacks}; {other}"
+    if len(record) == 1 and (sep := next((c for c in ";\t|" if c in str(next(iter(record)))), None)):
+        return (  # a CSV read with commas whose header holds another separator: one column named 'question;answer'
+            f"{lacks}; the columns are separated by {sep!r}, not commas: save the file as comma-separated CSV "
+            "(or as JSON Lines)"
+        )
+    if adapter in NESTED and (flat := suggest(["prompt", "response"], [str(k) for k in record], {})).keys() == {
+        "prompt",
+        "response",
+    }:  # one question and one answer column: a conversation list or tree mapped to a text column cannot work
+        return f"{lacks}; for one prompt and one answer column use data=jsonl " + " ".join(
+            f"data.fields.{n}={flat[n]}" for n in ("prompt", "response")
+        )
     used = {fields.get(n, n).split(".")[0] for n in names if n not in missing}
     guesses = suggest(missing, [str(k) for k in record if k not in used], fields)
-    paths = ", ".join(f"'{fields.get(n, n)}'" for n in missing)
     fixes = [f"data.fields.{n}={guesses[n]}" for n in missing if n in guesses]
     unknown = [n for n in missing if n not in guesses]
     return (
-        f"missing field{'s' if len(missing) > 1 else ''} {paths} (the record has {sorted(record)}); "
+        f"{lacks}; "
         + (f"set {' '.join(fixes)}" if fixes else "")
         + ("; " if fixes and unknown else "")
         + (f"map {', '.join(f'data.fields.{n}' for n in unknown)} to one of the record's fields" if unknown else "")

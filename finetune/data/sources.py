@@ -108,12 +108,16 @@ def _load_dataset(name: str, data_file: str | None, split: str, revision: str | 
     try:
         return load_dataset(name, data_files=data_file, split=split, revision=revision)
     except Exception as exc:  # datasets raises many types (FileNotFoundError, ConnectionError, ArrowInvalid, ...)
+        if name == "csv" and (bad := _utf8_error(Path(data_file))):  # datasets says only "An error occurred"
+            raise bad from None
         what = data_file or f"hub dataset {name} (split={split}, revision={revision or 'main'})"
         fix = (
             "check the file is valid UTF-8 " + name
             if data_file
             else "check the id, data.split and data.revision, the network (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) "
             "and `hf auth login` for gated datasets"
+            # org/name is also how a local folder is written: say it is not one, from where it was looked for
+            + ("" if name.startswith("/") else f"; nor is there a local file or folder {name} in {Path.cwd()}")
         )
         raise SourceError(f"{what}: could not be read ({type(exc).__name__}: {str(exc)[:300]}); {fix}") from None
 
@@ -146,6 +150,24 @@ def _not_utf8(f: Path, line: int, offset: int, byte: bytes) -> SourceError:
     )
 
 
+def _utf8_error(f: Path) -> SourceError | None:
+    """The first byte of `f` that is not UTF-8 (line and offset, as for JSON Lines), read 16 MiB at a time; None if
+    it is all UTF-8. A character split across two reads is carried over to the next."""
+    offset, line, carry = 0, 1, b""
+    with open(f, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            data, carry = carry + chunk, b""
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                if exc.reason != "unexpected end of data":
+                    at = exc.start
+                    return _not_utf8(f, line + data.count(b"\n", 0, at), offset + at, data[at : at + 1])
+                data, carry = data[: exc.start], data[exc.start :]
+            line, offset = line + data.count(b"\n"), offset + len(data)
+    return _not_utf8(f, line, offset, carry[:1]) if carry else None
+
+
 def _json_lines(f: Path, file: int, at: Position) -> Iterator[tuple[Record, str, Position]]:
     """JSON Lines, one line in memory at a time, from byte `at.offset` (line `at.line`) of the uncompressed text;
     a byte order mark (Excel and Notepad write one) is skipped."""
@@ -166,10 +188,9 @@ def _json_lines(f: Path, file: int, at: Position) -> Iterator[tuple[Record, str,
                     try:
                         record = json.loads(line)
                     except json.JSONDecodeError as exc:
-                        raise SourceError(
-                            f"{f}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno}); "
-                            "each line must be one complete JSON object"
-                        ) from None
+                        raise _malformed_line(f, lineno, line, exc) from None
+                    if isinstance(record, list) and record and all(isinstance(r, dict) for r in record):
+                        raise SourceError(f"{f}:{lineno}: {JSON_LIST}") from None
                     yield record, f"{f}:{lineno}", Position(file, offset, lineno)
                 offset += len(raw)
                 lineno += 1
@@ -179,6 +200,37 @@ def _json_lines(f: Path, file: int, at: Position) -> Iterator[tuple[Record, str,
         raise _gzip_error(f, exc) from None
     if not seen:
         raise _empty(f)
+
+
+JSON_LIST = (
+    "the file is one JSON list of records, not JSON Lines (one record per line); name it .json (a list is read "
+    "whole) or write one record per line"
+)
+
+
+def _trailing_comma(text: str, exc: json.JSONDecodeError) -> str | None:
+    """`[{...}, {...},]`: Python's JSON says only "Expecting value"; JavaScript and many editors allow the comma."""
+    if text[exc.pos : exc.pos + 1] in ("]", "}") and text[: exc.pos].rstrip().endswith(","):
+        return f"a ',' before '{text[exc.pos]}' (JSON allows no trailing comma); remove it"
+    return None
+
+
+def _malformed_line(f: Path, lineno: int, line: str, exc: json.JSONDecodeError) -> SourceError:
+    """A line of JSON Lines that is no JSON value, with the usual cause: a pretty-printed record or list, or a
+    comma after each record (a list's items pasted one a line)."""
+    start = line.strip()
+    if start.startswith("[") and lineno == 1:
+        why = JSON_LIST
+    elif start == "{" or start.endswith(("{", "[")):
+        why = (
+            "a record spans several lines (pretty-printed JSON); JSON Lines holds each record on one line "
+            "(`jq -c . FILE` rewrites it so)"
+        )
+    elif exc.msg == "Extra data" and line[exc.pos :].strip() == ",":
+        why = "a ',' after the record; JSON Lines has no commas between records: remove them"
+    else:
+        why = _trailing_comma(line, exc) or "each line must be one complete JSON object"
+    return SourceError(f"{f}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno}); {why}")
 
 
 def _text(f: Path) -> str:
@@ -204,7 +256,10 @@ def _json_document(f: Path, file: int, first: int) -> Iterator[tuple[Record, str
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg != "Extra data":  # "Extra data" = several documents: JSON Lines in a .json file
-            raise SourceError(f"{f}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            comma = _trailing_comma(text, exc)
+            raise SourceError(
+                f"{f}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})" + (f"; {comma}" if comma else "")
+            ) from None
         lines = ((r, w) for r, w, _ in _json_lines(f, file, Position(file, 0, 1)))
     else:
         lines = ((r, f"{f} record {i + 1}") for i, r in enumerate(doc if isinstance(doc, list) else [doc]))

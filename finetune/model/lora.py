@@ -57,6 +57,9 @@ def check(cfg) -> list[str]:
     found = variants.problems(cfg)
     if not cfg.init_adapter:
         return found
+    if (Path(cfg.init_adapter) / "adapter" / "adapter_config.json").is_file():  # the run, not its adapter/
+        inner = Path(cfg.init_adapter) / "adapter"
+        return found + [f"init_adapter={cfg.init_adapter} is a training run; give its adapter: init_adapter={inner}"]
     if not (Path(cfg.init_adapter) / "adapter_config.json").is_file():
         return found + [
             f"init_adapter={cfg.init_adapter}: no adapter_config.json there; point it at a run's adapter/ folder"

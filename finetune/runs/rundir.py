@@ -25,6 +25,7 @@ WANDB_ID_FILE = "wandb_run_id"  # training.tracking keeps the wandb run id there
 LORA_INIT = "lora_init"  # PiSSA/OLoRA: the adapter as initialised, until the final save converts against it
 # Folders derived from adapter/ by export.py, each with a verification.json recording the adapter's hash, and the
 # command that derives it again.
+INSIDE = ("adapter", "checkpoints", "merged", "gguf", "eval")  # what a run holds that run= is sometimes pointed at
 DERIVED = {
     "merged": "python finetune/export.py run={run} merge=true",
     "gguf": "python finetune/export.py run={run} format=gguf{types}",
@@ -93,13 +94,29 @@ def finished(run_dir: Path) -> bool:
     return (Path(run_dir) / "adapter" / "adapter_config.json").is_file()
 
 
+def inside_run(run: Path) -> str | None:
+    """The problem when `run=` is a folder inside a training run (its adapter/, a checkpoint-N, merged/) rather than
+    the run directory every later stage reads; None otherwise."""
+    if (run / "config.yaml").is_file():
+        return None
+    for outer in list(run.parents)[:2]:
+        if (outer / "config.yaml").is_file() and run.relative_to(outer).parts[0] in INSIDE:
+            return f"run={run} is a folder inside the training run {outer}; give the run directory itself: run={outer}"
+    return None
+
+
+def not_a_run(run: Path) -> str | None:
+    """Why `run=` is not a training run directory (no config.yaml there); None when it is one."""
+    if (run / "config.yaml").is_file():
+        return None
+    return inside_run(run) or f"run={run}: no config.yaml there; give a training run directory (outputs/<run>)"
+
+
 def run_config(run_dir: Path) -> TrainConfig:
     """The run's resolved config.yaml as the schema object (fields added to the schema since take defaults)."""
     path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            [f"run={run_dir}: no config.yaml there; point run= at a training run directory (outputs/<run>)"]
-        )
+    if problem := not_a_run(Path(run_dir)):
+        raise ConfigError([problem])
     try:
         merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path))
     except Exception as exc:  # omegaconf's key and type errors name the key
@@ -109,8 +126,8 @@ def run_config(run_dir: Path) -> TrainConfig:
 
 def run_problems(run: Path, merged: bool = False) -> list[str]:
     """Why `run=` cannot be loaded (chat, evaluate): no config, unfinished, or no merged/ when asked for."""
-    if not (run / "config.yaml").is_file():
-        return [f"run={run}: no config.yaml there; give a training run directory (outputs/<run>)"]
+    if problem := not_a_run(run):
+        return [problem]
     if not finished(run):
         return [f"run={run}: no adapter/ yet (training unfinished?); wait for the run to end, or point at another"]
     if damaged := damage.adapter_problems(run):

@@ -68,6 +68,7 @@ def test_accelerate_launch_trains_saves_and_reloads(recipe, tmp_path):
     run_dir = tmp_path / recipe
     proc = run_entry("train.py", f"recipe={recipe}", f"output_dir={run_dir}", *REPEATED, launcher="accelerate")
     assert f"adapter: {run_dir / 'adapter'}" in proc.stdout
+    assert f"next: try it:       python {ROOT / 'finetune' / 'chat.py'} run={run_dir}\n" in proc.stdout  # as launched
 
     # the run directory a user relies on
     for name in (

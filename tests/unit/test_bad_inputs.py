@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, compose, run_entry
-from finetune.config import DataConfig, ModelConfig, UserError
+from finetune.config import DataConfig, FieldsConfig, ModelConfig, UserError
+from finetune.data import examples
 from finetune.data import load as data_load
 from finetune.model.tokenizer import load_tokenizer
 from finetune.training import checks
@@ -84,6 +85,18 @@ DATA_CORPUS = [
         "empty_answer.jsonl",
         json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "  "}]}) + "\n",
         "message 1 (assistant) is empty",
+    ),
+    # JSON that is not JSON Lines: a list (pretty or on one line), a pretty-printed record, commas between records
+    ("list.jsonl", json.dumps([ROW, ROW], indent=2), "the file is one JSON list of records, not JSON Lines"),
+    ("one_line_list.jsonl", json.dumps([ROW, ROW]) + "\n", "the file is one JSON list of records, not JSON Lines"),
+    ("pretty.jsonl", json.dumps(ROW, indent=2) + "\n", "a record spans several lines (pretty-printed JSON)"),
+    ("commas.jsonl", f"{json.dumps(ROW)},\n{json.dumps(ROW)}\n", "JSON Lines has no commas between records"),
+    ("trailing.json", f"[{json.dumps(ROW)},\n]", ":2: malformed JSON (Expecting value at column 1); a ',' before ']'"),
+    # Excel's CSV in Latin-1: datasets said only "An error occurred while generating the dataset"
+    (
+        "latin1.csv",
+        b"question,answer\nCaf\xe9?,Oui\n",
+        ":2: not UTF-8 (byte offset 19 in the file: b'\\xe9'); re-encode",
     ),
 ]
 
@@ -172,6 +185,16 @@ HYDRA_CORPUS = [
     (["data.max_samples=all"], "data.max_samples=all: data.max_samples takes an integer or null, not 'all'"),
     (["+lora.r=8"], "+lora.r=8: lora.r already exists; write lora.r=8"),
     (["lora.r=["], "cannot read the override 'lora.r=['"),
+    (
+        ["lora.target_modules=q_proj"],
+        "lora.target_modules=q_proj: lora.target_modules takes a list like [a,b], not 'q_proj'; write "
+        "lora.target_modules=[q_proj]",
+    ),
+    (  # bash expands ~ after = only in a valid variable name: data.path=~/x reaches Hydra as it is
+        ["data.path=~/chats.jsonl"],
+        "cannot read the override 'data.path=~/chats.jsonl': Hydra does not expand ~ in a value; write "
+        """data.path=$HOME/chats.jsonl (the shell expands it) or quote it: 'data.path="~/chats.jsonl"'""",
+    ),
 ]
 
 
@@ -202,6 +225,12 @@ def test_hydras_own_errors_are_our_one_line(overrides, error):
         ),
         ("export.py", "merge=maybe", "merge=maybe: merge takes true or false, not 'maybe'"),
         ("evaluate.py", "splt=eval", "splt: no such key; did you mean split?"),
+        (
+            "evaluate.py",
+            "benchmarks=mmlu",
+            "benchmarks.tasks=mmlu: benchmarks.tasks takes a list like [a,b], not 'mmlu'; write "
+            "benchmarks.tasks=[mmlu]",
+        ),
     ],
 )
 def test_hydras_errors_through_an_entry_point_exit_2_with_one_line(script, override, error):
@@ -463,3 +492,216 @@ def test_a_hub_base_on_a_machine_without_network_is_one_request_and_one_line(tmp
     ]
     assert "etry" not in proc.stderr + proc.stdout and not (tmp_path / "run").exists(), proc.stderr[-2000:]
     print(f"time to the error: {time.monotonic() - start:.1f} s")
+
+
+@pytest.mark.parametrize(
+    "script, inside, extra",
+    [
+        ("export.py", "checkpoints/checkpoint-2", "merge=true"),
+        ("chat.py", "adapter", "merged=false"),
+        ("publish.py", "adapter", "repo_id=me/x"),
+    ],
+)
+def test_run_pointed_inside_a_run_names_the_run_dir(tmp_path, script, inside, extra):
+    """run= at the run's adapter/ or a checkpoint-N (what a newcomer points at) said only that no config.yaml or
+    adapter/adapter_config.json was there."""
+    run = tmp_path / "run"
+    write(run / "config.yaml", "{}\n")
+    write(run / "adapter" / "adapter_config.json", "{}")
+    (run / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    proc = run_entry(script, f"run={run / inside}", extra, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert (
+        f"run={run / inside} is a folder inside the training run {run}; give the run directory itself: run={run}"
+        in proc.stderr
+    )
+
+
+OPENAI = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+SHAREGPT = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}
+# (the data= adapter a newcomer gave, their record, the end of the one error): a file in a shape another data=
+# reads as it is was answered with a field mapping that could not work (data.fields.prompt=messages)
+SHAPE_CORPUS = [
+    (
+        "oasst",
+        OPENAI,
+        "missing field 'prompt' (the record has ['messages']); it is OpenAI-style chat (role/content messages): "
+        "use data=messages with your data.path",
+    ),
+    (
+        "sharegpt",
+        OPENAI,
+        "missing field 'conversations' (the record has ['messages']); it is OpenAI-style chat (role/content "
+        "messages): use data=messages with your data.path",
+    ),
+    (
+        "messages",
+        SHAREGPT,
+        "missing field 'messages' (the record has ['conversations']); it is ShareGPT-style chat (from/value "
+        "turns): use data=sharegpt with your data.path",
+    ),
+    (
+        "messages",
+        {"messages": SHAREGPT["conversations"]},
+        "message {'from': 'human', 'value': 'Hi'} lacks 'role' or 'content'; it is ShareGPT-style chat (from/value "
+        "turns): use data=sharegpt data.fields.conversations=messages with your data.path",
+    ),
+    (
+        "messages",
+        {"instruction": "Add 2 and 2.", "input": "", "output": "4"},
+        "missing field 'messages' (the record has ['input', 'instruction', 'output']); it is an Alpaca record "
+        "(instruction, input, output): use data=alpaca with your data.path",
+    ),
+    (
+        "oasst",
+        {"question": "Hi?", "answer": "Hello."},
+        "missing field 'prompt' (the record has ['answer', 'question']); for one prompt and one answer column use "
+        "data=jsonl data.fields.prompt=question data.fields.response=answer",
+    ),
+    (
+        "oasst_pairs",
+        {"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."},
+        "message Hi? lacks 'role' or 'text'; it is a preference pair (prompt, chosen, rejected): use data=jsonl "
+        "with your data.path",
+    ),
+]
+
+
+@pytest.mark.parametrize("adapter, record, error", SHAPE_CORPUS, ids=[f"{c[0]}-{sorted(c[1])}" for c in SHAPE_CORPUS])
+def test_data_in_another_known_shape_names_the_data_that_reads_it(tmp_path, adapter, record, error):
+    path = write(tmp_path / "mine.jsonl", json.dumps(record) + "\n")
+    with pytest.raises(UserError) as err:
+        examples.examples(DataConfig(name="mine", adapter=adapter, path=str(path)))
+    assert str(err.value) == f"{path}:1: {error}"
+
+
+def test_own_chat_file_with_the_default_data_is_one_line_naming_data_messages(tmp_path):
+    """`train.py data.path=mine.jsonl` (the default data=oasst) is the first thing a newcomer with chat data runs."""
+    path = write(tmp_path / "mine.jsonl", json.dumps(OPENAI) + "\n")
+    out = tmp_path / "run"
+    proc = run_entry("train.py", f"data.path={path}", f"output_dir={out}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == [
+        f"error: {path}:1: missing field 'prompt' (the record has ['messages']); it is OpenAI-style chat "
+        "(role/content messages): use data=messages with your data.path"
+    ]
+    assert not out.exists()
+
+
+class Typed:
+    """stdin as a user types it: each line in turn, then Ctrl-C at the prompt; `on_line(line)` runs as one is read."""
+
+    def __init__(self, lines: list[str], on_line=lambda line: None):
+        self.lines, self.on_line = list(lines), on_line
+
+    def readline(self) -> str:
+        if not self.lines:
+            raise KeyboardInterrupt
+        self.on_line(self.lines[0])
+        return self.lines.pop(0) + "\n"
+
+
+def test_ctrl_c_in_chat_stops_the_answer_then_ends_the_chat_without_a_traceback(monkeypatch, capsys):
+    """Ctrl-C at chat's prompt (how most people leave a REPL) was a KeyboardInterrupt traceback, exit 1."""
+    import os
+    import signal
+    import threading
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from finetune import chat
+    from finetune.model.generate import greedy
+
+    tok = load_tokenizer(ModelConfig(name="llama2", path=str(ROOT / "data/llama2-tokenizer")))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            vocab_size=32000,
+            max_position_embeddings=20000,
+        )
+    )
+    gen = greedy(19000, tok.pad_id)
+    gen.min_new_tokens = gen.max_new_tokens  # no early EOS: the answer is still going when Ctrl-C comes
+    ctrl_c = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    monkeypatch.setattr("sys.stdin", Typed(["Hi"], lambda line: ctrl_c.start()))
+    try:
+        chat.interactive(model, tok, gen, None)
+    except KeyboardInterrupt:  # caught here: one escaping would end the whole pytest session
+        pytest.fail("Ctrl-C escaped chat.interactive (the user sees a KeyboardInterrupt traceback)")
+    out = capsys.readouterr().out
+    assert "\n(answer stopped; not kept in the history)\n\nuser> \n" in out
+
+
+def test_ctrl_c_in_any_entry_point_is_one_line_and_exit_130(capsys):
+    from finetune.runtime import console
+
+    @console.exit_cleanly
+    def main():
+        raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(SystemExit) as end:
+            main()
+    except KeyboardInterrupt:  # caught here: one escaping would end the whole pytest session
+        pytest.fail("Ctrl-C escaped console.exit_cleanly (the user sees a KeyboardInterrupt traceback)")
+    assert end.value.code == 130
+    assert capsys.readouterr().err == console.INTERRUPTED + "\n"
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_a_csv_with_another_separator_says_so_instead_of_mapping_its_one_column(tmp_path, sep):
+    """Excel in many locales writes ';': the file read as one column was answered with
+    data.fields.response=question;answer."""
+    path = write(tmp_path / "faq.csv", f"question{sep}answer\nWhat is 2+2?{sep}4\n")
+    fields = FieldsConfig(prompt="question", response="answer")
+    with pytest.raises(UserError) as err:
+        examples.examples(DataConfig(name="faq", adapter="fields", path=str(path), fields=fields))
+    assert str(err.value) == (
+        f"{path} row 1: missing fields 'question', 'answer' (the record has {[f'question{sep}answer']}); the columns "
+        f"are separated by {sep!r}, not commas: save the file as comma-separated CSV (or as JSON Lines)"
+    )
+
+
+def test_a_prompts_file_of_whole_conversations_is_refused_in_plain_words(tmp_path, tok):
+    """chat.py prompts=<the training file>: every line ends with the answer."""
+    from finetune.data.prompts import read_prompts
+
+    path = write(tmp_path / "train.jsonl", json.dumps(ROW) + "\n")
+    with pytest.raises(UserError) as err:
+        read_prompts(str(path), tok.sp)
+    assert str(err.value) == (
+        f"{path}:1: the conversation ends with an assistant message; a prompt must end with a user message"
+    )
+
+
+def test_evaluate_on_a_file_too_small_for_its_eval_fraction_says_so(tmp_path, tok):
+    """Two examples at data.eval_fraction=0.05 hold none out; the error said data.eval_fraction=0 and advised 0.1."""
+    from finetune.evaluate import split_dataset
+
+    path = write(tmp_path / "two.jsonl", (json.dumps(ROW) + "\n") * 2)
+    dcfg = DataConfig(name="messages", adapter="messages", path=str(path), eval_fraction=0.05, cache=False)
+    with pytest.raises(UserError) as err:
+        split_dataset(dcfg, tok, "eval")
+    assert str(err.value).splitlines()[1:] == [
+        "  - split=eval: data=messages has no held-out split (data.eval_fraction=0.05 of 2 examples rounds to none); "
+        "give data.eval_path=<held-out file>, or split=train or split=all"
+    ]
+
+
+def test_init_adapter_at_the_run_directory_names_its_adapter_folder(tmp_path):
+    sft = tmp_path / "sft"
+    write(sft / "adapter" / "adapter_config.json", "{}")
+    problems = checks.problems(compose("recipe=tiny_dpo", f"init_adapter={sft}"))
+    assert f"init_adapter={sft} is a training run; give its adapter: init_adapter={sft / 'adapter'}" in problems
+
+
+def test_a_missing_local_folder_read_as_a_hub_id_says_it_is_not_here_either(tmp_path, monkeypatch):
+    """`data.path=mydata/chats` from the wrong folder was only a Hub error (offline, or no such dataset)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as err:
+        examples.examples(DataConfig(name="mine", adapter="messages", path="mydata/chats"))
+    assert str(err.value).endswith(f"; nor is there a local file or folder mydata/chats in {tmp_path}")
