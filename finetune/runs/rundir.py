@@ -95,10 +95,12 @@ def finished(run_dir: Path) -> bool:
 
 
 def inside_run(run: Path) -> str | None:
-    """The problem when `run=` is a folder inside a training run (its adapter/, a checkpoint-N, merged/) rather than
-    the run directory every later stage reads; None otherwise."""
+    """The problem when `run=` is a folder inside a training run (its adapter/, a checkpoint-N, merged/), or the
+    folder holding runs (outputs/), rather than the run directory every later stage reads; None otherwise."""
     if (run / "config.yaml").is_file():
         return None
+    if runs := sorted(run.glob("*/config.yaml"), key=lambda p: p.stat().st_mtime):
+        return f"run={run} holds {len(runs)} training run(s), not one; give one, e.g. the latest: run={runs[-1].parent}"
     for outer in list(run.parents)[:2]:
         if (outer / "config.yaml").is_file() and run.relative_to(outer).parts[0] in INSIDE:
             return f"run={run} is a folder inside the training run {outer}; give the run directory itself: run={outer}"

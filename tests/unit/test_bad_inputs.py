@@ -692,6 +692,21 @@ def test_evaluate_on_a_file_too_small_for_its_eval_fraction_says_so(tmp_path, to
     ]
 
 
+@pytest.mark.parametrize("script", ["chat.py", "export.py"])
+def test_run_pointed_at_the_folder_of_runs_names_the_latest(tmp_path, script):
+    import os
+
+    for i, name in enumerate(("a", "b")):
+        write(tmp_path / "outputs" / name / "config.yaml", "{}\n")
+        os.utime(tmp_path / "outputs" / name / "config.yaml", (1e9 + i, 1e9 + i))
+    proc = run_entry(script, f"run={tmp_path / 'outputs'}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert (
+        f"run={tmp_path / 'outputs'} holds 2 training run(s), not one; give one, e.g. the latest: "
+        f"run={tmp_path / 'outputs' / 'b'}" in proc.stderr
+    )
+
+
 def test_init_adapter_at_the_run_directory_names_its_adapter_folder(tmp_path):
     sft = tmp_path / "sft"
     write(sft / "adapter" / "adapter_config.json", "{}")
