@@ -88,7 +88,7 @@ def check(cfg: ExportConfig, run: Path) -> list[str]:
         from finetune.ship import gguf_export
 
         problems += gguf_export.problems(cfg.gguf.type)
-    writes = (["merged", "merged.partial"] if cfg.merge or cfg.format == "gguf" else []) + (
+    writes = (["merged", "merged.partial", "merged.old"] if cfg.merge or cfg.format == "gguf" else []) + (
         ["gguf"] if cfg.format == "gguf" else []
     )
     for name in (n for n in writes if (run / n).exists() and not (run / n).is_dir()):
@@ -160,6 +160,7 @@ def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path, serve: str = ""):
     out_dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
     partial, final = run / "merged.partial", run / "merged"
     shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(run / "merged.old", ignore_errors=True)  # an earlier export stopped between its two renames
     rope_fields = rope.config_fields(train_cfg.model, rope.theta_of(json.loads((base / "config.json").read_text())))
     stats = merge.merge(
         base,
@@ -218,9 +219,19 @@ def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path, serve: str = ""):
         )
     )
     modelcard.write(partial, run, "merged", merge_section(merge_base, stored, stats, source, drifts) + serve)
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
+    replace(partial, final)
     return final, drifts
+
+
+def replace(new: Path, final: Path) -> None:
+    """`new` becomes `final`: the old folder is renamed aside first, so a stop at any moment leaves either a whole
+    old or a whole new `final`, never one half deleted (`merged.old` is cleared by the next export)."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    new.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def merge_section(merge_base: str, dtype, stats, source: str, drifts) -> str:

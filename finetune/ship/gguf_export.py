@@ -69,6 +69,8 @@ def export(run: Path, train_cfg, sp, merged: Path, gcfg, vcfg) -> tuple[Path, li
     if out.is_dir() and rundir.recorded_hash(out) != adapter_sha:  # files made from another adapter go
         shutil.rmtree(out)
     out.mkdir(exist_ok=True)
+    for stale in out.glob("*.gguf.partial"):  # an export killed mid-write; this one holds the run's derived lock
+        stale.unlink()
     name = run.name
     merged_dtype = json.loads((merged / "config.json").read_text()).get("dtype", "float32")
     found = verify.run_examples(run, train_cfg)  # <run>/inputs.json: the raw data is not read again

@@ -39,8 +39,11 @@ def test_qlora_merge_reproduces_the_adapter_model(tiny_sft_run, tmp_path):
     from transformers import AutoModelForCausalLM
 
     run = copy_run(tiny_sft_run, tmp_path)
+    (run / "merged.old").mkdir()  # what an export stopped between its two renames leaves
+    (run / "merged.old" / "config.json").write_text("{}")
     proc = run_entry("export.py", f"run={run}", "merge=true", "verify.prompts=2", "verify.max_new_tokens=8")
     assert "verified vs the adapter model as trained: max |dlogits|" in proc.stdout
+    assert not (run / "merged.old").exists()
     merged = run / "merged"
     index = json.loads((merged / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))

@@ -245,3 +245,26 @@ def test_parse_size():
     assert shard("1234") == 1234  # a bare number is bytes
     with pytest.raises(ConfigError, match="max_shard_size=lots: write it like 2GB"):
         shard("lots")
+
+
+def test_a_replaced_merged_folder_is_whole_old_or_whole_new(tmp_path):
+    """export.replace renames the old merged/ aside before the new one takes its name, so a stop between the two
+    renames leaves a whole merged.old (cleared by the next export), never a half-deleted merged/."""
+    from finetune import export
+
+    final, new = tmp_path / "merged", tmp_path / "merged.partial"
+    final.mkdir()
+    (final / "model-00001-of-00002.safetensors").write_text("old")
+    (final / "model-00002-of-00002.safetensors").write_text("old")
+    new.mkdir()
+    (new / "model.safetensors").write_text("new")
+    export.replace(new, final)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+    assert [p.name for p in final.iterdir()] == ["model.safetensors"]
+
+    again = tmp_path / "merged.partial"
+    again.mkdir()  # a stop after the first rename: merged.old is the previous folder, whole
+    final.rename(final.with_name("merged.old"))
+    assert sorted(p.name for p in (tmp_path / "merged.old").iterdir()) == ["model.safetensors"]
+    export.replace(again, final)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
