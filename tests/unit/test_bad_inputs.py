@@ -621,17 +621,20 @@ def test_ctrl_c_in_chat_stops_the_answer_then_ends_the_chat_without_a_traceback(
             num_attention_heads=2,
             num_key_value_heads=2,
             vocab_size=32000,
-            max_position_embeddings=20000,
+            max_position_embeddings=5000,
         )
     )
-    gen = greedy(19000, tok.pad_id)
+    gen = greedy(4000, tok.pad_id)
     gen.min_new_tokens = gen.max_new_tokens  # no early EOS: the answer is still going when Ctrl-C comes
     ctrl_c = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     monkeypatch.setattr("sys.stdin", Typed(["Hi"], lambda line: ctrl_c.start()))
+    was = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, as in a terminal (not a test's)
     try:
         chat.interactive(model, tok, gen, None)
     except KeyboardInterrupt:  # caught here: one escaping would end the whole pytest session
         pytest.fail("Ctrl-C escaped chat.interactive (the user sees a KeyboardInterrupt traceback)")
+    finally:
+        signal.signal(signal.SIGINT, was)
     out = capsys.readouterr().out
     assert "\n(answer stopped; not kept in the history)\n\nuser> \n" in out
 
