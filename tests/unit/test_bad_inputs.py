@@ -318,25 +318,22 @@ def test_the_lora_variants_on_are_named_in_one_line():
     )
 
 
+def tiny_chat_model(**config):
+    """The real tokenizer and a one-layer random Llama: chat's loop without loading a run."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = load_tokenizer(ModelConfig(name="llama2", path=str(ROOT / "data/llama2-tokenizer")))
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    return tok, LlamaForCausalLM(LlamaConfig(**shape, num_key_value_heads=2, vocab_size=32000, **config))
+
+
 def test_chat_help_and_unknown_commands_are_never_sent_to_the_model(monkeypatch, capsys):
     import io
-
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from finetune import chat
     from finetune.model.generate import greedy
 
-    tok = load_tokenizer(ModelConfig(name="llama2", path=str(ROOT / "data/llama2-tokenizer")))
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            vocab_size=32000,
-        )
-    )
+    tok, model = tiny_chat_model()
     monkeypatch.setattr("sys.stdin", io.StringIO("/help\n/sytem Be brief.\nHi\n"))
     chat.interactive(model, tok, greedy(2, tok.pad_id), None)
     out = capsys.readouterr().out
@@ -607,23 +604,10 @@ def test_ctrl_c_in_chat_stops_the_answer_then_ends_the_chat_without_a_traceback(
     import signal
     import threading
 
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from finetune import chat
     from finetune.model.generate import greedy
 
-    tok = load_tokenizer(ModelConfig(name="llama2", path=str(ROOT / "data/llama2-tokenizer")))
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            vocab_size=32000,
-            max_position_embeddings=5000,
-        )
-    )
+    tok, model = tiny_chat_model(max_position_embeddings=5000)
     gen = greedy(4000, tok.pad_id)
     gen.min_new_tokens = gen.max_new_tokens  # no early EOS: the answer is still going when Ctrl-C comes
     ctrl_c = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
