@@ -17,7 +17,7 @@ def apply_lora(base, lcfg: LoraConfig, init_adapter: str | None = None, mcfg: Mo
     from peft import PeftModel, get_peft_model
 
     if init_adapter:
-        return PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
+        return PeftModel.from_pretrained(base, str(adapter_path(init_adapter)), is_trainable=True)
     peft_cfg = PeftLoraConfig(
         r=lcfg.r,
         lora_alpha=lcfg.alpha,
@@ -57,14 +57,20 @@ def check(cfg) -> list[str]:
     found = variants.problems(cfg)
     if not cfg.init_adapter:
         return found
-    if (Path(cfg.init_adapter) / "adapter" / "adapter_config.json").is_file():  # the run, not its adapter/
+    given = adapter_path(cfg.init_adapter)
+    if (given / "adapter" / "adapter_config.json").is_file():  # the run, not its adapter/
         inner = Path(cfg.init_adapter) / "adapter"
         return found + [f"init_adapter={cfg.init_adapter} is a training run; give its adapter: init_adapter={inner}"]
-    if not (Path(cfg.init_adapter) / "adapter_config.json").is_file():
+    if not (given / "adapter_config.json").is_file():
         return found + [
             f"init_adapter={cfg.init_adapter}: no adapter_config.json there; point it at a run's adapter/ folder"
         ]
-    return found + adapter_base_problems(Path(cfg.init_adapter), cfg.model)
+    return found + adapter_base_problems(given, cfg.model)
+
+
+def adapter_path(init_adapter: str) -> Path:
+    """`init_adapter` as a path; a leading ~ is the home folder (Hydra passes a quoted ~ through as typed)."""
+    return Path(init_adapter).expanduser()
 
 
 def adapter_base_problems(adapter: Path, mcfg) -> list[str]:

@@ -110,7 +110,7 @@ def weights_problems(cfg) -> list[str]:
     (whose header and shapes `lora.check` reads) and, on a resume, every file of the latest checkpoint. Either
     would end in a traceback inside peft or Trainer, or train on from NaNs."""
     found = []
-    if cfg.init_adapter and (weights := Path(cfg.init_adapter) / "adapter_model.safetensors").is_file():
+    if cfg.init_adapter and (weights := lora.adapter_path(cfg.init_adapter) / "adapter_model.safetensors").is_file():
         if (why := unusable(weights)) and "cannot be read" not in why:  # unreadable headers: lora.check says so
             found.append(
                 f"init_adapter={cfg.init_adapter}: adapter_model.safetensors {why}; point it at a finished "

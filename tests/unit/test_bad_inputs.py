@@ -701,6 +701,17 @@ def test_init_adapter_at_the_run_directory_names_its_adapter_folder(tmp_path):
     assert f"init_adapter={sft} is a training run; give its adapter: init_adapter={sft / 'adapter'}" in problems
 
 
+def test_init_adapter_under_the_home_folder_is_read_there(tmp_path, monkeypatch):
+    """A quoted '~' reaches the config as typed: init_adapter="~/runs/sft/adapter" was 'no adapter_config.json'."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    sft = tmp_path / "runs" / "sft"
+    write(sft / "adapter" / "adapter_config.json", "{}")
+    problems = checks.problems(compose("recipe=tiny_dpo", 'init_adapter="~/runs/sft"'))
+    assert "init_adapter=~/runs/sft is a training run; give its adapter: init_adapter=~/runs/sft/adapter" in problems
+    problems = checks.problems(compose("recipe=tiny_dpo", 'init_adapter="~/runs/sft/adapter"'))
+    assert not [p for p in problems if "no adapter_config.json there" in p], problems
+
+
 def test_a_missing_local_folder_read_as_a_hub_id_says_it_is_not_here_either(tmp_path, monkeypatch):
     """`data.path=mydata/chats` from the wrong folder was only a Hub error (offline, or no such dataset)."""
     monkeypatch.chdir(tmp_path)
