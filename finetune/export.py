@@ -267,13 +267,6 @@ def main(dict_cfg: DictConfig) -> None:
     from finetune.runs import lock
     from finetune.runs.rundir import run_config
 
-    lock.share(run, "export.py")  # a training job does not replace the adapter while it is read
-    if cfg.merge or cfg.format == "gguf":  # alone: a second export would write into this one's merged.partial
-        lock.derived(run, "export.py", write=True)
-
-    from finetune.ship import serving
-
-    # The adapter folder, safetensors only, with a card built from the run's config and metrics
     train_cfg = run_config(run)
     if cfg.format == "gguf":  # a RoPE scaling llama.cpp cannot run: refused before anything is written
         from finetune.model import rope
@@ -281,6 +274,13 @@ def main(dict_cfg: DictConfig) -> None:
 
         if found := gguf_rope.problems(rope.scaling_of(rope.config_fields(train_cfg.model))):
             raise config.ConfigError(found)
+    lock.share(run, "export.py")  # a training job does not replace the adapter while it is read
+    if cfg.merge or cfg.format == "gguf":  # alone: a second export would write into this one's merged.partial
+        lock.derived(run, "export.py", write=True)
+
+    from finetune.ship import serving
+
+    # The adapter folder, safetensors only, with a card built from the run's config and metrics
     adapter_dir = run / "adapter"
     if (pickle := adapter_dir / "training_args.bin").is_file():  # written by older runs: a pickle, not needed
         pickle.unlink()

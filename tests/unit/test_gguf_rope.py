@@ -68,12 +68,19 @@ def test_modelfile_sets_num_ctx_to_the_trained_context():
 
 @pytest.mark.slow
 def test_export_refuses_a_dynamic_run_for_gguf_before_writing(tmp_path):
-    from tests.conftest import compose, run_entry
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.conftest import ROOT, compose, run_entry
     from finetune import config
 
-    run = tmp_path / "run"
+    run = tmp_path / "run"  # a whole run's adapter/ files (only the RoPE setting is what export must refuse)
     (run / "adapter").mkdir(parents=True)
     (run / "adapter" / "adapter_config.json").write_text("{}")
+    save_file({"lora_A": torch.zeros(2, 2)}, str(run / "adapter" / "adapter_model.safetensors"))
+    shutil.copy(ROOT / "data" / "llama2-tokenizer" / "tokenizer.model", run / "adapter")
     (run / "config.yaml").write_text(
         config.to_yaml(compose("recipe=tiny_qlora", "model.rope_scaling.type=dynamic", "model.rope_scaling.factor=2"))
     )
