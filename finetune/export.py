@@ -219,19 +219,8 @@ def merge_and_verify(cfg: ExportConfig, train_cfg, run: Path, serve: str = ""):
         )
     )
     modelcard.write(partial, run, "merged", merge_section(merge_base, stored, stats, source, drifts) + serve)
-    replace(partial, final)
+    files.replace(partial, final)
     return final, drifts
-
-
-def replace(new: Path, final: Path) -> None:
-    """`new` becomes `final`: the old folder is renamed aside first, so a stop at any moment leaves either a whole
-    old or a whole new `final`, never one half deleted (`merged.old` is cleared by the next export)."""
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    new.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def merge_section(merge_base: str, dtype, stats, source: str, drifts) -> str:

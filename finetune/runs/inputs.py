@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from finetune.runtime import dist
+from finetune.runtime import dist, files
 
 FILE = "inputs.json"
 KEEP = 64  # examples kept: enough for verify.prompts and gguf.sequences after too-long ones are skipped
@@ -38,9 +38,7 @@ def write(run_dir: Path, head: list, cfg) -> None:
         base_path=str(cfg.model.path),
         base_revision=cfg.model.revision,
     )
-    tmp = Path(run_dir) / (FILE + ".tmp")
-    tmp.write_text(json.dumps(asdict(record), ensure_ascii=False, indent=1) + "\n")
-    tmp.replace(Path(run_dir) / FILE)
+    files.write_text(Path(run_dir) / FILE, json.dumps(asdict(record), ensure_ascii=False, indent=1) + "\n")
 
 
 def read(run_dir: Path) -> Inputs | None:

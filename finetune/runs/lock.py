@@ -31,6 +31,7 @@ LOCK = ".lock"
 READER = ".lock.reader-"  # + host-pid: one file per reading process
 DERIVED = ".derived.lock"  # flock(2)ed: the kernel lets go when its process ends, even after kill -9
 _held: list = []  # the derived locks' open files, held until this process ends
+CANNOT_WRITE = (errno.EROFS, errno.EACCES, errno.EPERM)  # a read-only mount, another user's folder
 REFRESH_S = 20  # the holder touches the lock this often
 STALE_S = 120  # a lock nobody touched for this long belongs to a dead host
 
@@ -111,7 +112,7 @@ def share(run_dir: Path, command: str) -> None:
     try:
         tmp.write_text(json.dumps({**me(), "command": command}))
     except OSError as exc:
-        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+        if exc.errno not in CANNOT_WRITE:
             raise
         return refuse_if_written(Path(run_dir), command)
     tmp.replace(path)
@@ -189,7 +190,7 @@ def derived(run_dir: Path, command: str, write: bool) -> None:
     try:
         fh = (Path(run_dir) / DERIVED).open("a+")
     except OSError as exc:  # a run this process cannot write: no export writes merged/ or gguf/ there either
-        if write or exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+        if write or exc.errno not in CANNOT_WRITE:
             raise
         return
     try:

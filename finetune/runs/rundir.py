@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from finetune import config
 from finetune.config import ConfigError, TrainConfig
 from finetune.runs import damage, lock
-from finetune.runtime import console, dist
+from finetune.runtime import console, dist, files
 
 STAGING = ".incomplete"  # where Trainer writes a checkpoint before it is complete (runs.checkpoints)
 WANDB_ID_FILE = "wandb_run_id"  # training.tracking keeps the wandb run id there; a resume reuses it
@@ -264,9 +264,7 @@ def trim_metrics(metrics: Path, step: int | None) -> None:
     if step is None or not metrics.is_file():
         return
     keep = [line for line in metrics.read_text().splitlines() if row_step(line) is not None and row_step(line) <= step]
-    tmp = metrics.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    tmp.replace(metrics)
+    files.write_text(metrics, "".join(line + "\n" for line in keep))
 
 
 def row_step(line: str) -> int | None:

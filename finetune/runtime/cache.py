@@ -10,6 +10,8 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+from finetune.runtime import files
+
 
 def build_once(
     path: Path, ready: Callable[[Path], bool], write: Callable[[Path], None], waiting: Callable[[], None] | None = None
@@ -38,8 +40,7 @@ def build_once(
         except BaseException:  # an error or Ctrl-C: nothing half-written stays behind
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.rename(path)
+        files.replace(tmp, path)
         return True
     finally:
         lock.release()

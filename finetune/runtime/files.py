@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 from pathlib import Path
 
 # How writers say the disk is full in their own words: the OS's, Rust's (safetensors), and numpy's short write
@@ -23,6 +24,17 @@ def write_text(path: Path, text: str) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def replace(new: Path, final: Path) -> None:
+    """The folder `new` becomes `final`: the old folder is renamed aside first (`<final>.old`, cleared by the next
+    replace), so a stop at any moment leaves either a whole old or a whole new `final`, never one half deleted."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    new.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def disk_full(exc: BaseException) -> BaseException | None:

@@ -248,9 +248,9 @@ def test_parse_size():
 
 
 def test_a_replaced_merged_folder_is_whole_old_or_whole_new(tmp_path):
-    """export.replace renames the old merged/ aside before the new one takes its name, so a stop between the two
+    """files.replace renames the old merged/ aside before the new one takes its name, so a stop between the two
     renames leaves a whole merged.old (cleared by the next export), never a half-deleted merged/."""
-    from finetune import export
+    from finetune.runtime import files
 
     final, new = tmp_path / "merged", tmp_path / "merged.partial"
     final.mkdir()
@@ -258,7 +258,7 @@ def test_a_replaced_merged_folder_is_whole_old_or_whole_new(tmp_path):
     (final / "model-00002-of-00002.safetensors").write_text("old")
     new.mkdir()
     (new / "model.safetensors").write_text("new")
-    export.replace(new, final)
+    files.replace(new, final)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
     assert [p.name for p in final.iterdir()] == ["model.safetensors"]
 
@@ -266,5 +266,5 @@ def test_a_replaced_merged_folder_is_whole_old_or_whole_new(tmp_path):
     again.mkdir()  # a stop after the first rename: merged.old is the previous folder, whole
     final.rename(final.with_name("merged.old"))
     assert sorted(p.name for p in (tmp_path / "merged.old").iterdir()) == ["model.safetensors"]
-    export.replace(again, final)
+    files.replace(again, final)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
