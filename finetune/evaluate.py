@@ -125,7 +125,8 @@ def check(ecfg: EvaluateConfig) -> list[str]:
     if ecfg.run and ecfg.model:
         problems.append("give run=<run dir> (its base comes from the run) or model=<name>, not both")
     elif ecfg.run:
-        problems += rundir.run_problems(Path(ecfg.run).expanduser().resolve(), merged=False)
+        merged = bool(ecfg.benchmarks.tasks and ecfg.benchmarks.merged)  # benchmarks.merged=true scores merged/
+        problems += rundir.run_problems(Path(ecfg.run).expanduser().resolve(), merged=merged)
     elif not ecfg.model:
         problems.append("run: required; give run=outputs/<run>, or model=<name> data=<name> for a bare base model")
     elif not ecfg.data and not ecfg.long_context.length:
@@ -226,15 +227,13 @@ def benchmark(ecfg: EvaluateConfig) -> None:
     import lm_eval
 
     from finetune.benchmarks import backends, report, tasks
-    from finetune.runs.rundir import run_config, run_problems
+    from finetune.runs.rundir import run_config
     from finetune.ship import loading
 
     bench = ecfg.benchmarks
     if not ecfg.run:
         raise ConfigError(["benchmarks: give run=outputs/<run> (the base it started from is scored beside it)"])
-    run = Path(ecfg.run).expanduser().resolve()
-    if bench.merged and (problems := run_problems(run, merged=True)):
-        raise ConfigError(problems)
+    run = Path(ecfg.run).expanduser().resolve()  # checked by `check`, merged/ included when benchmarks.merged
     train_cfg = run_config(run)
     backends.check(bench, run)  # backend=vllm: installed or one line saying it is not
     tasks.build(bench.tasks, bench.include)  # unknown names, missing data, offline stock tasks: one error, no weights
